@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.plugins.no_errors", "pytester"]
+pytest_plugins = ["tests.plugins.no_errors", "tests.plugins.coturn", "pytester"]

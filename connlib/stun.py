@@ -1,0 +1,442 @@
+"""STUN/TURN message codec (RFC 8489, RFC 8656) and ChannelData framing (RFC 8656 §12).
+
+One table, ``ATTRIBUTES``, maps each attribute type to its name and pack/unpack functions; the
+``Message`` class only knows the header and an ordered list of ``(name, value)`` pairs. Attributes
+the table does not know are kept as ``(type_number, raw_bytes)``.
+
+Decoding any byte string either returns a ``Message`` or raises ``StunParseError``; nothing else.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import hashlib
+import hmac
+import ipaddress
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+MAGIC_COOKIE = 0x2112A442
+HEADER_LENGTH = 20
+FINGERPRINT_XOR = 0x5354554E
+CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF
+
+Address = tuple[str, int]
+
+
+class StunParseError(ValueError):
+    """The bytes are not a well-formed STUN message or ChannelData frame."""
+
+
+class Method(enum.IntEnum):
+    BINDING = 0x001
+    ALLOCATE = 0x003
+    REFRESH = 0x004
+    SEND = 0x006
+    DATA = 0x007
+    CREATE_PERMISSION = 0x008
+    CHANNEL_BIND = 0x009
+
+
+class Class(enum.IntEnum):
+    REQUEST = 0x000
+    INDICATION = 0x010
+    SUCCESS = 0x100
+    ERROR = 0x110
+
+
+# --- attribute value codecs: unpack(data, tid) -> value, pack(value, tid) -> bytes -------------
+
+
+def _unpack_address(data: bytes, tid: bytes, xor: bool = False) -> Address:
+    if len(data) < 4:
+        raise StunParseError("address attribute too short")
+    family, port = struct.unpack("!xBH", data[:4])
+    raw = data[4:]
+    if family == 0x01:
+        if len(raw) != 4:
+            raise StunParseError("IPv4 address attribute must be 8 bytes")
+    elif family == 0x02:
+        if len(raw) != 16:
+            raise StunParseError("IPv6 address attribute must be 20 bytes")
+    else:
+        raise StunParseError(f"unknown address family {family:#x}")
+    if xor:
+        port ^= MAGIC_COOKIE >> 16
+        key = struct.pack("!I", MAGIC_COOKIE) + tid
+        raw = bytes(a ^ b for a, b in zip(raw, key))
+    return str(ipaddress.ip_address(raw)), port
+
+
+def _pack_address(value: Address, tid: bytes, xor: bool = False) -> bytes:
+    host, port = value
+    ip = ipaddress.ip_address(host)
+    raw = ip.packed
+    if xor:
+        port ^= MAGIC_COOKIE >> 16
+        key = struct.pack("!I", MAGIC_COOKIE) + tid
+        raw = bytes(a ^ b for a, b in zip(raw, key))
+    return struct.pack("!xBH", 0x01 if ip.version == 4 else 0x02, port) + raw
+
+
+def _unpack_xor_address(data: bytes, tid: bytes) -> Address:
+    return _unpack_address(data, tid, xor=True)
+
+
+def _pack_xor_address(value: Address, tid: bytes) -> bytes:
+    return _pack_address(value, tid, xor=True)
+
+
+def _unpack_text(data: bytes, tid: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StunParseError("text attribute is not UTF-8") from exc
+
+
+def _pack_text(value: str, tid: bytes) -> bytes:
+    return value.encode("utf-8")
+
+
+def _unpack_bytes(data: bytes, tid: bytes) -> bytes:
+    return bytes(data)
+
+
+def _pack_bytes(value: bytes, tid: bytes) -> bytes:
+    return bytes(value)
+
+
+def _fixed(fmt: str) -> tuple[Callable[[bytes, bytes], Any], Callable[[Any, bytes], bytes]]:
+    size = struct.calcsize(fmt)
+
+    def unpack(data: bytes, tid: bytes) -> int:
+        if len(data) != size:
+            raise StunParseError(f"attribute must be {size} bytes, got {len(data)}")
+        return struct.unpack(fmt, data)[0]
+
+    def pack(value: int, tid: bytes) -> bytes:
+        return struct.pack(fmt, value)
+
+    return unpack, pack
+
+
+def _unpack_error_code(data: bytes, tid: bytes) -> tuple[int, str]:
+    if len(data) < 4:
+        raise StunParseError("ERROR-CODE too short")
+    klass, number = data[2] & 0x07, data[3]
+    if not 3 <= klass <= 6 or number > 99:
+        raise StunParseError("ERROR-CODE out of range")
+    return klass * 100 + number, _unpack_text(data[4:], tid)
+
+
+def _pack_error_code(value: tuple[int, str], tid: bytes) -> bytes:
+    code, reason = value
+    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
+
+
+def _unpack_first_byte(data: bytes, tid: bytes) -> int:
+    """REQUESTED-TRANSPORT, ADDITIONAL-ADDRESS-FAMILY: one byte then three RFFU bytes."""
+    if len(data) != 4:
+        raise StunParseError("attribute must be 4 bytes")
+    return data[0]
+
+
+def _pack_first_byte(value: int, tid: bytes) -> bytes:
+    return struct.pack("!B3x", value)
+
+
+def _unpack_channel_number(data: bytes, tid: bytes) -> int:
+    if len(data) != 4:
+        raise StunParseError("CHANNEL-NUMBER must be 4 bytes")
+    return struct.unpack("!H2x", data)[0]
+
+
+def _pack_channel_number(value: int, tid: bytes) -> bytes:
+    return struct.pack("!H2x", value)
+
+
+def _unpack_empty(data: bytes, tid: bytes) -> None:
+    if data:
+        raise StunParseError("flag attribute must be empty")
+    return None
+
+
+def _pack_empty(value: None, tid: bytes) -> bytes:
+    return b""
+
+
+def _unpack_unknown_attributes(data: bytes, tid: bytes) -> list[int]:
+    if len(data) % 2:
+        raise StunParseError("UNKNOWN-ATTRIBUTES length must be even")
+    return list(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _pack_unknown_attributes(value: list[int], tid: bytes) -> bytes:
+    return struct.pack(f"!{len(value)}H", *value)
+
+
+_U32 = _fixed("!I")
+_U64 = _fixed("!Q")
+_ADDRESS = (_unpack_address, _pack_address)
+_XOR_ADDRESS = (_unpack_xor_address, _pack_xor_address)
+_TEXT = (_unpack_text, _pack_text)
+_BYTES = (_unpack_bytes, _pack_bytes)
+
+
+@dataclass(frozen=True)
+class AttributeCodec:
+    type: int
+    name: str
+    unpack: Callable[[bytes, bytes], Any]
+    pack: Callable[[Any, bytes], bytes]
+
+
+def _table(*rows: tuple[int, str, tuple]) -> dict[int, AttributeCodec]:
+    return {t: AttributeCodec(t, name, *codec) for t, name, codec in rows}
+
+
+ATTRIBUTES: dict[int, AttributeCodec] = _table(
+    (0x0001, "MAPPED-ADDRESS", _ADDRESS),
+    (0x0006, "USERNAME", _TEXT),
+    (0x0008, "MESSAGE-INTEGRITY", _BYTES),
+    (0x0009, "ERROR-CODE", (_unpack_error_code, _pack_error_code)),
+    (0x000A, "UNKNOWN-ATTRIBUTES", (_unpack_unknown_attributes, _pack_unknown_attributes)),
+    (0x000C, "CHANNEL-NUMBER", (_unpack_channel_number, _pack_channel_number)),
+    (0x000D, "LIFETIME", _U32),
+    (0x0012, "XOR-PEER-ADDRESS", _XOR_ADDRESS),
+    (0x0013, "DATA", _BYTES),
+    (0x0014, "REALM", _TEXT),
+    (0x0015, "NONCE", _TEXT),
+    (0x0016, "XOR-RELAYED-ADDRESS", _XOR_ADDRESS),
+    (0x0017, "REQUESTED-ADDRESS-FAMILY", (_unpack_first_byte, _pack_first_byte)),
+    (0x0019, "REQUESTED-TRANSPORT", (_unpack_first_byte, _pack_first_byte)),
+    (0x0020, "XOR-MAPPED-ADDRESS", _XOR_ADDRESS),
+    (0x0024, "PRIORITY", _U32),
+    (0x0025, "USE-CANDIDATE", (_unpack_empty, _pack_empty)),
+    (0x8000, "ADDITIONAL-ADDRESS-FAMILY", (_unpack_first_byte, _pack_first_byte)),
+    (0x8022, "SOFTWARE", _TEXT),
+    (0x8028, "FINGERPRINT", _U32),
+    (0x8029, "ICE-CONTROLLED", _U64),
+    (0x802A, "ICE-CONTROLLING", _U64),
+)
+ATTRIBUTE_TYPES: dict[str, int] = {codec.name: t for t, codec in ATTRIBUTES.items()}
+
+# Computed by ``Message.encode``; never carried in ``Message.attributes`` when encoding.
+_INTEGRITY = 0x0008
+_FINGERPRINT = 0x8028
+
+ADDRESS_FAMILY_IPV4 = 0x01
+ADDRESS_FAMILY_IPV6 = 0x02
+TRANSPORT_UDP = 17
+
+
+def new_transaction_id() -> bytes:
+    return os.urandom(12)
+
+
+def _pad(length: int) -> int:
+    return (4 - length % 4) % 4
+
+
+def _fingerprint(data: bytes) -> int:
+    return (binascii.crc32(data) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+
+
+def _with_length(header_and_body: bytes, length: int) -> bytes:
+    return header_and_body[:2] + struct.pack("!H", length) + header_and_body[4:]
+
+
+@dataclass
+class Message:
+    method: Method | int
+    cls: Class
+    transaction_id: bytes = field(default_factory=new_transaction_id)
+    attributes: list[tuple[str | int, Any]] = field(default_factory=list)
+    # Set by ``decode``: the datagram and the offset of MESSAGE-INTEGRITY, for verification.
+    raw: bytes | None = field(default=None, repr=False, compare=False)
+    integrity_offset: int | None = field(default=None, repr=False, compare=False)
+
+    # -- attribute access ----------------------------------------------------------------------
+    def add(self, name: str | int, value: Any = None) -> Message:
+        self.attributes.append((name, value))
+        return self
+
+    def get(self, name: str | int, default: Any = None) -> Any:
+        for key, value in self.attributes:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str | int) -> list[Any]:
+        return [value for key, value in self.attributes if key == name]
+
+    def __contains__(self, name: object) -> bool:
+        return any(key == name for key, _ in self.attributes)
+
+    def remove(self, *names: str | int) -> Message:
+        self.attributes = [(k, v) for k, v in self.attributes if k not in names]
+        return self
+
+    def __iter__(self) -> Iterator[tuple[str | int, Any]]:
+        return iter(self.attributes)
+
+    @property
+    def error_code(self) -> int | None:
+        value = self.get("ERROR-CODE")
+        return value[0] if value else None
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode(
+        self, integrity_key: bytes | None = None, fingerprint: bool = False, padding: bytes = b"\x00"
+    ) -> bytes:
+        """Encode; MESSAGE-INTEGRITY and FINGERPRINT are computed, never taken from ``attributes``.
+
+        ``padding`` is the byte used to pad attribute values (RFC 5769's vectors use 0x20).
+        """
+        if len(self.transaction_id) != 12:
+            raise ValueError("transaction id must be 12 bytes")
+        body = bytearray()
+        for name, value in self.attributes:
+            if isinstance(name, int):
+                attr_type, data = name, bytes(value)
+            else:
+                attr_type = ATTRIBUTE_TYPES[name]
+                data = ATTRIBUTES[attr_type].pack(value, self.transaction_id)
+            if attr_type in (_INTEGRITY, _FINGERPRINT):
+                continue
+            body += struct.pack("!HH", attr_type, len(data)) + data + padding[:1] * _pad(len(data))
+        msg_type = self._message_type()
+        header = struct.pack("!HHI", msg_type, len(body), MAGIC_COOKIE) + self.transaction_id
+        out = header + bytes(body)
+        if integrity_key is not None:
+            out = _with_length(out, len(out) - HEADER_LENGTH + 24)
+            mac = hmac.new(integrity_key, out, hashlib.sha1).digest()
+            out += struct.pack("!HH", _INTEGRITY, 20) + mac
+        if fingerprint:
+            out = _with_length(out, len(out) - HEADER_LENGTH + 8)
+            out += struct.pack("!HHI", _FINGERPRINT, 4, _fingerprint(out))
+        return out
+
+    def _message_type(self) -> int:
+        m = int(self.method)
+        if not 0 <= m <= 0xFFF:
+            raise ValueError("method out of range")
+        return (m & 0x0F) | ((m & 0x70) << 1) | ((m & 0xF80) << 2) | int(self.cls)
+
+    # -- integrity ------------------------------------------------------------------------------
+    def verify_integrity(self, key: bytes) -> bool:
+        """Check a decoded message's MESSAGE-INTEGRITY against ``key`` (False if it has none)."""
+        if self.raw is None or self.integrity_offset is None:
+            return False
+        offset = self.integrity_offset
+        signed = _with_length(self.raw[:offset], offset - HEADER_LENGTH + 24)
+        expected = hmac.new(key, signed, hashlib.sha1).digest()
+        return hmac.compare_digest(expected, self.raw[offset + 4 : offset + 24])
+
+
+def decode(data: bytes) -> Message:
+    """Parse one STUN message occupying all of ``data``. Raises ``StunParseError`` only."""
+    try:
+        return _decode(bytes(data))
+    except StunParseError:
+        raise
+    except (ValueError, struct.error, TypeError, IndexError) as exc:  # belt and braces
+        raise StunParseError(f"malformed STUN message: {exc}") from exc
+
+
+def _decode(data: bytes) -> Message:
+    if len(data) < HEADER_LENGTH:
+        raise StunParseError("shorter than a STUN header")
+    msg_type, length, cookie = struct.unpack("!HHI", data[:8])
+    if msg_type & 0xC000:
+        raise StunParseError("first two bits must be zero")
+    if cookie != MAGIC_COOKIE:
+        raise StunParseError("bad magic cookie")
+    if length % 4 or HEADER_LENGTH + length != len(data):
+        raise StunParseError("length field does not match the datagram")
+    tid = data[8:20]
+    method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
+    klass = Class(msg_type & 0x0110)
+    try:
+        method = Method(method)
+    except ValueError:
+        pass
+    message = Message(method, klass, tid, raw=data)
+    pos = HEADER_LENGTH
+    after_integrity = False
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise StunParseError("truncated attribute header")
+        attr_type, attr_len = struct.unpack("!HH", data[pos : pos + 4])
+        start, end = pos + 4, pos + 4 + attr_len
+        if end > len(data):
+            raise StunParseError("attribute runs past the end of the message")
+        value = data[start:end]
+        next_pos = end + _pad(attr_len)
+        if next_pos > len(data):
+            raise StunParseError("attribute padding runs past the end of the message")
+        if attr_type == _FINGERPRINT:
+            if next_pos != len(data):
+                raise StunParseError("FINGERPRINT must be the last attribute")
+            received = _unpack_fixed_u32(value)
+            if received != _fingerprint(_with_length(data[:pos], pos - HEADER_LENGTH + 8)):
+                raise StunParseError("FINGERPRINT mismatch")
+            message.attributes.append(("FINGERPRINT", received))
+        elif after_integrity:
+            pass  # RFC 8489 §14.5: attributes after MESSAGE-INTEGRITY are ignored
+        elif attr_type == _INTEGRITY:
+            if attr_len != 20:
+                raise StunParseError("MESSAGE-INTEGRITY must be 20 bytes")
+            message.integrity_offset = pos
+            message.attributes.append(("MESSAGE-INTEGRITY", value))
+            after_integrity = True
+        else:
+            codec = ATTRIBUTES.get(attr_type)
+            if codec is None:
+                message.attributes.append((attr_type, value))
+            else:
+                message.attributes.append((codec.name, codec.unpack(value, tid)))
+        pos = next_pos
+    return message
+
+
+def _unpack_fixed_u32(value: bytes) -> int:
+    if len(value) != 4:
+        raise StunParseError("FINGERPRINT must be 4 bytes")
+    return struct.unpack("!I", value)[0]
+
+
+def is_stun(data: bytes) -> bool:
+    """First byte 0..3 ⇒ STUN; 0x40..0x4F ⇒ ChannelData (RFC 7983 demultiplexing)."""
+    return len(data) >= HEADER_LENGTH and data[0] < 4
+
+
+def is_channel_data(data: bytes) -> bool:
+    return len(data) >= 4 and 0x40 <= data[0] <= 0x4F
+
+
+# --- ChannelData -----------------------------------------------------------------------------
+
+
+def encode_channel_data(channel: int, payload: bytes) -> bytes:
+    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        raise ValueError(f"channel number {channel:#x} outside 0x4000-0x4FFF")
+    if len(payload) > 0xFFFF:
+        raise ValueError("payload too long for ChannelData")
+    return struct.pack("!HH", channel, len(payload)) + payload
+
+
+def decode_channel_data(data: bytes) -> tuple[int, bytes]:
+    """Return ``(channel, payload)``. Up to 3 bytes of padding after the payload are tolerated."""
+    if len(data) < 4:
+        raise StunParseError("ChannelData shorter than its header")
+    channel, length = struct.unpack("!HH", data[:4])
+    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+        raise StunParseError(f"channel number {channel:#x} outside 0x4000-0x4FFF")
+    if len(data) - 4 not in (length, length + _pad(length)):
+        raise StunParseError("ChannelData length does not match the datagram")
+    return channel, bytes(data[4 : 4 + length])
