@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Build the local base image every relay_images Dockerfile starts FROM.
+#
+# 1. If the tag already exists: nothing to do (seconds).
+# 2. Try `docker pull debian:bookworm-slim` and install the packages in a Dockerfile (needs a registry
+#    and network inside the build: works on an ordinary machine).
+# 3. Otherwise (no registry, as on CI here): debootstrap a minbase bookworm root file system on the host
+#    with the packages included, tar it (cached under relay_images/.cache/, keyed by the package list) and
+#    `docker import` it under the tag.
+#
+# Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR, BASE_FORCE=1 to rebuild.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="$here/.cache"
+tag="${BASE_IMAGE:-connlib-relays/base:bookworm}"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+suite=bookworm
+# Everything the images need at run time; no apt inside any Docker build.
+packages=(
+  ca-certificates coturn python3 python3-venv iptables iproute2 tini procps iputils-ping
+)
+pkglist="$(printf '%s,' "${packages[@]}")"; pkglist="${pkglist%,}"
+key="$(printf '%s|%s|%s' "$suite" "$pkglist" "v1" | sha256sum | cut -c1-12)"
+tarball="$cache/base-$suite-$key.tar"
+label="org.connlib-relays.project=connlib-relays"
+
+log() { printf 'base.sh: %s\n' "$*" >&2; }
+
+if [[ "${BASE_FORCE:-0}" != 1 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
+  have="$(docker image inspect -f '{{ index .Config.Labels "org.connlib-relays.base-key" }}' "$tag" 2>/dev/null || true)"
+  if [[ "$have" == "$key" ]]; then
+    log "$tag is up to date ($key)"; exit 0
+  fi
+  log "$tag has key '$have', want $key: rebuilding"
+fi
+
+start=$(date +%s)
+# --- 2. registry path ---------------------------------------------------------------------------------
+if [[ "${BASE_NO_PULL:-0}" != 1 ]] && timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
+  log "pulled debian:bookworm-slim; installing packages in a build"
+  docker build -t "$tag" --label "$label" --label "org.connlib-relays.base-key=$key" - <<DOCKERFILE
+FROM debian:bookworm-slim
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${packages[*]} \
+ && rm -rf /var/lib/apt/lists/*
+DOCKERFILE
+  log "built $tag from debian:bookworm-slim in $(( $(date +%s) - start ))s"
+  exit 0
+fi
+
+# --- 3. debootstrap path -------------------------------------------------------------------------------
+if [[ ! -s "$tarball" ]]; then
+  command -v debootstrap >/dev/null || { log "debootstrap is not installed (apt-get install debootstrap)"; exit 1; }
+  [[ "$(id -u)" == 0 ]] || { log "debootstrap needs root"; exit 1; }
+  mkdir -p "$cache"
+  rootfs="$(mktemp -d "$cache/rootfs.XXXXXX")"
+  trap 'umount -l "$rootfs"/proc "$rootfs"/sys "$rootfs"/dev/pts 2>/dev/null || true; rm -rf "$rootfs"' EXIT
+  log "debootstrap $suite (minbase + ${#packages[@]} packages) from $mirror into $rootfs"
+  debootstrap --variant=minbase --include="$pkglist" "$suite" "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+    || { tail -30 "$cache/debootstrap.log" >&2; exit 1; }
+  # Slim down: no package caches, docs or man pages; the image never runs apt.
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+         "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
+  printf 'deb %s %s main\n' "$mirror" "$suite" >"$rootfs/etc/apt/sources.list"
+  : >"$rootfs/etc/hostname"; : >"$rootfs/etc/resolv.conf"
+  tar --numeric-owner --xattrs -C "$rootfs" -cf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
+  log "debootstrap done in $(( $(date +%s) - start ))s: $(du -h "$tarball" | cut -f1) $tarball"
+else
+  log "reusing cached root file system $tarball"
+fi
+t0=$(date +%s)
+docker import \
+  -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+  -c 'CMD ["/bin/bash"]' \
+  -c "LABEL $label" -c "LABEL org.connlib-relays.base-key=$key" \
+  "$tarball" "$tag" >/dev/null
+log "imported $tag in $(( $(date +%s) - t0 ))s (total $(( $(date +%s) - start ))s)"
