@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
@@ -95,8 +96,13 @@ class Coturn:
     def addr(self) -> tuple[str, int]:
         return self.host, self.port
 
-    def credentials(self, salt: str = "test", expires_at: int = 4_102_444_800) -> tuple[str, str]:
-        """TURN REST credentials valid for the current secret (default expiry: year 2100)."""
+    def credentials(self, salt: str = "test", expires_at: int | None = None) -> tuple[str, str]:
+        """TURN REST credentials valid for the current secret (default: expire in a day).
+
+        coturn reads the expiry as a signed 32-bit time: anything past 2038-01-19 is refused.
+        """
+        if expires_at is None:
+            expires_at = int(time.time()) + 86400
         return rest_credentials(self.secret, expires_at, salt)
 
     def command(self) -> list[str]:

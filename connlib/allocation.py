@@ -1,0 +1,619 @@
+"""``Allocation``: the sans-IO state machine for one TURN relay (spec §1, Firezone snownet).
+
+It learns the server-reflexive address with BINDING, allocates a relay address (long-term
+credentials, RFC 8656), refreshes it, binds channels to peers and wraps/unwraps channel data.
+Everything is driven from outside: ``handle_input``/``handle_timeout`` take ``now`` (a monotonic
+float in seconds); ``poll_transmit``/``poll_event``/``poll_timeout`` hand out what it wants done.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from . import backoff as backoff_mod
+from . import stun
+from .backoff import Backoff
+from .credentials import long_term_key
+from .logfmt import kv
+from .stun import Address, Class, Message, Method
+
+log = logging.getLogger("connlib.allocation")
+
+SOFTWARE = "snownet"
+BINDING_INTERVAL = 25.0
+CHANNEL_LIFETIME = 600.0
+CHANNEL_REFRESH_AGE = 300.0  # re-bind a channel in use once it is this old
+CHANNEL_REBIND_TIMEOUT = 300.0  # cool-down before an expired channel number is handed out again
+MAX_BUFFERED_CHANNEL_BINDINGS = 100
+
+
+class FreeReason(enum.Enum):
+    NO_RESPONSE = "no response received. Is STUN blocked?"
+    AUTHENTICATION_ERROR = "authentication error"
+    PROTOCOL_FAILURE = "protocol failure"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RelaySocket:
+    """The relay's addresses: IPv4, IPv6 or both (dual-stack)."""
+
+    v4: Address | None = None
+    v6: Address | None = None
+
+    def __post_init__(self) -> None:
+        if self.v4 is None and self.v6 is None:
+            raise ValueError("a relay needs at least one address")
+
+    def addresses(self) -> list[Address]:
+        return [a for a in (self.v4, self.v6) if a is not None]
+
+    def __contains__(self, addr: object) -> bool:
+        return addr in self.addresses()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # "host" | "srflx" | "relay"
+    addr: Address
+    related: Address | None = None  # the base a srflx/relay candidate was learnt from
+
+    @property
+    def family(self) -> int:
+        return _family(self.addr)
+
+
+@dataclass(frozen=True)
+class New:
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class Invalid:
+    candidate: Candidate
+
+
+Event = New | Invalid
+
+
+@dataclass(frozen=True)
+class Transmit:
+    dst: Address
+    payload: bytes
+
+
+def _family(addr: Address) -> int:
+    return ipaddress.ip_address(addr[0]).version
+
+
+@dataclass
+class _Pending:
+    dst: Address
+    message: Message  # without USERNAME/REALM/NONCE/MESSAGE-INTEGRITY; those are added per send
+    backoff: Backoff
+    sent_at: float
+    signed: bool = False
+    retransmitted: bool = False
+    peer: Address | None = None  # for CHANNEL-BIND: whom the channel is for
+
+
+@dataclass
+class Channel:
+    number: int
+    peer: Address
+    bound_at: float  # when the (re)bind was sent
+    bound: bool = False
+    last_received: float | None = None
+
+    def connected(self, now: float) -> bool:
+        return self.bound and now - self.bound_at < CHANNEL_LIFETIME
+
+    def alive(self, now: float) -> bool:
+        """Bound or in flight, and not expired: data may be sent on it (optimistically)."""
+        return now - self.bound_at < CHANNEL_LIFETIME
+
+    def needs_refresh(self, now: float) -> bool:
+        # Idle channels are allowed to lapse; only ones that carried data since the bind are kept.
+        active = self.last_received is not None and self.last_received > self.bound_at
+        return self.bound and active and now - self.bound_at >= CHANNEL_REFRESH_AGE
+
+    def reusable(self, now: float) -> bool:
+        last = max(self.bound_at, self.last_received or self.bound_at)
+        return now - last >= CHANNEL_LIFETIME + CHANNEL_REBIND_TIMEOUT
+
+
+class Allocation:
+    def __init__(
+        self,
+        server: RelaySocket,
+        username: str,
+        password: str,
+        realm: str,
+        now: float,
+        *,
+        relay_id: str = "",
+        max_elapsed: float = backoff_mod.MAX_ELAPSED,
+    ) -> None:
+        self.server = server
+        self.relay_id = relay_id
+        self.username = username
+        self.password = password
+        self.realm = realm
+        self.max_elapsed = max_elapsed
+        self._key = long_term_key(username, realm, password)
+        self.nonce: str | None = None
+        self.credentials_valid = True
+        self.active_socket: Address | None = None
+        self.next_binding: float | None = None
+        self.host: Candidate | None = None
+        self.srflx: dict[int, Candidate] = {}
+        self.relayed: dict[int, Candidate] = {}
+        self.lifetime: tuple[float, float] | None = None  # (received_at, lifetime)
+        self.sent_requests: dict[bytes, _Pending] = {}
+        self.channels: dict[int, Channel] = {}
+        self.buffered_channel_bindings: collections.deque[Address] = collections.deque(
+            maxlen=MAX_BUFFERED_CHANNEL_BINDINGS
+        )
+        self._next_channel = stun.CHANNEL_MIN
+        self.explicit_failure: FreeReason | None = None
+        self.srtt: float | None = None
+        self._events: collections.deque[Event] = collections.deque()
+        self._transmits: collections.deque[Transmit] = collections.deque()
+        self._send_bindings(now)
+
+    # ------------------------------------------------------------------ public predicates
+    def has_allocation(self) -> bool:
+        return bool(self.relayed)
+
+    def relay_candidates(self) -> list[Candidate]:
+        return list(self.relayed.values())
+
+    def candidates(self) -> list[Candidate]:
+        out = [self.host] if self.host else []
+        return out + list(self.srflx.values()) + list(self.relayed.values())
+
+    def matches_credentials(self, username: str, password: str) -> bool:
+        return self.username == username and self.password == password
+
+    def matches_socket(self, server: RelaySocket) -> bool:
+        return self.server == server
+
+    def is_suspended(self) -> bool:
+        return (
+            not self.has_allocation()
+            and not self.sent_requests
+            and not self.buffered_channel_bindings
+            and self.poll_timeout() is None
+        )
+
+    def can_be_freed(self) -> FreeReason | None:
+        if self.explicit_failure is not None:
+            return self.explicit_failure
+        if self._events or self._transmits or self.sent_requests:
+            return None
+        if self.active_socket is None:
+            return FreeReason.NO_RESPONSE
+        if not self.credentials_valid:
+            return FreeReason.AUTHENTICATION_ERROR
+        return None
+
+    def _in_flight(self, method: Method) -> bool:
+        return any(p.message.method == method for p in self.sent_requests.values())
+
+    # ------------------------------------------------------------------ poll API
+    def poll_transmit(self) -> Transmit | None:
+        return self._transmits.popleft() if self._transmits else None
+
+    def poll_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def poll_timeout(self) -> float | None:
+        deadlines = [p.backoff.poll_timeout() for p in self.sent_requests.values()]
+        if self.lifetime is not None:
+            received_at, lifetime = self.lifetime
+            deadlines.append(received_at + lifetime)
+            if not self._in_flight(Method.REFRESH):
+                deadlines.append(received_at + lifetime / 2)
+        if self.has_allocation() and self.next_binding is not None:
+            deadlines.append(self.next_binding)
+        in_flight_channels = self._channels_in_flight()
+        for channel in self.channels.values():
+            if channel.bound and channel.number not in in_flight_channels:
+                if channel.last_received is not None and channel.last_received > channel.bound_at:
+                    deadlines.append(channel.bound_at + CHANNEL_REFRESH_AGE)
+        return min(deadlines) if deadlines else None
+
+    # ------------------------------------------------------------------ input
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:
+        """Handle a STUN response from the relay. Returns False if the packet is not ours."""
+        if from_ not in self.server or not stun.is_stun(packet):
+            return False
+        try:
+            message = stun.decode(packet)
+        except stun.StunParseError as exc:
+            log.debug("Dropping malformed STUN packet from relay %s", kv(rid=self.relay_id, error=exc))
+            return True
+        pending = self.sent_requests.get(message.transaction_id)
+        if pending is None or message.cls not in (Class.SUCCESS, Class.ERROR):
+            log.debug("Dropping unexpected STUN message %s", kv(rid=self.relay_id, method=message.method))
+            return False if pending is None and message.cls == Class.REQUEST else True
+        if message.method != pending.message.method:
+            log.debug("Response method does not match request %s", kv(rid=self.relay_id))
+            return True
+        if message.method != Method.BINDING and not self._integrity_ok(message):
+            # Leave the request in flight: a forged or stale response must not change our state.
+            log.warning(
+                "Message integrity check failed %s",
+                kv(rid=self.relay_id, method=message.method.name, code=message.error_code),
+            )
+            return True
+        del self.sent_requests[message.transaction_id]
+        if not pending.retransmitted:  # Karn: ambiguous samples from retransmits are skipped
+            sample = now - pending.sent_at
+            self.srtt = sample if self.srtt is None else 7 / 8 * self.srtt + sample / 8
+        if message.cls == Class.SUCCESS:
+            self._handle_success(message, pending, from_, local, now)
+        else:
+            self._handle_error(message, pending, now)
+        return True
+
+    def _integrity_ok(self, message: Message) -> bool:
+        if "MESSAGE-INTEGRITY" in message:
+            return message.verify_integrity(self._key)
+        # A relay cannot sign an error to a request whose credentials it does not accept (or to
+        # our first, unauthenticated request), so unsigned errors are taken; successes never are.
+        return message.cls == Class.ERROR
+
+    def _handle_success(
+        self, message: Message, pending: _Pending, from_: Address, local: Address | None, now: float
+    ) -> None:
+        method = message.method
+        if method == Method.BINDING:
+            self._handle_binding_success(message, pending, local, now)
+        elif method == Method.ALLOCATE:
+            self._handle_allocate_success(message, now)
+        elif method == Method.REFRESH:
+            lifetime = message.get("LIFETIME")
+            if lifetime == 0:
+                log.debug("Allocation deleted; allocating again %s", kv(rid=self.relay_id))
+                self._send_allocate(now)
+            elif lifetime is not None:
+                self.lifetime = (now, float(lifetime))
+        elif method == Method.CHANNEL_BIND:
+            number = pending.message.get("CHANNEL-NUMBER")
+            channel = self.channels.get(number)
+            if channel is not None and channel.peer == pending.peer:
+                channel.bound = True
+                log.debug("Channel bound %s", kv(rid=self.relay_id, channel=hex(number), peer=_fmt(channel.peer)))
+
+    def _handle_binding_success(
+        self, message: Message, pending: _Pending, local: Address | None, now: float
+    ) -> None:
+        mapped = message.get("XOR-MAPPED-ADDRESS") or message.get("MAPPED-ADDRESS")
+        if local is not None:
+            self._set_candidate("host", local, None)
+        if mapped is not None:
+            self._set_candidate("srflx", mapped, local)
+        if self.active_socket is None:
+            self.active_socket = pending.dst
+            self.next_binding = now + BINDING_INTERVAL
+            log.debug("Selected relay socket %s", kv(rid=self.relay_id, addr=_fmt(pending.dst)))
+            if self.has_allocation():
+                self._send_refresh(now)
+            elif not self._in_flight(Method.ALLOCATE):
+                self._send_allocate(now)
+        elif pending.dst != self.active_socket:
+            log.debug("Ignoring BINDING from the other address family %s", kv(rid=self.relay_id))
+
+    def _set_candidate(self, kind: str, addr: Address, related: Address | None) -> None:
+        candidate = Candidate(kind, addr, related)
+        if kind == "host":
+            if self.host == candidate:
+                return
+            self.host = candidate
+        else:
+            # A changed srflx does not invalidate the old one: silent roaming must not disconnect.
+            if self.srflx.get(candidate.family) == candidate:
+                return
+            self.srflx[candidate.family] = candidate
+        self._events.append(New(candidate))
+
+    def _handle_allocate_success(self, message: Message, now: float) -> None:
+        lifetime = message.get("LIFETIME")
+        relayed = message.get_all("XOR-RELAYED-ADDRESS")
+        if lifetime is None or not relayed:
+            log.warning("ALLOCATE success without LIFETIME or relayed address %s", kv(rid=self.relay_id))
+            self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+            return
+        self.lifetime = (now, float(lifetime))
+        related = message.get("XOR-MAPPED-ADDRESS")
+        for addr in relayed:
+            candidate = Candidate("relay", addr, related)
+            old = self.relayed.get(candidate.family)
+            if old == candidate:
+                continue
+            if old is not None:
+                self._events.append(Invalid(old))
+            self.relayed[candidate.family] = candidate
+            self._events.append(New(candidate))
+        log.info(
+            "Allocation created %s",
+            kv(rid=self.relay_id, relayed=",".join(_fmt(a) for a in relayed), lifetime=lifetime),
+        )
+        buffered = list(self.buffered_channel_bindings)
+        self.buffered_channel_bindings.clear()
+        for peer in buffered:
+            self.bind_channel(peer, now)
+
+    def _handle_error(self, message: Message, pending: _Pending, now: float) -> None:
+        code = message.error_code
+        method = message.method
+        if code == 401 and pending.signed:
+            log.warning(
+                "Invalid credentials, refusing to re-authenticate %s",
+                kv(rid=self.relay_id, method=method.name.lower()),
+            )
+            self.credentials_valid = False
+            self.invalidate_allocation()
+            return
+        if code in (401, 438):
+            nonce, realm = message.get("NONCE"), message.get("REALM")
+            if code == 401 and realm is not None and realm != self.realm:
+                log.warning("Refusing to authenticate with server %s", kv(rid=self.relay_id, realm=realm))
+                self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+                return
+            if nonce is None:
+                log.warning("Error %s without NONCE %s", code, kv(rid=self.relay_id))
+                self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+                return
+            self.nonce = nonce
+            fresh = Backoff(now, max_elapsed=pending.backoff.max_elapsed)
+            self._send(_renewed(pending.message), pending.dst, now, fresh, pending.peer)
+            return
+        if code == 437:
+            self.invalidate_allocation()
+            if method == Method.ALLOCATE:
+                self._send_refresh(now, lifetime=0)  # delete the stale allocation, then re-allocate
+            elif method == Method.REFRESH:
+                self._send_allocate(now)
+            elif method == Method.CHANNEL_BIND:
+                self._send_allocate(now)
+                if pending.peer is not None:
+                    self.buffered_channel_bindings.append(pending.peer)
+            return
+        if code == 420:
+            log.warning("Relay does not understand our request %s", kv(rid=self.relay_id, method=method.name))
+            self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+            return
+        if method == Method.ALLOCATE:
+            self.buffered_channel_bindings.clear()
+        elif method == Method.CHANNEL_BIND:
+            number = pending.message.get("CHANNEL-NUMBER")
+            self.channels.pop(number, None)
+            log.warning("Channel bind failed %s", kv(rid=self.relay_id, channel=hex(number), code=code))
+        log.warning(
+            "TURN request failed with unhandled error code %s",
+            kv(rid=self.relay_id, method=method.name, code=code, reason=message.get("ERROR-CODE")[1]),
+        )
+
+    # ------------------------------------------------------------------ time
+    def handle_timeout(self, now: float) -> None:
+        for tid, pending in list(self.sent_requests.items()):
+            if tid not in self.sent_requests:  # removed by an invalidation earlier in this loop
+                continue
+            if pending.backoff.is_expired(now):
+                del self.sent_requests[tid]
+                log.debug(
+                    "Request timed out %s",
+                    kv(rid=self.relay_id, method=pending.message.method.name, dst=_fmt(pending.dst)),
+                )
+                if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
+                    log.info("Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=_fmt(pending.dst)))
+                    self.active_socket = None
+                    self.invalidate_allocation()
+            elif pending.backoff.is_due(now):
+                self._retransmit(tid, pending, now)
+
+        if self.lifetime is not None:
+            received_at, lifetime = self.lifetime
+            if now >= received_at + lifetime:
+                log.info("Allocation expired %s", kv(rid=self.relay_id))
+                self.invalidate_allocation()
+            elif now >= received_at + lifetime / 2 and not self._in_flight(Method.REFRESH):
+                self._send_refresh(now)
+
+        if (
+            self.has_allocation()
+            and self.active_socket is not None
+            and self.next_binding is not None
+            and now >= self.next_binding
+        ):
+            self.next_binding = now + BINDING_INTERVAL
+            if not self._in_flight(Method.BINDING):
+                self._send(self._binding_request(), self.active_socket, now)
+
+        in_flight = self._channels_in_flight()
+        for channel in list(self.channels.values()):
+            if channel.needs_refresh(now) and channel.number not in in_flight:
+                self._send_channel_bind(channel, now)
+
+    def _retransmit(self, tid: bytes, pending: _Pending, now: float) -> None:
+        pending.backoff.advance()
+        pending.retransmitted = True
+        if pending.signed:
+            # A signed request is re-signed under a fresh transaction id on every retransmit.
+            del self.sent_requests[tid]
+            pending.message = _renewed(pending.message)
+            self.sent_requests[pending.message.transaction_id] = pending
+        self._transmits.append(Transmit(pending.dst, self._encode(pending)))
+
+    # ------------------------------------------------------------------ commands
+    def refresh(self, now: float) -> None:
+        """Probe the relay: a single-shot REFRESH given up after 1 s (spec §1.7)."""
+        if not self.has_allocation() and self._in_flight(Method.ALLOCATE):
+            return
+        if self.is_suspended():
+            self.active_socket = None
+            self._send_bindings(now)
+            return
+        if not self.credentials_valid or self.active_socket is None:
+            return
+        self._send_refresh(now, backoff=backoff_mod.probe(now))
+
+    def invalidate_allocation(self) -> None:
+        log.info("Invalidating allocation %s", kv(rid=self.relay_id))
+        for candidate in self.relayed.values():
+            self._events.append(Invalid(candidate))
+        self.relayed.clear()
+        self.channels.clear()
+        self.lifetime = None
+        self.sent_requests.clear()
+
+    def bind_channel(self, peer: Address, now: float) -> None:
+        if not self.credentials_valid or self.explicit_failure is not None:
+            return
+        if any(c.peer == peer and c.alive(now) for c in self.channels.values()):
+            return
+        if peer in self.buffered_channel_bindings:
+            return
+        if not self.has_allocation():
+            self.buffered_channel_bindings.append(peer)
+            return
+        if _family(peer) not in self.relayed:
+            log.debug("No relay address for the peer's family %s", kv(rid=self.relay_id, peer=_fmt(peer)))
+            return
+        number = self._free_channel_number(now)
+        if number is None:
+            log.warning("No free channel number %s", kv(rid=self.relay_id))
+            return
+        channel = Channel(number, peer, bound_at=now)
+        self.channels[number] = channel
+        self._send_channel_bind(channel, now)
+
+    def encapsulate(self, peer: Address, payload: bytes, now: float) -> Transmit | None:
+        """Wrap ``payload`` for ``peer`` in ChannelData; None (and a bind started) if no channel."""
+        channel = next((c for c in self.channels.values() if c.peer == peer and c.alive(now)), None)
+        if channel is None or self.active_socket is None:
+            self.bind_channel(peer, now)
+            return None
+        self.next_binding = now + BINDING_INTERVAL  # outgoing data keeps the NAT binding alive
+        return Transmit(self.active_socket, stun.encode_channel_data(channel.number, payload))
+
+    def decapsulate(self, from_: Address, packet: bytes, now: float) -> tuple[Address, bytes] | None:
+        """Unwrap ChannelData from the relay: ``(peer, payload)``, or None if it is not ours."""
+        if from_ not in self.server or not stun.is_channel_data(packet):
+            return None
+        try:
+            number, payload = stun.decode_channel_data(packet)
+        except stun.StunParseError:
+            return None
+        channel = self.channels.get(number)
+        if channel is None:
+            return None
+        channel.last_received = now
+        return channel.peer, payload
+
+    def has_channel_to(self, peer: Address, now: float) -> bool:
+        return any(c.peer == peer and c.connected(now) for c in self.channels.values())
+
+    # ------------------------------------------------------------------ request plumbing
+    def _binding_request(self) -> Message:
+        return Message(Method.BINDING, Class.REQUEST, attributes=[("SOFTWARE", SOFTWARE)])
+
+    def _send_bindings(self, now: float) -> None:
+        for addr in self.server.addresses():
+            self._send(self._binding_request(), addr, now)
+
+    def _send_allocate(self, now: float) -> None:
+        if self.active_socket is None:
+            return
+        message = Message(Method.ALLOCATE, Class.REQUEST)
+        message.add("REQUESTED-TRANSPORT", stun.TRANSPORT_UDP)
+        if self.server.v6 is not None:
+            message.add("ADDITIONAL-ADDRESS-FAMILY", stun.ADDRESS_FAMILY_IPV6)
+        message.add("SOFTWARE", SOFTWARE)
+        self._send(message, self.active_socket, now)
+
+    def _send_refresh(self, now: float, lifetime: int | None = None, backoff: Backoff | None = None) -> None:
+        if self.active_socket is None:
+            return
+        message = Message(Method.REFRESH, Class.REQUEST)
+        if lifetime is not None:
+            message.add("LIFETIME", lifetime)
+        message.add("SOFTWARE", SOFTWARE)
+        self._send(message, self.active_socket, now, backoff)
+
+    def _send_channel_bind(self, channel: Channel, now: float) -> None:
+        if self.active_socket is None:
+            return
+        channel.bound_at = now
+        message = Message(Method.CHANNEL_BIND, Class.REQUEST)
+        message.add("CHANNEL-NUMBER", channel.number)
+        message.add("XOR-PEER-ADDRESS", channel.peer)
+        message.add("SOFTWARE", SOFTWARE)
+        self._send(message, self.active_socket, now, peer=channel.peer)
+
+    def _send(
+        self,
+        message: Message,
+        dst: Address,
+        now: float,
+        backoff: Backoff | None = None,
+        peer: Address | None = None,
+    ) -> None:
+        pending = _Pending(
+            dst=dst,
+            message=message,
+            backoff=backoff or Backoff(now, max_elapsed=self.max_elapsed),
+            sent_at=now,
+            peer=peer,
+        )
+        self.sent_requests[message.transaction_id] = pending
+        self._transmits.append(Transmit(dst, self._encode(pending)))
+
+    def _encode(self, pending: _Pending) -> bytes:
+        message = pending.message
+        if message.method == Method.BINDING:
+            return message.encode()
+        signed = self.credentials_valid and self.nonce is not None
+        pending.signed = signed
+        if not signed:
+            return message.encode()
+        wire = Message(message.method, message.cls, message.transaction_id, list(message.attributes))
+        wire.add("USERNAME", self.username).add("REALM", self.realm).add("NONCE", self.nonce)
+        return wire.encode(self._key)
+
+    def _channels_in_flight(self) -> set[int]:
+        return {
+            p.message.get("CHANNEL-NUMBER")
+            for p in self.sent_requests.values()
+            if p.message.method == Method.CHANNEL_BIND
+        }
+
+    def _free_channel_number(self, now: float) -> int | None:
+        for channel in [c for c in self.channels.values() if c.reusable(now)]:
+            del self.channels[channel.number]
+        span = stun.CHANNEL_MAX - stun.CHANNEL_MIN + 1
+        for offset in range(span):
+            number = stun.CHANNEL_MIN + (self._next_channel - stun.CHANNEL_MIN + offset) % span
+            if number not in self.channels:
+                self._next_channel = stun.CHANNEL_MIN + (number - stun.CHANNEL_MIN + 1) % span
+                return number
+        return None
+
+
+def _renewed(message: Message) -> Message:
+    return Message(message.method, message.cls, stun.new_transaction_id(), list(message.attributes))
+
+
+def _fmt(addr: Address | None) -> str:
+    if addr is None:
+        return "-"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
