@@ -19,7 +19,7 @@ from . import stun
 from .backoff import Backoff
 from .credentials import long_term_key
 from .logfmt import kv
-from .stun import Address, Class, Message, Method
+from .stun import Address, Class, Message, Method, format_address
 
 log = logging.getLogger("connlib.allocation")
 
@@ -290,7 +290,7 @@ class Allocation:
             channel = self.channels.get(number)
             if channel is not None and channel.peer == pending.peer:
                 channel.bound = True
-                log.debug("Channel bound %s", kv(rid=self.relay_id, channel=hex(number), peer=_fmt(channel.peer)))
+                log.debug("Channel bound %s", kv(rid=self.relay_id, channel=hex(number), peer=format_address(channel.peer)))
 
     def _handle_binding_success(
         self, message: Message, pending: _Pending, local: Address | None, now: float
@@ -303,7 +303,7 @@ class Allocation:
         if self.active_socket is None:
             self.active_socket = pending.dst
             self.next_binding = now + BINDING_INTERVAL
-            log.debug("Selected relay socket %s", kv(rid=self.relay_id, addr=_fmt(pending.dst)))
+            log.debug("Selected relay socket %s", kv(rid=self.relay_id, addr=format_address(pending.dst)))
             if self.has_allocation():
                 self._send_refresh(now)
             elif not self._in_flight(Method.ALLOCATE):
@@ -344,7 +344,7 @@ class Allocation:
             self._events.append(New(candidate))
         log.info(
             "Allocation created %s",
-            kv(rid=self.relay_id, relayed=",".join(_fmt(a) for a in relayed), lifetime=lifetime),
+            kv(rid=self.relay_id, relayed=",".join(format_address(a) for a in relayed), lifetime=lifetime),
         )
         buffered = list(self.buffered_channel_bindings)
         self.buffered_channel_bindings.clear()
@@ -411,10 +411,10 @@ class Allocation:
                 del self.sent_requests[tid]
                 log.debug(
                     "Request timed out %s",
-                    kv(rid=self.relay_id, method=pending.message.method.name, dst=_fmt(pending.dst)),
+                    kv(rid=self.relay_id, method=pending.message.method.name, dst=format_address(pending.dst)),
                 )
                 if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
-                    log.info("Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=_fmt(pending.dst)))
+                    log.info("Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=format_address(pending.dst)))
                     self.active_socket = None
                     self.invalidate_allocation()
             elif pending.backoff.is_due(now):
@@ -486,7 +486,7 @@ class Allocation:
             self.buffered_channel_bindings.append(peer)
             return
         if _family(peer) not in self.relayed:
-            log.debug("No relay address for the peer's family %s", kv(rid=self.relay_id, peer=_fmt(peer)))
+            log.debug("No relay address for the peer's family %s", kv(rid=self.relay_id, peer=format_address(peer)))
             return
         number = self._free_channel_number(now)
         if number is None:
@@ -612,8 +612,3 @@ def _renewed(message: Message) -> Message:
     return Message(message.method, message.cls, stun.new_transaction_id(), list(message.attributes))
 
 
-def _fmt(addr: Address | None) -> str:
-    if addr is None:
-        return "-"
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

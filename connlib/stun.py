@@ -234,6 +234,30 @@ ADDRESS_FAMILY_IPV6 = 0x02
 TRANSPORT_UDP = 17
 
 
+def format_address(addr: Address | None) -> str:
+    """``ip:port``, or ``[ip6]:port``; ``-`` for None (log fields)."""
+    if addr is None:
+        return "-"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``ip:port`` or ``[ip6]:port``; raises ValueError with the reason."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"not an ip:port address: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ip = ipaddress.ip_address(host)  # ValueError for names and garbage
+    if ip.version == 6 and not text.startswith("["):
+        raise ValueError(f"IPv6 addresses need brackets: {text!r}")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port out of range: {text!r}")
+    return str(ip), number
+
+
 def new_transaction_id() -> bytes:
     return os.urandom(12)
 

@@ -1,0 +1,558 @@
+"""Message names, payload shapes and Phoenix framing shared by connlib and fake_portal.
+
+This is the only place that knows what travels over the portal websocket (spec §3), so the two ends
+cannot drift apart. Everything that parses untrusted input raises :class:`MessageError` (a
+``ValueError``) with a reason a human can act on, and nothing else.
+
+Framing (spec §3.5): Phoenix v1 frames are JSON objects ``{"topic","event","payload","ref"}`` (what
+connlib speaks); v2 frames are arrays ``[join_ref, ref, topic, event, payload]`` (what the Phoenix JS
+client speaks when the URL carries ``vsn=2.0.0``).
+
+Signalling between a client and a gateway (issue 4) is relayed by the portal. Every signalling
+payload names the *other* side in ``peer_id``: the sender puts the recipient's id there and the
+portal rewrites it to the sender's id before forwarding, so one shape serves both directions::
+
+    client  --request_connection{peer_id=G, ufrag, pwd}-->  portal --connection_request{peer_id=C, ..}--> gateway
+    gateway --connection_accepted{peer_id=C, ufrag, pwd}--> portal --connection_accepted{peer_id=G, ..}--> client
+    either  --new_ice_candidates / invalidate_ice_candidates{peer_id, candidates}--> portal --> the other
+
+``relay_id`` is optional on these payloads: a peer that includes it tells the portal which relay it
+is using, which the portal records for the chaos harness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from connlib.logfmt import kv
+
+log = logging.getLogger("connlib.messages")
+
+MAX_FRAME_BYTES = 64 * 1024
+"""Frames above this are refused by both ends; a real init with many relays is a few KiB."""
+
+MAX_ID_CHARS = 256
+MAX_CANDIDATES = 64
+MAX_CANDIDATE_CHARS = 512
+REALM = "firezone"
+
+
+class MessageError(ValueError):
+    """Input that does not match the wire format or a payload shape; ``str()`` says why."""
+
+
+class Topic(StrEnum):
+    CLIENT = "client"
+    GATEWAY = "gateway"
+    RELAY = "relay"
+    PHOENIX = "phoenix"
+
+
+class Event(StrEnum):
+    # Phoenix control events.
+    PHX_JOIN = "phx_join"
+    PHX_LEAVE = "phx_leave"
+    PHX_REPLY = "phx_reply"
+    PHX_CLOSE = "phx_close"
+    PHX_ERROR = "phx_error"
+    HEARTBEAT = "heartbeat"
+    # Portal → peer.
+    INIT = "init"
+    RELAYS_PRESENCE = "relays_presence"
+    DISCONNECT = "disconnect"
+    CONNECTION_REQUEST = "connection_request"
+    # Peer → portal.
+    NO_RELAYS = "no_relays"
+    REQUEST_CONNECTION = "request_connection"
+    # Both ways (portal forwards).
+    CONNECTION_ACCEPTED = "connection_accepted"
+    NEW_ICE_CANDIDATES = "new_ice_candidates"
+    INVALIDATE_ICE_CANDIDATES = "invalidate_ice_candidates"
+
+
+class Vsn(StrEnum):
+    """Phoenix serializer versions, as given by the ``vsn`` URL parameter."""
+
+    V1 = "1.0.0"
+    V2 = "2.0.0"
+
+
+class ReplyStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+# Reasons the portal puts in error replies; connlib re-joins on UNMATCHED_TOPIC.
+UNMATCHED_TOPIC = "unmatched topic"
+
+
+# ---------------------------------------------------------------------------------------------
+# Field helpers
+
+
+def _expect_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MessageError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in obj:
+        raise MessageError(f"{what} lacks field {key!r}")
+    value = obj[key]
+    # bool is an int in Python, never in JSON schemas.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise MessageError(f"{what} field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _ident(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        raise MessageError(f"{what} must be a non-empty string of at most {MAX_ID_CHARS} chars")
+    return value
+
+
+def _optional_ident(obj: dict[str, Any], key: str, what: str) -> str | None:
+    value = obj.get(key)
+    return None if value is None else _ident(value, f"{what} field {key!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Phoenix frames
+
+Ref = int | str | None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One Phoenix message. ``payload`` is always an object (JSON ``null`` decodes to ``{}``)."""
+
+    topic: str
+    event: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    ref: Ref = None
+    join_ref: Ref = None
+
+
+def _check_ref(value: Any, what: str) -> Ref:
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise MessageError(f"{what} must be an integer, a string or null")
+
+
+def decode_frame(data: str | bytes, vsn: Vsn = Vsn.V1) -> Frame:
+    """Parse one websocket text message in the given serializer version."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise MessageError(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME_BYTES}")
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MessageError(f"frame is not JSON: {exc}") from None
+    if vsn is Vsn.V2:
+        if not isinstance(raw, list) or len(raw) != 5:
+            raise MessageError("v2 frame must be an array [join_ref, ref, topic, event, payload]")
+        join_ref, ref, topic, event, payload = raw
+    else:
+        obj = _expect_object(raw, "v1 frame")
+        missing = [k for k in ("topic", "event") if k not in obj]
+        if missing:
+            raise MessageError(f"v1 frame lacks {', '.join(missing)}")
+        topic, event = obj["topic"], obj["event"]
+        payload, ref, join_ref = obj.get("payload"), obj.get("ref"), obj.get("join_ref")
+    if not isinstance(topic, str) or not topic:
+        raise MessageError("frame topic must be a non-empty string")
+    if not isinstance(event, str) or not event:
+        raise MessageError("frame event must be a non-empty string")
+    if payload is None:
+        payload = {}
+    return Frame(
+        topic=topic,
+        event=event,
+        payload=_expect_object(payload, "frame payload"),
+        ref=_check_ref(ref, "frame ref"),
+        join_ref=_check_ref(join_ref, "frame join_ref"),
+    )
+
+
+def encode_frame(frame: Frame, vsn: Vsn = Vsn.V1) -> str:
+    if vsn is Vsn.V2:
+        raw: Any = [frame.join_ref, frame.ref, frame.topic, frame.event, frame.payload]
+    else:
+        raw = {"topic": frame.topic, "event": frame.event, "payload": frame.payload, "ref": frame.ref}
+    return json.dumps(raw, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The payload of a ``phx_reply``."""
+
+    status: ReplyStatus
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str | None:
+        reason = self.response.get("reason")
+        return reason if isinstance(reason, str) else None
+
+    @classmethod
+    def from_json(cls, payload: Any) -> Reply:
+        obj = _expect_object(payload, "phx_reply payload")
+        status = _field(obj, "status", str, "phx_reply payload")
+        try:
+            parsed = ReplyStatus(status)
+        except ValueError:
+            raise MessageError(f"phx_reply status must be ok or error, got {status!r}") from None
+        response = obj.get("response")
+        return cls(parsed, {} if response is None else _expect_object(response, "phx_reply response"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": str(self.status), "response": self.response}
+
+
+def reply_frame(request: Frame, status: ReplyStatus, response: dict[str, Any] | None = None) -> Frame:
+    """The reply to ``request``: same topic, ref and join_ref."""
+    return Frame(
+        topic=request.topic,
+        event=Event.PHX_REPLY,
+        payload=Reply(status, response or {}).to_json(),
+        ref=request.ref,
+        join_ref=request.join_ref,
+    )
+
+
+def error_reply(request: Frame, reason: str) -> Frame:
+    return reply_frame(request, ReplyStatus.ERROR, {"reason": reason})
+
+
+# ---------------------------------------------------------------------------------------------
+# Relays (spec §3.1)
+
+
+def parse_addr(addr: Any) -> tuple[str, int, int]:
+    """``"ip:port"`` or ``"[ipv6]:port"`` → ``(host, port, family)``, family 4 or 6, host unbracketed."""
+    if not isinstance(addr, str):
+        raise MessageError("relay addr must be a string")
+    if addr.startswith("["):
+        host, sep, port_text = addr[1:].partition("]:")
+        family = 6
+    else:
+        host, sep, port_text = addr.rpartition(":")
+        family = 4
+    if not sep or not port_text.isdigit():
+        raise MessageError(f"relay addr {addr!r} is not ip:port or [ipv6]:port")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise MessageError(f"relay addr {addr!r} does not hold an IP address") from None
+    if ip.version != family:
+        raise MessageError(f"relay addr {addr!r}: IPv6 addresses must be written [addr]:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise MessageError(f"relay addr {addr!r} has port out of range")
+    return str(ip), port, family
+
+
+def format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+RELAY_TYPES = ("turn", "stun")
+
+
+@dataclass(frozen=True)
+class Relay:
+    """One relay entry as the portal sends it; a dual-stack relay is two entries with one id.
+
+    ``expires_at`` is in unix seconds. ``stun`` entries carry no credentials.
+    """
+
+    id: str
+    type: str
+    addr: str
+    username: str = ""
+    password: str = ""
+    expires_at: int = 0
+
+    def __post_init__(self) -> None:
+        _ident(self.id, "relay id")
+        if self.type not in RELAY_TYPES:
+            raise MessageError(f"relay type must be one of {RELAY_TYPES}, got {self.type!r}")
+        parse_addr(self.addr)
+        if self.type == "turn":
+            for name in ("username", "password"):
+                value = getattr(self, name)
+                if not isinstance(value, str) or not value:
+                    raise MessageError(f"turn relay {self.id} needs a non-empty {name}")
+            if not isinstance(self.expires_at, int) or isinstance(self.expires_at, bool) or self.expires_at < 0:
+                raise MessageError(f"turn relay {self.id} expires_at must be a non-negative integer")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Relay:
+        obj = _expect_object(raw, "relay")
+        kind = _field(obj, "type", str, "relay")
+        common = {"id": obj.get("id"), "type": kind, "addr": _field(obj, "addr", str, "relay")}
+        if kind != "turn":
+            return cls(**common)
+        return cls(
+            **common,
+            username=_field(obj, "username", str, "turn relay"),
+            password=_field(obj, "password", str, "turn relay"),
+            expires_at=_field(obj, "expires_at", int, "turn relay"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "type": self.type, "addr": self.addr}
+        if self.type == "turn":
+            out.update(username=self.username, password=self.password, expires_at=self.expires_at)
+        return out
+
+
+def _relay_list(raw: Any, what: str) -> tuple[Relay, ...]:
+    if not isinstance(raw, list):
+        raise MessageError(f"{what} must be a list")
+    return tuple(Relay.from_json(r) for r in raw)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """One TURN server as connlib's Node consumes it: merged across address families.
+
+    ``v4``/``v6`` are ``(host, port)`` with the IPv6 host unbracketed, ready for ``sendto``.
+    """
+
+    id: str
+    v4: tuple[str, int] | None
+    v6: tuple[str, int] | None
+    username: str
+    password: str
+    realm: str = REALM
+
+
+def merge_relays(relays: list[Relay] | tuple[Relay, ...]) -> list[RelayConfig]:
+    """Firezone's ``tunnel::turn()``: drop stun entries, merge same-id entries into dual-stack.
+
+    Unlike Firezone's ``chunk_by`` this groups non-adjacent entries too. A second address of the
+    same family, or an entry whose credentials differ from the first one of that id, is ignored
+    with a WARN. The result is sorted by id so that callers iterate deterministically.
+    """
+    merged: dict[str, RelayConfig] = {}
+    for relay in relays:
+        if relay.type != "turn":
+            continue
+        host, port, family = parse_addr(relay.addr)
+        slot = "v4" if family == 4 else "v6"
+        known = merged.get(relay.id)
+        if known is None:
+            merged[relay.id] = RelayConfig(relay.id, None, None, relay.username, relay.password)
+            known = merged[relay.id]
+        elif (known.username, known.password) != (relay.username, relay.password):
+            log.warning("Relay entries disagree on credentials; ignoring one %s", kv(rid=relay.id, addr=relay.addr))
+            continue
+        if getattr(known, slot) is not None:
+            log.warning("Duplicate address family for relay; ignoring %s", kv(rid=relay.id, addr=relay.addr))
+            continue
+        merged[relay.id] = dataclasses.replace(known, **{slot: (host, port)})
+    return [merged[rid] for rid in sorted(merged)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads
+
+
+@dataclass(frozen=True)
+class RelayJoin:
+    """A relay's ``phx_join`` payload: the secret its credentials derive from (spec §4.1)."""
+
+    stamp_secret: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stamp_secret, str) or not self.stamp_secret or len(self.stamp_secret) > 256:
+            raise MessageError("stamp_secret must be a non-empty string of at most 256 chars")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> RelayJoin:
+        return cls(_field(_expect_object(raw, "relay join payload"), "stamp_secret", str, "relay join payload"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stamp_secret": self.stamp_secret}
+
+
+@dataclass(frozen=True)
+class Init:
+    """``init`` (spec §3.2). Absent lists default to empty, as connlib's serde defaults do."""
+
+    relays: tuple[Relay, ...] = ()
+    interface: dict[str, Any] = field(default_factory=dict)
+    resources: tuple[Any, ...] = ()
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Init:
+        obj = _expect_object(raw, "init payload")
+        resources = obj.get("resources", [])
+        if not isinstance(resources, list):
+            raise MessageError("init resources must be a list")
+        return cls(
+            relays=_relay_list(obj.get("relays", []), "init relays"),
+            interface=_expect_object(obj.get("interface", {}), "init interface"),
+            resources=tuple(resources),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "interface": self.interface,
+            "resources": list(self.resources),
+            "relays": [r.to_json() for r in self.relays],
+        }
+
+
+@dataclass(frozen=True)
+class RelaysPresence:
+    """``relays_presence`` (spec §3.3): feed to ``update_relays(disconnected_ids, connected)``."""
+
+    disconnected_ids: tuple[str, ...] = ()
+    connected: tuple[Relay, ...] = ()
+
+    @classmethod
+    def from_json(cls, raw: Any) -> RelaysPresence:
+        obj = _expect_object(raw, "relays_presence payload")
+        ids = _field(obj, "disconnected_ids", list, "relays_presence payload")
+        return cls(
+            disconnected_ids=tuple(_ident(i, "disconnected id") for i in ids),
+            connected=_relay_list(_field(obj, "connected", list, "relays_presence payload"), "connected"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"disconnected_ids": list(self.disconnected_ids), "connected": [r.to_json() for r in self.connected]}
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """A forced logout, e.g. ``{"reason": "token_expired"}``; connlib treats it as fatal."""
+
+    reason: str
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Disconnect:
+        return cls(_field(_expect_object(raw, "disconnect payload"), "reason", str, "disconnect payload"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
+
+
+def candidate_type(candidate: Any) -> str:
+    """The ``typ`` of an ICE candidate line ``candidate:<foundation> ... typ <type> ...``."""
+    if not isinstance(candidate, str) or not candidate.startswith("candidate:"):
+        raise MessageError("an ICE candidate must be a string starting with 'candidate:'")
+    if len(candidate) > MAX_CANDIDATE_CHARS:
+        raise MessageError(f"ICE candidate longer than {MAX_CANDIDATE_CHARS} chars")
+    tokens = candidate.split()
+    for i, token in enumerate(tokens[:-1]):
+        if token == "typ" and tokens[i + 1] in CANDIDATE_TYPES:
+            return tokens[i + 1]
+    raise MessageError(f"ICE candidate {candidate!r} lacks 'typ host|srflx|prflx|relay'")
+
+
+@dataclass(frozen=True)
+class ConnectionSignal:
+    """``request_connection``, ``connection_request`` and ``connection_accepted``: ICE credentials.
+
+    ``ufrag``/``pwd`` are the sender's ICE username fragment and password; sending a new pair for
+    an existing peer is an ICE restart.
+    """
+
+    peer_id: str
+    ufrag: str
+    pwd: str
+    relay_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _ident(self.peer_id, "peer_id")
+        _ident(self.ufrag, "ufrag")
+        _ident(self.pwd, "pwd")
+        if ":" in self.ufrag:
+            raise MessageError("ufrag must not contain ':' (STUN USERNAME is remote:local)")
+        if self.relay_id is not None:
+            _ident(self.relay_id, "relay_id")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ConnectionSignal:
+        obj = _expect_object(raw, "connection signal")
+        return cls(
+            peer_id=_field(obj, "peer_id", str, "connection signal"),
+            ufrag=_field(obj, "ufrag", str, "connection signal"),
+            pwd=_field(obj, "pwd", str, "connection signal"),
+            relay_id=_optional_ident(obj, "relay_id", "connection signal"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"peer_id": self.peer_id, "ufrag": self.ufrag, "pwd": self.pwd}
+        if self.relay_id is not None:
+            out["relay_id"] = self.relay_id
+        return out
+
+
+@dataclass(frozen=True)
+class CandidateSignal:
+    """``new_ice_candidates`` and ``invalidate_ice_candidates``: candidate lines for one peer."""
+
+    peer_id: str
+    candidates: tuple[str, ...]
+    relay_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _ident(self.peer_id, "peer_id")
+        if len(self.candidates) > MAX_CANDIDATES:
+            raise MessageError(f"more than {MAX_CANDIDATES} candidates in one message")
+        for candidate in self.candidates:
+            candidate_type(candidate)
+        if self.relay_id is not None:
+            _ident(self.relay_id, "relay_id")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> CandidateSignal:
+        obj = _expect_object(raw, "candidate signal")
+        return cls(
+            peer_id=_field(obj, "peer_id", str, "candidate signal"),
+            candidates=tuple(_field(obj, "candidates", list, "candidate signal")),
+            relay_id=_optional_ident(obj, "relay_id", "candidate signal"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"peer_id": self.peer_id, "candidates": list(self.candidates)}
+        if self.relay_id is not None:
+            out["relay_id"] = self.relay_id
+        return out
+
+
+PAYLOAD_TYPES: dict[str, Any] = {
+    Event.INIT: Init,
+    Event.RELAYS_PRESENCE: RelaysPresence,
+    Event.DISCONNECT: Disconnect,
+    Event.REQUEST_CONNECTION: ConnectionSignal,
+    Event.CONNECTION_REQUEST: ConnectionSignal,
+    Event.CONNECTION_ACCEPTED: ConnectionSignal,
+    Event.NEW_ICE_CANDIDATES: CandidateSignal,
+    Event.INVALIDATE_ICE_CANDIDATES: CandidateSignal,
+}
+"""Events whose payload has a dataclass; ``no_relays`` and ``heartbeat`` carry ``{}``."""
+
+
+def decode_payload(event: str, payload: Any) -> Any:
+    """The typed payload of an application event, e.g. ``Init`` for ``init``."""
+    kind = PAYLOAD_TYPES.get(event)
+    if kind is None:
+        raise MessageError(f"event {event!r} has no payload type")
+    return kind.from_json(payload)

@@ -1,0 +1,301 @@
+"""``Node``: the set of relays a client or gateway keeps allocations on (spec §2).
+
+Sans-IO like ``Allocation``. ``update_relays`` implements the two fixes of Firezone #6666:
+
+1. a known relay id that comes back with different credentials or a different address is dropped
+   and allocated again (a relay that rebooted while we were partitioned from the portal);
+2. every known relay *not* named in the update is probed with a single-shot REFRESH and dropped
+   when the probe fails (a relay that vanished while we were partitioned).
+
+Dropped relays are announced with ``RelayRemoved`` so that connections can migrate; when the last
+one goes, ``NoRelays`` asks the portal for a new set.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import backoff as backoff_mod
+from . import stun
+from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket, Transmit
+from .logfmt import kv
+from .stun import Address, format_address
+
+log = logging.getLogger("connlib.node")
+
+MAX_PREVIOUS_RELAY_IPS = 64
+
+# Names of the two #6666 fixes; the test suites disable one at a time to prove they catch the bug.
+FIX_CREDENTIALS_COMPARE = "credentials-compare"
+FIX_PROBE = "probe"
+KNOWN_FIXES = frozenset({FIX_CREDENTIALS_COMPARE, FIX_PROBE})
+
+
+class RelayConfig(Protocol):
+    """What ``update_relays`` needs of a relay (``connlib.messages.RelayConfig`` has it)."""
+
+    id: str
+    v4: Address | None
+    v6: Address | None
+    username: str
+    password: str
+    realm: str
+
+
+@dataclass(frozen=True)
+class CandidateNew:
+    rid: str
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class CandidateInvalid:
+    rid: str
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class RelayAdded:
+    rid: str
+
+
+@dataclass(frozen=True)
+class RelayRemoved:
+    """A relay is gone (removed by the portal, replaced, or freed): migrate what used it."""
+
+    rid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NoRelays:
+    """The last relay is gone; the portal should be asked for new ones (``no_relays``)."""
+
+
+NodeEvent = CandidateNew | CandidateInvalid | RelayAdded | RelayRemoved | NoRelays
+
+
+@dataclass(frozen=True)
+class ChannelData:
+    """Application data that arrived through a relay from ``peer``."""
+
+    rid: str
+    peer: Address
+    payload: bytes
+
+
+class Node:
+    def __init__(
+        self,
+        now: float,
+        *,
+        seed: int = 0,
+        max_elapsed: float = backoff_mod.MAX_ELAPSED,
+        disabled_fixes: Iterable[str] = (),
+    ) -> None:
+        self.allocations: dict[str, Allocation] = {}
+        self.previous_relay_ips: collections.deque[str] = collections.deque(maxlen=MAX_PREVIOUS_RELAY_IPS)
+        self.max_elapsed = max_elapsed
+        self.disabled_fixes = frozenset(disabled_fixes)
+        unknown = self.disabled_fixes - KNOWN_FIXES
+        if unknown:
+            raise ValueError(f"unknown fixes to disable: {sorted(unknown)}; known: {sorted(KNOWN_FIXES)}")
+        self._rng = random.Random(seed)
+        self._events: collections.deque[NodeEvent] = collections.deque()
+        self._transmits: collections.deque[Transmit] = collections.deque()
+        self._no_relays_sent = False
+        self._last_now = now
+
+    # ------------------------------------------------------------------ relay set
+    def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable[RelayConfig], now: float) -> None:
+        for rid in sorted(set(disconnected_ids)):
+            allocation = self.allocations.pop(rid, None)
+            if allocation is None:
+                log.debug("Cannot delete unknown allocation %s", kv(rid=rid))
+                continue
+            log.info("Removed TURN server %s", kv(rid=rid))
+            self._forget(rid, allocation, "removed by the portal")
+
+        listed: set[str] = set()
+        for relay in connected:
+            listed.add(relay.id)
+            self._upsert(relay, now)
+
+        self._probe_unlisted(listed, now)
+        self._drain_allocations()
+        self._check_no_relays()
+
+    def _upsert(self, relay: RelayConfig, now: float) -> None:
+        try:
+            server = RelaySocket(relay.v4, relay.v6)
+        except ValueError:
+            log.debug("Skipping relay without address %s", kv(rid=relay.id))
+            return
+        if not relay.username or not relay.realm:
+            log.debug("Skipping relay with empty username or realm %s", kv(rid=relay.id))
+            return
+        existing = self.allocations.get(relay.id)
+        if existing is not None and self._is_same_relay(existing, relay, server):
+            log.info("Skipping known TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
+            return
+        if existing is not None:
+            log.info("Replaced TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
+            del self.allocations[relay.id]
+            self._forget(relay.id, existing, "replaced (new credentials or address)")
+        else:
+            log.info("Added new TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
+        self.allocations[relay.id] = Allocation(
+            server, relay.username, relay.password, relay.realm, now,
+            relay_id=relay.id, max_elapsed=self.max_elapsed,
+        )  # fmt: skip
+        self._no_relays_sent = False
+        self._events.append(RelayAdded(relay.id))
+
+    def _is_same_relay(self, existing: Allocation, relay: RelayConfig, server: RelaySocket) -> bool:
+        if FIX_CREDENTIALS_COMPARE in self.disabled_fixes:
+            return True  # the pre-#6666 bug: a known id is trusted whatever it now carries
+        return existing.matches_credentials(relay.username, relay.password) and existing.matches_socket(server)
+
+    def _probe_unlisted(self, listed: set[str], now: float) -> None:
+        if FIX_PROBE in self.disabled_fixes:
+            return
+        for rid in sorted(self.allocations.keys() - listed):
+            log.debug("Probing relay not named in the update %s", kv(rid=rid))
+            self.allocations[rid].refresh(now)
+
+    def _forget(self, rid: str, allocation: Allocation, reason: str) -> None:
+        """Take a relay out of use: its candidates are invalid and its stray packets dropped."""
+        self._drain_one(rid, allocation)
+        for addr in allocation.server.addresses():
+            if addr[0] not in self.previous_relay_ips:
+                self.previous_relay_ips.append(addr[0])
+        for candidate in allocation.relay_candidates():
+            self._events.append(CandidateInvalid(rid, candidate))
+        self._events.append(RelayRemoved(rid, reason))
+
+    def _check_no_relays(self) -> None:
+        if not self.allocations and not self._no_relays_sent:
+            log.info("Removed last relay; requesting a new set")
+            self._no_relays_sent = True
+            self._events.append(NoRelays())
+
+    # ------------------------------------------------------------------ I/O-free plumbing
+    def handle_input(
+        self, packet: bytes, from_: Address, local: Address | None, now: float
+    ) -> ChannelData | bool:
+        """Feed a datagram. ``ChannelData`` for relayed app data, True if a relay consumed it,
+        False if it is not relay traffic (e.g. a direct connectivity check)."""
+        self._last_now = now
+        for rid, allocation in self.allocations.items():
+            if from_ not in allocation.server:
+                continue
+            if stun.is_channel_data(packet):
+                unwrapped = allocation.decapsulate(from_, packet, now)
+                result: ChannelData | bool = (
+                    ChannelData(rid, *unwrapped) if unwrapped is not None else True
+                )
+            else:
+                allocation.handle_input(packet, from_, local, now)
+                result = True
+            self._drain_allocations()
+            self._gc()
+            return result
+        if from_[0] in self.previous_relay_ips:
+            return True  # late traffic from a relay we dropped
+        return False
+
+    def handle_timeout(self, now: float) -> None:
+        self._last_now = now
+        for allocation in self.allocations.values():
+            allocation.handle_timeout(now)
+        self._drain_allocations()
+        self._gc()
+
+    def _gc(self) -> None:
+        for rid in sorted(self.allocations):
+            reason = self.allocations[rid].can_be_freed()
+            if reason is None:
+                continue
+            allocation = self.allocations.pop(rid)
+            log.warning("Disconnecting from relay; %s %s", reason, kv(rid=rid))
+            self._forget(rid, allocation, str(reason))
+        self._check_no_relays()
+
+    def _drain_allocations(self) -> None:
+        for rid, allocation in self.allocations.items():
+            self._drain_one(rid, allocation)
+
+    def _drain_one(self, rid: str, allocation: Allocation) -> None:
+        while (transmit := allocation.poll_transmit()) is not None:
+            self._transmits.append(transmit)
+        while (event := allocation.poll_event()) is not None:
+            if isinstance(event, New):
+                self._events.append(CandidateNew(rid, event.candidate))
+            elif isinstance(event, Invalid):
+                self._events.append(CandidateInvalid(rid, event.candidate))
+
+    def poll_transmit(self) -> Transmit | None:
+        return self._transmits.popleft() if self._transmits else None
+
+    def poll_event(self) -> NodeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def poll_timeout(self) -> float | None:
+        deadlines = [t for a in self.allocations.values() if (t := a.poll_timeout()) is not None]
+        return min(deadlines) if deadlines else None
+
+    # ------------------------------------------------------------------ data path
+    def bind_channel(self, rid: str, peer: Address, now: float) -> None:
+        allocation = self.allocations.get(rid)
+        if allocation is not None:
+            allocation.bind_channel(peer, now)
+            self._drain_one(rid, allocation)
+
+    def encapsulate(self, rid: str, peer: Address, payload: bytes, now: float) -> Transmit | None:
+        allocation = self.allocations.get(rid)
+        if allocation is None:
+            return None
+        transmit = allocation.encapsulate(peer, payload, now)
+        self._drain_one(rid, allocation)
+        return transmit
+
+    # ------------------------------------------------------------------ selection
+    def usable_relays(self) -> list[str]:
+        return [rid for rid, a in sorted(self.allocations.items()) if a.has_allocation()]
+
+    def sample_relay(self) -> str | None:
+        """Pick a relay for a new connection among the ones with a good RTT (spec §2.3)."""
+        measured = {
+            rid: a.srtt
+            for rid, a in sorted(self.allocations.items())
+            if a.has_allocation() and a.srtt is not None
+        }
+        if not measured:
+            return None
+        rtts = list(measured.values())
+        if len(rtts) <= 2:
+            threshold = 1.5 * min(rtts)
+        else:
+            median = statistics.median(rtts)
+            mad = max(statistics.median(abs(r - median) for r in rtts), 0.002)
+            threshold = median + 3 * mad
+        eligible = [rid for rid, rtt in measured.items() if rtt <= threshold]
+        return self._rng.choice(eligible)
+
+    def relay_candidates(self, rid: str) -> list[Candidate]:
+        allocation = self.allocations.get(rid)
+        return allocation.relay_candidates() if allocation else []
+
+    def free_reason(self, rid: str) -> FreeReason | None:
+        allocation = self.allocations.get(rid)
+        return allocation.can_be_freed() if allocation else None
+
+
+def _fmt_server(server: RelaySocket) -> str:
+    return ",".join(format_address(a) for a in server.addresses())
