@@ -1,0 +1,190 @@
+"""The asyncio driver: the only place with sockets, a clock and tasks.
+
+It drives any sans-IO core with the ``handle_input`` / ``handle_timeout`` / ``poll_transmit`` /
+``poll_event`` / ``poll_timeout`` shape (a ``Node``, or a ``Tunnel`` that adds connections):
+*receive or time out → handle → drain transmits and events → sleep until ``poll_timeout``*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .logfmt import kv
+from .stun import Address
+
+log = logging.getLogger("connlib.driver")
+
+
+class SansIO(Protocol):
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> Any: ...
+    def handle_timeout(self, now: float) -> None: ...
+    def poll_transmit(self) -> Any: ...
+    def poll_event(self) -> Any: ...
+    def poll_timeout(self) -> float | None: ...
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        local = self.transport.get_extra_info("sockname") if self.transport else None
+        self.driver._on_datagram(data, (addr[0], addr[1]), local[:2] if local else None)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable from a dead relay lands here; the backoff decides what it means.
+        log.debug("UDP error %s", kv(error=exc))
+
+
+class Driver:
+    def __init__(
+        self,
+        core: SansIO,
+        *,
+        bind_v4: Address = ("0.0.0.0", 0),
+        bind_v6: Address | None = ("::", 0),
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.bind_v4 = bind_v4
+        self.bind_v6 = bind_v6
+        self._on_event = on_event
+        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._wake = asyncio.Event()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self._subscribers: list[asyncio.Queue] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self), local_addr=self.bind_v4, family=socket.AF_INET
+        )
+        self._transports[4] = transport
+        if self.bind_v6 is not None and socket.has_ipv6:
+            try:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(self.bind_v6)
+                transport6, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
+                self._transports[6] = transport6
+            except OSError as exc:
+                log.info("No IPv6 socket %s", kv(error=exc))
+        self._task = asyncio.create_task(self._run(), name="connlib-driver")
+        log.info("Driver started %s", kv(local=self.local_addresses()))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+
+    async def __aenter__(self) -> Driver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def local_addresses(self) -> dict[int, Address]:
+        return {
+            family: transport.get_extra_info("sockname")[:2]
+            for family, transport in self._transports.items()
+        }
+
+    # ------------------------------------------------------------------ commands
+    def call(self, command: Callable[[float], Any]) -> Any:
+        """Run ``command(now)`` on the core, then flush what it produced."""
+        result = command(self.clock())
+        self._flush()
+        return result
+
+    def send_raw(self, payload: bytes, dst: Address) -> None:
+        self._send(payload, dst)
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue receiving every event (and every non-bool ``handle_input`` result) from now on."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (bounded) until ``predicate()`` holds; re-checked after every state change."""
+        if predicate():
+            return True
+        entry = (predicate, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(entry[1]), timeout)
+            return True
+        except TimeoutError:
+            return predicate()
+        finally:
+            self._waiters.remove(entry)
+
+    # ------------------------------------------------------------------ the loop
+    def _on_datagram(self, data: bytes, from_: Address, local: Address | None) -> None:
+        try:
+            result = self.core.handle_input(data, from_, local, self.clock())
+        except Exception:  # a bug: log it loudly but keep the data plane alive
+            log.exception("Core failed to handle a datagram %s", kv(src=from_))
+            return
+        if result is not None and not isinstance(result, bool):
+            self._emit(result)
+        self._flush()
+
+    async def _run(self) -> None:
+        while True:
+            deadline = self.core.poll_timeout()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            now = self.clock()
+            if deadline is not None and now >= deadline:
+                self.core.handle_timeout(now)
+                self._flush()
+
+    def _flush(self) -> None:
+        while (transmit := self.core.poll_transmit()) is not None:
+            self._send(transmit.payload, transmit.dst)
+        while (event := self.core.poll_event()) is not None:
+            self._emit(event)
+        self._wake.set()  # the deadline may have moved
+        for predicate, future in self._waiters:
+            if not future.done() and predicate():
+                future.set_result(None)
+
+    def _emit(self, event: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    def _send(self, payload: bytes, dst: Address) -> None:
+        family = 6 if ":" in dst[0] else 4
+        transport = self._transports.get(family)
+        if transport is None:
+            log.debug("No socket for address family %s", kv(dst=dst, family=family))
+            return
+        transport.sendto(payload, dst)
