@@ -241,9 +241,13 @@ class Node:
                 self._events.append(CandidateInvalid(rid, event.candidate))
 
     def poll_transmit(self) -> Transmit | None:
+        if not self._transmits:
+            self._drain_allocations()  # commands may have been given to an allocation directly
         return self._transmits.popleft() if self._transmits else None
 
     def poll_event(self) -> NodeEvent | None:
+        if not self._events:
+            self._drain_allocations()
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:

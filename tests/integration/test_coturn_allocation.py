@@ -1,0 +1,169 @@
+"""connlib's Node + asyncio driver against real coturn processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from connlib.allocation import FreeReason
+from connlib.driver import Driver
+from connlib.messages import RelayConfig
+from connlib.node import ChannelData, Node, RelayRemoved
+
+pytestmark = pytest.mark.coturn
+
+BACKOFF_BOUND = 10.0 + 1.5  # give-up time plus scheduling slack
+
+
+def relay_config(coturn, rid: str = "relay-a", salt: str = "client") -> RelayConfig:
+    username, password = coturn.credentials(salt=salt)
+    return RelayConfig(id=rid, v4=coturn.addr, v6=None, username=username, password=password)
+
+
+class Peer:
+    """One Node driven by the real asyncio driver, with its events recorded."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.node = Node(loop.time())
+        self.events: list = []
+        self.driver = Driver(self.node, clock=loop.time, bind_v4=("127.0.0.1", 0), bind_v6=None,
+                             on_event=self.events.append)  # fmt: skip
+
+    def allocation(self, rid: str = "relay-a"):
+        return self.node.allocations.get(rid)
+
+    def allocated(self, rid: str = "relay-a") -> bool:
+        allocation = self.allocation(rid)
+        return allocation is not None and allocation.has_allocation()
+
+    def removed(self, rid: str = "relay-a") -> list[RelayRemoved]:
+        return [e for e in self.events if isinstance(e, RelayRemoved) and e.rid == rid]
+
+    def update(self, disconnected=(), connected=()) -> None:
+        self.driver.call(lambda now: self.node.update_relays(list(disconnected), list(connected), now))
+
+
+@pytest.fixture
+async def peer():
+    p = Peer()
+    async with p.driver:
+        yield p
+
+
+@pytest.fixture
+async def peer_b():
+    p = Peer()
+    async with p.driver:
+        yield p
+
+
+async def test_allocates_and_learns_srflx(coturn, peer):
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    allocation = peer.allocation()
+    (relayed,) = allocation.relay_candidates()
+    assert relayed.addr[0] == "127.0.0.1" and coturn.relay_ports[0] <= relayed.addr[1] <= coturn.relay_ports[1]
+    assert allocation.srflx[4].addr == peer.driver.local_addresses()[4]
+    assert allocation.lifetime[1] == 600
+    assert allocation.srtt is not None and allocation.srtt < 1.0
+
+
+async def test_refresh_renews_lifetime(coturn, peer):
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    first = peer.allocation().lifetime[0]
+    peer.driver.call(peer.allocation().refresh)
+    assert await peer.driver.wait_until(lambda: peer.allocation().lifetime[0] > first, timeout=2)
+    assert peer.allocated() and not peer.removed()
+
+
+async def test_channel_data_round_trip_between_two_allocations(coturn, peer, peer_b):
+    peer.update(connected=[relay_config(coturn, salt="a")])
+    peer_b.update(connected=[relay_config(coturn, salt="b")])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    assert await peer_b.driver.wait_until(peer_b.allocated, timeout=5)
+    addr_a = peer.allocation().relay_candidates()[0].addr
+    addr_b = peer_b.allocation().relay_candidates()[0].addr
+    # Each side binds a channel to the other's relayed address; that installs the permission.
+    peer.driver.call(lambda now: peer.node.bind_channel("relay-a", addr_b, now))
+    peer_b.driver.call(lambda now: peer_b.node.bind_channel("relay-a", addr_a, now))
+    assert await peer.driver.wait_until(lambda: peer.allocation().has_channel_to(addr_b, asyncio.get_running_loop().time()), 3)
+    assert await peer_b.driver.wait_until(lambda: peer_b.allocation().has_channel_to(addr_a, asyncio.get_running_loop().time()), 3)
+
+    received = peer_b.driver.subscribe()
+    for i in range(20):
+        transmit = peer.driver.call(lambda now, i=i: peer.node.encapsulate("relay-a", addr_b, f"ping {i}".encode(), now))
+        peer.driver.send_raw(transmit.payload, transmit.dst)
+    got = []
+    while len(got) < 20:
+        event = await asyncio.wait_for(received.get(), 3)
+        if isinstance(event, ChannelData):
+            got.append(event)
+    assert [e.payload for e in got] == [f"ping {i}".encode() for i in range(20)]
+    assert {e.peer for e in got} == {addr_a}
+
+
+async def test_restart_with_same_secret_recovers_through_437(coturn, peer, caplog):
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    old = peer.allocation().relay_candidates()[0]
+    coturn.restart()  # same secret: our credentials still work, the allocation is gone
+    peer.driver.call(peer.allocation().refresh)
+    recovered = lambda: peer.allocated() and peer.allocation().relay_candidates()[0] != old  # noqa: E731
+    assert await peer.driver.wait_until(recovered, timeout=3)
+    assert not peer.removed()
+    assert "Invalidating allocation" in caplog.text
+
+
+async def test_restart_with_new_secret_frees_with_authentication_error(coturn, peer, caplog):
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    coturn.restart(secret="a-new-secret-after-reboot")
+    peer.driver.call(peer.allocation().refresh)
+    assert await peer.driver.wait_until(lambda: bool(peer.removed()), timeout=3)
+    assert peer.removed()[0].reason == str(FreeReason.AUTHENTICATION_ERROR)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "Disconnecting from relay" in r.getMessage()]
+    assert len(warnings) == 1 and "rid=relay-a" in warnings[0].getMessage()
+    assert "relay-a" not in peer.node.allocations
+
+
+async def test_stopped_relay_is_freed_by_the_probe_within_a_second(coturn, peer):
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    coturn.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    peer.update(connected=[])  # a re-init that no longer names the relay ⇒ probe
+    assert await peer.driver.wait_until(lambda: bool(peer.removed()), timeout=3)
+    elapsed = loop.time() - started
+    assert peer.removed()[0].reason == str(FreeReason.NO_RESPONSE)
+    assert 0.9 <= elapsed <= 1.5, f"probe gave up after {elapsed:.2f}s, expected ~1 s"
+
+
+async def test_stopped_relay_is_freed_by_the_backoff_within_bound(coturn, peer):
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    coturn.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # An ordinary refresh (not the probe) uses the full request backoff.
+    peer.driver.call(lambda now: peer.allocation()._send_refresh(now))
+    assert await peer.driver.wait_until(lambda: bool(peer.removed()), timeout=BACKOFF_BOUND + 2)
+    elapsed = loop.time() - started
+    assert peer.removed()[0].reason == str(FreeReason.NO_RESPONSE)
+    assert 9.5 <= elapsed <= BACKOFF_BOUND, f"gave up after {elapsed:.2f}s, expected 10 s"
+
+
+async def test_unreachable_relay_at_start_is_freed_after_backoff(peer):
+    from harness.coturn import free_udp_port
+
+    dead = RelayConfig(id="relay-a", v4=("127.0.0.1", free_udp_port()), v6=None, username="1:x", password="p")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    peer.update(connected=[dead])
+    assert await peer.driver.wait_until(lambda: bool(peer.removed()), timeout=BACKOFF_BOUND + 2)
+    assert peer.removed()[0].reason == str(FreeReason.NO_RESPONSE)
+    assert 9.5 <= loop.time() - started <= BACKOFF_BOUND
