@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"give up a request after this many seconds (default {backoff.MAX_ELAPSED:g})",
     )  # fmt: skip
     alloc.set_defaults(handler=allocate, default_log_level="ERROR")
+
+    from . import run as run_command  # the client/gateway runtime
+
+    run_command.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,380 @@
+"""``Tunnel``: a client's or gateway's relays and connections, sans-IO (spec §2.3–2.4, §3.4).
+
+It owns a ``Node`` (the relay set) and one ``Connection`` per peer. Each connection gathers its
+candidates from **one sampled relay** (plus host/srflx unless the policy is ``relay-only``) and
+signals them through the portal. When that relay is removed, replaced or freed, the connection
+migrates: it samples another relay, signals the new candidates, invalidates the old ones and
+re-checks, while the peer does the same. With no relay left it waits for the next relay set.
+
+Application datagrams on a connection are framed with one tag byte so that they can never be
+mistaken for STUN (first byte 0–3) on the same path.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import messages, stun
+from .allocation import Candidate, Transmit
+from .ice import (
+    Connected,
+    Connection,
+    ConnectionEvent,
+    Failed,
+    LocalCandidate,
+    PathLost,
+    PathTransmit,
+    decode_check,
+    parse_candidate,
+)
+from .logfmt import kv
+from .node import CandidateInvalid, CandidateNew, ChannelData, NoRelays, Node, NodeEvent, RelayRemoved
+from .stun import Address
+
+log = logging.getLogger("connlib.tunnel")
+
+DATA_TAG = 0xDA
+POLICY_RELAY_ONLY = "relay-only"
+POLICY_ALL = "all"
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A message for the portal: ``event`` with a JSON-able ``payload``."""
+
+    event: str
+    payload: dict
+
+
+@dataclass(frozen=True)
+class Received:
+    peer_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Migrating:
+    peer_id: str
+    from_relay: str | None
+    to_relay: str | None
+
+
+TunnelEvent = Signal | Received | Migrating | ConnectionEvent | NodeEvent
+
+
+class Tunnel:
+    def __init__(
+        self,
+        role: str,
+        now: float,
+        *,
+        seed: int = 0,
+        policy: str = POLICY_RELAY_ONLY,
+        node: Node | None = None,
+    ) -> None:
+        if role not in ("client", "gateway"):
+            raise ValueError(f"role must be client or gateway, not {role!r}")
+        if policy not in (POLICY_RELAY_ONLY, POLICY_ALL):
+            raise ValueError(f"unknown candidate policy {policy!r}")
+        self.role = role
+        self.policy = policy
+        self.node = node or Node(now, seed=seed)
+        self.connections: dict[str, Connection] = {}
+        self._rng = random.Random(seed + 1)
+        self._events: collections.deque[TunnelEvent] = collections.deque()
+        self._transmits: collections.deque[Transmit] = collections.deque()
+        self._host_candidates: list[LocalCandidate] = []
+
+    # ------------------------------------------------------------------ portal inputs
+    def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable, now: float) -> None:
+        self.node.update_relays(disconnected_ids, connected, now)
+        self._process_node_events(now)
+        self._place_waiting_connections(now)
+
+    def connect(self, peer_id: str, now: float) -> None:
+        """Client side: open (or restart) a connection to gateway ``peer_id``."""
+        connection = self._new_connection(peer_id, controlling=True, now=now)
+        self._signal(
+            messages.Event.REQUEST_CONNECTION,
+            messages.ConnectionSignal(peer_id, connection.local_ufrag, connection.local_pwd, connection.relay_id),
+        )
+        self._signal_local_candidates(connection, connection.local_candidates)
+
+    def handle_signal(self, event: str, payload: object, now: float) -> None:
+        """A typed payload from the portal (see ``connlib.messages``)."""
+        if event == messages.Event.CONNECTION_REQUEST and self.role == "gateway":
+            assert isinstance(payload, messages.ConnectionSignal)
+            connection = self._new_connection(payload.peer_id, controlling=False, now=now)
+            connection.set_remote_credentials(payload.ufrag, payload.pwd, now)
+            self._signal(
+                messages.Event.CONNECTION_ACCEPTED,
+                messages.ConnectionSignal(payload.peer_id, connection.local_ufrag, connection.local_pwd,
+                                          connection.relay_id),
+            )  # fmt: skip
+            self._signal_local_candidates(connection, connection.local_candidates)
+        elif event == messages.Event.CONNECTION_ACCEPTED and self.role == "client":
+            assert isinstance(payload, messages.ConnectionSignal)
+            connection = self.connections.get(payload.peer_id)
+            if connection is None:
+                log.debug("Answer for unknown connection %s", kv(peer=payload.peer_id))
+                return
+            connection.set_remote_credentials(payload.ufrag, payload.pwd, now)
+        elif event in (messages.Event.NEW_ICE_CANDIDATES, messages.Event.INVALIDATE_ICE_CANDIDATES):
+            assert isinstance(payload, messages.CandidateSignal)
+            connection = self.connections.get(payload.peer_id)
+            if connection is None:
+                log.debug("Candidates for unknown connection %s", kv(peer=payload.peer_id))
+                return
+            for line in payload.candidates:
+                try:
+                    candidate = parse_candidate(line)
+                except ValueError as exc:
+                    log.warning("Ignoring bad remote candidate %s", kv(peer=payload.peer_id, error=exc))
+                    continue
+                if event == messages.Event.NEW_ICE_CANDIDATES:
+                    if self.policy == POLICY_RELAY_ONLY and candidate.kind != "relay":
+                        continue
+                    connection.add_remote_candidate(candidate, now)
+                    self._bind_channels(connection, now)
+                else:
+                    connection.remove_remote_candidate(candidate.addr)
+        else:
+            log.debug("Ignoring signal %s", kv(event=event, role=self.role))
+        self._drain_connections(now)
+
+    def set_host_candidates(self, addresses: Iterable[Address]) -> None:
+        """The driver's socket addresses, used as host candidates unless the policy is relay-only."""
+        self._host_candidates = [LocalCandidate("host", a) for a in addresses]
+
+    # ------------------------------------------------------------------ connections
+    def _new_connection(self, peer_id: str, controlling: bool, now: float) -> Connection:
+        old = self.connections.pop(peer_id, None)
+        if old is not None:
+            log.info("Replacing connection %s", kv(peer=peer_id))
+        connection = Connection.new(peer_id, controlling, now, self._rng)
+        self.connections[peer_id] = connection
+        if self.policy == POLICY_ALL:
+            for candidate in self._host_candidates:
+                connection.add_local_candidate(candidate, now)
+        self._assign_relay(connection, now)
+        if connection.relay_id is None:
+            log.warning("No TURN servers connected; connection may fail to establish %s", kv(peer=peer_id))
+        log.info("Created connection %s", kv(peer=peer_id, relay=connection.relay_id or "-"))
+        return connection
+
+    def _assign_relay(self, connection: Connection, now: float) -> list[LocalCandidate]:
+        """Sample a relay for ``connection`` and add its relay candidates; returns those added."""
+        rid = self.node.sample_relay()
+        connection.relay_id = rid
+        if rid is None:
+            return []
+        added = []
+        for candidate in self.node.relay_candidates(rid):
+            local = LocalCandidate("relay", candidate.addr, rid, candidate.related)
+            if connection.add_local_candidate(local, now):
+                added.append(local)
+        self._bind_channels(connection, now)
+        return added
+
+    def _bind_channels(self, connection: Connection, now: float) -> None:
+        # A channel to every remote candidate installs the permission the peer's traffic needs.
+        if connection.relay_id is None:
+            return
+        for addr in connection.remote_candidates:
+            self.node.bind_channel(connection.relay_id, addr, now)
+
+    def _migrate(self, connection: Connection, now: float) -> None:
+        old = connection.relay_id
+        removed = connection.remove_local_candidates(lambda c: c.rid is not None and c.rid not in self.node.allocations)
+        added = self._assign_relay(connection, now)
+        log.info(
+            "Attempting to migrate connection to new relay %s",
+            kv(peer=connection.peer_id, from_relay=old or "-", to_relay=connection.relay_id or "-"),
+        )
+        self._events.append(Migrating(connection.peer_id, old, connection.relay_id))
+        self._signal_invalidated(connection, removed)
+        self._signal_local_candidates(connection, added)
+
+    def _place_waiting_connections(self, now: float) -> None:
+        """Connections without a usable relay get one as soon as one can be sampled."""
+        for connection in self.connections.values():
+            if connection.failed:
+                continue
+            has_relay = any(c.rid is not None for c in connection.local_candidates)
+            if connection.relay_id is None or not has_relay:
+                if self.node.sample_relay() is not None:
+                    self._migrate(connection, now)
+
+    def _signal_local_candidates(self, connection: Connection, candidates: list[LocalCandidate]) -> None:
+        if candidates:
+            self._signal(
+                messages.Event.NEW_ICE_CANDIDATES,
+                messages.CandidateSignal(connection.peer_id, tuple(c.to_line() for c in candidates),
+                                         connection.relay_id),
+            )  # fmt: skip
+
+    def _signal_invalidated(self, connection: Connection, candidates: list[LocalCandidate]) -> None:
+        if candidates:
+            self._signal(
+                messages.Event.INVALIDATE_ICE_CANDIDATES,
+                messages.CandidateSignal(connection.peer_id, tuple(c.to_line() for c in candidates)),
+            )
+
+    def _signal(self, event: str, payload) -> None:  # noqa: ANN001
+        self._events.append(Signal(str(event), payload.to_json()))
+
+    def _process_node_events(self, now: float) -> None:
+        removed: list[str] = []
+        while (event := self.node.poll_event()) is not None:
+            self._events.append(event)
+            if isinstance(event, RelayRemoved):
+                removed.append(event.rid)
+            elif isinstance(event, CandidateInvalid):
+                self._drop_relay_candidate(event.rid, event.candidate)
+            elif isinstance(event, CandidateNew) and event.candidate.kind == "relay":
+                self._relay_candidate_ready(event.rid, event.candidate, now)
+            elif isinstance(event, NoRelays):
+                self._signal_no_relays()
+        for connection in self.connections.values():
+            # A relay replaced under the same id counts as removed too: its fresh allocation has
+            # no RTT yet, so another relay is sampled if there is one.
+            if connection.relay_id in removed and not connection.failed:
+                self._migrate(connection, now)
+
+    def _signal_no_relays(self) -> None:
+        self._events.append(Signal(str(messages.Event.NO_RELAYS), {}))
+
+    def _drop_relay_candidate(self, rid: str, candidate: Candidate) -> None:
+        for connection in self.connections.values():
+            dropped = connection.remove_local_candidates(lambda c: c.rid == rid and c.addr == candidate.addr)
+            self._signal_invalidated(connection, dropped)
+
+    def _relay_candidate_ready(self, rid: str, candidate: Candidate, now: float) -> None:
+        for connection in self.connections.values():
+            if connection.failed:
+                continue
+            if connection.relay_id == rid:
+                local = LocalCandidate("relay", candidate.addr, rid, candidate.related)
+                if connection.add_local_candidate(local, now):
+                    self._bind_channels(connection, now)
+                    self._signal_local_candidates(connection, [local])
+        self._place_waiting_connections(now)
+
+    # ------------------------------------------------------------------ data path
+    def send(self, peer_id: str, payload: bytes, now: float) -> bool:
+        """Send an application datagram on the connection's nominated path; False if none."""
+        connection = self.connections.get(peer_id)
+        if connection is None or connection.nominated is None:
+            return False
+        pair = connection.nominated
+        return self._transmit(PathTransmit(pair.local, pair.remote.addr, bytes([DATA_TAG]) + payload), now)
+
+    def _transmit(self, transmit: PathTransmit, now: float) -> bool:
+        if transmit.local.rid is None:
+            self._transmits.append(Transmit(transmit.dst, transmit.payload))
+            return True
+        wrapped = self.node.encapsulate(transmit.local.rid, transmit.dst, transmit.payload, now)
+        if wrapped is None:
+            return False  # no channel yet: the bind has been started, the checks will retry
+        self._transmits.append(wrapped)
+        return True
+
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> Received | bool:
+        result = self.node.handle_input(packet, from_, local, now)
+        if isinstance(result, ChannelData):
+            relay_local = self._relay_local(result.rid, result.peer)
+            received = self._handle_path_packet(result.payload, relay_local, result.peer, now)
+        elif result:
+            received = True
+        else:
+            host = LocalCandidate("host", local) if local is not None else None
+            received = self._handle_path_packet(packet, host, from_, now) if host else False
+        self._process_node_events(now)
+        self._drain_connections(now)
+        return received
+
+    def _relay_local(self, rid: str, peer: Address) -> LocalCandidate | None:
+        family = 6 if ":" in peer[0] else 4
+        for candidate in self.node.relay_candidates(rid):
+            if candidate.family == family:
+                return LocalCandidate("relay", candidate.addr, rid, candidate.related)
+        return None
+
+    def _handle_path_packet(
+        self, payload: bytes, local: LocalCandidate | None, from_: Address, now: float
+    ) -> Received | bool:
+        if local is None or not payload:
+            return False
+        if payload[0] == DATA_TAG:
+            connection = self._connection_by_remote(local, from_)
+            if connection is None:
+                return False
+            connection.note_data_received(local, from_, now)
+            return Received(connection.peer_id, payload[1:])
+        message = decode_check(payload)
+        if message is None:
+            return False
+        for connection in self.connections.values():
+            if message.cls == stun.Class.REQUEST and not connection.owns_request(message):
+                continue
+            if connection.handle_stun(message, local, from_, now):
+                return True
+        return False
+
+    def _connection_by_remote(self, local: LocalCandidate, from_: Address) -> Connection | None:
+        for connection in self.connections.values():
+            pair = connection.nominated
+            if pair is not None and pair.remote.addr == from_ and pair.local == local:
+                return connection
+        for connection in self.connections.values():
+            if from_ in connection.remote_candidates:
+                return connection
+        return None
+
+    # ------------------------------------------------------------------ time and polling
+    def handle_timeout(self, now: float) -> None:
+        self.node.handle_timeout(now)
+        self._process_node_events(now)
+        for connection in self.connections.values():
+            connection.handle_timeout(now)
+        self._drain_connections(now)
+
+    def _drain_connections(self, now: float) -> None:
+        for connection in list(self.connections.values()):
+            while (transmit := connection.poll_transmit()) is not None:
+                self._transmit(transmit, now)
+            while (event := connection.poll_event()) is not None:
+                self._events.append(event)
+                if isinstance(event, PathLost) and event.rid is not None:
+                    # The relay may be dead without anyone having told us: probe it (1 s).
+                    allocation = self.node.allocations.get(event.rid)
+                    if allocation is not None:
+                        allocation.refresh(now)
+                elif isinstance(event, Failed):
+                    self.connections.pop(connection.peer_id, None)
+        self._process_node_events(now)
+
+    def poll_transmit(self) -> Transmit | None:
+        if self._transmits:
+            return self._transmits.popleft()
+        return self.node.poll_transmit()
+
+    def poll_event(self) -> TunnelEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def poll_timeout(self) -> float | None:
+        deadlines = [t for c in self.connections.values() if (t := c.poll_timeout()) is not None]
+        node = self.node.poll_timeout()
+        if node is not None:
+            deadlines.append(node)
+        return min(deadlines) if deadlines else None
+
+    def connected_peers(self) -> list[str]:
+        return [peer for peer, c in self.connections.items() if c.connected]
+
+
+__all__ = ["Tunnel", "Signal", "Received", "Migrating", "Connected", "Failed", "PathLost", "POLICY_RELAY_ONLY"]
