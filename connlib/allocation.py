@@ -246,6 +246,10 @@ class Allocation:
         if message.method != pending.message.method:
             log.debug("Response method does not match request %s", kv(rid=self.relay_id))
             return True
+        if message.cls == Class.ERROR and message.error_code is None:
+            # Malformed (and acceptable unsigned): like any bad packet it must not touch the request.
+            log.debug("Dropping error response without ERROR-CODE %s", kv(rid=self.relay_id))
+            return True
         if message.method != Method.BINDING and not self._integrity_ok(message):
             # Leave the request in flight: a forged or stale response must not change our state.
             log.warning(
