@@ -53,6 +53,7 @@ class TurnSim:
         self.black_hole = False  # drop everything (relay gone / partitioned)
         self.error_key: bytes | None = None  # sign every error with this (wrong) key
         self.sign_successes = True
+        self.lifetime = DEFAULT_LIFETIME  # granted when the client asks for none
         self.inject: dict[Method, int] = {}  # one-shot error code for the next authenticated request
         self.allocations: dict[Address, SimAllocation] = {}
         self.nonces: dict[Address, str] = {}
@@ -180,7 +181,7 @@ class TurnSim:
     # -- replies ----------------------------------------------------------------------------
     def _lifetime(self, msg: Message) -> int:
         requested = msg.get("LIFETIME")
-        return DEFAULT_LIFETIME if requested is None else min(requested, MAX_LIFETIME)
+        return self.lifetime if requested is None else min(requested, MAX_LIFETIME)
 
     def _reply(self, dst: Address, req: Message, attrs: list, key: bytes | None) -> tuple[Address, bytes]:
         message = Message(req.method, Class.SUCCESS, req.transaction_id, attrs + [("SOFTWARE", "turn-sim")])
@@ -225,21 +226,26 @@ class Net:
         self.agents.update({addr: agent for addr in addrs})
         return agent
 
-    def _source(self, agent: object, dst: Address) -> Address:
-        return next(a for a, g in self.agents.items() if g is agent and family(a) == family(dst))
+    def _source(self, agent: object, dst: Address) -> Address | None:
+        return next((a for a, g in self.agents.items() if g is agent and family(a) == family(dst)), None)
 
     def _send(self, src: Address, dst: Address, payload: bytes, now: float) -> None:
         relay = self.relays.get(dst) or self.relays.get(src)
         if not self.drop(src, dst, payload):
             heapq.heappush(self._queue, (now + (relay.latency if relay else 0.0), next(self._seq), src, dst, payload))
 
+    def transmit(self, agent: object, transmit) -> None:  # noqa: ANN001 - a connlib Transmit
+        """Send something an agent handed out directly (e.g. ``encapsulate``'s result)."""
+        src = self._source(agent, transmit.dst)
+        if src is not None:  # no address of that family: the datagram cannot leave the host
+            self.sent.append((self.now, src, transmit.dst, transmit.payload))
+            self._send(src, transmit.dst, transmit.payload, self.now)
+
     def flush(self) -> None:
         """Put everything the agents want to send on the wire."""
         for agent in dict.fromkeys(self.agents.values()):
             while (transmit := agent.poll_transmit()) is not None:
-                src = self._source(agent, transmit.dst)
-                self.sent.append((self.now, src, transmit.dst, transmit.payload))
-                self._send(src, transmit.dst, transmit.payload, self.now)
+                self.transmit(agent, transmit)
 
     def _deliver(self, src: Address, dst: Address, payload: bytes) -> None:
         if dst in self.relays:
