@@ -467,6 +467,8 @@ MALFORMED = [
     ("IPv4 address 6 bytes", _raw((0x0020, b"\x00\x01\x00\x00\x01\x02")), "IPv4 address attribute must be 8"),
     ("IPv4 address 20 bytes", _raw((0x0001, b"\x00\x01" + b"\x00" * 18)), "IPv4 address attribute must be 8"),
     ("IPv6 address 8 bytes", _raw((0x0016, b"\x00\x02" + b"\x00" * 6)), "IPv6 address attribute must be 20"),
+    ("IPv6 address 24 bytes", _raw((0x0020, b"\x00\x02" + b"\x00" * 22)), "IPv6 address attribute must be 20"),
+    ("IPv4 family, IPv6 length", _raw((0x0020, b"\x00\x01" + b"\x00" * 18)), "IPv4 address attribute must be 8"),
     ("address family 3", _raw((0x0012, b"\x00\x03" + b"\x00" * 6)), "unknown address family 0x3"),
     ("address family 0", _raw((0x0001, b"\x00\x00" + b"\x00" * 6)), "unknown address family 0x0"),
     ("LIFETIME 2 bytes", _raw((0x000D, b"\x00\x01")), "attribute must be 4 bytes, got 2"),
