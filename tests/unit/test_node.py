@@ -1,0 +1,358 @@
+"""``Node``: the relay set (spec §2, the two #6666 fixes), against simulated relays, fake clock.
+
+The last section disables one fix at a time and shows the scenario that the normal-mode tests
+use really exhibits the seed's bug, so those tests would catch a regression.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+
+from connlib import stun
+from connlib.allocation import Candidate, FreeReason
+from connlib.node import (
+    FIX_CREDENTIALS_COMPARE,
+    FIX_PROBE,
+    CandidateInvalid,
+    CandidateNew,
+    ChannelData,
+    Node,
+    NoRelays,
+    RelayAdded,
+    RelayRemoved,
+)
+from connlib.stun import Method
+
+from .turn_sim import Net, TurnSim
+
+CLIENT4 = ("10.0.0.2", 40000)
+NO_RESPONSE = str(FreeReason.NO_RESPONSE)  # "no response received. Is STUN blocked?"
+NO_RESPONSE_WARN = f"Disconnecting from relay; {NO_RESPONSE}"
+
+
+def relays(n: int, **kw) -> list[TurnSim]:
+    return [TurnSim((f"192.0.2.{101 + i}", 3478), secret=f"secret-{i}", **kw) for i in range(n)]
+
+
+def setup(*sims: TurnSim, now: float = 0.0, **node_kw):
+    net = Net(*sims, now=now)
+    node = net.attach(Node(now, seed=7, **node_kw), CLIENT4)
+    return node, net
+
+
+def deploy(node: Node, net: Net, sims: dict[str, TurnSim]) -> None:
+    """``update_relays(∅, sims)`` at ``net.now`` and let the allocations complete."""
+    node.update_relays([], [sim.config(rid) for rid, sim in sims.items()], net.now)
+    net.run(net.now)
+    for rid in sims:
+        assert node.allocations[rid].has_allocation(), rid
+
+
+def events(node: Node) -> list:
+    return list(iter(node.poll_event, None))
+
+
+def of(kind, evs) -> list:
+    return [e for e in evs if isinstance(e, kind)]
+
+
+def messages(caplog, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+def requests_since(sim: TurnSim, t: float) -> list[Method]:
+    return [m for at, m, _ in sim.requests if at >= t and m != Method.BINDING]
+
+
+# --------------------------------------------------------------------------- update_relays upsert
+def test_add_allocates_and_announces_candidates(caplog):
+    (a,) = relays(1)
+    node, net = setup(a)
+    node.update_relays([], [a.config("a")], 0.0)
+    assert events(node) == [RelayAdded("a")]
+    net.run(0.0)
+    evs = events(node)
+    assert [(e.rid, e.candidate.kind) for e in evs] == [("a", "host"), ("a", "srflx"), ("a", "relay")]
+    assert all(isinstance(e, CandidateNew) for e in evs)
+    assert node.usable_relays() == ["a"] and node.relay_candidates("a") == [evs[-1].candidate]
+    assert any(m.startswith("Added new TURN server") and "rid=a" in m for m in messages(caplog, logging.INFO))
+
+
+def test_same_relay_same_credentials_is_skipped_and_not_probed(caplog):
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    events(node)
+    allocation = node.allocations["a"]
+    net.run(10.0)
+    node.update_relays([], [a.config("a")], 10.0)
+    net.run(10.0)
+    assert node.allocations["a"] is allocation
+    assert events(node) == [] and requests_since(a, 10.0) == []
+    assert any(m.startswith("Skipping known TURN server") for m in messages(caplog, logging.INFO))
+
+
+@pytest.mark.parametrize("change", ["password", "username", "address"])
+def test_known_id_with_different_credentials_or_address_is_replaced(change, caplog):
+    a, b = relays(2)
+    b.secret = a.secret  # so that only the address differs in the "address" case
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a})
+    old_relay = node.relay_candidates("a")
+    events(node)
+    old = node.allocations["a"]
+    config = a.config("a")
+    config = {
+        "password": replace(config, password="not-the-same"),
+        "username": replace(config, username="123:other"),
+        "address": replace(config, v4=b.v4),
+    }[change]
+    net.run(10.0)
+    node.update_relays([], [config], 10.0)
+    evs = events(node)
+    assert evs == [CandidateInvalid("a", old_relay[0]), RelayRemoved("a", evs[1].reason), RelayAdded("a")]
+    assert "replaced" in evs[1].reason
+    assert node.allocations["a"] is not old
+    assert any(m.startswith("Replaced TURN server") for m in messages(caplog, logging.INFO))
+    if change == "address":  # a working relay: the fresh allocation completes there
+        net.run(10.0)
+        assert node.allocations["a"].has_allocation() and CLIENT4 in b.allocations
+
+
+def test_replaced_relay_on_same_address_recovers_from_the_stale_server_allocation():
+    """Same relay, new credentials that it accepts: the old 5-tuple allocation is deleted (437)."""
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    stale = node.relay_candidates("a")
+    net.run(10.0)
+    node.update_relays([], [a.config("a", salt="new-salt")], 10.0)
+    net.run(10.0)
+    assert requests_since(a, 10.0) == [Method.ALLOCATE, Method.ALLOCATE, Method.REFRESH, Method.ALLOCATE]
+    assert node.allocations["a"].has_allocation() and node.relay_candidates("a") != stale
+
+
+def test_disconnected_ids_are_removed(caplog):
+    a, b = relays(2)
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a, "b": b})
+    relay_a = node.relay_candidates("a")
+    events(node)
+    node.update_relays(["a"], [b.config("b")], 1.0)
+    assert events(node) == [CandidateInvalid("a", relay_a[0]), RelayRemoved("a", "removed by the portal")]
+    assert sorted(node.allocations) == ["b"]
+    assert any(m.startswith("Removed TURN server") and "rid=a" in m for m in messages(caplog, logging.INFO))
+
+
+def test_removing_an_unknown_id_is_harmless(caplog):
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    events(node)
+    node.update_relays(["nope"], [a.config("a")], 1.0)
+    net.run(1.0)
+    assert events(node) == [] and sorted(node.allocations) == ["a"]
+    assert any(m.startswith("Cannot delete unknown allocation") for m in messages(caplog, logging.DEBUG))
+
+
+# --------------------------------------------------------------------------- probe + GC
+def test_exactly_the_unlisted_relays_are_probed():
+    a, b, c = relays(3)
+    node, net = setup(a, b, c)
+    deploy(node, net, {"a": a, "b": b, "c": c})
+    net.run(30.0)
+    node.update_relays([], [b.config("b")], 30.0)
+    probes = [(t.dst, stun.decode(t.payload).method) for t in iter(node.poll_transmit, None)]
+    assert sorted(probes) == [(a.v4, Method.REFRESH), (c.v4, Method.REFRESH)]
+
+
+def test_dead_unlisted_relay_removed_within_one_second_alive_one_stays(caplog):
+    a, b, c = relays(3)
+    node, net = setup(a, b, c)
+    deploy(node, net, {"a": a, "b": b, "c": c})
+    relay_a = node.relay_candidates("a")
+    net.run(30.0)
+    events(node)
+    a.black_hole = True  # died while we were partitioned from the portal
+    node.update_relays([], [b.config("b")], 30.0)
+    net.run(30.999)
+    assert sorted(node.allocations) == ["a", "b", "c"]
+    assert node.allocations["c"].lifetime == (30.0, 600.0)  # the probe renewed c
+    net.run(31.0)
+    assert sorted(node.allocations) == ["b", "c"]
+    assert events(node) == [CandidateInvalid("a", relay_a[0]), RelayRemoved("a", NO_RESPONSE)]
+    warns = [m for m in messages(caplog, logging.WARNING) if m.startswith("Disconnecting from relay")]
+    assert warns == [f"{NO_RESPONSE_WARN} rid=a"]
+    net.run(60.0)
+    assert sorted(node.allocations) == ["b", "c"]
+
+
+def test_rebooted_unlisted_relay_with_new_secret_is_removed_for_authentication():
+    a, b = relays(2)
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a, "b": b})
+    net.run(30.0)
+    a.reboot(new_secret="fresh-boot")
+    node.update_relays([], [b.config("b")], 30.0)
+    net.run(30.0)
+    assert sorted(node.allocations) == ["b"]
+    assert of(RelayRemoved, events(node)) == [RelayRemoved("a", "authentication error")]
+
+
+def test_no_relays_once_per_loss_of_the_last_relay(caplog):
+    a, b = relays(2)
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a})
+    events(node)
+    node.update_relays(["a"], [], 1.0)
+    assert of(NoRelays, events(node)) == [NoRelays()]
+    node.update_relays([], [], 2.0)
+    node.handle_timeout(3.0)
+    assert of(NoRelays, events(node)) == []
+    net.now = 5.0
+    deploy(node, net, {"b": b})
+    assert of(NoRelays, events(node)) == []
+    # The last relay dies on its own: GC announces it again.
+    b.black_hole = True
+    net.run(35.0)
+    node.update_relays([], [], 35.0)  # probe
+    net.run(36.0)
+    assert not node.allocations
+    assert of(NoRelays, events(node)) == [NoRelays()]
+    info = messages(caplog, logging.INFO)
+    assert info.count("Removed last relay; requesting a new set") == 2
+
+
+def test_packets_from_previous_relays_are_dropped_silently():
+    a, b = relays(2)
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a, "b": b})
+    node.update_relays(["a"], [b.config("b")], 1.0)
+    events(node)
+    list(iter(node.poll_transmit, None))
+    late = stun.Message(Method.REFRESH, stun.Class.SUCCESS, attributes=[("LIFETIME", 600)]).encode()
+    for packet in (late, stun.encode_channel_data(0x4000, b"late"), b"garbage"):
+        assert node.handle_input(packet, a.v4, CLIENT4, 2.0) is True
+        assert node.handle_input(packet, ("198.51.100.1", 3478), CLIENT4, 2.0) is False  # not relay traffic
+    assert events(node) == [] and node.poll_transmit() is None and sorted(node.allocations) == ["b"]
+
+
+def test_channel_data_is_returned_as_channel_data():
+    (a,) = relays(1)
+    net = Net(a)
+    n1 = net.attach(Node(0.0, seed=1), CLIENT4)
+    n2 = net.attach(Node(0.0, seed=2), ("10.0.0.3", 40000))
+    for node, salt in ((n1, "one"), (n2, "two")):
+        node.update_relays([], [a.config("r", salt=salt)], 0.0)
+    net.run(0.0)
+    (r1,), (r2,) = n1.relay_candidates("r"), n2.relay_candidates("r")
+    n1.bind_channel("r", r2.addr, 0.0)
+    n2.bind_channel("r", r1.addr, 0.0)
+    net.run(1.0)
+    net.transmit(n1, n1.encapsulate("r", r2.addr, b"hello", 1.0))
+    net.run(1.0)
+    assert net.received == [(1.0, n2, ChannelData("r", r1.addr, b"hello"))]
+    assert n1.encapsulate("nope", r2.addr, b"x", 1.0) is None
+
+
+# --------------------------------------------------------------------------- sampling
+def test_sample_relay_only_allocated_relays_with_rtt_deterministic_with_seed():
+    picks = []
+    for _ in range(2):
+        fast, near, slow, dead, failing = relays(5)
+        fast.latency, near.latency, slow.latency, failing.latency = 0.010, 0.012, 0.100, 0.001
+        dead.black_hole = True
+        failing.inject[Method.ALLOCATE] = 500  # answers BINDING (so it has an RTT), no allocation
+        sims = {"fast": fast, "near": near, "slow": slow, "dead": dead, "failing": failing}
+        node, net = setup(*sims.values())
+        node.update_relays([], [sim.config(rid) for rid, sim in sims.items()], 0.0)
+        net.run(1.0)
+        assert node.usable_relays() == ["fast", "near", "slow"]
+        assert node.allocations["failing"].srtt is not None and node.allocations["dead"].srtt is None
+        picks.append([node.sample_relay() for _ in range(40)])
+    assert picks[0] == picks[1]  # same seed, same choices
+    assert set(picks[0]) == {"fast", "near"}  # slow is beyond median + 3·MAD
+
+
+def test_sample_relay_two_relays_and_none():
+    fast, slow = relays(2)
+    fast.latency, slow.latency = 0.010, 0.050
+    node, net = setup(fast, slow)
+    assert node.sample_relay() is None
+    node.update_relays([], [fast.config("fast"), slow.config("slow")], 0.0)
+    assert node.sample_relay() is None  # nothing allocated yet
+    net.run(1.0)
+    assert {node.sample_relay() for _ in range(20)} == {"fast"}  # 1.5 × min RTT
+
+
+# --------------------------------------------------------------------------- the seed's two bugs
+def rebooted_relay_with_new_credentials(disabled=()):
+    """The #6648 scenario: a relay reboots (new secret) while we are partitioned from the portal;
+    the re-``init`` names it with the same id and new credentials."""
+    (a,) = relays(1)
+    node, net = setup(a, disabled_fixes=disabled)
+    deploy(node, net, {"a": a})
+    before = node.allocations["a"]
+    net.run(30.0)
+    a.reboot(new_secret="after-reboot")
+    fresh = a.config("a")
+    node.update_relays([], [fresh], 30.0)
+    net.run(30.0 + 20.0)  # the model's idle-spin bound
+    return node, a, fresh, before
+
+
+def test_rebooted_relay_with_new_credentials_is_replaced():
+    node, sim, fresh, before = rebooted_relay_with_new_credentials()
+    allocation = node.allocations["a"]
+    assert allocation is not before and allocation.matches_credentials(fresh.username, fresh.password)
+    assert allocation.has_allocation() and CLIENT4 in sim.allocations
+    assert node.relay_candidates("a")[0].addr == sim.allocations[CLIENT4].relayed[0]
+
+
+def test_mutation_without_credentials_compare_the_stale_allocation_stays():
+    node, sim, fresh, before = rebooted_relay_with_new_credentials(disabled={FIX_CREDENTIALS_COMPARE})
+    allocation = node.allocations["a"]
+    assert allocation is before and not allocation.matches_credentials(fresh.username, fresh.password)
+    assert allocation.has_allocation() and CLIENT4 not in sim.allocations  # a ghost allocation: the bug
+
+
+def silently_dead_unlisted_relay(disabled=()):
+    a, b = relays(2)
+    node, net = setup(a, b, disabled_fixes=disabled)
+    deploy(node, net, {"a": a, "b": b})
+    net.run(30.0)  # keep-alives at 25, 50: none in the window below
+    a.black_hole = True
+    node.update_relays([], [b.config("b")], 30.0)
+    net.run(40.0)  # the backoff bound after the update
+    return node
+
+
+def test_silently_dead_unlisted_relay_is_removed_within_the_bound():
+    assert sorted(silently_dead_unlisted_relay().allocations) == ["b"]
+
+
+def test_mutation_without_probe_the_dead_relay_is_kept():
+    node = silently_dead_unlisted_relay(disabled={FIX_PROBE})
+    assert sorted(node.allocations) == ["a", "b"] and node.allocations["a"].has_allocation()
+
+
+def test_unknown_fix_name_is_rejected():
+    with pytest.raises(ValueError, match="unknown fixes"):
+        Node(0.0, disabled_fixes={"credentials"})
+
+
+def test_candidate_invalid_for_a_relay_freed_by_gc():
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    (relay,) = node.relay_candidates("a")
+    events(node)
+    a.black_hole = True
+    net.run(35.0)  # keep-alive at 25 s times out at 35 s
+    evs = events(node)
+    assert evs[:2] == [CandidateInvalid("a", relay), RelayRemoved("a", NO_RESPONSE)]
+    assert evs[2:] == [NoRelays()]
+    assert isinstance(relay, Candidate) and node.poll_timeout() is None
