@@ -1,0 +1,28 @@
+# Relay: Debian's coturn 4.6.1 + the presence agent (relay_images/agent.py). Build context: relay_images/.
+ARG BASE_IMAGE=connlib-relays/base:bookworm
+FROM ${BASE_IMAGE}
+# Layer order matters on this storage driver (every step costs seconds): the shared, rarely changing
+# steps first (identical in relay/portal/peer, so the three images share them), then this image's
+# metadata (cached until the dependencies change), and last one COPY + one RUN for what changes with
+# the code. Python packages come in as wheels fetched on the host (make images): no network here.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+COPY .cache/wheels/deps/ /tmp/wheels/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-index --find-links /tmp/wheels --no-cache-dir --disable-pip-version-check \
+      -r /tmp/wheels/requirements.txt \
+ && rm -rf /tmp/wheels
+
+LABEL org.connlib-relays.project=connlib-relays org.connlib-relays.image=relay
+EXPOSE 3478/udp 49160-49200/udp
+STOPSIGNAL SIGTERM
+# STUN Binding to 127.0.0.1:3478 with the bare Debian python3 (no venv start-up cost).
+HEALTHCHECK --interval=2s --timeout=2s --start-period=10s --retries=3 \
+  CMD ["/usr/bin/python3", "/opt/connlib-relays/turn_probe.py", "binding", "127.0.0.1:3478"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
+CMD ["relay"]
+
+COPY .cache/wheels/project/ agent.py turn_probe.py turnserver.conf.tmpl /opt/connlib-relays/
+RUN /opt/venv/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-version-check \
+      /opt/connlib-relays/*.whl \
+ && rm /opt/connlib-relays/*.whl
