@@ -1,0 +1,9 @@
+"""A fake Firezone portal: Phoenix channels over websockets, relay presence, credentials, chaos API.
+
+``FakePortal(PortalConfig(...))`` runs in-process; ``python -m fake_portal --help`` runs it alone.
+"""
+
+from fake_portal.config import PortalConfig
+from fake_portal.server import FakePortal
+
+__all__ = ["FakePortal", "PortalConfig"]

@@ -1,0 +1,51 @@
+"""Relay records, per-peer relay selection and the credentials handed out for them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from connlib.credentials import rest_credentials
+from connlib.messages import Relay
+
+
+@dataclass
+class RelayRecord:
+    """A relay the portal has seen; it stays listed (``online=False``) after it leaves."""
+
+    id: str
+    name: str
+    addrs: tuple[str, ...]
+    secret: str
+    online: bool
+    since: float
+    """Unix time of the last online/offline change."""
+    sid: int | None = None
+
+    @property
+    def identity(self) -> tuple[str, tuple[str, ...]]:
+        """What a peer's credentials and sockets depend on; a change means "replace the allocation"."""
+        return self.secret, self.addrs
+
+
+def _rank(peer_id: str, relay_id: str) -> bytes:
+    # Rendezvous hashing spreads peers over relays deterministically without a shared counter.
+    return hashlib.sha256(f"{peer_id}|{relay_id}".encode()).digest()
+
+
+def select_relays(
+    peer_id: str, online: dict[str, RelayRecord], handed_out: dict[str, object], limit: int
+) -> list[RelayRecord]:
+    """Up to ``limit`` online relays for a peer, keeping the ones it already has.
+
+    Stickiness matters: swapping a healthy relay for another would migrate connections for nothing.
+    """
+    kept = [online[rid] for rid in handed_out if rid in online]
+    others = sorted((r for rid, r in online.items() if rid not in handed_out), key=lambda r: _rank(peer_id, r.id))
+    return (kept + others)[:limit]
+
+
+def relay_entries(relay: RelayRecord, expires_at: int, salt: str) -> list[Relay]:
+    """The wire entries for one relay: one per address family, same id (spec §3.1)."""
+    username, password = rest_credentials(relay.secret, expires_at, salt)
+    return [Relay(relay.id, "turn", addr, username, password, expires_at) for addr in relay.addrs]
