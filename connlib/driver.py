@@ -126,7 +126,7 @@ class Driver:
         self._subscribers.append(queue)
         return queue
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Wait (bounded) until ``predicate()`` holds; re-checked after every state change."""
         if predicate():
             return True

@@ -202,6 +202,8 @@ class Peer:
             relays = messages.merge_relays(typed.relays)
             self.emit({"event": "init", "relays": [r.id for r in relays]})
             self.driver.call(lambda now: self.tunnel.update_relays([], relays, now))
+            if self.initialised.is_set():
+                self.driver.call(self.tunnel.portal_reconnected)
             self.initialised.set()
         elif event == messages.Event.RELAYS_PRESENCE:
             relays = messages.merge_relays(typed.connected)
@@ -255,7 +257,7 @@ class Peer:
         await self.driver.wait_until(lambda: self.tunnel.node.sample_relay() is not None, RELAY_WAIT)
         self._ensure_connection(gateway, self.clock())
         # The stream starts once the connection is up; every loss after that counts.
-        await self.driver.wait_until(lambda: gateway in self.tunnel.connected_peers(), float("inf"))
+        await self.driver.wait_until(lambda: gateway in self.tunnel.connected_peers(), None)
         interval = 1.0 / self.config.rate
         next_send = self.clock()
         while True:

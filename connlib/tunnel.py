@@ -40,6 +40,7 @@ log = logging.getLogger("connlib.tunnel")
 DATA_TAG = 0xDA
 POLICY_RELAY_ONLY = "relay-only"
 POLICY_ALL = "all"
+RESIGNAL_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Tunnel:
         self._events: collections.deque[TunnelEvent] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
         self._host_candidates: list[LocalCandidate] = []
+        self._last_resignal: dict[str, float] = {}
 
     # ------------------------------------------------------------------ portal inputs
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable, now: float) -> None:
@@ -142,9 +144,26 @@ class Tunnel:
                     self._bind_channels(connection, now)
                 else:
                     connection.remove_remote_candidate(candidate.addr)
+            if event == messages.Event.NEW_ICE_CANDIDATES and not connection.connected:
+                # The peer is (re)gathering and we are not connected: it may have missed ours.
+                self._resignal(connection, now)
         else:
             log.debug("Ignoring signal %s", kv(event=event, role=self.role))
         self._drain_connections(now)
+
+    def portal_reconnected(self, now: float) -> None:
+        """Signals sent while we were cut off from the portal are lost: announce ours again."""
+        for connection in self.connections.values():
+            self._resignal(connection, now)
+        self._drain_connections(now)
+
+    def _resignal(self, connection: Connection, now: float) -> None:
+        # Rate-limited, so that two peers that both miss candidates cannot ping-pong forever.
+        last = self._last_resignal.get(connection.peer_id)
+        if last is not None and now - last < RESIGNAL_INTERVAL:
+            return
+        self._last_resignal[connection.peer_id] = now
+        self._signal_local_candidates(connection, connection.local_candidates)
 
     def set_host_candidates(self, addresses: Iterable[Address]) -> None:
         """The driver's socket addresses, used as host candidates unless the policy is relay-only."""
@@ -349,11 +368,13 @@ class Tunnel:
                 self._transmit(transmit, now)
             while (event := connection.poll_event()) is not None:
                 self._events.append(event)
-                if isinstance(event, PathLost) and event.rid is not None:
-                    # The relay may be dead without anyone having told us: probe it (1 s).
-                    allocation = self.node.allocations.get(event.rid)
+                if isinstance(event, PathLost):
+                    # The relay may be dead without anyone having told us: probe it (1 s). The
+                    # peer may have moved while its signals could not reach us: ask again.
+                    allocation = self.node.allocations.get(event.rid) if event.rid else None
                     if allocation is not None:
                         allocation.refresh(now)
+                    self._resignal(connection, now)
                 elif isinstance(event, Failed):
                     self.connections.pop(connection.peer_id, None)
         self._process_node_events(now)
