@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit integration bench clean
+.PHONY: test unit integration e2e bench clean venv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -22,8 +22,13 @@ unit: $(VENV)/.installed
 integration: $(VENV)/.installed
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+e2e: $(VENV)/.installed
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
 bench: $(VENV)/.installed
 	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+
+include relay_images/make.mk
