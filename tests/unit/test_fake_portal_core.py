@@ -1,0 +1,118 @@
+"""fake_portal.core.Portal driven with a fake clock: exact debounce, heartbeat timeout, selection."""
+
+from __future__ import annotations
+
+import json
+
+from connlib.messages import Frame, RelaysPresence, Topic, Vsn, encode_frame
+from fake_portal.config import PortalConfig
+from fake_portal.core import Close, Portal, Send
+from fake_portal.identity import Endpoint, relay_id_from_name
+
+TOKEN = "t"
+
+
+def make_portal(**overrides) -> Portal:
+    return Portal(PortalConfig(token=TOKEN, **overrides), unix_offset=1_700_000_000.0)
+
+
+def relay_endpoint(name: str) -> Endpoint:
+    return Endpoint(Topic.RELAY, Vsn.V1, TOKEN, relay_id_from_name(name), name, relay_addrs=(f"10.0.0.{len(name)}:3478",))
+
+
+def peer_endpoint(peer_id: str) -> Endpoint:
+    return Endpoint(Topic.CLIENT, Vsn.V1, TOKEN, peer_id, peer_id, peer_id, f"pk-{peer_id}")
+
+
+def frame(topic: str, event: str, payload: dict | None = None, ref: int = 1) -> str:
+    return encode_frame(Frame(topic, event, payload or {}, ref))
+
+
+def outputs(portal: Portal) -> list:
+    out = []
+    while (item := portal.poll_output()) is not None:
+        out.append(item)
+    return out
+
+
+def pushes(portal: Portal, sid: int, event: str) -> list[dict]:
+    return [
+        json.loads(o.text)["payload"]
+        for o in outputs(portal)
+        if isinstance(o, Send) and o.sid == sid and json.loads(o.text)["event"] == event
+    ]
+
+
+def join_relay(portal: Portal, name: str, secret: str, now: float) -> int:
+    sid = portal.open(relay_endpoint(name), now)
+    portal.handle_frame(sid, frame("relay", "phx_join", {"stamp_secret": secret}), now)
+    return sid
+
+
+def join_client(portal: Portal, peer_id: str, now: float) -> int:
+    sid = portal.open(peer_endpoint(peer_id), now)
+    portal.handle_frame(sid, frame("client", "phx_join"), now)
+    return sid
+
+
+def test_presence_push_happens_exactly_one_debounce_after_the_first_change():
+    portal = make_portal(debounce=1.0)
+    relay = join_relay(portal, "r1", "s", 0.0)
+    client = join_client(portal, "c1", 0.5)
+    outputs(portal)
+    portal.handle_timeout(1.0)  # the join's own flush: the client already has r1
+    assert pushes(portal, client, "relays_presence") == []
+    portal.closed(relay, 10.0)
+    join_relay(portal, "r2", "s2", 10.6)  # rides along with the first change
+    assert portal.poll_timeout() == 11.0
+    portal.handle_timeout(10.999)
+    assert pushes(portal, client, "relays_presence") == []
+    portal.handle_timeout(11.0)
+    (payload,) = pushes(portal, client, "relays_presence")
+    presence = RelaysPresence.from_json(payload)
+    assert presence.disconnected_ids == (relay_id_from_name("r1"),)
+    assert [r.id for r in presence.connected] == [relay_id_from_name("r2")]
+
+
+def test_heartbeat_timeout_is_measured_from_the_last_heartbeat():
+    portal = make_portal(heartbeat_timeout=30.0)
+    relay = join_relay(portal, "r1", "s", 0.0)
+    portal.handle_frame(relay, frame("phoenix", "heartbeat", ref=2), 20.0)
+    outputs(portal)
+    portal.handle_timeout(30.0)
+    assert outputs(portal) == [] and portal.relays_view()[0]["online"]
+    portal.handle_timeout(50.0)
+    assert outputs(portal) == [Close(relay, 4002, "heartbeat timeout")]
+    assert not portal.relays_view()[0]["online"]
+
+
+def test_relays_stay_with_a_client_when_more_come_online():
+    portal = make_portal(debounce=0.0, relays_per_client=2)
+    join_relay(portal, "r1", "s1", 0.0)
+    client = join_client(portal, "c1", 0.0)
+    join_relay(portal, "r2", "s2", 1.0)
+    portal.handle_timeout(1.0)
+    (first,) = pushes(portal, client, "relays_presence")  # fewer than N cached: topped up
+    assert {r["id"] for r in first["connected"]} == {relay_id_from_name("r1"), relay_id_from_name("r2")}
+    join_relay(portal, "r3", "s3", 2.0)
+    portal.handle_timeout(2.0)
+    assert pushes(portal, client, "relays_presence") == []  # a full, healthy set is left alone
+
+
+def test_partition_expires_on_its_own():
+    portal = make_portal()
+    client = join_client(portal, "c1", 0.0)
+    result = portal.partition("c1", 5.0, 1.0)
+    assert result["sockets_closed"] == 1 and result["until"] == 1_700_000_006.0
+    assert Close(client, 4001, "partitioned") in outputs(portal)
+    assert portal.admit(peer_endpoint("c1"), 5.9).status == 503
+    assert portal.admit(peer_endpoint("c1"), 6.0) is None
+
+
+def test_frames_for_a_closed_socket_are_ignored():
+    portal = make_portal()
+    client = join_client(portal, "c1", 0.0)
+    portal.closed(client, 1.0)
+    outputs(portal)
+    portal.handle_frame(client, frame("client", "no_relays"), 1.1)
+    assert outputs(portal) == []
