@@ -101,6 +101,7 @@ class _Pending:
     signed: bool = False
     retransmitted: bool = False
     peer: Address | None = None  # for CHANNEL-BIND: whom the channel is for
+    after_delete: bool = False  # an ALLOCATE sent because our REFRESH(LIFETIME=0) succeeded
 
 
 @dataclass
@@ -286,7 +287,7 @@ class Allocation:
             lifetime = message.get("LIFETIME")
             if lifetime == 0:
                 log.debug("Allocation deleted; allocating again %s", kv(rid=self.relay_id))
-                self._send_allocate(now)
+                self._send_allocate(now, after_delete=True)
             elif lifetime is not None:
                 self.lifetime = (now, float(lifetime))
         elif method == Method.CHANNEL_BIND:
@@ -378,7 +379,13 @@ class Allocation:
                 return
             self.nonce = nonce
             fresh = Backoff(now, max_elapsed=pending.backoff.max_elapsed)
-            self._send(_renewed(pending.message), pending.dst, now, fresh, pending.peer)
+            self._send(_renewed(pending.message), pending.dst, now, fresh, pending.peer, pending.after_delete)
+            return
+        if code == 437 and method == Method.ALLOCATE and pending.after_delete:
+            # coturn keeps a deleted allocation on the 5-tuple for a moment and answers 437 again;
+            # deleting again would loop at RTT speed. Leave the ALLOCATE to its backoff instead.
+            log.debug("Relay still holds the deleted allocation; retrying later %s", kv(rid=self.relay_id))
+            self.sent_requests[message.transaction_id] = pending
             return
         if code == 437:
             self.invalidate_allocation()
@@ -534,7 +541,7 @@ class Allocation:
         for addr in self.server.addresses():
             self._send(self._binding_request(), addr, now)
 
-    def _send_allocate(self, now: float) -> None:
+    def _send_allocate(self, now: float, after_delete: bool = False) -> None:
         if self.active_socket is None:
             return
         message = Message(Method.ALLOCATE, Class.REQUEST)
@@ -542,7 +549,7 @@ class Allocation:
         if self.server.v6 is not None:
             message.add("ADDITIONAL-ADDRESS-FAMILY", stun.ADDRESS_FAMILY_IPV6)
         message.add("SOFTWARE", SOFTWARE)
-        self._send(message, self.active_socket, now)
+        self._send(message, self.active_socket, now, after_delete=after_delete)
 
     def _send_refresh(self, now: float, lifetime: int | None = None, backoff: Backoff | None = None) -> None:
         if self.active_socket is None:
@@ -570,6 +577,7 @@ class Allocation:
         now: float,
         backoff: Backoff | None = None,
         peer: Address | None = None,
+        after_delete: bool = False,
     ) -> None:
         pending = _Pending(
             dst=dst,
@@ -577,6 +585,7 @@ class Allocation:
             backoff=backoff or Backoff(now, max_elapsed=self.max_elapsed),
             sent_at=now,
             peer=peer,
+            after_delete=after_delete,
         )
         self.sent_requests[message.transaction_id] = pending
         self._transmits.append(Transmit(dst, self._encode(pending)))
