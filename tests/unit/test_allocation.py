@@ -225,6 +225,48 @@ def test_437_on_allocate_deletes_then_allocates_again():
     assert sim.allocations[CLIENT4].relayed == [alloc.relay_candidates()[0].addr]
 
 
+def test_437_right_after_our_delete_waits_for_the_backoff_instead_of_looping():
+    """coturn keeps a deleted allocation for about a second and answers a new ALLOCATE on the
+    5-tuple with 437 ("wrong transaction ID"); deleting again would loop at RTT speed."""
+    old, sim, net = allocated()
+    sim.linger = 1.0
+    net.agents.clear()
+    alloc = net.attach(Allocation(sim.socket, *sim.credentials(), REALM, 10.0, relay_id="r1"), CLIENT4)
+    net.now = 10.0
+    net.run(10.999)
+    assert methods(sim, since=10.0, binding=False) == [
+        (Method.ALLOCATE, False),  # -> 401
+        (Method.ALLOCATE, True),  # -> 437: the old allocation
+        (Method.REFRESH, True),  # LIFETIME=0 -> deleted (lingering)
+        (Method.ALLOCATE, True),  # -> 437 again: left to its backoff
+    ]
+    assert not alloc.has_allocation()
+    net.run(11.0)  # the retransmit: the relay closed the session meanwhile (438), then success
+    assert [m for m, _ in methods(sim, since=10.5)] == [Method.ALLOCATE, Method.ALLOCATE]
+    assert alloc.has_allocation() and alloc.can_be_freed() is None
+
+
+def test_lost_allocate_response_recovers_through_delete_on_a_lingering_relay():
+    """The signed ALLOCATE's success is lost; its retransmit (new transaction id) gets 437."""
+    alloc, sim, net = setup()
+    sim.linger = 1.0
+    lost = []
+
+    def drop_first_allocate_success(src, dst, payload):  # noqa: ANN001, ANN202
+        if src == RELAY4 and stun.is_stun(payload) and not lost:
+            msg = stun.decode(payload)
+            if (msg.method, msg.cls) == (Method.ALLOCATE, Class.SUCCESS):
+                lost.append(msg)
+                return True
+        return False
+
+    net.drop = drop_first_allocate_success
+    net.run(5.0)
+    assert lost and alloc.has_allocation()
+    assert [c.addr for c in alloc.relay_candidates()] == sim.allocations[CLIENT4].relayed
+    assert len(sim.requests) < 15  # a handful of requests, not a storm
+
+
 def test_437_on_refresh_allocates_again():
     alloc, sim, net = allocated()
     (old,) = alloc.relay_candidates()

@@ -7,7 +7,7 @@ nonce gets 438; a wrong TURN-REST password gets 401 (unsigned, like coturn); suc
 with the long-term key. ALLOCATE on an existing 5-tuple and REFRESH/CHANNEL-BIND without an
 allocation get 437; REFRESH with LIFETIME=0 deletes. ChannelData is relayed between allocations
 on the same relay. Switches: ``reboot()``, ``black_hole``, ``error_key``, ``sign_successes``,
-``inject``. ``Net`` routes datagrams between agents (``Node``/``Allocation``) and relays with a
+``inject``, ``lifetime``, ``linger`` (coturn answers ALLOCATE with 437 for a moment after a delete). ``Net`` routes datagrams between agents (``Node``/``Allocation``) and relays with a
 fake clock: ``net.run(until)`` jumps from one ``poll_timeout``/delivery to the next.
 """
 
@@ -42,6 +42,7 @@ class SimAllocation:
     relayed: list[Address]
     expires_at: float
     channels: dict[int, tuple[Address, float]] = field(default_factory=dict)  # number -> (peer, expiry)
+    deleted: bool = False  # REFRESH(LIFETIME=0) received, session still lingering (``linger``)
 
 
 class TurnSim:
@@ -54,6 +55,7 @@ class TurnSim:
         self.error_key: bytes | None = None  # sign every error with this (wrong) key
         self.sign_successes = True
         self.lifetime = DEFAULT_LIFETIME  # granted when the client asks for none
+        self.linger = 0.0  # coturn keeps a deleted allocation (437 to ALLOCATE) this long after
         self.inject: dict[Method, int] = {}  # one-shot error code for the next authenticated request
         self.allocations: dict[Address, SimAllocation] = {}
         self.nonces: dict[Address, str] = {}
@@ -98,6 +100,8 @@ class TurnSim:
         for client, alloc in list(self.allocations.items()):
             if now >= alloc.expires_at:
                 del self.allocations[client]
+                if alloc.deleted:  # the session is closed with it, nonce and all
+                    self.nonces.pop(client, None)
         if stun.is_channel_data(packet):
             return self._relay(packet, from_, now)
         try:
@@ -143,15 +147,16 @@ class TurnSim:
         alloc = self.allocations.get(from_)
         if alloc is None:
             return self._error(from_, msg, 437, key)
-        lifetime = self._lifetime(msg)
-        if lifetime == 0:
+        lifetime = 0 if alloc.deleted else self._lifetime(msg)
+        if lifetime == 0 and not self.linger:
             del self.allocations[from_]
-        alloc.expires_at = now + lifetime
+        alloc.deleted = lifetime == 0
+        alloc.expires_at = now + (self.linger if lifetime == 0 else lifetime)
         return self._reply(from_, msg, [("LIFETIME", lifetime)], key)
 
     def _channel_bind(self, msg: Message, from_: Address, key: bytes, now: float) -> tuple[Address, bytes]:
         alloc = self.allocations.get(from_)
-        if alloc is None:
+        if alloc is None or alloc.deleted:
             return self._error(from_, msg, 437, key)
         number, peer = msg.get("CHANNEL-NUMBER"), msg.get("XOR-PEER-ADDRESS")
         if number is None or peer is None or not stun.CHANNEL_MIN <= number <= stun.CHANNEL_MAX:
@@ -168,7 +173,7 @@ class TurnSim:
             number, payload = stun.decode_channel_data(packet)
         except stun.StunParseError:
             return []
-        if alloc is None or number not in alloc.channels or alloc.channels[number][1] <= now:
+        if alloc is None or alloc.deleted or number not in alloc.channels or alloc.channels[number][1] <= now:
             return []
         peer = alloc.channels[number][0]
         target = next((a for a in self.allocations.values() if peer in a.relayed), None)
