@@ -65,8 +65,9 @@ RECONNECT_MAX_S = 5.0
 
 
 def fingerprint(secret: str) -> str:
-    """What the logs show instead of the secret: the first 16 hex digits of its SHA-256."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+    """What the logs show instead of the secret; the same as the portal's ``secret_fingerprint``
+    (first 8 hex digits of its SHA-256), so a relay's log and the dashboard can be matched."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
 def ipv4_addresses() -> list[tuple[str, str]]:
@@ -139,7 +140,7 @@ async def presence(url: str, token: str, secret: str, heartbeat_interval: float 
                               heartbeat_interval=heartbeat_interval, on_message=on_message)
         started = time.monotonic()
         try:
-            log.info("joining portal topic=relay url=%s secret_sha256=%s", url.split("?")[0], fingerprint(secret))
+            log.info("joining portal topic=relay url=%s secret_fingerprint=%s", url.split("?")[0], fingerprint(secret))
             await client.run()
             log.warning("portal connection ended; reconnecting")
         except asyncio.CancelledError:
@@ -194,7 +195,7 @@ async def run_relay(args: argparse.Namespace) -> int:
     secret_path = run_dir / "secret"  # for diagnostics and tests (docker exec); never logged
     secret_path.write_text(secret + "\n")
     secret_path.chmod(0o600)
-    log.info("relay starting name=%s relay_ip=%s announce=%s:%d ports=%d-%d secret_sha256=%s",
+    log.info("relay starting name=%s relay_ip=%s announce=%s:%d ports=%d-%d secret_fingerprint=%s",
              args.name, relay_ip, public_ip, args.port, args.min_port, args.max_port, fingerprint(secret))
 
     proc = await asyncio.create_subprocess_exec(args.turnserver, "-c", str(conf_path))

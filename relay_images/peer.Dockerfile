@@ -17,7 +17,7 @@ LABEL org.connlib-relays.project=connlib-relays org.connlib-relays.image=peer
 ENTRYPOINT ["/usr/bin/tini", "--", "/bin/sh", "/opt/connlib-relays/peer-entrypoint.sh"]
 CMD ["connlib", "run", "--help"]
 
-COPY .cache/wheels/project/ peer-entrypoint.sh turn_probe.py /opt/connlib-relays/
+COPY .cache/wheels/project/ peer-entrypoint.sh peer_health.py turn_probe.py /opt/connlib-relays/
 RUN /opt/venv/bin/pip install --no-index --no-deps --no-cache-dir --disable-pip-version-check \
       /opt/connlib-relays/*.whl \
  && rm /opt/connlib-relays/*.whl

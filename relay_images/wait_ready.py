@@ -1,0 +1,204 @@
+"""Wait until a compose stack of this project is usable, then print where to look.
+
+    python relay_images/wait_ready.py --project connlib-relays [--timeout 120] [--no-traffic]
+
+Phases, each bounded by what is left of ``--timeout`` (tenacity, polling every 0.5 s):
+
+1. every relay container is ``healthy`` (its STUN Binding healthcheck answers);
+2. the portal's admin API lists every relay as online;
+3. the client's traffic probe reports datagrams delivered through the relays (its JSON lines on
+   stdout); skipped with a warning when the peer image is a placeholder without ``connlib run``.
+
+A container that exited is a failure at once, with its last log lines. Prints the time each phase took
+and the dashboard URL; exits 1 with a clear message on failure or timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import docker
+from docker.models.containers import Container
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ROLE_LABEL = "org.connlib-relays.role"
+
+
+class NotYet(Exception):
+    """The stack is not ready yet (retried)."""
+
+
+class Broken(Exception):
+    """The stack cannot become ready (not retried)."""
+
+
+@dataclass
+class Stack:
+    client: docker.DockerClient
+    project: str
+
+    def containers(self) -> list[Container]:
+        return self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+
+    def by_role(self, role: str) -> list[Container]:
+        return sorted((c for c in self.containers() if c.labels.get(ROLE_LABEL) == role), key=lambda c: c.name)
+
+    def service(self, name: str) -> Container | None:
+        found = [c for c in self.containers() if c.labels.get(SERVICE_LABEL) == name]
+        return found[0] if found else None
+
+    def admin_url(self) -> str:
+        portal = self.service("portal")
+        if portal is None:
+            raise Broken(f"no portal container in project {self.project!r} (is the stack up?)")
+        portal.reload()
+        bindings = (portal.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp") or []
+        if not bindings:
+            raise NotYet("the portal's admin port is not published yet")
+        host = bindings[0]["HostIp"] or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{host}:{bindings[0]['HostPort']}"
+
+
+def tail(container: Container, lines: int = 15) -> str:
+    try:
+        text = container.logs(tail=lines).decode(errors="replace")
+    except docker.errors.APIError as exc:
+        text = f"(no logs: {exc})"
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def check_running(container: Container) -> None:
+    container.reload()
+    state = container.attrs["State"]
+    if state["Status"] in ("exited", "dead"):
+        name = container.labels.get(SERVICE_LABEL, container.name)
+        raise Broken(f"{name} exited with status {state['ExitCode']}; last log lines:\n{tail(container)}")
+
+
+def relays_healthy(stack: Stack) -> str:
+    relays = stack.by_role("relay")
+    if not relays:
+        raise Broken(f"no relay containers in project {stack.project!r}")
+    waiting = []
+    for relay in relays:
+        check_running(relay)
+        health = relay.attrs["State"].get("Health", {}).get("Status", "none")
+        if health != "healthy":
+            waiting.append(f"{relay.labels.get(SERVICE_LABEL, relay.name)}={health}")
+    if waiting:
+        raise NotYet("relays not healthy: " + ", ".join(waiting))
+    return f"{len(relays)} relays healthy"
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=2) as response:  # 127.0.0.1 only: the published admin port
+        return json.load(response)
+
+
+def relays_online(stack: Stack) -> str:
+    expected = {c.labels.get(SERVICE_LABEL) for c in stack.by_role("relay")}
+    portal = stack.service("portal")
+    if portal is not None:
+        check_running(portal)
+    try:
+        relays = get_json(stack.admin_url() + "/api/relays")
+    except OSError as exc:
+        raise NotYet(f"portal admin API not answering: {exc}") from None
+    online = {r.get("name") for r in relays if r.get("online")}  # type: ignore[union-attr]
+    if not expected <= online:
+        raise NotYet(f"relays online at the portal: {sorted(online)}, want {sorted(expected)}")
+    return "portal lists " + ", ".join(
+        f"{r['name']} ({r['addr']}, secret {r['secret_fingerprint']})" for r in relays if r.get("online")  # type: ignore[union-attr,index]
+    )
+
+
+def stream_lines(container: Container) -> list[dict]:
+    out = []
+    for raw in container.logs(stdout=True, stderr=False, tail=200).decode(errors="replace").splitlines():
+        if raw.startswith("{"):
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def traffic_flows(stack: Stack) -> str:
+    client = stack.service("client")
+    if client is None:
+        raise Broken("no client container")
+    for service in ("gateway", "client"):
+        container = stack.service(service)
+        if container is not None:
+            check_running(container)
+    lines = stream_lines(client)
+    if any(line.get("event") == "placeholder" for line in lines):
+        return "SKIPPED: the peer image has no `connlib run` (placeholder peers): traffic not checked"
+    streams = [line for line in lines if line.get("event") == "stream"]
+    if not streams or not streams[-1].get("delivered"):
+        last = streams[-1] if streams else "no stream report yet"
+        raise NotYet(f"client reports no delivered traffic: {last}")
+    last = streams[-1]
+    return f"client stream: delivered={last['delivered']} lost={last.get('lost')} via relay {last.get('relay')}"
+
+
+def wait(name: str, check, stack: Stack, deadline: float) -> str:  # noqa: ANN001
+    started = time.monotonic()
+    last: list[str] = ["(not checked yet)"]
+
+    def attempt() -> str:
+        try:
+            return check(stack)
+        except NotYet as exc:
+            last[0] = str(exc)
+            raise
+
+    try:
+        for attempt_ctx in Retrying(
+            retry=retry_if_exception_type(NotYet),
+            stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
+            wait=wait_fixed(0.5),
+            reraise=False,
+        ):
+            with attempt_ctx:
+                result = attempt()
+    except RetryError:
+        raise Broken(f"timed out waiting for {name} after {time.monotonic() - started:.1f}s: {last[0]}") from None
+    print(f"  {name}: {result} ({time.monotonic() - started:.1f}s)", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--project", default="connlib-relays")
+    ap.add_argument("--timeout", type=float, default=120.0, help="bound for all phases together (seconds)")
+    ap.add_argument("--no-traffic", action="store_true", help="do not wait for the client's traffic")
+    args = ap.parse_args(argv)
+    started = time.monotonic()
+    deadline = started + args.timeout
+    stack = Stack(docker.from_env(), args.project)
+    print(f"waiting for stack {args.project!r} (at most {args.timeout:.0f}s)", flush=True)
+    try:
+        wait("relays healthy", relays_healthy, stack, deadline)
+        wait("relays online at the portal", relays_online, stack, deadline)
+        if not args.no_traffic:
+            wait("traffic through the relays", traffic_flows, stack, deadline)
+        url = stack.admin_url()
+    except Broken as exc:
+        print(f"wait_ready: {exc}", file=sys.stderr)
+        return 1
+    print(f"stack ready in {time.monotonic() - started:.1f}s")
+    print(f"dashboard: {url}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
