@@ -290,6 +290,11 @@ class Allocation:
                 self._send_allocate(now, after_delete=True)
             elif lifetime is not None:
                 self.lifetime = (now, float(lifetime))
+            else:
+                # Keeping the old lifetime would send the next REFRESH at once, forever.
+                log.warning("REFRESH success without LIFETIME %s", kv(rid=self.relay_id))
+                self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+                self.invalidate_allocation()
         elif method == Method.CHANNEL_BIND:
             number = pending.message.get("CHANNEL-NUMBER")
             channel = self.channels.get(number)
