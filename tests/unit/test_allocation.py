@@ -325,6 +325,20 @@ def test_other_error_on_channel_bind_drops_that_channel(caplog):
     assert any(w.startswith("Channel bind failed") for w in warnings(caplog))
 
 
+def test_refresh_success_without_lifetime_is_a_protocol_failure_not_a_refresh_storm(caplog):
+    alloc, sim, net = allocated()
+    net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).method == Method.REFRESH
+    net.run(300.5)  # the REFRESH at lifetime/2 is in flight (lost); answer it without LIFETIME
+    (tid,) = [t for t, p in alloc.sent_requests.items() if p.message.method == Method.REFRESH]
+    reply = Message(Method.REFRESH, Class.SUCCESS, tid, [("SOFTWARE", "odd-relay")])
+    alloc.handle_input(reply.encode(alloc._key), RELAY4, CLIENT4, 300.5)  # noqa: SLF001
+    alloc.handle_timeout(300.5)
+    assert [m.method for _, m in take(alloc)] == []  # no immediate REFRESH
+    assert alloc.can_be_freed() is FreeReason.PROTOCOL_FAILURE
+    assert [type(e) for e in drain(alloc)] == [Invalid] and alloc.poll_timeout() is None
+    assert any(w.startswith("REFRESH success without LIFETIME") for w in warnings(caplog))
+
+
 # --------------------------------------------------------------------------- timers
 def test_refresh_at_half_lifetime_and_lifetime_renewed():
     alloc, sim, net = allocated()
