@@ -101,6 +101,11 @@ class Node:
     ) -> None:
         self.allocations: dict[str, Allocation] = {}
         self.previous_relay_ips: collections.deque[str] = collections.deque(maxlen=MAX_PREVIOUS_RELAY_IPS)
+        # The relay *sockets* behind those IPs: only traffic from a relay's port is relay traffic
+        # (spec §1.8); a peer may well send from another port of the same IP (its relayed address).
+        self._previous_relay_addrs: collections.deque[Address] = collections.deque(
+            maxlen=MAX_PREVIOUS_RELAY_IPS
+        )
         self.max_elapsed = max_elapsed
         self.disabled_fixes = frozenset(disabled_fixes)
         unknown = self.disabled_fixes - KNOWN_FIXES
@@ -175,6 +180,8 @@ class Node:
         for addr in allocation.server.addresses():
             if addr[0] not in self.previous_relay_ips:
                 self.previous_relay_ips.append(addr[0])
+            if addr not in self._previous_relay_addrs:
+                self._previous_relay_addrs.append(addr)
         for candidate in allocation.relay_candidates():
             self._events.append(CandidateInvalid(rid, candidate))
         self._events.append(RelayRemoved(rid, reason))
@@ -206,7 +213,7 @@ class Node:
             self._drain_allocations()
             self._gc()
             return result
-        if from_[0] in self.previous_relay_ips:
+        if from_ in self._previous_relay_addrs:
             return True  # late traffic from a relay we dropped
         return False
 
