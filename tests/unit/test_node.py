@@ -240,6 +240,23 @@ def test_packets_from_previous_relays_are_dropped_silently():
     assert events(node) == [] and node.poll_transmit() is None and sorted(node.allocations) == ["b"]
 
 
+def test_peer_traffic_from_another_port_of_a_previous_relay_ip_is_not_swallowed():
+    """Only the relay's own port is relay traffic: a peer's relayed address on that relay (or,
+    on loopback, any peer at all) shares the IP and must still reach the tunnel."""
+    a, b = relays(2)
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a, "b": b})
+    node.update_relays([], [a.config("a", salt="churned"), b.config("b")], 1.0)  # a replaced
+    node.update_relays(["b"], [], 1.0)  # b removed
+    list(iter(node.poll_transmit, None))
+    check = stun.Message(Method.BINDING, stun.Class.REQUEST).encode()  # an ICE connectivity check
+    for relay in (a, b):
+        peer_relayed = (relay.v4[0], 49999)
+        assert node.handle_input(check, peer_relayed, CLIENT4, 2.0) is False
+        assert node.handle_input(b"\x17app-data", peer_relayed, CLIENT4, 2.0) is False
+    assert node.handle_input(check, b.v4, CLIENT4, 2.0) is True  # b's own port: late relay traffic
+
+
 def test_channel_data_is_returned_as_channel_data():
     (a,) = relays(1)
     net = Net(a)

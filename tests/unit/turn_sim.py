@@ -7,7 +7,8 @@ nonce gets 438; a wrong TURN-REST password gets 401 (unsigned, like coturn); suc
 with the long-term key. ALLOCATE on an existing 5-tuple and REFRESH/CHANNEL-BIND without an
 allocation get 437; REFRESH with LIFETIME=0 deletes. ChannelData is relayed between allocations
 on the same relay. Switches: ``reboot()``, ``black_hole``, ``error_key``, ``sign_successes``,
-``inject``, ``lifetime``, ``linger`` (coturn answers ALLOCATE with 437 for a moment after a delete). ``Net`` routes datagrams between agents (``Node``/``Allocation``) and relays with a
+``inject``, ``lifetime``, ``linger`` (coturn answers ALLOCATE with 437 for a moment after a
+delete). ``Net`` routes datagrams between agents (``Node``/``Allocation``) and relays with a
 fake clock: ``net.run(until)`` jumps from one ``poll_timeout``/delivery to the next.
 """
 
@@ -237,7 +238,8 @@ class Net:
     def _send(self, src: Address, dst: Address, payload: bytes, now: float) -> None:
         relay = self.relays.get(dst) or self.relays.get(src)
         if not self.drop(src, dst, payload):
-            heapq.heappush(self._queue, (now + (relay.latency if relay else 0.0), next(self._seq), src, dst, payload))
+            at = now + (relay.latency if relay else 0.0)
+            heapq.heappush(self._queue, (at, next(self._seq), src, dst, payload))
 
     def transmit(self, agent: object, transmit) -> None:  # noqa: ANN001 - a connlib Transmit
         """Send something an agent handed out directly (e.g. ``encapsulate``'s result)."""
