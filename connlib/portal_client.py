@@ -153,7 +153,8 @@ class PortalClient:
 
     async def run(self) -> None:
         try:
-            await self._dial()
+            if not self._closing:
+                await self._dial()
             while not self._closing:
                 self._wake.clear()
                 await self._drain()

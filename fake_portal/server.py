@@ -86,9 +86,6 @@ class FakePortal:
         log.info("Fake portal listening %s", kv(url=self.url, admin=self.admin_url))
 
     async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._admin_server is not None:
             self._admin_server.close()
             await self._admin_server.wait_closed()
@@ -97,6 +94,10 @@ class FakePortal:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        # Last, because closing the sockets above re-arms the timer.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_deadline = None
         log.info("Fake portal stopped %s", kv(url=self.url))
 
     async def __aenter__(self) -> FakePortal:
