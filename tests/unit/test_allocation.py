@@ -166,6 +166,25 @@ def test_unauthenticated_allocate_then_401_then_signed_allocate(relay_v6):
     assert alloc.lifetime == (0.0, 600.0)
 
 
+def test_retransmits_signed_ones_with_fresh_transaction_ids_bindings_unchanged():
+    alloc, sim, net = allocated()
+    net.run(299.0)
+    sim.black_hole = True
+    net.run(309.0)  # the REFRESH at lifetime/2 and the keep-alive, both at 300, both unanswered
+    by_method = {Method.REFRESH: [], Method.BINDING: []}
+    for t, _, msg in sent(net):
+        if t >= 300.0:
+            by_method[msg.method].append((t, msg))
+    schedule = [300.0, 301.0, 302.5, 304.75, 308.125]
+    for method, sends in by_method.items():
+        assert [t for t, _ in sends] == schedule, method
+    refresh_tids = {m.transaction_id for _, m in by_method[Method.REFRESH]}
+    assert len(refresh_tids) == 5  # re-signed under a new id every time ...
+    assert all(m.verify_integrity(alloc._key) for _, m in by_method[Method.REFRESH])  # noqa: SLF001
+    assert len({m.transaction_id for _, m in by_method[Method.BINDING]}) == 1  # ... a BINDING is not
+    assert len({m.encode() for _, m in by_method[Method.BINDING]}) == 1
+
+
 def test_stale_nonce_438_resigns_with_new_nonce_and_new_transaction_id():
     alloc, sim, net = allocated()
     old_nonce = alloc.nonce
