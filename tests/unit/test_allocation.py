@@ -672,3 +672,67 @@ def test_malformed_and_foreign_packets_change_no_state():
     # The genuine article, from the relay, is taken.
     alloc.handle_input(good.encode(real_key), RELAY4, CLIENT4, 3.0)
     assert alloc.lifetime == (3.0, 1.0)
+
+
+# --------------------------------------------------------------------------- the simulated relay itself
+def sim_request(sim, method, *attrs, nonce=None, password=None, tid=None):  # noqa: ANN001, ANN201
+    username, good = sim.credentials()
+    msg = Message(method, Class.REQUEST, tid or stun.new_transaction_id(), list(attrs))
+    if nonce is None:
+        return msg.encode()
+    msg.add("USERNAME", username).add("REALM", REALM).add("NONCE", nonce)
+    return msg.encode(long_term_key(username, REALM, password or good))
+
+
+def sim_reply(sim, packet, now=0.0, src=CLIENT4) -> Message:  # noqa: ANN001
+    ((dst, data),) = sim.handle(packet, src, now)
+    assert dst == src
+    return stun.decode(data)
+
+
+def test_sim_auth_like_coturn():
+    sim = TurnSim(RELAY4)
+    challenge = sim_reply(sim, sim_request(sim, Method.ALLOCATE, ("REQUESTED-TRANSPORT", 17)))
+    assert challenge.error_code == 401 and "MESSAGE-INTEGRITY" not in challenge
+    nonce = challenge.get("NONCE")
+    assert challenge.get("REALM") == REALM and nonce
+    wrong = sim_reply(sim, sim_request(sim, Method.REFRESH, nonce=nonce, password="wrong"))
+    assert wrong.error_code == 401 and "MESSAGE-INTEGRITY" not in wrong and wrong.get("NONCE") == nonce
+    stale = sim_reply(sim, sim_request(sim, Method.REFRESH, nonce="made-up"))
+    assert stale.error_code == 438 and stale.get("NONCE") not in (None, nonce)
+    sim.error_key = b"k" * 16
+    signed_wrong = sim_reply(sim, sim_request(sim, Method.REFRESH, nonce="made-up"))
+    assert signed_wrong.verify_integrity(b"k" * 16)
+
+
+def test_sim_allocation_lifecycle():
+    sim = TurnSim(RELAY4)
+    nonce = sim_reply(sim, sim_request(sim, Method.ALLOCATE)).get("NONCE")
+    username, password = sim.credentials()
+    key = long_term_key(username, REALM, password)
+    assert sim_reply(sim, sim_request(sim, Method.REFRESH, nonce=nonce)).error_code == 437  # none yet
+    ok = sim_reply(sim, sim_request(sim, Method.ALLOCATE, ("REQUESTED-TRANSPORT", 17), nonce=nonce))
+    assert ok.cls == Class.SUCCESS and ok.verify_integrity(key) and ok.get("LIFETIME") == 600
+    again = sim_request(sim, Method.ALLOCATE, ("REQUESTED-TRANSPORT", 17), nonce=nonce)
+    assert sim_reply(sim, again).error_code == 437
+    deleted = sim_reply(sim, sim_request(sim, Method.REFRESH, ("LIFETIME", 0), nonce=nonce))
+    assert deleted.get("LIFETIME") == 0 and CLIENT4 not in sim.allocations
+    sim_reply(sim, sim_request(sim, Method.ALLOCATE, ("REQUESTED-TRANSPORT", 17), nonce=nonce))
+    assert sim_reply(sim, sim_request(sim, Method.REFRESH, nonce=nonce), now=599.0).get("LIFETIME") == 600
+    assert sim_reply(sim, sim_request(sim, Method.REFRESH, nonce=nonce), now=1198.0).cls == Class.SUCCESS
+    assert sim_reply(sim, sim_request(sim, Method.REFRESH, nonce=nonce), now=1798.0).error_code == 437  # expired
+
+
+def test_sim_channel_data_needs_a_channel_and_reaches_outside_peers():
+    sim = TurnSim(RELAY4)
+    nonce = sim_reply(sim, sim_request(sim, Method.ALLOCATE)).get("NONCE")
+    sim_reply(sim, sim_request(sim, Method.ALLOCATE, ("REQUESTED-TRANSPORT", 17), nonce=nonce))
+    assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 1.0) == []  # no channel
+    bind = sim_request(
+        sim, Method.CHANNEL_BIND, ("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER), nonce=nonce
+    )
+    assert sim_reply(sim, bind, 1.0).cls == Class.SUCCESS
+    assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 2.0) == [(PEER, b"x")]
+    assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 601.0) == []  # channel expired
+    sim.black_hole = True
+    assert sim.handle(sim_request(sim, Method.BINDING), CLIENT4, 3.0) == []
