@@ -63,7 +63,7 @@ images: base-image wheels
 	    -f $(RELAY_IMAGES_DIR)/$$image.Dockerfile $(RELAY_IMAGES_DIR) 2>&1) || { echo "$$out"; exit 1; }; \
 	done
 	@# the previous builds of these tags, now untagged
-	@docker image prune -f --filter label=org.connlib-relays.project=connlib-relays >/dev/null
+	@docker image prune -f --filter label=org.connlib-relays.project=connlib-relays >/dev/null 2>&1 || true
 	@docker image ls --filter label=org.connlib-relays.project=connlib-relays \
 	  --format '  {{.Repository}}:{{.Tag}}  {{.Size}}'
 

@@ -1,0 +1,1 @@
+"""Docker images, compose stack helpers and the relay presence agent (not part of the wheel)."""

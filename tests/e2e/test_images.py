@@ -1,0 +1,195 @@
+"""The relay/portal/peer images: built without a registry, cached, and a relay container that is a
+real coturn with REST credentials and a fresh secret at every start (issue 5)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from relay_images import testsupport as ts
+
+pytestmark = [pytest.mark.docker]
+
+STOP_BOUND_S = 3.0  # docker stop of a relay (SIGTERM → agent leaves, turnserver stops)
+EXIT_BOUND_S = 3.0  # turnserver killed → container exited
+HEALTHY_BOUND_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def docker_env():
+    client = ts.docker_client()
+    ts.sweep_dead(client)
+    ts.build_images()
+    return client
+
+
+@pytest.fixture
+def relay_net(docker_env):
+    """A network of its own (free /24) for one test; everything on it is removed afterwards."""
+    client = docker_env
+    label = ts.session_label("images")
+    (prefix,) = ts.free_prefixes(client, 1, first=240)
+    import docker
+
+    network = client.networks.create(
+        label, driver="bridge", internal=True,
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"{prefix}.0/24")]),
+        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+    )
+    yield client, network, label
+    for container in client.containers.list(all=True, filters={"label": f"{ts.STACK_LABEL}={label}"}):
+        container.remove(force=True)
+    network.remove()
+
+
+def start_relay(client, network, label, **env):  # noqa: ANN001, ANN201
+    container = client.containers.run(
+        ts.image("relay"), detach=True, name=f"{label}-relay", network=network.name,
+        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+        environment={"RELAY_NAME": "relay-t", "PORTAL_URL": "", **env},
+    )
+    ts.wait_for(lambda: _health(container) == "healthy", HEALTHY_BOUND_S, what="the relay's STUN healthcheck")
+    return container
+
+
+def _health(container) -> str:  # noqa: ANN001
+    container.reload()
+    return container.attrs["State"].get("Health", {}).get("Status", "none")
+
+
+def _ip(container, network) -> str:  # noqa: ANN001
+    container.reload()
+    return container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+
+
+def _secret(container) -> str:  # noqa: ANN001
+    def read() -> str:
+        code, out = ts.exec_text(container, ["cat", "/run/relay/secret"])
+        return out.strip() if code == 0 else ""
+
+    return ts.wait_for(read, 10, what="the relay's secret file")
+
+
+def _allocate(client, network, label, server: str, secret: str) -> tuple[int, dict]:  # noqa: ANN001
+    code, lines = ts.run_probe(client, network.name, ["allocate", "--server", server, "--secret", secret], label)
+    return code, lines[-1] if lines else {}
+
+
+def test_images_exist_and_a_second_build_is_cached(docker_env):
+    client = docker_env
+    for name in ("base", "relay", "portal", "peer"):
+        ref = "connlib-relays/base:bookworm" if name == "base" else ts.image(name)
+        img = client.images.get(ref)
+        assert img.labels.get(ts.PROJECT_LABEL) == "connlib-relays", ref
+    ts.make("images")  # absorbs a source edit made while the fixture built (a busy work tree)
+    started = time.monotonic()
+    ts.make("images")
+    cached = time.monotonic() - started
+    print(f"\ncached `make images`: {cached:.1f}s")
+    assert cached < 20, f"a second `make images` should reuse everything, took {cached:.1f}s"
+
+
+def test_relay_allocates_with_rest_credentials_and_renders_its_config(relay_net):
+    client, network, label = relay_net
+    relay = start_relay(client, network, label)
+    ip = _ip(relay, network)
+    secret = _secret(relay)
+    assert len(secret) == 64 and int(secret, 16) >= 0, "32 random bytes, hex"
+
+    code, got = _allocate(client, network, label, f"{ip}:3478", secret)
+    assert code == 0, got
+    relayed_ip, relayed_port = got["relayed"].rsplit(":", 1)
+    assert relayed_ip == ip  # relay-ip = the relay's address on its (only) network
+    assert 49160 <= int(relayed_port) <= 49200
+
+    code, got = _allocate(client, network, label, f"{ip}:3478", "0" * 64)
+    assert code == 1 and "authentication failed" in got["error"], got
+
+    code, conf = ts.exec_text(relay, ["cat", "/run/relay/turnserver.conf"])
+    assert code == 0
+    lines = {line.strip() for line in conf.splitlines() if line.strip() and not line.startswith("#")}
+    for expected in ("realm=firezone", "use-auth-secret", f"static-auth-secret={secret}", "listening-port=3478",
+                     f"relay-ip={ip}", "min-port=49160", "max-port=49200", "no-tls", "no-dtls", "fingerprint",
+                     "no-cli", "log-file=stdout"):  # fmt: skip
+        assert expected in lines, f"{expected!r} missing from the rendered turnserver.conf"
+    logs = relay.logs().decode()
+    assert secret not in logs, "the secret must never be logged"
+    assert "turnserver ready" in logs
+
+
+def test_relayed_data_flows_between_two_allocations(relay_net):
+    """Two allocations on one relay exchange data through it (the relay-to-relay path in miniature)."""
+    client, network, label = relay_net
+    relay = start_relay(client, network, label)
+    ip, secret = _ip(relay, network), _secret(relay)
+    echo = client.containers.run(
+        ts.image("peer"), entrypoint=["/usr/bin/python3", ts.PROBE],
+        command=["echo", "--server", f"{ip}:3478", "--secret", secret, "--permit", ip, "--wait", "15"],
+        network=network.name, labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label}, detach=True,
+    )
+
+    def echo_address() -> str:
+        lines = ts.json_lines(echo.logs(stdout=True, stderr=False).decode())
+        return next((line["relayed"] for line in lines if line.get("event") == "allocated"), "")
+
+    peer = ts.wait_for(echo_address, 10, what="the echo side's allocation")
+    code, lines = ts.run_probe(client, network.name, ["send", "--server", f"{ip}:3478", "--secret", secret,
+                                                      "--peer", peer, "--count", "5"], label)  # fmt: skip
+    assert code == 0, lines
+    assert lines[-1]["echoed"] == 5, lines[-1]
+
+
+def test_restart_gives_a_new_secret_and_old_credentials_stop_working(relay_net):
+    client, network, label = relay_net
+    relay = start_relay(client, network, label)
+    ip = _ip(relay, network)
+    old = _secret(relay)
+    relay.restart(timeout=5)
+    ts.wait_for(lambda: _health(relay) == "healthy", HEALTHY_BOUND_S, what="healthy after restart")
+    new = _secret(relay)
+    assert new != old
+    assert _ip(relay, network) == ip
+    assert _allocate(client, network, label, f"{ip}:3478", old)[0] == 1
+    assert _allocate(client, network, label, f"{ip}:3478", new)[0] == 0
+
+
+def test_stop_is_clean_and_fast(relay_net):
+    client, network, label = relay_net
+    relay = start_relay(client, network, label)
+    started = time.monotonic()
+    relay.stop(timeout=10)
+    took = time.monotonic() - started
+    relay.reload()
+    print(f"\ndocker stop of a relay: {took:.2f}s")
+    assert relay.attrs["State"]["ExitCode"] == 0, relay.logs()[-2000:]
+    assert took < STOP_BOUND_S
+    assert "relay stopped" in relay.logs().decode()
+
+
+def test_container_exits_when_turnserver_dies(relay_net):
+    client, network, label = relay_net
+    relay = start_relay(client, network, label)
+    code, _ = ts.exec_text(relay, ["pkill", "-KILL", "-x", "turnserver"])
+    assert code == 0
+    started = time.monotonic()
+
+    def exited() -> bool:
+        relay.reload()
+        return relay.attrs["State"]["Status"] == "exited"
+
+    ts.wait_for(exited, EXIT_BOUND_S, interval=0.1, what="the relay container to exit after turnserver died")
+    print(f"\ncontainer exited {time.monotonic() - started:.2f}s after turnserver was killed")
+    assert relay.attrs["State"]["ExitCode"] != 0
+    assert "turnserver exited on its own" in relay.logs().decode()
+
+
+def test_relay_image_carries_the_tools_the_harness_needs(relay_net):
+    """iptables (UDP loss via `statistic`), iproute2 and coturn 4.6.1 are in the relay image."""
+    client, network, label = relay_net
+    out = client.containers.run(
+        ts.image("relay"), entrypoint=["/bin/sh", "-c"],
+        command=["turnserver --version; iptables --version; ip -V; tini --version"],
+        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label}, network=network.name, remove=True,
+    ).decode()
+    assert "4.6.1" in out and "iptables" in out and "iproute2" in out and "tini" in out
