@@ -208,13 +208,14 @@ class Connection:
             self._drop_pairs(lambda p: p.local in removed)
         return removed
 
-    def add_remote_candidate(self, candidate: RemoteCandidate, now: float) -> None:
+    def add_remote_candidate(self, candidate: RemoteCandidate, now: float) -> bool:
         if candidate.addr in self.remote_candidates:
-            return
+            return False
         self.remote_candidates[candidate.addr] = candidate
         for local in self.local_candidates:
             self._add_pair(local, candidate, now)
         self._start_checking(now)
+        return True
 
     def remove_remote_candidate(self, addr: Address) -> None:
         if self.remote_candidates.pop(addr, None) is not None:
@@ -263,6 +264,8 @@ class Connection:
         pair.next_check = now + pair.rto
         pair.rto = min(pair.rto * 2, MAX_RTO)
         payload = request.encode(self.remote_pwd.encode(), fingerprint=True)
+        log.debug("Check sent %s", kv(peer=self.peer_id, local=format_address(pair.local.addr),
+                                      remote=format_address(pair.remote.addr), state=pair.state))  # fmt: skip
         self._transmits.append(PathTransmit(pair.local, pair.remote.addr, payload))
 
     def handle_stun(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
@@ -282,6 +285,8 @@ class Connection:
     def _handle_check(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
         if not self.owns_request(message):
             return False
+        log.debug("Check received %s", kv(peer=self.peer_id, local=format_address(local.addr),
+                                          remote=format_address(from_)))  # fmt: skip
         if not message.verify_integrity(self.local_pwd.encode()):
             log.debug("Connectivity check with bad integrity %s", kv(peer=self.peer_id))
             return True

@@ -40,7 +40,6 @@ log = logging.getLogger("connlib.tunnel")
 DATA_TAG = 0xDA
 POLICY_RELAY_ONLY = "relay-only"
 POLICY_ALL = "all"
-RESIGNAL_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,6 @@ class Tunnel:
         self._events: collections.deque[TunnelEvent] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
         self._host_candidates: list[LocalCandidate] = []
-        self._last_resignal: dict[str, float] = {}
 
     # ------------------------------------------------------------------ portal inputs
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable, now: float) -> None:
@@ -131,6 +129,9 @@ class Tunnel:
             if connection is None:
                 log.debug("Candidates for unknown connection %s", kv(peer=payload.peer_id))
                 return
+            log.debug("Remote candidates %s", kv(peer=payload.peer_id, event_name=event,
+                                                  candidates="|".join(payload.candidates)))  # fmt: skip
+            learnt = False
             for line in payload.candidates:
                 try:
                     candidate = parse_candidate(line)
@@ -140,13 +141,15 @@ class Tunnel:
                 if event == messages.Event.NEW_ICE_CANDIDATES:
                     if self.policy == POLICY_RELAY_ONLY and candidate.kind != "relay":
                         continue
-                    connection.add_remote_candidate(candidate, now)
+                    learnt |= connection.add_remote_candidate(candidate, now)
                     self._bind_channels(connection, now)
                 else:
                     connection.remove_remote_candidate(candidate.addr)
-            if event == messages.Event.NEW_ICE_CANDIDATES and not connection.connected:
-                # The peer is (re)gathering and we are not connected: it may have missed ours.
-                self._resignal(connection, now)
+            if learnt and not connection.connected:
+                # The peer moved while we are not connected: it may have missed our candidates
+                # too (signals to a peer cut off from the portal are lost). Answering only news
+                # ends the exchange after one round.
+                self._announce(connection)
         else:
             log.debug("Ignoring signal %s", kv(event=event, role=self.role))
         self._drain_connections(now)
@@ -154,15 +157,11 @@ class Tunnel:
     def portal_reconnected(self, now: float) -> None:
         """Signals sent while we were cut off from the portal are lost: announce ours again."""
         for connection in self.connections.values():
-            self._resignal(connection, now)
+            self._announce(connection)
         self._drain_connections(now)
 
-    def _resignal(self, connection: Connection, now: float) -> None:
-        # Rate-limited, so that two peers that both miss candidates cannot ping-pong forever.
-        last = self._last_resignal.get(connection.peer_id)
-        if last is not None and now - last < RESIGNAL_INTERVAL:
-            return
-        self._last_resignal[connection.peer_id] = now
+    def _announce(self, connection: Connection) -> None:
+        log.debug("Announcing our candidates again %s", kv(peer=connection.peer_id))
         self._signal_local_candidates(connection, connection.local_candidates)
 
     def set_host_candidates(self, addresses: Iterable[Address]) -> None:
@@ -374,7 +373,7 @@ class Tunnel:
                     allocation = self.node.allocations.get(event.rid) if event.rid else None
                     if allocation is not None:
                         allocation.refresh(now)
-                    self._resignal(connection, now)
+                    self._announce(connection)
                 elif isinstance(event, Failed):
                     self.connections.pop(connection.peer_id, None)
         self._process_node_events(now)
