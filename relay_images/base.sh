@@ -8,10 +8,11 @@
 #    with the packages included, tar it (cached under relay_images/.cache/, keyed by the package list) and
 #    `docker import` it under the tag.
 #
-# Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR, BASE_FORCE=1 to rebuild.
+# Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR, BASE_FORCE=1 to rebuild,
+# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default relay_images/.cache) for the tarball.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-cache="$here/.cache"
+cache="${BASE_CACHE:-$here/.cache}"
 tag="${BASE_IMAGE:-connlib-relays/base:bookworm}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 suite=bookworm
