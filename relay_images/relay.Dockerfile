@@ -14,7 +14,7 @@ RUN python3 -m venv /opt/venv \
  && rm -rf /tmp/wheels
 
 LABEL org.connlib-relays.project=connlib-relays org.connlib-relays.image=relay
-EXPOSE 3478/udp 49160-49200/udp
+EXPOSE 3478/udp
 STOPSIGNAL SIGTERM
 # STUN Binding to 127.0.0.1:3478 with the bare Debian python3 (no venv start-up cost).
 HEALTHCHECK --interval=2s --timeout=2s --start-period=10s --retries=3 \
