@@ -3,6 +3,9 @@ real coturn with REST credentials and a fresh secret at every start (issue 5).""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -88,6 +91,41 @@ def test_images_exist_and_a_second_build_is_cached(docker_env):
     cached = time.monotonic() - started
     print(f"\ncached `make images`: {cached:.1f}s")
     assert cached < 20, f"a second `make images` should reuse everything, took {cached:.1f}s"
+
+
+@pytest.mark.skipif(
+    os.environ.get("CI", "").lower() != "true" and os.environ.get("BASE_FROM_SCRATCH") != "1",
+    reason="rebuilds the base image from nothing (debootstrap, ~75 s): runs in CI or with BASE_FROM_SCRATCH=1",
+)
+def test_base_image_builds_from_nothing_without_a_registry(docker_env, tmp_path):
+    """The path a machine without a registry takes: pull fails → debootstrap → docker import."""
+    client = docker_env
+    tag = f"connlib-relays-pytest-{os.getpid()}/base:bookworm"
+    env = {**os.environ, "BASE_IMAGE": tag, "BASE_CACHE": str(tmp_path), "BASE_FORCE": "1"}
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(["bash", str(ts.ROOT / "relay_images" / "base.sh")], env=env, capture_output=True,
+                              text=True, timeout=900)  # fmt: skip
+        took = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        print(f"\nbase image from nothing: {took:.0f}s\n{proc.stderr}")
+        out = client.containers.run(
+            tag, ["sh", "-c", "turnserver --version; python3 --version; python3 -m venv /tmp/v && echo venv-ok"],
+            remove=True, network_mode="none", labels={ts.PROJECT_LABEL: "connlib-relays"},
+        ).decode()
+        assert "4.6.1" in out and "Python 3.11" in out and "venv-ok" in out, out
+        # a second run reuses the image (seconds, no debootstrap)
+        started = time.monotonic()
+        again = subprocess.run(["bash", str(ts.ROOT / "relay_images" / "base.sh")],
+                               env={**env, "BASE_FORCE": "0"}, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+        assert time.monotonic() - started < 5
+    finally:
+        try:
+            client.images.remove(tag, force=True)
+        except Exception:  # noqa: BLE001 - absent when the build failed
+            pass
+        shutil.rmtree(tmp_path, ignore_errors=True)  # the 140 MB root file system tarball
 
 
 def test_relay_allocates_with_rest_credentials_and_renders_its_config(relay_net):
