@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.plugins.no_errors", "tests.plugins.coturn", "pytester"]
+pytest_plugins = ["tests.plugins.no_errors", "tests.plugins.coturn", "harness.pytest_plugin", "pytester"]

@@ -1,0 +1,147 @@
+"""Pure functions over a :class:`~harness.history.History`: what happened, when, and verdicts.
+
+Nothing here touches the system; scenarios wait for conditions with these functions and compute
+their figures with them afterwards. Times are the history's monotonic seconds. A peer's ``gap``
+op is recorded when the gap *ends* (the echo that ends it), so its ``t`` is the moment the stream
+resumed and ``t - duration_s`` the moment it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .fleet import CLIENT_ID
+from .history import History, Op
+
+
+@dataclass(frozen=True)
+class Gap:
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+# ---------------------------------------------------------------------------- faults
+def fault_time(history: History, what: str, target: str | None = None, after: float | None = None) -> float | None:
+    """When the harness began the fault (its ``invoke`` op)."""
+    for op in history.select(what, kind="fault", target=target, after=after):
+        if op.outcome == "invoke":
+            return op.t
+    return None
+
+
+# ---------------------------------------------------------------------------- peer events
+def peer_events(history: History, what: str | Iterable[str], peer: str, after: float | None = None) -> list[Op]:
+    return history.select(what, kind="observe", target=peer, after=after)
+
+
+def first_event(history: History, what: str | Iterable[str], peer: str, after: float | None = None,
+                **match: Any) -> Op | None:  # fmt: skip
+    """The first ``what`` of ``peer`` after ``after`` whose data has every ``match`` item
+    (a list-valued field matches when it contains the value)."""
+    for op in peer_events(history, what, peer, after):
+        if all(_matches(op.data.get(key), value) for key, value in match.items()):
+            return op
+    return None
+
+
+def _matches(actual: Any, wanted: Any) -> bool:
+    if isinstance(actual, list) and not isinstance(wanted, list):
+        return wanted in actual
+    return actual == wanted
+
+
+def removals(history: History, peer: str, relay: str, after: float | None = None, reason: str | None = None) -> list[Op]:
+    """``relay_removed`` ops of ``peer`` for ``relay`` (whose reason starts with ``reason``)."""
+    return [
+        op for op in peer_events(history, "relay_removed", peer, after)
+        if op.data.get("relay") == relay and (reason is None or str(op.data.get("reason", "")).startswith(reason))
+    ]  # fmt: skip
+
+
+def carrying_relay(history: History, peer: str) -> str | None:
+    """The relay on ``peer``'s side of its connection's latest nominated path."""
+    connected = peer_events(history, "connected", peer)
+    return connected[-1].data.get("relay") if connected else None
+
+
+def known_relays(history: History, peer: str, before: float | None = None) -> set[str]:
+    """The relays ``peer`` holds allocations on, replayed from ``relay_added``/``relay_removed``."""
+    known: set[str] = set()
+    for op in peer_events(history, ("relay_added", "relay_removed"), peer):
+        if before is not None and op.t > before:
+            break
+        (known.add if op.what == "relay_added" else known.discard)(op.data["relay"])
+    return known
+
+
+def delivered(history: History, peer: str = CLIENT_ID) -> int:
+    """Echoes delivered according to the client's latest ``stream`` report."""
+    reports = peer_events(history, "stream", peer)
+    return int(reports[-1].data.get("delivered", 0)) if reports else 0
+
+
+def lost_between(history: History, start: float, end: float, peer: str = CLIENT_ID) -> tuple[int, int]:
+    """(delivered, lost) counted by the client's reports in ``[start, end]``."""
+    reports = [op for op in peer_events(history, "stream", peer) if start <= op.t <= end]
+    if len(reports) < 2:
+        return 0, 0
+    first, last = reports[0].data, reports[-1].data
+    return last["delivered"] - first["delivered"], last["lost"] - first["lost"]
+
+
+# ---------------------------------------------------------------------------- the stream
+def gaps(history: History, peer: str = CLIENT_ID, after: float | None = None) -> list[Gap]:
+    """Gaps in the echo stream that ended after ``after``."""
+    return [Gap(op.t - float(op.data["duration_s"]), op.t) for op in peer_events(history, "gap", peer, after)]
+
+
+def longest_gap(history: History, after: float, peer: str = CLIENT_ID, before: float | None = None) -> float:
+    """The longest stream gap that ended after ``after`` (and started before ``before``); 0 if none."""
+    durations = [g.duration for g in gaps(history, peer, after) if before is None or g.start <= before]
+    return max(durations, default=0.0)
+
+
+def resumed_at(history: History, after: float, peer: str = CLIENT_ID) -> float | None:
+    """When the stream was flowing again after an outage that began before or around ``after``:
+    the end of the first gap that ends after ``after``; ``None`` while no such gap has ended."""
+    ended = gaps(history, peer, after)
+    return ended[0].end if ended else None
+
+
+def outage_at(history: History, t: float, peer: str = CLIENT_ID) -> Gap | None:
+    """The (ended) gap that covers time ``t``, if any."""
+    for gap in gaps(history, peer):
+        if gap.start <= t <= gap.end:
+            return gap
+    return None
+
+
+# ---------------------------------------------------------------------------- statistics
+def percentile(values: Iterable[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0–100); with few samples p95 is the maximum."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def p95(values: Iterable[float]) -> float:
+    return percentile(values, 95)
+
+
+def within(value: float | None, bound: float) -> bool:
+    return value is not None and value <= bound
+
+
+# ---------------------------------------------------------------------------- errors
+def error_lines(history: History) -> list[Op]:
+    """ERROR lines any of the stack's processes wrote (recorded by the Docker backend)."""
+    return history.select("error_log")

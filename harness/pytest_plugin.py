@@ -1,0 +1,293 @@
+"""pytest plugin of the chaos harness: fixtures ``stack``, ``relay``, ``client``, ``gateway``,
+``history``, ``figures``; marker ``stack(**StackOptions)``; backend selection; results folder.
+
+    pytest tests/e2e                      # Docker backend (default; what CI runs)
+    pytest tests/e2e --fleet process      # the same scenarios on coturn processes + in-process peers
+    pytest tests/e2e --e2e-images existing  # use `make images`' :latest tags instead of building :e2e
+
+Backends: ``--fleet docker|process`` (or ``E2E_FLEET``). Tests that use ``stack`` get the ``docker``
+marker (``coturn`` for the process backend), so ``-m 'not docker'`` leaves them out. Without a Docker
+engine they skip, except under ``CI=true``, where a missing engine is a failure.
+
+A Docker run first sweeps the leftovers of dead sessions (``harness.sweep``), then makes sure the
+``:e2e`` images match the tree (``harness.images``). Every stack is removed at its teardown, and the
+whole session's resources at the end of the run.
+
+ERROR lines from the stack's processes are logged again at ERROR before the test's ERROR rule
+(``tests/plugins/no_errors.py``) looks, so that they fail the test in its call phase.
+
+Each test's history goes to ``results/<run>/history/``; what a test puts into ``figures`` becomes a
+row of the summary table printed at the end of the run (``harness.report``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import checks
+from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions, new_history
+from .history import History
+from .report import Results
+
+log = logging.getLogger("harness.pytest_plugin")
+
+FLEET_KEY = pytest.StashKey[Fleet]()
+REPORTS_KEY = pytest.StashKey[dict]()
+RESULTS_KEY = pytest.StashKey[Results]()
+SESSION_KEY = pytest.StashKey[str]()
+BACKENDS = ("docker", "process")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(message: str) -> None:
+    if in_ci():
+        pytest.fail(f"{message}; CI must run the e2e tests, not skip them", pytrace=False)
+    pytest.skip(message)
+
+
+# ---------------------------------------------------------------------------- options and markers
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("e2e", "connlib-relays chaos harness")
+    group.addoption("--fleet", choices=BACKENDS, default=os.environ.get("E2E_FLEET", "docker"),
+                    help="backend of the `stack` fixture (default docker; env E2E_FLEET)")  # fmt: skip
+    group.addoption("--e2e-images", choices=("auto", "build", "existing"), default=os.environ.get("E2E_IMAGES", "auto"),
+                    help="auto: build connlib-relays/*:e2e when the tree changed; existing: use :latest")  # fmt: skip
+    group.addoption("--e2e-results", default=os.environ.get("E2E_RESULTS", "results"),
+                    help="folder for histories and summaries (default results/)")  # fmt: skip
+    group.addoption("--e2e-repeats", type=int, default=int(os.environ.get("E2E_REPEATS", "3")),
+                    help="fault repetitions in the scenarios cheap enough to repeat (p95; default 3)")  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack(**options): harness.fleet.StackOptions of the `stack` fixture")
+    config.addinivalue_line("markers", "backends(*names): fleet backends this test can run on (default: both)")
+    config.stash[SESSION_KEY] = uuid.uuid4().hex
+    logging.getLogger("urllib3").setLevel(logging.INFO)  # docker-py's HTTP chatter buries the test's own records
+    root = Path(config.getoption("--e2e-results"))
+    if not root.is_absolute():
+        root = Path(config.rootpath) / root
+    config.stash[RESULTS_KEY] = Results(root, config.stash[SESSION_KEY])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    backend = config.getoption("--fleet")
+    for item in items:
+        if "stack" not in getattr(item, "fixturenames", ()):
+            continue
+        item.add_marker(pytest.mark.docker if backend == "docker" else pytest.mark.coturn)
+        allowed = item.get_closest_marker("backends")
+        if allowed is not None and backend not in allowed.args:
+            item.add_marker(pytest.mark.skip(reason=f"needs the {' or '.join(allowed.args)} backend (this run: {backend})"))
+
+
+# ---------------------------------------------------------------------------- Docker session
+@pytest.fixture(scope="session")
+def fleet_backend(pytestconfig: pytest.Config) -> str:
+    return pytestconfig.getoption("--fleet")
+
+
+@pytest.fixture(scope="session")
+def docker_client():  # noqa: ANN201
+    """A docker-py client; the leftovers of dead sessions are swept first."""
+    from .docker_fleet import DockerUnavailable, connect
+    from .sweep import sweep
+
+    try:
+        client = connect()
+    except DockerUnavailable as exc:
+        _unavailable(str(exc))
+    report = sweep(client)
+    log.info("%s", report)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_session(docker_client, pytestconfig: pytest.Config):  # noqa: ANN001, ANN201
+    """This run's labelled Docker resources; all removed at the end of the run."""
+    from .docker_fleet import DockerSession
+
+    session = DockerSession(docker_client, images={}, session_id=pytestconfig.stash[SESSION_KEY])
+    yield session
+    session.remove_all()
+
+
+@pytest.fixture(scope="session")
+def e2e_images(docker_session, pytestconfig: pytest.Config) -> dict[str, str]:  # noqa: ANN001
+    from .images import ImagesUnavailable, ensure_images
+
+    try:
+        docker_session.images = ensure_images(docker_session.client, pytestconfig.getoption("--e2e-images"))
+    except ImagesUnavailable as exc:
+        pytest.fail(f"e2e images: {exc}", pytrace=False)  # a broken image build is a bug, never a skip
+    return docker_session.images
+
+
+# ---------------------------------------------------------------------------- the stack
+@pytest.fixture
+def history() -> History:
+    return new_history()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest, fleet_backend: str) -> dict[str, Any]:
+    """Fill it with the test's measured figures: they become its row of the summary table."""
+    results = request.config.stash[RESULTS_KEY]
+    return results.row(request.node.nodeid, _scenario_name(request.node), fleet_backend).figures
+
+
+def _scenario_name(item: pytest.Item) -> str:
+    doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
+    first = doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+    return first or item.name
+
+
+def _stack_options(request: pytest.FixtureRequest) -> StackOptions:
+    kwargs: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers("stack"))):  # closest marker wins
+        kwargs.update(marker.kwargs)
+    return StackOptions(**kwargs)
+
+
+@pytest.fixture
+def _fleet_factory(request: pytest.FixtureRequest, fleet_backend: str, history: History):  # noqa: ANN202
+    options = _stack_options(request)
+    if fleet_backend == "docker":
+        from .docker_fleet import DockerFleet
+
+        session = request.getfixturevalue("docker_session")
+        request.getfixturevalue("e2e_images")
+        return lambda: DockerFleet(history, options, session=session)
+    from .coturn import turnserver_path
+    from .process_fleet import ProcessFleet
+
+    if turnserver_path() is None:
+        _unavailable("turnserver not installed (Debian package 'coturn'): the process fleet needs it")
+    return lambda: ProcessFleet(history, options)
+
+
+@pytest.fixture
+async def stack(request: pytest.FixtureRequest, _fleet_factory, history: History):  # noqa: ANN001, ANN201
+    """A started stack (portal, relays, gateway, client streaming through a relay)."""
+    results = request.config.stash[RESULTS_KEY]
+    fleet = _fleet_factory()
+    request.node.stash[FLEET_KEY] = fleet
+    try:
+        await fleet.start()
+        yield fleet
+    finally:
+        logs = fleet.container_logs() if hasattr(fleet, "container_logs") and not _passed(request.node) else {}
+        try:
+            await fleet.stop()
+        finally:
+            results.write_history(request.node.nodeid, history)
+            if logs:
+                results.write_logs(request.node.nodeid, logs)
+
+
+def _passed(item: pytest.Item) -> bool:
+    reports = item.stash.get(REPORTS_KEY, {})
+    return bool(reports) and all(r.passed for r in reports.values())
+
+
+class PeerHandle:
+    """A client or gateway of the stack, seen through the history."""
+
+    def __init__(self, fleet: Fleet, peer_id: str) -> None:
+        self.fleet = fleet
+        self.id = peer_id
+
+    def carrying_relay(self) -> str | None:
+        return checks.carrying_relay(self.fleet.history, self.id)
+
+    def known_relays(self) -> set[str]:
+        return checks.known_relays(self.fleet.history, self.id)
+
+    def partitioned(self):  # noqa: ANN201
+        return self.fleet.partitioned(self.id)
+
+    async def partition(self, seconds: float | None = None) -> None:
+        await self.fleet.partition(self.id, seconds)
+
+    async def heal(self) -> None:
+        await self.fleet.heal(self.id)
+
+
+class RelayHandle:
+    """One relay of the stack, by name, with its faults."""
+
+    def __init__(self, fleet: Fleet, name: str, rid: str) -> None:
+        self.fleet, self.name, self.id = fleet, name, rid
+
+    def __getattr__(self, fault: str):  # noqa: ANN204 - restart, stop, start, kill, pause, unpause, udp_loss, ...
+        method = getattr(self.fleet, f"{fault}_relay", None) or getattr(self.fleet, fault)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await method(self.name, *args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def client(stack: Fleet) -> PeerHandle:
+    return PeerHandle(stack, CLIENT_ID)
+
+
+@pytest.fixture
+def gateway(stack: Fleet) -> PeerHandle:
+    return PeerHandle(stack, GATEWAY_ID)
+
+
+@pytest.fixture
+async def relay(stack: Fleet) -> RelayHandle:
+    """The relay carrying the client's stream."""
+    rid = checks.carrying_relay(stack.history, CLIENT_ID)
+    assert rid is not None, "the client's stream runs through no relay"
+    return RelayHandle(stack, await stack.relay_name(rid), rid)
+
+
+# ---------------------------------------------------------------------------- hooks
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+    yield
+    fleet = item.stash.get(FLEET_KEY, None)
+    if fleet is not None:
+        fleet.collect_errors()  # logs them at ERROR: the ERROR rule, which looks next, fails the test
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
+    results = item.config.stash[RESULTS_KEY]
+    row = results.rows.get(item.nodeid)
+    if row is None:
+        return
+    if report.failed:
+        row.verdict = "FAILED" if report.when == "call" else f"ERROR ({report.when})"
+    elif report.skipped and report.when != "teardown":
+        row.verdict = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    elif report.when == "call" and report.passed:
+        row.verdict = "passed"
+    row.duration_s = round(row.duration_s + report.duration, 2)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    results = config.stash.get(RESULTS_KEY, None)
+    if results is None or not results.rows:
+        return
+    table = results.finish()
+    if table:
+        terminalreporter.write_sep("=", "e2e scenarios: measured figures")
+        terminalreporter.write_line(table)
+    terminalreporter.write_line(f"e2e results: {results.dir}")

@@ -1,0 +1,117 @@
+"""Remove what dead test sessions left behind, so that ``kill -9`` of the runner costs nothing.
+
+Every container and network a session creates carries ``org.connlib-relays.session=<id>`` and
+``org.connlib-relays.session-owner=<host>:<pid>:<start ticks>`` (``harness.docker_fleet``). At the
+start of every run the sweep removes the resources of every session whose owner is gone:
+
+- owner on this host: gone when no process with that pid and that start time exists;
+- owner on another host (a shared engine): gone when the session is older than ``max_age``.
+
+Resources without the session label (``make up``'s compose stack, images) are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import docker
+import docker.errors
+
+from .docker_fleet import CREATED_LABEL, OWNER_LABEL, PROJECT, PROJECT_LABEL, SESSION_LABEL, STACK_LABEL, process_start_ticks
+
+log = logging.getLogger("harness.sweep")
+
+FOREIGN_MAX_AGE = 6 * 3600.0
+
+
+@dataclass
+class SweepReport:
+    dead_sessions: list[str] = field(default_factory=list)
+    live_sessions: list[str] = field(default_factory=list)
+    removed: int = 0
+
+    def __str__(self) -> str:
+        return (f"swept {len(self.dead_sessions)} dead session(s), {self.removed} object(s); "
+                f"{len(self.live_sessions)} live session(s) left alone")  # fmt: skip
+
+
+def owner_alive(owner: str, created: float | None, *, now: float | None = None, max_age: float = FOREIGN_MAX_AGE) -> bool:
+    """Is the process named by an owner label ``<host>:<pid>:<start ticks>`` still running?"""
+    host, _, rest = owner.partition(":")
+    pid_text, _, ticks = rest.partition(":")
+    if host != socket.gethostname():
+        now = time.time() if now is None else now
+        return created is not None and now - created < max_age
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    return process_start_ticks(pid) == ticks  # a reused pid is another process
+
+
+def _session_filter(session: str | None = None) -> dict:
+    label = f"{SESSION_LABEL}={session}" if session else SESSION_LABEL
+    return {"label": [f"{PROJECT_LABEL}={PROJECT}", label]}
+
+
+def _remove(client: docker.DockerClient, filters: dict) -> int:
+    removed = 0
+    for container in client.containers.list(all=True, filters=filters):
+        try:
+            container.remove(force=True, v=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("Could not remove container %s: %s", container.name, exc)
+    for network in client.networks.list(filters=filters):
+        try:
+            network.remove()
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("Could not remove network %s: %s", network.name, exc)
+    return removed
+
+
+def remove_session(client: docker.DockerClient, session: str) -> int:
+    return _remove(client, _session_filter(session))
+
+
+def remove_stack(client: docker.DockerClient, session: str, stack: str) -> int:
+    filters = _session_filter(session)
+    filters["label"].append(f"{STACK_LABEL}={stack}")
+    return _remove(client, filters)
+
+
+def sweep(client: docker.DockerClient, *, keep: str | None = None) -> SweepReport:
+    """Remove the resources of every dead session (never ``keep``, the caller's own)."""
+    sessions: dict[str, tuple[str, float | None]] = {}
+    objects = [*client.containers.list(all=True, filters=_session_filter()), *client.networks.list(filters=_session_filter())]
+    for obj in objects:
+        labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
+        session = labels.get(SESSION_LABEL)
+        if not session or session in sessions:
+            continue
+        created = labels.get(CREATED_LABEL, "")
+        sessions[session] = (labels.get(OWNER_LABEL, ""), float(created) if created.isdigit() else None)
+    report = SweepReport()
+    for session, (owner, created) in sorted(sessions.items()):
+        if session == keep or owner_alive(owner, created):
+            report.live_sessions.append(session)
+            continue
+        report.dead_sessions.append(session)
+        report.removed += remove_session(client, session)
+    if report.dead_sessions:
+        log.info("Sweep: %s", report)
+    return report
