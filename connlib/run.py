@@ -24,7 +24,7 @@ from typing import Any
 
 from . import messages
 from .driver import Driver
-from .ice import ICE_TIMEOUT, Connected, Failed, PathLost
+from .ice import Connected, Failed, PathLost
 from .logfmt import kv
 from .node import NoRelays, Node, RelayAdded, RelayRemoved
 from .portal_client import PortalClient, PortalError, portal_url
@@ -35,7 +35,7 @@ log = logging.getLogger("connlib.run")
 
 PROBE_MAGIC = b"PRB1"
 PROBE_HEADER = struct.Struct("!4sQd")  # magic, sequence number, send time (monotonic)
-RECONNECT_AFTER = ICE_TIMEOUT + 5.0  # a connection still not up after this is requested again
+ANSWER_TIMEOUT = 5.0  # a connection request the gateway has not answered by then is sent again
 LOSS_TIMEOUT = 2.0  # an echo later than this counts as lost
 RELAY_WAIT = 5.0  # how long the client waits for a first allocation before connecting anyway
 
@@ -255,9 +255,11 @@ class Peer:
         assert gateway is not None
         # Give the first allocations a moment, so that the connection starts on a relay.
         await self.driver.wait_until(lambda: self.tunnel.node.sample_relay() is not None, RELAY_WAIT)
+        # Ask until the connection is up (the gateway may not be online yet). The stream starts
+        # then, and every loss after that counts.
         self._ensure_connection(gateway, self.clock())
-        # The stream starts once the connection is up; every loss after that counts.
-        await self.driver.wait_until(lambda: gateway in self.tunnel.connected_peers(), None)
+        while not await self.driver.wait_until(lambda: gateway in self.tunnel.connected_peers(), 1.0):
+            self._ensure_connection(gateway, self.clock())
         interval = 1.0 / self.config.rate
         next_send = self.clock()
         while True:
@@ -274,15 +276,16 @@ class Peer:
             await asyncio.sleep(max(0.0, next_send - self.clock()))
 
     def _ensure_connection(self, gateway: str, now: float) -> None:
+        """Request the connection if there is none (never asked, or it failed), or if the gateway
+        did not answer in time (it was offline, or the request was lost in a partition)."""
         connection = self.tunnel.connections.get(gateway)
-        stale = (
+        unanswered = (
             connection is not None
-            and not connection.connected
-            and self._connect_requested_at is not None
-            and now - self._connect_requested_at > RECONNECT_AFTER
             and connection.remote_ufrag is None
+            and self._connect_requested_at is not None
+            and now - self._connect_requested_at > ANSWER_TIMEOUT
         )
-        if connection is None or stale:
+        if connection is None or unanswered:
             if self._connect_requested_at is not None:
                 log.info("Requesting the connection again %s", kv(peer=gateway))
             self._connect_requested_at = now
