@@ -440,6 +440,12 @@ class DockerFleet(Fleet):
         return f"last stream report: {reports[-1].data if reports else None}"
 
     # ------------------------------------------------------------------ logs → history
+    def follow(self, container: Container, name: str, role: str = "extra") -> None:
+        """Stream another (started) container's output into this fleet's history, like a peer's."""
+        member = self.members[name] = _Member(name, role, container)
+        self._pump(member, "stdout")
+        self._pump(member, "stderr")
+
     def _pump(self, member: _Member, stream: str) -> None:
         container = member.container
         kwargs = {"stdout": stream == "stdout", "stderr": stream == "stderr"}

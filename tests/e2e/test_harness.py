@@ -1,0 +1,206 @@
+"""The harness itself: checks over a history, the ERROR rule for container output, the CI rule
+for a missing engine, cleanup after ``kill -9`` of the runner, and the fault primitives the
+scenarios do not exercise (network cut and reconnect, kill and start)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import checks
+from harness.docker_fleet import PROJECT_LABEL, SESSION_LABEL, DockerFleet
+from harness.fleet import CLIENT_ID, GATEWAY_ID, EventClock, StackOptions, new_history, observe_at, wait_for
+from harness.history import History
+from harness.images import BASE_IMAGE
+
+from .scenarios import RESUME_BOUND, wait_event, wait_resumed
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------- checks (no engine)
+def _history(ops: list[tuple[float, str, str, dict]]) -> History:
+    now = [0.0]
+    history = History(clock=lambda: now[0])
+    for t, what, target, data in ops:
+        now[0] = t
+        history.observe(what, target, **data)
+    return history
+
+
+def test_checks_read_gaps_relays_and_percentiles():
+    h = _history([
+        (1.0, "relay_added", CLIENT_ID, {"relay": "a"}),
+        (1.0, "relay_added", CLIENT_ID, {"relay": "b"}),
+        (2.0, "connected", CLIENT_ID, {"relay": "a"}),
+        (5.0, "gap", CLIENT_ID, {"duration_s": 2.5}),  # 2.5 → 5.0
+        (5.1, "relay_removed", CLIENT_ID, {"relay": "a", "reason": "replaced (new credentials or address)"}),
+        (5.2, "connected", CLIENT_ID, {"relay": "b"}),
+        (9.0, "gap", CLIENT_ID, {"duration_s": 0.5}),  # 8.5 → 9.0
+    ])  # fmt: skip
+    assert checks.carrying_relay(h, CLIENT_ID) == "b"
+    assert checks.known_relays(h, CLIENT_ID) == {"b"}
+    assert checks.known_relays(h, CLIENT_ID, before=5.0) == {"a", "b"}
+    assert checks.resumed_at(h, 3.0) == 5.0 and checks.resumed_at(h, 6.0) == 9.0 and checks.resumed_at(h, 9.5) is None
+    assert checks.longest_gap(h, 3.0) == 2.5 and checks.longest_gap(h, 6.0) == 0.5
+    assert checks.outage_at(h, 4.0) == checks.Gap(2.5, 5.0) and checks.outage_at(h, 6.0) is None
+    assert [op.t for op in checks.removals(h, CLIENT_ID, "a", reason="replaced")] == [5.1]
+    assert checks.removals(h, CLIENT_ID, "a", reason="no response") == []
+    assert checks.p95([1.0, 2.0, 3.0]) == 3.0 and checks.percentile(range(1, 101), 95) == 95
+
+
+def test_event_clock_places_a_line_at_its_own_time():
+    history = new_history()
+    clock = history.clock
+    assert isinstance(clock, EventClock)
+    wall = time.time() - 5.0  # happened five seconds ago, read only now
+    observe_at(history, {"event": "gap", "id": CLIENT_ID, "ts": wall, "duration_s": 1.0})
+    assert abs(history.ops[-1].t - (time.monotonic() - 5.0)) < 0.05
+    history.observe("later")
+    assert history.ops[-1].t > history.ops[-2].t + 4.9
+
+
+# ---------------------------------------------------------------------------- plugin rules (no engine)
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    return pytester
+
+
+def test_error_line_from_a_container_fails_the_test_in_its_call_phase(inner: pytest.Pytester):
+    inner.makepyfile(textwrap.dedent("""
+        import logging
+        from harness.pytest_plugin import FLEET_KEY
+
+        class Fleet:  # stands in for a stack whose relay wrote an ERROR line
+            def collect_errors(self):
+                logging.getLogger("harness.container").error("relay-1: 2026-01-01 00:00:00,000 ERROR x: boom")
+                return ["boom"]
+
+        def test_with_stack(request):
+            request.node.stash[FLEET_KEY] = Fleet()
+    """))
+    result = inner.runpytest_subprocess("-p", "tests.plugins.no_errors", "-p", "harness.pytest_plugin", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ERROR log record(s) during the test*", "*relay-1*boom*"])
+    assert "test_with_stack FAILED" in result.stdout.str() or "FAILED test_" in result.stdout.str()
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "failed"), ("", "skipped")])
+def test_missing_docker_engine_fails_in_ci_and_skips_elsewhere(inner: pytest.Pytester, monkeypatch, ci: str, outcome: str):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{inner.path}/no-such-docker.sock")
+    monkeypatch.setenv("CI", ci)
+    inner.makepyfile("def test_needs_engine(docker_client):\n    pass\n")
+    result = inner.runpytest_subprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(**{("errors" if outcome == "failed" else outcome): 1})
+    result.stdout.fnmatch_lines(["*no Docker engine*"])
+
+
+# ---------------------------------------------------------------------------- the engine
+def _session_objects(client, session: str) -> list[str]:  # noqa: ANN001
+    filters = {"label": [f"{PROJECT_LABEL}=connlib-relays", f"{SESSION_LABEL}={session}"]}
+    return [c.name for c in client.containers.list(all=True, filters=filters)] + [
+        n.name for n in client.networks.list(filters=filters)
+    ]
+
+
+@pytest.mark.docker
+def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client, e2e_images, tmp_path: Path):  # noqa: ANN001
+    marker = tmp_path / "session-id"
+    (tmp_path / "test_hold.py").write_text(textwrap.dedent(f"""
+        import pathlib, threading
+
+        def test_hold(docker_session):
+            net, _ = docker_session.create_network("clr-" + docker_session.id[:8] + "-hold", internal=True, labels={{}})
+            docker_session.client.containers.run({BASE_IMAGE!r}, ["sleep", "600"], detach=True,
+                name="clr-" + docker_session.id[:8] + "-hold", labels=docker_session.labels, network=net.name)
+            pathlib.Path({str(marker)!r}).write_text(docker_session.id)
+            threading.Event().wait(600)  # the outer test kills this run long before
+    """))
+    (tmp_path / "test_next.py").write_text("def test_next_run_starts(docker_client):\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+    victim = subprocess.Popen([*command, str(tmp_path / "test_hold.py")], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert victim.poll() is None, "the victim run ended before creating its resources"
+            assert time.monotonic() < deadline, "the victim run did not create its resources within 60s"
+            time.sleep(0.1)
+        session = marker.read_text()
+        assert len(_session_objects(docker_client, session)) == 2
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    assert len(_session_objects(docker_client, session)) == 2, "kill -9: nobody cleaned up (as expected)"
+    result = subprocess.run([*command, str(tmp_path / "test_next.py")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _session_objects(docker_client, session) == [], "the next run's sweep left the dead session's objects"
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.docker
+async def test_container_output_reaches_the_history_and_the_error_rule(docker_session, e2e_images, caplog):  # noqa: ANN001
+    history = new_history()
+    fleet = DockerFleet(history, StackOptions(), session=docker_session)
+    fleet._loop = asyncio.get_running_loop()
+    script = (
+        'echo \'{"event": "probe", "id": "x-1", "ts": 1.5}\'; '
+        'echo "2026-01-01 00:00:00,000 WARNING connlib.node: Disconnecting from relay; test" >&2; '
+        'echo "2026-01-01 00:00:00,001 ERROR connlib.test: injected failure" >&2'
+    )
+    container = docker_session.client.containers.create(
+        e2e_images["peer"], entrypoint=["/bin/sh", "-c", script], labels=docker_session.labels,
+        name=f"clr-{docker_session.id[:8]}-echo", network_disabled=True,
+    )  # fmt: skip
+    try:
+        await asyncio.to_thread(container.start)
+        fleet.follow(container, "echo-1")  # a log stream follows from the container's first line
+        await asyncio.to_thread(container.wait, timeout=30)
+        await wait_for(lambda: (fleet.drain(), history.select("error_log"))[1], 10, "the ERROR line")
+    finally:
+        await asyncio.to_thread(container.remove, force=True)
+    assert history.first("probe", target="x-1") is not None
+    assert [op.data["message"] for op in history.select("log", target="echo-1")] == ["Disconnecting from relay; test"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "injected failure" in r.getMessage()]
+    assert errors, "an ERROR line on a container's stderr must become an ERROR record (which fails the test)"
+
+
+@pytest.mark.backends("docker")
+@pytest.mark.stack(relays=3, portal={"relays_per_client": 3})
+async def test_fault_primitives_kill_start_cut_reconnect(stack, figures):  # noqa: ANN001
+    """harness: kill/start a relay, cut/reconnect the client's network"""
+    h = stack.history
+    used = {checks.carrying_relay(h, CLIENT_ID), checks.carrying_relay(h, GATEWAY_ID)}
+    idle = sorted(set(checks.known_relays(h, CLIENT_ID)) - used)[0]
+    name = await stack.relay_name(idle)
+    before = (await stack.secret_fingerprints())[name]
+    t0 = time.monotonic()
+    await stack.kill_relay(name)  # SIGKILL: the agent says no goodbye; its socket dies with it
+    offline = await wait_for(lambda: h.first("relay_offline", kind="portal", target=idle, after=t0), 5, "relay offline")
+    await stack.start_relay(name)
+    assert (await stack.secret_fingerprints())[name] != before, "a started relay container has a new secret"
+    figures["kill_to_offline_s"] = offline.t - t0
+
+    t1 = time.monotonic()
+    await stack.cut(CLIENT_ID, "client-net")
+    try:
+        await wait_event(stack, "path_lost", CLIENT_ID, t1, 8, "the client to lose its path")
+    finally:
+        await stack.reconnect(CLIENT_ID, "client-net")
+    back = checks.fault_time(h, "reconnect", CLIENT_ID, after=t1)
+    resumed = await wait_resumed(stack, back, RESUME_BOUND + 10, "the stream after the reconnect")
+    figures.update(gap_s=checks.longest_gap(h, t1), resumed_s=resumed - back)
+    assert figures["gap_s"] >= 3.5, "the cut did not stop the stream"
