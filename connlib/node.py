@@ -114,7 +114,8 @@ class Node:
         self._rng = random.Random(seed)
         self._events: collections.deque[NodeEvent] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
-        self._no_relays_sent = False
+        # NoRelays is owed once the last relay is gone, not before the first one ever came.
+        self._no_relays_sent = True
         self._last_now = now
 
     # ------------------------------------------------------------------ relay set
@@ -129,26 +130,27 @@ class Node:
 
         listed: set[str] = set()
         for relay in connected:
-            listed.add(relay.id)
-            self._upsert(relay, now)
+            if self._upsert(relay, now):
+                listed.add(relay.id)
 
         self._probe_unlisted(listed, now)
         self._drain_allocations()
         self._check_no_relays()
 
-    def _upsert(self, relay: RelayConfig, now: float) -> None:
+    def _upsert(self, relay: RelayConfig, now: float) -> bool:
+        """Add, skip or replace one relay; False if the entry is unusable (and was ignored)."""
         try:
             server = RelaySocket(relay.v4, relay.v6)
         except ValueError:
             log.debug("Skipping relay without address %s", kv(rid=relay.id))
-            return
+            return False
         if not relay.username or not relay.realm:
             log.debug("Skipping relay with empty username or realm %s", kv(rid=relay.id))
-            return
+            return False
         existing = self.allocations.get(relay.id)
         if existing is not None and self._is_same_relay(existing, relay, server):
             log.info("Skipping known TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
-            return
+            return True
         if existing is not None:
             log.info("Replaced TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
             del self.allocations[relay.id]
@@ -161,6 +163,7 @@ class Node:
         )  # fmt: skip
         self._no_relays_sent = False
         self._events.append(RelayAdded(relay.id))
+        return True
 
     def _is_same_relay(self, existing: Allocation, relay: RelayConfig, server: RelaySocket) -> bool:
         if FIX_CREDENTIALS_COMPARE in self.disabled_fixes:

@@ -226,6 +226,24 @@ def test_no_relays_once_per_loss_of_the_last_relay(caplog):
     assert info.count("Removed last relay; requesting a new set") == 2
 
 
+def test_a_fresh_node_owes_no_no_relays():
+    node, net = setup()
+    node.handle_timeout(1.0)
+    node.update_relays([], [], 2.0)  # an init with no relays: nothing was lost
+    assert of(NoRelays, events(node)) == []
+
+
+def test_an_unusable_entry_does_not_shield_a_known_relay_from_the_probe():
+    a, b = relays(2)
+    node, net = setup(a, b)
+    deploy(node, net, {"a": a, "b": b})
+    net.run(30.0)
+    broken = replace(a.config("a"), v4=None, v6=None)  # same id, no address: ignored
+    node.update_relays([], [broken, b.config("b")], 30.0)
+    probes = [(t.dst, stun.decode(t.payload).method) for t in iter(node.poll_transmit, None)]
+    assert probes == [(a.v4, Method.REFRESH)]
+
+
 def test_packets_from_previous_relays_are_dropped_silently():
     a, b = relays(2)
     node, net = setup(a, b)
