@@ -26,6 +26,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -70,6 +71,7 @@ class Event(StrEnum):
     # Peer → portal.
     NO_RELAYS = "no_relays"
     REQUEST_CONNECTION = "request_connection"
+    STREAM_STATS = "stream_stats"  # client → portal: its traffic probe's latest report (dashboard)
     # Both ways (portal forwards).
     CONNECTION_ACCEPTED = "connection_accepted"
     NEW_ICE_CANDIDATES = "new_ice_candidates"
@@ -537,6 +539,106 @@ class CandidateSignal:
         return out
 
 
+MAX_STREAM_GAPS = 20
+"""``stream_stats`` carries at most this many of the most recent gaps."""
+
+
+def _count(obj: dict[str, Any], key: str, what: str) -> int:
+    value = _field(obj, key, int, what)
+    if value < 0:
+        raise MessageError(f"{what} field {key!r} must not be negative")
+    return value
+
+
+def _seconds(obj: dict[str, Any], key: str, what: str) -> float:
+    value = _field(obj, key, (int, float), what)
+    if not math.isfinite(value):
+        raise MessageError(f"{what} field {key!r} must be a finite number")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """One silence in the client's echo stream: wall-clock ``start``/``end``, ``duration_s``."""
+
+    start: float
+    end: float
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        if self.duration_s < 0:
+            raise MessageError("gap duration_s must not be negative")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> StreamGap:
+        obj = _expect_object(raw, "stream gap")
+        return cls(_seconds(obj, "start", "stream gap"), _seconds(obj, "end", "stream gap"),
+                   _seconds(obj, "duration_s", "stream gap"))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "duration_s": self.duration_s}
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """``stream_stats`` (client → portal): the traffic probe's report, for the dashboard.
+
+    Counters are cumulative since the client started; ``gaps`` counts every gap while
+    ``recent_gaps`` holds the last :data:`MAX_STREAM_GAPS` of them. ``relay`` is the relay on the
+    client's side of the nominated path (``None`` while not connected); ``peer_id`` the gateway.
+    """
+
+    sent: int
+    delivered: int
+    lost: int
+    in_flight: int
+    gaps: int
+    connected: bool
+    relay: str | None = None
+    peer_id: str | None = None
+    recent_gaps: tuple[StreamGap, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.delivered + self.lost + self.in_flight > self.sent:
+            raise MessageError("stream_stats: delivered + lost + in_flight exceeds sent")
+        if len(self.recent_gaps) > MAX_STREAM_GAPS:
+            raise MessageError(f"stream_stats carries more than {MAX_STREAM_GAPS} recent gaps")
+        if len(self.recent_gaps) > self.gaps:
+            raise MessageError("stream_stats: more recent gaps than gaps in total")
+        if self.relay is not None:
+            _ident(self.relay, "stream_stats relay")
+        if self.peer_id is not None:
+            _ident(self.peer_id, "stream_stats peer_id")
+
+    @classmethod
+    def from_json(cls, raw: Any) -> StreamReport:
+        what = "stream_stats payload"
+        obj = _expect_object(raw, what)
+        recent = obj.get("recent_gaps", [])
+        if not isinstance(recent, list):
+            raise MessageError(f"{what} field 'recent_gaps' must be a list")
+        if len(recent) > MAX_STREAM_GAPS:
+            raise MessageError(f"stream_stats carries more than {MAX_STREAM_GAPS} recent gaps")
+        return cls(
+            sent=_count(obj, "sent", what),
+            delivered=_count(obj, "delivered", what),
+            lost=_count(obj, "lost", what),
+            in_flight=_count(obj, "in_flight", what),
+            gaps=_count(obj, "gaps", what),
+            connected=_field(obj, "connected", bool, what),
+            relay=_optional_ident(obj, "relay", what),
+            peer_id=_optional_ident(obj, "peer_id", what),
+            recent_gaps=tuple(StreamGap.from_json(g) for g in recent),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent, "delivered": self.delivered, "lost": self.lost, "in_flight": self.in_flight,
+            "gaps": self.gaps, "connected": self.connected, "relay": self.relay, "peer_id": self.peer_id,
+            "recent_gaps": [g.to_json() for g in self.recent_gaps],
+        }  # fmt: skip
+
+
 PAYLOAD_TYPES: dict[str, Any] = {
     Event.INIT: Init,
     Event.RELAYS_PRESENCE: RelaysPresence,
@@ -546,6 +648,7 @@ PAYLOAD_TYPES: dict[str, Any] = {
     Event.CONNECTION_ACCEPTED: ConnectionSignal,
     Event.NEW_ICE_CANDIDATES: CandidateSignal,
     Event.INVALIDATE_ICE_CANDIDATES: CandidateSignal,
+    Event.STREAM_STATS: StreamReport,
 }
 """Events whose payload has a dataclass; ``no_relays`` and ``heartbeat`` carry ``{}``."""
 
