@@ -292,13 +292,33 @@ class Peer:
             self.driver.call(lambda t: self.tunnel.connect(gateway, t))
 
     async def _report(self) -> None:
+        from .phoenix import ChannelClosed
+
         while True:
             await asyncio.sleep(self.config.report_interval)
             if self.config.role == "client":
                 self.stats.expire(self.clock())
                 connection = self.tunnel.connections.get(self.config.connect_to or "")
                 relay = connection.nominated.local.rid if connection and connection.nominated else None
-                self.emit({**self.stats.report(), "connected": relay is not None, "relay": relay})
+                report = {**self.stats.report(), "connected": relay is not None, "relay": relay}
+                self.emit(report)
+                # The portal's dashboard shows it live. Only while joined: reports queued during an
+                # outage would be stale on arrival and would fill the channel's buffer (and WARN).
+                if not self.portal.joined.is_set():
+                    continue
+                try:
+                    recent = self.stats.gaps[-messages.MAX_STREAM_GAPS :]
+                    stats = messages.StreamReport(
+                        sent=report["sent"], delivered=report["delivered"], lost=report["lost"],
+                        in_flight=report["in_flight"], gaps=report["gaps"], connected=report["connected"],
+                        relay=relay, peer_id=self.config.connect_to,
+                        recent_gaps=tuple(messages.StreamGap(g["start"], g["end"], g["duration_s"]) for g in recent),
+                    )  # fmt: skip
+                    await self.portal.send(messages.Event.STREAM_STATS, stats.to_json())
+                except messages.MessageError as exc:  # the probe broke its own invariants: a bug
+                    log.error("Cannot report the stream to the portal %s", kv(error=exc))
+                except ChannelClosed:
+                    pass  # stopping: the portal channel closed after the check above
             else:
                 self.emit({"event": "status", "connections": self.tunnel.connected_peers(),
                            "relays": self.tunnel.node.usable_relays()})  # fmt: skip

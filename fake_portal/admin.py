@@ -4,7 +4,9 @@ A deliberately small HTTP/1.1 server (one request per connection, ``Connection: 
 portal needs no web framework. Routes:
 
 - ``GET /`` dashboard page; ``GET /api/relays``, ``/api/clients``, ``/api/gateways``,
-  ``/api/connections``; ``GET /api/events?since=<seq>&limit=<n>`` → ``{"last_seq", "events"}``
+  ``/api/connections``, ``/api/streams`` (each client's latest ``stream_stats``);
+  ``GET /api/overview`` → all of those at one instant plus ``now`` (unix) and ``last_seq``;
+  ``GET /api/events?since=<seq>&limit=<n>`` → ``{"last_seq", "events"}``
 - ``POST /api/partition`` ``{"id", "seconds"?}``; ``POST /api/heal`` ``{"id"?}`` (no id: heal all);
   ``POST /api/relays/<id>/disconnect``
 """
@@ -31,7 +33,9 @@ MAX_HEADER_LINES = 100
 REQUEST_TIMEOUT = 10.0
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 408: "Request Timeout"}
 _RELAY_DISCONNECT = re.compile(r"^/api/relays/([^/]+)/disconnect$")
-GET_ROUTES = ("/", "/api/relays", "/api/clients", "/api/gateways", "/api/connections", "/api/events")
+GET_ROUTES = ("/", "/api/relays", "/api/clients", "/api/gateways", "/api/connections", "/api/streams", "/api/overview",
+              "/api/events")  # fmt: skip
+DASHBOARD_EVENTS = 300  # events the dashboard page arrives with; it polls for the rest
 POST_ROUTES = ("/api/partition", "/api/heal")
 
 
@@ -100,8 +104,13 @@ class AdminApi:
     def _get(self, path: str, query: dict[str, list[str]]) -> Response:
         now = self.clock()
         if path == "/":
-            page = dashboard.render(self.core.relays_view(), self.core.peers_view(Topic.CLIENT, now), self.core.peers_view(Topic.GATEWAY, now))
+            events = self.core.events.since(max(0, self.core.events.last_seq - DASHBOARD_EVENTS))
+            page = dashboard.render(self.overview(now), events)
             return Response(200, page.encode(), "text/html; charset=utf-8")
+        if path == "/api/overview":
+            return _json(200, self.overview(now))
+        if path == "/api/streams":
+            return _json(200, self.core.streams_view(now))
         if path == "/api/relays":
             return _json(200, self.core.relays_view())
         if path == "/api/clients":
@@ -117,6 +126,18 @@ class AdminApi:
         if path in POST_ROUTES or _RELAY_DISCONNECT.match(path):
             raise HttpError(405, f"{path} needs POST")
         raise HttpError(404, f"no route {path[:100]}")
+
+    def overview(self, now: float) -> dict[str, Any]:
+        """Everything the dashboard shows except the event log, taken at one instant."""
+        return {
+            "now": round(self.core.unix(now), 3),
+            "relays": self.core.relays_view(),
+            "clients": self.core.peers_view(Topic.CLIENT, now),
+            "gateways": self.core.peers_view(Topic.GATEWAY, now),
+            "connections": self.core.connections_view(),
+            "streams": self.core.streams_view(now),
+            "last_seq": self.core.events.last_seq,
+        }
 
     def _post(self, path: str, body: bytes) -> Response:
         now = self.clock()

@@ -31,6 +31,7 @@ from connlib.messages import (
     RelayJoin,
     RelaysPresence,
     ReplyStatus,
+    StreamReport,
     Topic,
     decode_frame,
     encode_frame,
@@ -45,6 +46,8 @@ from fake_portal.relays import RelayRecord, relay_entries, select_relays
 log = logging.getLogger("fake_portal.portal")
 
 RAW_EXCERPT_CHARS = 200
+STREAM_HISTORY = 120
+"""``stream_stats`` samples kept per client for the dashboard's traffic chart (2 min at 1/s)."""
 
 
 class CloseCode(enum.IntEnum):
@@ -132,6 +135,30 @@ class ConnectionRecord:
         return dict(vars(self))
 
 
+@dataclass
+class StreamRecord:
+    """The latest ``stream_stats`` of one client, and a short history of its counters."""
+
+    client_id: str
+    report: StreamReport
+    received_at: float  # unix
+    received_mono: float
+    reports: int = 1
+    rate_per_s: float | None = None
+    history: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=STREAM_HISTORY))
+
+    def update(self, report: StreamReport, unix: float, now: float) -> None:
+        elapsed = now - self.received_mono
+        # A counter that went backwards is a restarted client: no rate across that, and a new chart.
+        restarted = report.sent < self.report.sent or report.delivered < self.report.delivered
+        if restarted:
+            self.history.clear()
+        self.rate_per_s = None if restarted or elapsed <= 0 else round((report.delivered - self.report.delivered) / elapsed, 2)
+        self.report, self.received_at, self.received_mono = report, unix, now
+        self.reports += 1
+        self.history.append((round(unix, 3), report.delivered, report.lost))
+
+
 class Portal:
     def __init__(self, config: PortalConfig, *, unix_offset: float = 0.0) -> None:
         self.config = config
@@ -142,6 +169,7 @@ class Portal:
         self._relays: dict[str, RelayRecord] = {}
         self._peers: dict[Topic, dict[str, Peer]] = {Topic.CLIENT: {}, Topic.GATEWAY: {}}
         self._connections: dict[tuple[str, str], ConnectionRecord] = {}
+        self._streams: dict[str, StreamRecord] = {}
         self._partitions: dict[str, float] = {}
         self._heartbeat_deadlines: list[tuple[float, int]] = []
         self._flush_at: float | None = None
@@ -155,6 +183,7 @@ class Portal:
             (Topic.GATEWAY, Event.NEW_ICE_CANDIDATES): self._on_candidates,
             (Topic.CLIENT, Event.INVALIDATE_ICE_CANDIDATES): self._on_candidates,
             (Topic.GATEWAY, Event.INVALIDATE_ICE_CANDIDATES): self._on_candidates,
+            (Topic.CLIENT, Event.STREAM_STATS): self._on_stream_stats,
         }
 
     def unix(self, now: float) -> float:
@@ -312,6 +341,25 @@ class Portal:
     def connections_view(self) -> list[dict[str, Any]]:
         return [c.to_json() for c in self._connections.values()]
 
+    def streams_view(self, now: float) -> list[dict[str, Any]]:
+        """Each client's latest ``stream_stats``, its age and a short history of its counters."""
+        out = []
+        for record in sorted(self._streams.values(), key=lambda r: r.client_id):
+            peer = self._peers[Topic.CLIENT].get(record.client_id)
+            out.append(
+                {
+                    "client_id": record.client_id,
+                    **record.report.to_json(),
+                    "client_online": bool(peer and peer.online),
+                    "received_at": record.received_at,
+                    "age_s": round(now - record.received_mono, 3),
+                    "reports": record.reports,
+                    "rate_per_s": record.rate_per_s,
+                    "history": [list(sample) for sample in record.history],
+                }
+            )
+        return out
+
     # -- joins and leaves ---------------------------------------------------------------------
 
     def _on_join(self, session: Session, frame: Frame, now: float) -> None:
@@ -410,6 +458,22 @@ class Portal:
             setattr(record, f"{session.role}_relay_id", signal.relay_id)
         if record is not None and frame.event == Event.NEW_ICE_CANDIDATES:
             record.candidates[session.role] += len(signal.candidates)
+
+    def _on_stream_stats(self, session: Session, frame: Frame, now: float) -> None:
+        report = StreamReport.from_json(frame.payload)  # MessageError → an error reply
+        assert session.peer_id is not None  # clients are identified by their URL
+        record = self._streams.get(session.peer_id)
+        if record is None:
+            record = self._streams[session.peer_id] = StreamRecord(session.peer_id, report, self.unix(now), now)
+            record.history.append((round(self.unix(now), 3), report.delivered, report.lost))
+        else:
+            record.update(report, self.unix(now), now)
+        self.events.record(
+            self.unix(now), "stream_stats", id=session.peer_id, peer=report.peer_id, sent=report.sent,
+            delivered=report.delivered, lost=report.lost, in_flight=report.in_flight, gaps=report.gaps,
+            connected=report.connected, relay=report.relay,
+        )  # fmt: skip
+        self._send(session, reply_frame(frame, ReplyStatus.OK), now)
 
     def _forward(
         self, session: Session, frame: Frame, event: str, signal: ConnectionSignal | CandidateSignal, now: float
