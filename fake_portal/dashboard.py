@@ -12,6 +12,7 @@ default). Kept apart from the API so routing never changes with the page.
 from __future__ import annotations
 
 import json
+from html import escape
 from typing import Any
 
 POLL_MS = 1000
@@ -23,9 +24,32 @@ def _embed(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _rows(items: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(item.get(c, '')))}</td>" for c in columns) + "</tr>" for item in items)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _snapshot(overview: dict[str, Any]) -> str:
+    """The state as plain tables, for a browser without JavaScript (inside ``<noscript>``)."""
+    return (
+        "<div style='padding:0 24px'><p>This dashboard updates live with JavaScript; below is the state when the page"
+        " was served.</p>"
+        f"<h2>Relays</h2>{_rows(overview['relays'], ('id', 'name', 'addrs', 'online', 'secret_fingerprint', 'since'))}"
+        f"<h2>Clients</h2>{_rows(overview['clients'], ('id', 'name', 'online', 'relays', 'partitioned'))}"
+        f"<h2>Gateways</h2>{_rows(overview['gateways'], ('id', 'name', 'online', 'relays', 'partitioned'))}"
+        f"<h2>Streams</h2>{_rows(overview['streams'], ('client_id', 'sent', 'delivered', 'lost', 'gaps', 'connected', 'relay'))}"
+        "</div>"
+    )
+
+
 def render(overview: dict[str, Any], events: list[dict[str, Any]]) -> str:
     initial = _embed({"overview": overview, "events": events})
-    return PAGE.replace("__INITIAL__", initial).replace("__POLL_MS__", str(POLL_MS))
+    return (
+        PAGE.replace("__NOSCRIPT__", _snapshot(overview))
+        .replace("__INITIAL__", initial)
+        .replace("__POLL_MS__", str(POLL_MS))
+    )
 
 
 PAGE = """<!doctype html>
@@ -179,7 +203,7 @@ footer a { color: var(--blue); text-decoration: none; margin-right: 12px; }
     <a href="/api/events?since=0&amp;limit=100">/api/events</a>
   </footer>
 </main>
-<noscript><p style="padding:24px">This dashboard needs JavaScript; the JSON API above works without it.</p></noscript>
+<noscript>__NOSCRIPT__</noscript>
 <script id="initial" type="application/json">__INITIAL__</script>
 <script>
 "use strict";
