@@ -58,6 +58,7 @@ PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>connlib relays · fake portal</title>
+<link rel="icon" href="data:,">
 <style>
 :root {
   --bg: #0b1120; --panel: #111a2e; --panel2: #16213a; --line: #23304d; --text: #e2e8f0; --muted: #8b9bb8;
