@@ -233,7 +233,14 @@ def _online(row: str) -> bool | None:
     return None
 
 
-def test_dashboard_in_headless_chromium_shows_relays_and_a_restart(stack):
+DELIVERED = '[data-client="client"] [data-k="delivered"]'
+
+
+def _delivered_on_page(page) -> int:  # noqa: ANN001
+    return int(page.locator(DELIVERED).inner_text().replace(",", ""))
+
+
+def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(stack):
     missing = _browser_available()
     if missing:
         if os.environ.get("CI", "").lower() == "true":
@@ -245,18 +252,31 @@ def test_dashboard_in_headless_chromium_shows_relays_and_a_restart(stack):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(stack.admin_url + "/", wait_until="load")
             rows = ts.wait_for(lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None, 10,
                                what="both relays on the dashboard")  # fmt: skip
             assert _online(rows["relay-1"]) and _online(rows["relay-2"]), rows
-            old_fp = stack.relays()["relay-2"]["secret_fingerprint"]
 
+            # The client's stream, live: the page's counters climb without a reload.
+            page.wait_for_selector(DELIVERED, timeout=10_000)
+            first = _delivered_on_page(page)
+            page.wait_for_function(
+                f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 100",
+                arg=first, timeout=10_000,
+            )  # fmt: skip
+            card = page.locator('[data-client="client"]').inner_text()
+            assert "connected" in card and re.search(r"\brelay-[12]\b", card), card
+
+            old_fp = stack.relays()["relay-2"]["secret_fingerprint"]
             restart = threading.Thread(target=lambda: stack.container("relay-2").restart(timeout=5))
             restart.start()
             seen_offline, deadline = False, time.monotonic() + REJOIN_BOUND_S
             while time.monotonic() < deadline:
-                # reloading covers a static page as well as a live one (the window is ~1.5 s)
+                # Reloading samples the server-rendered state often (the offline window is ~1.5 s,
+                # the page polls every second); the event log below is the page's own record.
                 page.reload(wait_until="load")
                 row = _relay_rows(page).get("relay-2", "")
                 if _online(row) is False:
@@ -265,10 +285,20 @@ def test_dashboard_in_headless_chromium_shows_relays_and_a_restart(stack):
                     break
                 time.sleep(0.05)
             restart.join()
-            page.screenshot(path=os.environ.get("DASHBOARD_SCREENSHOT", "/tmp/connlib-dashboard.png"), full_page=True)
             assert seen_offline, "the dashboard never showed relay-2 offline during its restart"
             row = _relay_rows(page).get("relay-2", "")
             assert _online(row) and old_fp not in row, f"relay-2 not back online with a new secret: {row}"
+            events = page.locator("#events").inner_text()
+            new_fp = stack.relays()["relay-2"]["secret_fingerprint"]
+            assert "relay-2 went offline" in events and f"relay-2 online with secret {new_fp}" in events, events[:2000]
+            # ... and the stream goes on, live.
+            after = _delivered_on_page(page)
+            page.wait_for_function(
+                f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 50",
+                arg=after, timeout=15_000,
+            )  # fmt: skip
+            page.screenshot(path=os.environ.get("DASHBOARD_SCREENSHOT", "/tmp/connlib-dashboard.png"), full_page=True)
+            assert not errors, errors
         finally:
             browser.close()
 
