@@ -133,7 +133,9 @@ class Driver:
         entry = (predicate, asyncio.get_running_loop().create_future())
         self._waiters.append(entry)
         try:
-            await asyncio.wait_for(asyncio.shield(entry[1]), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(timeout):
+                await entry[1]
             return True
         except TimeoutError:
             return predicate()
@@ -156,7 +158,8 @@ class Driver:
             deadline = self.core.poll_timeout()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
