@@ -165,7 +165,8 @@ class Peer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.driver.stop()
-        self.emit(self.stats.report()) if self.config.role == "client" else None
+        if self.config.role == "client":
+            self.emit(self.stats.report())  # the final figures
 
     async def run_forever(self) -> int:
         await self.start()
