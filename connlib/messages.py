@@ -18,6 +18,9 @@ portal rewrites it to the sender's id before forwarding, so one shape serves bot
 
 ``relay_id`` is optional on these payloads: a peer that includes it tells the portal which relay it
 is using, which the portal records for the chaos harness.
+
+A client also reports its traffic probe for the portal's dashboard: ``stream_stats``
+(:class:`StreamReport`) once per report interval, only while its channel is joined.
 """
 
 from __future__ import annotations

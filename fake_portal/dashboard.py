@@ -388,7 +388,7 @@ function details(e) {
       if (e.error) return `<span class="dir">${arrow}</span> <b style="color:var(--red)">malformed</b> ${esc(e.error)}`;
       let body = e.payload;
       if (e.event === "phx_reply" && body) body = body.status === "ok" && !Object.keys(body.response || {}).length ? "ok" : body;
-      return `<span class="dir">${arrow}</span> <b>${esc(e.event)}</b> <span class="muted">${esc(e.topic)} ref=${esc(e.ref)}</span> ${esc(typeof body === "string" ? body : compact(body))}`;
+      return `<span class="dir">${arrow}</span> <b>${esc(e.event)}</b> <span class="muted">${esc(e.topic)}${e.ref == null ? "" : ` ref=${esc(e.ref)}`}</span> ${esc(typeof body === "string" ? body : compact(body))}`;
     }
     case "relay_online": return `${esc(relayName(e.id))} online with secret <span class="fp">${esc(e.secret_fingerprint)}</span>`;
     case "relay_offline": return `${esc(relayName(e.id))} went offline`;
