@@ -62,6 +62,8 @@ class ProcessFleet(Fleet):
         # The client asks for its connection once; the gateway must be on the portal by then.
         await wait_for(lambda: self.history.first("init", target=GATEWAY_ID), READY_TIMEOUT, "the gateway's init")
         await self.client.start()
+        await wait_for(lambda: self.client.stats.delivered >= 10, READY_TIMEOUT, "the client's stream (10 echoes)")
+        self.history.observe("stack_ready", "processes", backend=self.backend)
 
     def _peer(self, role: str, peer_id: str, fixes: frozenset[str], connect_to: str | None = None) -> Peer:
         config = PeerConfig(role, self.portal.url, self.portal.config.token, peer_id, connect_to=connect_to,
