@@ -4,6 +4,8 @@
     python -m harness up [--relays N] ...          start a stack, print where it is, follow its history
     python -m harness chaos [--duration 60] ...    random relay faults against a live stream; exit 1 if
                                                    the stream did not come back after one, or on ERROR lines
+    python -m harness summary results/2026*        figures of many runs together: per scenario, the
+                                                   verdicts and p50/p95/max of each figure
 
 Both ``up`` and ``chaos`` take ``--fleet docker|process`` (default docker) and write the history
 and a summary under ``results/`` (``--results``). Ctrl-C (or SIGTERM) tears the stack down; a
@@ -37,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("sweep", help="remove the Docker leftovers of dead test sessions")
+    summary = sub.add_parser("summary", help="aggregate the summary.json of several result folders")
+    summary.add_argument("folders", nargs="+", type=Path)
     for name, text in (("up", "start a stack and follow its history until Ctrl-C"),
                        ("chaos", "inject random relay faults and check the stream recovers")):  # fmt: skip
         c = sub.add_parser(name, help=text)
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         from .sweep import sweep
 
         print(sweep(connect()))
+        return 0
+    if args.command == "summary":
+        print(aggregate(args.folders))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -183,6 +190,31 @@ async def _inject(fleet: Fleet, kind: str, name: str, rng: random.Random) -> Non
     elif kind == "partition":
         async with fleet.partitioned(CLIENT_ID):
             await asyncio.sleep(hold)
+
+
+def aggregate(folders: list[Path]) -> str:
+    """One line per scenario over every run: verdict counts, then p50/p95/max of each numeric figure."""
+    rows: dict[str, list[dict]] = {}
+    runs = 0
+    for folder in folders:
+        path = folder / "summary.json"
+        if not path.exists():
+            continue
+        runs += 1
+        for row in json.loads(path.read_text())["rows"]:
+            rows.setdefault(f"{row['scenario']} [{row['backend']}]", []).append(row)
+    lines = [f"{runs} run(s)"]
+    for scenario, found in rows.items():
+        verdicts: dict[str, int] = {}
+        for row in found:
+            verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
+        stats = []
+        keys = sorted({k for row in found for k, v in row["figures"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for key in keys:
+            values = [row["figures"][key] for row in found if isinstance(row["figures"].get(key), (int, float))]
+            stats.append(f"{key} p50={checks.percentile(values, 50):.2f} p95={checks.p95(values):.2f} max={max(values):.2f}")
+        lines.append(f"{scenario}: {verdicts}; " + "; ".join(stats))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
