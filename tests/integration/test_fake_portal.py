@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from connlib.credentials import rest_credentials
 from connlib.messages import Frame, Init, RelaysPresence, Vsn, decode_frame, encode_frame
+from connlib.phoenix import Backoff
 from connlib.portal_client import PortalAuthError, PortalClient, portal_url
 from fake_portal import FakePortal, PortalConfig
 from fake_portal.identity import relay_id_from_name, relay_id_from_secret, salt_for
@@ -114,9 +115,10 @@ def start_peer(portal: FakePortal, role: str, peer_id: str, **kwargs: Any) -> Pe
     return Peer(PortalClient(url, portal.config.token, role, **kwargs))
 
 
-def start_relay(portal: FakePortal, name: str, secret: str, ipv4: str = "127.0.0.1", port: int = 3478, **kwargs: Any) -> Peer:
+def start_relay(portal: FakePortal, name: str, secret: str, ipv4: str = "127.0.0.1", port: int = 3478,
+                backoff: Backoff | None = None, **kwargs: Any) -> Peer:  # fmt: skip
     url = portal_url(portal.url, "relay", ipv4=ipv4, port=str(port), name=name, **kwargs)
-    return Peer(PortalClient(url, portal.config.token, "relay", {"stamp_secret": secret}))
+    return Peer(PortalClient(url, portal.config.token, "relay", {"stamp_secret": secret}, backoff=backoff))
 
 
 async def admin(portal: FakePortal, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -505,7 +507,9 @@ async def test_admin_lists_relays_with_fingerprint_and_state(portal):
 
 
 async def test_admin_forces_a_relay_out_of_presence(portal):
-    relay = start_relay(portal, "r1", "s1")
+    # The agent stays away longer than the debounce: a re-join inside it would (rightly) show no
+    # presence change at all.
+    relay = start_relay(portal, "r1", "s1", backoff=Backoff(initial=60, jitter=0))
     await relay.client.wait_joined(BOUND)
     client = start_peer(portal, "client", "c1")
     await client.next("init")
