@@ -42,6 +42,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from . import checks
 from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions, observe_at
 from .history import History
 
@@ -234,14 +235,16 @@ class DockerFleet(Fleet):
         started = time.monotonic()
         await asyncio.to_thread(self._create)
         created = time.monotonic()
-        # Everything but the client at once (relay agents and peers retry until the portal listens);
-        # the client asks for its connection once, so it starts when the gateway is on the portal.
-        first = ["portal", *self.relay_names, GATEWAY_ID]
+        # The portal and the relays at once (the relay agents retry until the portal listens); the
+        # gateway once the relays are online (else its init is empty and its relays come only with
+        # the next presence flush); the client once the gateway holds its relays.
+        first = ["portal", *self.relay_names]
         await asyncio.gather(*(asyncio.to_thread(self._start_member, name) for name in first))
         await self._ready("the portal's admin API", self._portal_answers)
         self.start_portal_events()
         await self._ready("relays online at the portal", self._relays_online)
-        await self._ready("the gateway's init", lambda: self._seen("init", GATEWAY_ID))
+        await asyncio.to_thread(self._start_member, GATEWAY_ID)
+        await self._ready("the gateway's relays", self._gateway_has_relays)
         await asyncio.to_thread(self._start_member, CLIENT_ID)
         await self._ready("the client's stream (10 echoes)", self._streaming)
         self.history.observe("stack_ready", self.name, backend=self.backend,
@@ -428,9 +431,11 @@ class DockerFleet(Fleet):
         missing = [n for n in self.relay_names if not relays.get(n, {}).get("online")]
         return True if not missing else f"offline: {missing}"
 
-    def _seen(self, what: str, target: str) -> bool | str:
+    def _gateway_has_relays(self) -> bool | str:
         self.drain()
-        return True if self.history.first(what, target=target) else f"no {what} from {target} yet"
+        want = min(self.options.relays, int(self.options.portal.get("relays_per_client", 2)))
+        held = checks.known_relays(self.history, GATEWAY_ID)
+        return True if len(held) >= want else f"the gateway holds {len(held)} of {want} relays"
 
     def _streaming(self) -> bool | str:
         self.drain()
