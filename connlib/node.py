@@ -31,10 +31,13 @@ log = logging.getLogger("connlib.node")
 
 MAX_PREVIOUS_RELAY_IPS = 64
 
-# Names of the two #6666 fixes; the test suites disable one at a time to prove they catch the bug.
+# Names of the two #6666 fixes, and of the probe of a relay whose path went quiet (what finds a
+# black-holed relay the portal still lists); the test suites disable one at a time to prove that
+# they catch the bug.
 FIX_CREDENTIALS_COMPARE = "credentials-compare"
 FIX_PROBE = "probe"
-KNOWN_FIXES = frozenset({FIX_CREDENTIALS_COMPARE, FIX_PROBE})
+FIX_PATH_PROBE = "path-probe"
+KNOWN_FIXES = frozenset({FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PATH_PROBE})
 
 
 class RelayConfig(Protocol):

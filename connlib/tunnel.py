@@ -32,7 +32,7 @@ from .ice import (
     parse_candidate,
 )
 from .logfmt import kv
-from .node import CandidateInvalid, CandidateNew, ChannelData, NoRelays, Node, NodeEvent, RelayRemoved
+from .node import FIX_PATH_PROBE, CandidateInvalid, CandidateNew, ChannelData, NoRelays, Node, NodeEvent, RelayRemoved
 from .stun import Address
 
 log = logging.getLogger("connlib.tunnel")
@@ -371,7 +371,7 @@ class Tunnel:
                     # The relay may be dead without anyone having told us: probe it (1 s). The
                     # peer may have moved while its signals could not reach us: ask again.
                     allocation = self.node.allocations.get(event.rid) if event.rid else None
-                    if allocation is not None:
+                    if allocation is not None and FIX_PATH_PROBE not in self.node.disabled_fixes:
                         allocation.refresh(now)
                     self._announce(connection)
                 elif isinstance(event, Failed):
