@@ -2,7 +2,7 @@
 
 Every scenario asserts measured bounds and reports its figures (``figures`` → the summary table at
 the end of the run; ``-s`` prints them as they come). Every one has a mutation twin: the same
-scenario with one #6666 fix disabled in the peer (``CONNLIB_TEST_DISABLE_FIXES`` in its container,
+scenario with one fix disabled in the peer (a #6666 fix, or the probe of a quiet path) (``CONNLIB_TEST_DISABLE_FIXES`` in its container,
 ``Node(disabled_fixes=...)`` in process mode) that must fail with a message naming the bug.
 Zero ERROR lines anywhere: the ERROR rule covers the containers' stderr as well.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from connlib.node import FIX_CREDENTIALS_COMPARE, FIX_PROBE, KNOWN_FIXES
+from connlib.node import FIX_CREDENTIALS_COMPARE, FIX_PATH_PROBE, FIX_PROBE
 from harness import checks
 from harness.fleet import CLIENT_ID, GATEWAY_ID, wait_for
 
@@ -30,7 +30,6 @@ pytestmark = pytest.mark.slow
 
 NO_COMPARE = frozenset({FIX_CREDENTIALS_COMPARE})
 NO_PROBE = frozenset({FIX_PROBE})
-FIX_PATH_PROBE = "path-probe"  # not in connlib yet: the REFRESH probe on a lost path (see test_4's twin)
 THREE_RELAYS = {"relays": 3, "portal": {"relays_per_client": 3}}
 
 
@@ -123,9 +122,6 @@ async def test_4_relay_paused_black_hole(stack, figures):
     print(f"\nfigures: {figures}")
 
 
-@pytest.mark.skipif(FIX_PATH_PROBE not in KNOWN_FIXES,
-                    reason="needs the connlib test switch CONNLIB_TEST_DISABLE_FIXES=path-probe (no REFRESH probe "
-                           "on a lost path); connlib has only credentials-compare and probe")  # fmt: skip
 @pytest.mark.stack(client_disabled_fixes=frozenset({FIX_PATH_PROBE}))
 async def test_4_twin_without_path_probe(stack):
     """4. twin: path probe off"""
