@@ -8,28 +8,18 @@ catch the bug. Figures are printed (``-s`` shows them) and recorded in the histo
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 
 from connlib.node import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from harness.fleet import wait_for
 from harness.process_fleet import CLIENT_ID, GATEWAY_ID, ProcessFleet, StackOptions
 
 pytestmark = pytest.mark.coturn
 
 RESUME_BOUND = 3.0  # stream resumed this soon after the portal told us (heal / relays_presence)
 PROBE_BOUND = 1.5  # a dead relay is removed this soon after the re-init
-
-
-async def wait_for(predicate, timeout: float, what: str):
-    """Poll ``predicate`` until it returns something truthy (bounded); returns that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 @pytest.fixture
@@ -39,8 +29,7 @@ async def fleet_factory():
     async def make(**options) -> ProcessFleet:
         fleet = ProcessFleet(options=StackOptions(**options))
         fleets.append(fleet)
-        await fleet.start()
-        await wait_for(lambda: fleet.client.stats.delivered >= 10, 15, "the stream to flow")
+        await fleet.start()  # returns once the client's stream flows
         return fleet
 
     yield make
