@@ -204,7 +204,10 @@ async def relay_paused(fleet: Fleet, figures: dict) -> None:
         await fleet.unpause_relay(name)
     figures.update(detect_s=freed.t - t0, resumed_s=resumed - t0, gap_s=checks.longest_gap(h, t0),
                    path_lost_s=lost.t - t0, reason=freed.data.get("reason"))  # fmt: skip
-    assert figures["resumed_s"] <= PAUSE_BOUND, f"stream back {figures['resumed_s']:.2f}s after the pause"
+    assert figures["resumed_s"] <= PAUSE_BOUND, (
+        f"bug (black hole kept too long): stream back {figures['resumed_s']:.2f}s after the pause, "
+        f"bound {PAUSE_BOUND:.0f}s"
+    )
 
 
 # ---------------------------------------------------------------------------- 5
