@@ -137,9 +137,6 @@ def p95(values: Iterable[float]) -> float:
     return percentile(values, 95)
 
 
-def within(value: float | None, bound: float) -> bool:
-    return value is not None and value <= bound
-
 
 # ---------------------------------------------------------------------------- errors
 def error_lines(history: History) -> list[Op]:

@@ -226,9 +226,6 @@ class DockerFleet(Fleet):
     def ip(self, network: str, host: int) -> str:
         return str(self.subnets[network].network_address + host)
 
-    def address_of(self, name: str, network: str) -> str:
-        return self.members[name].addresses[network]
-
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

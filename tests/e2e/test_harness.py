@@ -18,7 +18,7 @@ import pytest
 
 from harness import checks
 from harness.docker_fleet import PROJECT_LABEL, SESSION_LABEL, DockerFleet
-from harness.fleet import CLIENT_ID, GATEWAY_ID, EventClock, StackOptions, new_history, observe_at, wait_for
+from harness.fleet import CLIENT_ID, EventClock, StackOptions, new_history, observe_at, wait_for
 from harness.history import History
 from harness.images import BASE_IMAGE
 
@@ -180,11 +180,11 @@ async def test_container_output_reaches_the_history_and_the_error_rule(docker_se
 
 @pytest.mark.backends("docker")
 @pytest.mark.stack(relays=3, portal={"relays_per_client": 3})
-async def test_fault_primitives_kill_start_cut_reconnect(stack, figures):  # noqa: ANN001
+async def test_fault_primitives_kill_start_cut_reconnect(stack, relay, client, gateway, figures):  # noqa: ANN001
     """harness: kill/start a relay, cut/reconnect the client's network"""
     h = stack.history
-    used = {checks.carrying_relay(h, CLIENT_ID), checks.carrying_relay(h, GATEWAY_ID)}
-    idle = sorted(set(checks.known_relays(h, CLIENT_ID)) - used)[0]
+    assert relay.id == client.carrying_relay() and relay.name in stack.relay_names
+    idle = sorted(client.known_relays() - {relay.id, gateway.carrying_relay()})[0]
     name = await stack.relay_name(idle)
     before = (await stack.secret_fingerprints())[name]
     t0 = time.monotonic()
