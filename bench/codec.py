@@ -1,4 +1,4 @@
-"""STUN codec throughput: connlib.stun next to aioice.stun on the same messages, same run.
+"""STUN codec throughput: connlib.core.stun next to aioice.stun on the same messages, same run.
 
 One operation = encode the message (computing MESSAGE-INTEGRITY and FINGERPRINT where the message
 has them) + decode the canonical wire bytes (FINGERPRINT checked by both decoders) + verify
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from aioice import stun as aio
 
 from bench import median_rate
-from connlib import stun
-from connlib.credentials import long_term_key
+from connlib.core import stun
+from connlib.core.credentials import long_term_key
 
 TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
 SHORT_TERM_KEY = b"VOkJxbRl1RmTxUk/WvJxBt"
@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'message':<{width}}  {'connlib':>10}  {'aioice':>10}  connlib/aioice")
     total_ours = total_theirs = 0.0
     for name, ours, theirs, note in results:
-        print(f"{name:<{width}}  {ours:>10,.0f}  {theirs:>10,.0f}  {ours / theirs:>6.2f}x" + (f"   ({note})" if note else ""))
+        print(
+            f"{name:<{width}}  {ours:>10,.0f}  {theirs:>10,.0f}  {ours / theirs:>6.2f}x"
+            + (f"   ({note})" if note else "")
+        )
         total_ours += 1 / ours
         total_theirs += 1 / theirs
     # Mix of the three messages, one each: harmonic combination of the per-message rates.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from connlib.portal_client import portal_url
+from connlib.aio.portal_client import portal_url
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
@@ -66,10 +66,24 @@ async def _client(base: str, index: int) -> tuple[ClientConnection, asyncio.Task
 
 def _start_portal(debounce: float) -> tuple[subprocess.Popen[str], str, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "fake_portal", "--token", TOKEN, "--debounce", str(debounce),
-         "--heartbeat-timeout", "600", "--log-level", "WARNING"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fake_portal",
+            "--token",
+            TOKEN,
+            "--debounce",
+            str(debounce),
+            "--heartbeat-timeout",
+            "600",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert process.stdout is not None
     listening = json.loads(process.stdout.readline())
     return process, listening["url"], listening["admin_url"]
@@ -120,21 +134,30 @@ async def measure(n: int, debounce: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.portal_presence", description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000], help="client counts (default 10 100 1000)")
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[10, 100, 1000], help="client counts (default 10 100 1000)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per client count; the median run is shown")
     parser.add_argument("--debounce", type=float, default=1.0, help="portal debounce in seconds (default 1.0)")
     args = parser.parse_args(argv)
-    print(f"relay socket closed -> relays_presence at every client; debounce {args.debounce:g} s; "
-          f"median of {args.repeats} runs; seconds")  # fmt: skip
-    print(f"{'clients':>8} {'first':>7} {'median':>7} {'p99':>7} {'last':>7} {'portal flush':>13} {'last - debounce':>16}")
+    print(
+        f"relay socket closed -> relays_presence at every client; debounce {args.debounce:g} s; "
+        f"median of {args.repeats} runs; seconds"
+    )
+    print(
+        f"{'clients':>8} {'first':>7} {'median':>7} {'p99':>7} {'last':>7} {'portal flush':>13} {'last - debounce':>16}"
+    )
     worst = 0.0
     for n in args.clients:
         runs = [asyncio.run(measure(n, args.debounce)) for _ in range(args.repeats)]
         run = sorted(runs, key=lambda r: r["last"])[len(runs) // 2]
         past = run["last"] - args.debounce
         worst = max(worst, past)
-        print(f"{n:>8} {run['first']:>7.3f} {run['median']:>7.3f} {run['p99']:>7.3f} {run['last']:>7.3f} "
-              f"{run['portal_flush']:>13.3f} {past:>16.3f}", flush=True)  # fmt: skip
+        print(
+            f"{n:>8} {run['first']:>7.3f} {run['median']:>7.3f} {run['p99']:>7.3f} {run['last']:>7.3f} "
+            f"{run['portal_flush']:>13.3f} {past:>16.3f}",
+            flush=True,
+        )
     print(f"goal: 1,000 clients < 1 s past the debounce -> worst {worst:.3f} s: {'met' if worst < 1.0 else 'NOT met'}")
     return 0
 

@@ -1,6 +1,6 @@
 """Relayed ChannelData packets/s through a real coturn on loopback, next to a raw UDP echo.
 
-Two allocations A and B on one coturn (127.0.0.1), built by hand with ``connlib.stun``:
+Two allocations A and B on one coturn (127.0.0.1), built by hand with ``connlib.core.stun``:
 unauthenticated ALLOCATE -> 401 (REALM, NONCE) -> signed ALLOCATE (REQUESTED-TRANSPORT=17,
 key MD5(user:"firezone":pass)); CHANNEL-BIND A -> B's relayed address and B -> A's. Then A sends
 ChannelData to the relay with at most ``--window`` packets in flight and B counts what arrives
@@ -21,6 +21,7 @@ loss, and a receive timeout writes off what is still in flight). All traffic is 
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import socket
 import statistics
@@ -32,8 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from connlib import stun
-from connlib.credentials import long_term_key
+from connlib.core import stun
+from connlib.core.credentials import long_term_key
 from harness.coturn import Coturn, turnserver_path
 
 HOST = "127.0.0.1"
@@ -82,7 +83,7 @@ class Allocation:
     relayed: tuple[str, int]
 
     def signed(self, method: stun.Method, *attrs: tuple[str, object]) -> stun.Message:
-        message = stun.Message(method, stun.Class.REQUEST, attributes=list(attrs))
+        message = stun.Message(method, stun.Class.REQUEST, os.urandom(12), list(attrs))
         return message.add("USERNAME", self.username).add("REALM", self.realm).add("NONCE", self.nonce)
 
     def request(self, message: stun.Message) -> stun.Message:
@@ -94,13 +95,13 @@ class Allocation:
         return response
 
     def channel_bind(self, channel: int, peer: tuple[str, int]) -> None:
-        self.request(
-            self.signed(stun.Method.CHANNEL_BIND, ("CHANNEL-NUMBER", channel), ("XOR-PEER-ADDRESS", peer))
-        )
+        self.request(self.signed(stun.Method.CHANNEL_BIND, ("CHANNEL-NUMBER", channel), ("XOR-PEER-ADDRESS", peer)))
 
 
 def allocate(sock: socket.socket, server: tuple[str, int], username: str, password: str) -> Allocation:
-    first = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST).add("REQUESTED-TRANSPORT", stun.TRANSPORT_UDP)
+    first = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST, os.urandom(12)).add(
+        "REQUESTED-TRANSPORT", stun.TRANSPORT_UDP
+    )
     challenge = _transact(sock, server, first, None)
     if challenge.error_code != 401 or "REALM" not in challenge or "NONCE" not in challenge:
         raise BenchError(f"expected 401 with REALM and NONCE, got {challenge}")
@@ -387,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratio = _median(relay_runs).rate / _median(echo_runs).rate
     print(f"ratio relay/echo: {ratio:.2f}")
-    print(f"median loss: relay {statistics.median(r.lost / max(r.sent, 1) for r in relay_runs):.2%}, "
-          f"echo {statistics.median(r.lost / max(r.sent, 1) for r in echo_runs):.2%}")
+    print(
+        f"median loss: relay {statistics.median(r.lost / max(r.sent, 1) for r in relay_runs):.2%}, "
+        f"echo {statistics.median(r.lost / max(r.sent, 1) for r in echo_runs):.2%}"
+    )
     return 0
 
 

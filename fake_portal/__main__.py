@@ -31,30 +31,73 @@ def _parser() -> argparse.ArgumentParser:
         description="A fake Firezone portal: Phoenix-channel websockets for clients, gateways and relays, "
         "relay presence with rotating credentials, and an admin HTTP API for chaos tests.",
     )
-    p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                   help="websocket listener; port 0 picks a free port (default 127.0.0.1:0)")
-    p.add_argument("--admin", type=_host_port, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                   help="admin HTTP API listener (default 127.0.0.1:0)")
+    p.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="websocket listener; port 0 picks a free port (default 127.0.0.1:0)",
+    )
+    p.add_argument(
+        "--admin",
+        type=_host_port,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="admin HTTP API listener (default 127.0.0.1:0)",
+    )
     p.add_argument("--token", help="token accepted from every role (default: a random dev token, printed at start-up)")
     p.add_argument("--client-token", help="token for /client/websocket only (overrides --token for clients)")
     p.add_argument("--gateway-token", help="token for /gateway/websocket only (overrides --token for gateways)")
     p.add_argument("--relay-token", help="token for /relay/websocket only (overrides --token for relays)")
-    p.add_argument("--relay-id-from", choices=RELAY_ID_SOURCES, default=defaults.relay_id_from,
-                   help="derive a relay's id from its name (a rebooted relay keeps its id and gets new "
-                   "credentials) or from its stamp secret (a reboot gives a new id); default %(default)s")
-    p.add_argument("--relays-per-client", type=int, default=defaults.relays_per_client, metavar="N",
-                   help="relays handed to each client/gateway (default %(default)s)")
-    p.add_argument("--debounce", type=float, default=defaults.debounce, metavar="SECONDS",
-                   help="delay between a relay presence change and the relays_presence push (default %(default)s)")
-    p.add_argument("--heartbeat-timeout", type=float, default=defaults.heartbeat_timeout, metavar="SECONDS",
-                   help="close a socket that sent no heartbeat for this long (a relay then leaves presence) "
-                   "(default %(default)s)")
-    p.add_argument("--client-credentials-ttl", type=int, default=defaults.client_credentials_ttl, metavar="SECONDS",
-                   help="client relay credentials expire this long after the client is first seen (default %(default)s)")
-    p.add_argument("--gateway-expires-at", type=int, default=GATEWAY_EXPIRES_AT, metavar="UNIX",
-                   help="fixed expiry of gateway relay credentials (default %(default)s = 2038-01-01)")
-    p.add_argument("--max-frame-bytes", type=int, default=defaults.max_frame_bytes, metavar="BYTES",
-                   help="larger websocket messages close the socket (default %(default)s)")
+    p.add_argument(
+        "--relay-id-from",
+        choices=RELAY_ID_SOURCES,
+        default=defaults.relay_id_from,
+        help="derive a relay's id from its name (a rebooted relay keeps its id and gets new "
+        "credentials) or from its stamp secret (a reboot gives a new id); default %(default)s",
+    )
+    p.add_argument(
+        "--relays-per-client",
+        type=int,
+        default=defaults.relays_per_client,
+        metavar="N",
+        help="relays handed to each client/gateway (default %(default)s)",
+    )
+    p.add_argument(
+        "--debounce",
+        type=float,
+        default=defaults.debounce,
+        metavar="SECONDS",
+        help="delay between a relay presence change and the relays_presence push (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=defaults.heartbeat_timeout,
+        metavar="SECONDS",
+        help="close a socket that sent no heartbeat for this long (a relay then leaves presence) (default %(default)s)",
+    )
+    p.add_argument(
+        "--client-credentials-ttl",
+        type=int,
+        default=defaults.client_credentials_ttl,
+        metavar="SECONDS",
+        help="client relay credentials expire this long after the client is first seen (default %(default)s)",
+    )
+    p.add_argument(
+        "--gateway-expires-at",
+        type=int,
+        default=GATEWAY_EXPIRES_AT,
+        metavar="UNIX",
+        help="fixed expiry of gateway relay credentials (default %(default)s = 2038-01-01)",
+    )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=defaults.max_frame_bytes,
+        metavar="BYTES",
+        help="larger websocket messages close the socket (default %(default)s)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"), help="stderr log level")
     return p
 
@@ -86,13 +129,18 @@ async def _serve(config: PortalConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with FakePortal(config) as portal:
-        print(json.dumps({"event": "listening", "url": portal.url, "admin_url": portal.admin_url, "token": config.token}), flush=True)
+        print(
+            json.dumps({"event": "listening", "url": portal.url, "admin_url": portal.admin_url, "token": config.token}),
+            flush=True,
+        )
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = config_from_args(args)
     except ValueError as exc:

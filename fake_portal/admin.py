@@ -17,12 +17,13 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from connlib.logfmt import kv
-from connlib.messages import Topic
+from connlib.core.logfmt import kv
+from connlib.core.messages import Topic
 from fake_portal import dashboard
 from fake_portal.core import Portal
 
@@ -31,10 +32,25 @@ log = logging.getLogger("fake_portal.admin")
 MAX_BODY_BYTES = 64 * 1024
 MAX_HEADER_LINES = 100
 REQUEST_TIMEOUT = 10.0
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 408: "Request Timeout"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    408: "Request Timeout",
+}
 _RELAY_DISCONNECT = re.compile(r"^/api/relays/([^/]+)/disconnect$")
-GET_ROUTES = ("/", "/api/relays", "/api/clients", "/api/gateways", "/api/connections", "/api/streams", "/api/overview",
-              "/api/events")  # fmt: skip
+GET_ROUTES = (
+    "/",
+    "/api/relays",
+    "/api/clients",
+    "/api/gateways",
+    "/api/connections",
+    "/api/streams",
+    "/api/overview",
+    "/api/events",
+)
 DASHBOARD_EVENTS = 300  # events the dashboard page arrives with; it polls for the rest
 POST_ROUTES = ("/api/partition", "/api/heal")
 
@@ -146,7 +162,9 @@ class AdminApi:
             peer_id, seconds = obj.get("id"), obj.get("seconds")
             if not isinstance(peer_id, str) or not peer_id:
                 raise HttpError(400, "id must be a non-empty string")
-            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+            if seconds is not None and (
+                isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0
+            ):
                 raise HttpError(400, "seconds must be a positive number")
             return _json(200, self.core.partition(peer_id, seconds, now))
         if path == "/api/heal":

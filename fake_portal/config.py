@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from connlib.messages import MAX_FRAME_BYTES
+from connlib.core.messages import MAX_FRAME_BYTES
 
 GATEWAY_EXPIRES_AT = 2145916800
 """2038-01-01T00:00:00Z: the fixed credential expiry Firezone gives gateways (spec §3.2)."""

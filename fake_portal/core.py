@@ -16,11 +16,12 @@ import enum
 import heapq
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from connlib.logfmt import kv
-from connlib.messages import (
+from connlib.core.logfmt import kv
+from connlib.core.messages import (
     UNMATCHED_TOPIC,
     CandidateSignal,
     ConnectionSignal,
@@ -153,7 +154,9 @@ class StreamRecord:
         restarted = report.sent < self.report.sent or report.delivered < self.report.delivered
         if restarted:
             self.history.clear()
-        self.rate_per_s = None if restarted or elapsed <= 0 else round((report.delivered - self.report.delivered) / elapsed, 2)
+        self.rate_per_s = (
+            None if restarted or elapsed <= 0 else round((report.delivered - self.report.delivered) / elapsed, 2)
+        )
         self.report, self.received_at, self.received_mono = report, unix, now
         self.reports += 1
         self.history.append((round(unix, 3), report.delivered, report.lost))
@@ -200,7 +203,12 @@ class Portal:
         else:
             return None
         self.events.record(
-            self.unix(now), "rejected", role=endpoint.role, id=endpoint.peer_id, status=rejection.status, reason=rejection.reason
+            self.unix(now),
+            "rejected",
+            role=endpoint.role,
+            id=endpoint.peer_id,
+            status=rejection.status,
+            reason=rejection.reason,
         )
         log.info("Refused websocket upgrade %s", kv(role=endpoint.role, id=endpoint.peer_id, status=rejection.status))
         return rejection
@@ -211,7 +219,9 @@ class Portal:
         deadline = now + self.config.heartbeat_timeout
         self._sessions[sid] = Session(sid, endpoint, endpoint.peer_id, deadline)
         heapq.heappush(self._heartbeat_deadlines, (deadline, sid))
-        self.events.record(self.unix(now), "connect", sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn)
+        self.events.record(
+            self.unix(now), "connect", sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn
+        )
         log.info("Socket opened %s", kv(sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn))
         return sid
 
@@ -266,7 +276,11 @@ class Portal:
             self._flush_presence(now)
 
     def poll_timeout(self) -> float | None:
-        deadlines = [d for d in (self._flush_at, self._heartbeat_deadlines[0][0] if self._heartbeat_deadlines else None) if d is not None]
+        deadlines = [
+            d
+            for d in (self._flush_at, self._heartbeat_deadlines[0][0] if self._heartbeat_deadlines else None)
+            if d is not None
+        ]
         return min(deadlines, default=None)
 
     def poll_output(self) -> Send | Close | None:
@@ -333,7 +347,9 @@ class Portal:
                     "expires_at": peer.expires_at,
                     "relays": list(session.handed_out) if session else [],
                     "partitioned": bool(remaining),
-                    "partitioned_until": self.unix(now + remaining) if remaining and remaining != float("inf") else None,
+                    "partitioned_until": self.unix(now + remaining)
+                    if remaining and remaining != float("inf")
+                    else None,
                 }
             )
         return out
@@ -469,10 +485,18 @@ class Portal:
         else:
             record.update(report, self.unix(now), now)
         self.events.record(
-            self.unix(now), "stream_stats", id=session.peer_id, peer=report.peer_id, sent=report.sent,
-            delivered=report.delivered, lost=report.lost, in_flight=report.in_flight, gaps=report.gaps,
-            connected=report.connected, relay=report.relay,
-        )  # fmt: skip
+            self.unix(now),
+            "stream_stats",
+            id=session.peer_id,
+            peer=report.peer_id,
+            sent=report.sent,
+            delivered=report.delivered,
+            lost=report.lost,
+            in_flight=report.in_flight,
+            gaps=report.gaps,
+            connected=report.connected,
+            relay=report.relay,
+        )
         self._send(session, reply_frame(frame, ReplyStatus.OK), now)
 
     def _forward(
@@ -564,7 +588,9 @@ class Portal:
     def _drop(self, session: Session, now: float, reason: str) -> None:
         del self._sessions[session.sid]
         self._go_offline(session, now)
-        self.events.record(self.unix(now), "disconnect", sid=session.sid, role=session.role, id=session.peer_id, reason=reason)
+        self.events.record(
+            self.unix(now), "disconnect", sid=session.sid, role=session.role, id=session.peer_id, reason=reason
+        )
         log.info("Socket gone %s", kv(sid=session.sid, role=session.role, id=session.peer_id, reason=reason))
 
     def _go_offline(self, session: Session, now: float) -> None:

@@ -26,7 +26,9 @@ def _embed(obj: Any) -> str:
 
 def _rows(items: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(item.get(c, '')))}</td>" for c in columns) + "</tr>" for item in items)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(item.get(c, '')))}</td>" for c in columns) + "</tr>" for item in items
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -18,7 +18,7 @@ from fake_portal.identity import secret_fingerprint
 SECRET_KEYS = frozenset({"stamp_secret", "password", "pwd"})
 REDACTED_PREFIX = "redacted:"
 # `"key": "value"` inside text (a truncated frame excerpt); the value may lack its closing quote.
-_SECRET_IN_TEXT = re.compile(r'("(?:%s)"\s*:\s*")((?:[^"\\]|\\.)*)' % "|".join(sorted(SECRET_KEYS)))
+_SECRET_IN_TEXT = re.compile(r'("(?:' + "|".join(sorted(SECRET_KEYS)) + r')"\s*:\s*")((?:[^"\\]|\\.)*)')
 
 
 def mask(secret: str) -> str:
@@ -70,8 +70,10 @@ class EventLog:
 
     def record(self, ts: float, kind: str, **fields: Any) -> None:
         self.last_seq += 1
-        safe = {key: mask(value) if key in SECRET_KEYS and isinstance(value, str) else redact(value)
-                for key, value in fields.items()}  # fmt: skip
+        safe = {
+            key: mask(value) if key in SECRET_KEYS and isinstance(value, str) else redact(value)
+            for key, value in fields.items()
+        }
         self._entries.append({"seq": self.last_seq, "ts": round(ts, 6), "kind": kind, **safe})
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:

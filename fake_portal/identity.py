@@ -10,7 +10,8 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from connlib.messages import Topic, Vsn, format_addr
+from connlib.core.addr import format_address
+from connlib.core.messages import Topic, Vsn
 
 NAMESPACE = uuid.UUID("5f1b7c52-3d8e-4c31-9a57-0e8f7f3c2a10")
 """Namespace of fake_portal's name-derived UUIDs; any fixed value works, it just must not change."""
@@ -117,7 +118,9 @@ def parse_endpoint(target: str, headers: object, *, relay_id_from: str) -> Endpo
     if role is not Topic.RELAY:
         external_id = _single(query, "external_id")
         public_key = _single(query, "public_key")
-        peer_id = external_id or (str(uuid.uuid5(NAMESPACE, f"{role}:{public_key}")) if public_key else str(uuid.uuid4()))
+        peer_id = external_id or (
+            str(uuid.uuid5(NAMESPACE, f"{role}:{public_key}")) if public_key else str(uuid.uuid4())
+        )
         return Endpoint(role, vsn, token, peer_id, name or peer_id, external_id, public_key)
     ipv4, ipv6 = _single(query, "ipv4"), _single(query, "ipv6")
     if not ipv4 and not ipv6:
@@ -126,7 +129,9 @@ def parse_endpoint(target: str, headers: object, *, relay_id_from: str) -> Endpo
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise EndpointError(400, "query parameter port must be 1-65535")
     port = int(port_text)
-    addrs = tuple(format_addr(_ip(ip, v, key), port) for ip, v, key in ((ipv4, 4, "ipv4"), (ipv6, 6, "ipv6")) if ip)
+    addrs = tuple(
+        format_address((_ip(ip, v, key), port)) for ip, v, key in ((ipv4, 4, "ipv4"), (ipv6, 6, "ipv6")) if ip
+    )
     name = name or addrs[0]
     peer_id = relay_id_from_name(name) if relay_id_from == "name" else None
     return Endpoint(role, vsn, token, peer_id, name, relay_addrs=addrs)

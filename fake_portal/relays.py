@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from connlib.credentials import rest_credentials
-from connlib.messages import Relay
+from connlib.core.credentials import rest_credentials
+from connlib.core.messages import Relay
 
 
 @dataclass

@@ -17,7 +17,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from connlib.logfmt import kv
+from connlib.core.logfmt import kv
 from fake_portal.admin import AdminApi
 from fake_portal.config import PortalConfig
 from fake_portal.core import Close, CloseCode, Portal, Send

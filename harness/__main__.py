@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from . import checks
-from .fleet import CLIENT_ID, Fleet, FaultNotSupported, StackOptions, new_history, wait_for
+from .fleet import CLIENT_ID, FaultNotSupported, Fleet, StackOptions, new_history, wait_for
 from .report import Results
 
 log = logging.getLogger("harness.cli")
@@ -41,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("sweep", help="remove the Docker leftovers of dead test sessions")
     summary = sub.add_parser("summary", help="aggregate the summary.json of several result folders")
     summary.add_argument("folders", nargs="+", type=Path)
-    for name, text in (("up", "start a stack and follow its history until Ctrl-C"),
-                       ("chaos", "inject random relay faults and check the stream recovers")):  # fmt: skip
+    for name, text in (
+        ("up", "start a stack and follow its history until Ctrl-C"),
+        ("chaos", "inject random relay faults and check the stream recovers"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("--fleet", choices=("docker", "process"), default="docker")
         c.add_argument("--relays", type=int, default=2)
@@ -50,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--rate", type=float, default=50.0)
         c.add_argument("--images", choices=("auto", "build", "existing"), default="auto")
         c.add_argument("--results", default="results")
-        c.add_argument("--disable-fix", action="append", default=[], help="client test switch (credentials-compare, probe)")
+        c.add_argument(
+            "--disable-fix", action="append", default=[], help="client test switch (credentials-compare, probe)"
+        )
     chaos = sub.choices["chaos"]
     chaos.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
     chaos.add_argument("--seed", type=int, default=None)
@@ -80,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    options = StackOptions(relays=args.relays, debounce=args.debounce, rate=args.rate,
-                           client_disabled_fixes=frozenset(args.disable_fix))  # fmt: skip
+    options = StackOptions(
+        relays=args.relays, debounce=args.debounce, rate=args.rate, client_disabled_fixes=frozenset(args.disable_fix)
+    )
     history = new_history()
     results = Results(Path(args.results), uuid.uuid4().hex)
     session = None
@@ -101,8 +106,17 @@ async def _run(args: argparse.Namespace) -> int:
     code = 1
     try:
         await fleet.start()
-        print(json.dumps({"event": "stack_ready", "backend": fleet.backend, "admin": fleet.admin_url,
-                          "relays": fleet.relay_names}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "event": "stack_ready",
+                    "backend": fleet.backend,
+                    "admin": fleet.admin_url,
+                    "relays": fleet.relay_names,
+                }
+            ),
+            flush=True,
+        )
         code = await (_follow(fleet) if args.command == "up" else _chaos(fleet, args, results))
     finally:
         errors = fleet.collect_errors()
@@ -113,7 +127,10 @@ async def _run(args: argparse.Namespace) -> int:
         table = results.finish()
         print(table or "", f"\nresults: {results.dir}", sep="\n", file=sys.stderr)
         if errors or checks.error_lines(history):
-            print(f"ERROR lines from the stack: {errors or [op.data for op in checks.error_lines(history)]}", file=sys.stderr)
+            print(
+                f"ERROR lines from the stack: {errors or [op.data for op in checks.error_lines(history)]}",
+                file=sys.stderr,
+            )
             code = 1
     return code
 
@@ -152,20 +169,32 @@ async def _chaos(fleet: Fleet, args: argparse.Namespace, results: Results) -> in
             row.verdict = f"skipped ({exc})"
             continue
         try:
-            resumed = await wait_for(lambda: checks.resumed_at(h, t0) or _flowing(h, t0), RECOVERY_BOUND,
-                                     "the stream to come back")  # fmt: skip
+            resumed = await wait_for(
+                lambda: checks.resumed_at(h, t0) or _flowing(h, t0), RECOVERY_BOUND, "the stream to come back"
+            )
             row.figures.update(resumed_s=max(0.0, resumed - t0), gap_s=checks.longest_gap(h, t0))
             row.verdict = "recovered"
         except AssertionError as exc:
             failures += 1
             row.verdict = f"FAILED: {exc}"
-        print(json.dumps({"event": "fault_done", "n": n, "kind": kind, "relay": name, "verdict": row.verdict,
-                          **{k: round(v, 3) for k, v in row.figures.items()}}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "event": "fault_done",
+                    "n": n,
+                    "kind": kind,
+                    "relay": name,
+                    "verdict": row.verdict,
+                    **{k: round(v, 3) for k, v in row.figures.items()},
+                }
+            ),
+            flush=True,
+        )
         await fleet.wait_relays_online(fleet.relay_names, 30)
     return 1 if failures else 0
 
 
-def _flowing(history, since: float) -> float | None:  # noqa: ANN001
+def _flowing(history, since: float) -> float | None:
     """No gap in progress and fresh echoes reported at least 2 s after ``since``."""
     reports = [op for op in checks.peer_events(history, "stream", CLIENT_ID, since + 2.0) if op.data.get("connected")]
     return since if len(reports) >= 2 and reports[-1].data["delivered"] > reports[0].data["delivered"] else None
@@ -209,10 +238,19 @@ def aggregate(folders: list[Path]) -> str:
         for row in found:
             verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
         stats = []
-        keys = sorted({k for row in found for k, v in row["figures"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        keys = sorted(
+            {
+                k
+                for row in found
+                for k, v in row["figures"].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
         for key in keys:
             values = [row["figures"][key] for row in found if isinstance(row["figures"].get(key), (int, float))]
-            stats.append(f"{key} p50={checks.percentile(values, 50):.2f} p95={checks.p95(values):.2f} max={max(values):.2f}")
+            stats.append(
+                f"{key} p50={checks.percentile(values, 50):.2f} p95={checks.p95(values):.2f} max={max(values):.2f}"
+            )
         lines.append(f"{scenario}: {verdicts}; " + "; ".join(stats))
     return "\n".join(lines)
 

@@ -41,8 +41,9 @@ def peer_events(history: History, what: str | Iterable[str], peer: str, after: f
     return history.select(what, kind="observe", target=peer, after=after)
 
 
-def first_event(history: History, what: str | Iterable[str], peer: str, after: float | None = None,
-                **match: Any) -> Op | None:  # fmt: skip
+def first_event(
+    history: History, what: str | Iterable[str], peer: str, after: float | None = None, **match: Any
+) -> Op | None:
     """The first ``what`` of ``peer`` after ``after`` whose data has every ``match`` item
     (a list-valued field matches when it contains the value)."""
     for op in peer_events(history, what, peer, after):
@@ -57,12 +58,15 @@ def _matches(actual: Any, wanted: Any) -> bool:
     return actual == wanted
 
 
-def removals(history: History, peer: str, relay: str, after: float | None = None, reason: str | None = None) -> list[Op]:
+def removals(
+    history: History, peer: str, relay: str, after: float | None = None, reason: str | None = None
+) -> list[Op]:
     """``relay_removed`` ops of ``peer`` for ``relay`` (whose reason starts with ``reason``)."""
     return [
-        op for op in peer_events(history, "relay_removed", peer, after)
+        op
+        for op in peer_events(history, "relay_removed", peer, after)
         if op.data.get("relay") == relay and (reason is None or str(op.data.get("reason", "")).startswith(reason))
-    ]  # fmt: skip
+    ]
 
 
 def carrying_relay(history: History, peer: str) -> str | None:
@@ -135,7 +139,6 @@ def percentile(values: Iterable[float], q: float) -> float:
 
 def p95(values: Iterable[float]) -> float:
     return percentile(values, 95)
-
 
 
 # ---------------------------------------------------------------------------- errors

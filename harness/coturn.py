@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from connlib import stun
-from connlib.credentials import REALM, rest_credentials
-from connlib.logfmt import kv
+from connlib.core import stun
+from connlib.core.credentials import REALM, rest_credentials
+from connlib.core.logfmt import kv
 
 log = logging.getLogger("harness.coturn")
 
@@ -39,9 +39,7 @@ class CoturnNotReady(RuntimeError):
 
 
 def turnserver_path() -> str | None:
-    return shutil.which(TURNSERVER) or (
-        "/usr/bin/turnserver" if os.access("/usr/bin/turnserver", os.X_OK) else None
-    )
+    return shutil.which(TURNSERVER) or ("/usr/bin/turnserver" if os.access("/usr/bin/turnserver", os.X_OK) else None)
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
@@ -52,7 +50,7 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 def stun_binding(host: str, port: int, timeout: float = 0.5) -> tuple[str, int]:
     """One STUN Binding round trip; returns the XOR-MAPPED-ADDRESS. Raises OSError on no answer."""
-    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, os.urandom(12))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.sendto(request.encode(), (host, port))
@@ -108,20 +106,45 @@ class Coturn:
     def command(self) -> list[str]:
         low, high = self.relay_ports
         return [
-            self.binary, "-n",
-            "--listening-ip", self.host, "--listening-port", str(self.port),
-            "--relay-ip", self.host, "--min-port", str(low), "--max-port", str(high),
-            "--realm", REALM, "--use-auth-secret", "--static-auth-secret", self.secret,
-            "--no-tls", "--no-dtls", "--no-tcp", "--no-tcp-relay", "--fingerprint", "--no-cli",
-            "--allow-loopback-peers", "--no-rfc5780", "--no-software-attribute",
-            "--db", str(self.workdir / "turndb"), "--pidfile", str(self.workdir / "turnserver.pid"),
-            "--log-file", "stdout", "--simple-log",
-        ]  # fmt: skip
+            self.binary,
+            "-n",
+            "--listening-ip",
+            self.host,
+            "--listening-port",
+            str(self.port),
+            "--relay-ip",
+            self.host,
+            "--min-port",
+            str(low),
+            "--max-port",
+            str(high),
+            "--realm",
+            REALM,
+            "--use-auth-secret",
+            "--static-auth-secret",
+            self.secret,
+            "--no-tls",
+            "--no-dtls",
+            "--no-tcp",
+            "--no-tcp-relay",
+            "--fingerprint",
+            "--no-cli",
+            "--allow-loopback-peers",
+            "--no-rfc5780",
+            "--no-software-attribute",
+            "--db",
+            str(self.workdir / "turndb"),
+            "--pidfile",
+            str(self.workdir / "turnserver.pid"),
+            "--log-file",
+            "stdout",
+            "--simple-log",
+        ]
 
     def start(self) -> None:
         if self.running:
             return
-        logfile = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        logfile = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.command(), stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )

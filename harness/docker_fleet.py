@@ -81,7 +81,7 @@ def connect(timeout: float = 60) -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=int(timeout))
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no usable engine
+    except Exception as exc:
         raise DockerUnavailable(f"no Docker engine: {type(exc).__name__}: {exc}") from exc
     return client
 
@@ -146,7 +146,9 @@ class DockerSession:
                     continue
         return used
 
-    def create_network(self, name: str, *, internal: bool, labels: dict[str, str]) -> tuple[Network, ipaddress.IPv4Network]:
+    def create_network(
+        self, name: str, *, internal: bool, labels: dict[str, str]
+    ) -> tuple[Network, ipaddress.IPv4Network]:
         """A bridge network on the first free /24 of the pool (another session may race us: on an
         overlap error, try the next one)."""
         subnets = list(SUBNET_POOL.subnets(new_prefix=24))
@@ -159,7 +161,12 @@ class DockerSession:
             ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
             try:
                 network = self.client.networks.create(
-                    name, driver="bridge", internal=internal, ipam=ipam, labels={**self.labels, **labels}, check_duplicate=True
+                    name,
+                    driver="bridge",
+                    internal=internal,
+                    ipam=ipam,
+                    labels={**self.labels, **labels},
+                    check_duplicate=True,
                 )
             except docker.errors.APIError as exc:
                 if "overlap" in str(exc).lower():
@@ -244,8 +251,13 @@ class DockerFleet(Fleet):
         await self._ready("the gateway's relays", self._gateway_has_relays)
         await asyncio.to_thread(self._start_member, CLIENT_ID)
         await self._ready("the client's stream (10 echoes)", self._streaming)
-        self.history.observe("stack_ready", self.name, backend=self.backend,
-                             create_s=round(created - started, 2), total_s=round(time.monotonic() - started, 2))  # fmt: skip
+        self.history.observe(
+            "stack_ready",
+            self.name,
+            backend=self.backend,
+            create_s=round(created - started, 2),
+            total_s=round(time.monotonic() - started, 2),
+        )
         log.info("Stack ready %s in %.1fs", self.name, time.monotonic() - started)
 
     def _create(self) -> None:
@@ -260,15 +272,22 @@ class DockerFleet(Fleet):
         self._create_peer(GATEWAY_ID, "gateway", "gateway-net", self.options.gateway_disabled_fixes)
         self._create_peer(CLIENT_ID, "client", "client-net", self.options.client_disabled_fixes)
 
-    def _create_member(self, name: str, role: str, image: str, placement: dict[str, int], aliases: list[str],
-                       **kwargs: Any) -> _Member:  # fmt: skip
+    def _create_member(
+        self, name: str, role: str, image: str, placement: dict[str, int], aliases: list[str], **kwargs: Any
+    ) -> _Member:
         addresses = {key: self.ip(key, host) for key, host in placement.items()}
         first, *others = placement
         endpoint = self.client.api.create_endpoint_config(ipv4_address=addresses[first], aliases=aliases or None)
         container = self.client.containers.create(
-            image, name=f"{self.name}-{name}", hostname=name, labels=self.labels(role), detach=True,
-            network=self.networks[first].name, networking_config={self.networks[first].name: endpoint}, **kwargs,
-        )  # fmt: skip
+            image,
+            name=f"{self.name}-{name}",
+            hostname=name,
+            labels=self.labels(role),
+            detach=True,
+            network=self.networks[first].name,
+            networking_config={self.networks[first].name: endpoint},
+            **kwargs,
+        )
         for key in others:
             self.networks[key].connect(container, ipv4_address=addresses[key], aliases=aliases or None)
         member = _Member(name, role, container, addresses, aliases)
@@ -279,13 +298,26 @@ class DockerFleet(Fleet):
         extra = []
         for key, value in sorted(self.options.portal.items()):
             extra += [f"--{key.replace('_', '-')}", str(value)]
-        command = ["--listen", f"0.0.0.0:{PORTAL_WS_PORT}", "--admin", f"0.0.0.0:{PORTAL_ADMIN_PORT}",
-                   "--token", self.token, "--debounce", str(self.options.debounce), *extra]  # fmt: skip
+        command = [
+            "--listen",
+            f"0.0.0.0:{PORTAL_WS_PORT}",
+            "--admin",
+            f"0.0.0.0:{PORTAL_ADMIN_PORT}",
+            "--token",
+            self.token,
+            "--debounce",
+            str(self.options.debounce),
+            *extra,
+        ]
         self._create_member(
-            "portal", "portal", self.session.images["portal"],
-            {"client-net": PORTAL_HOST, "gateway-net": PORTAL_HOST}, ["portal"],
-            command=command, ports={f"{PORTAL_ADMIN_PORT}/tcp": ("127.0.0.1", None)},
-        )  # fmt: skip
+            "portal",
+            "portal",
+            self.session.images["portal"],
+            {"client-net": PORTAL_HOST, "gateway-net": PORTAL_HOST},
+            ["portal"],
+            command=command,
+            ports={f"{PORTAL_ADMIN_PORT}/tcp": ("127.0.0.1", None)},
+        )
 
     def _create_relay(self, name: str, host: int) -> None:
         env = {
@@ -296,15 +328,34 @@ class DockerFleet(Fleet):
             "PORTAL_HEARTBEAT_S": str(self.options.relay_heartbeat),
         }
         self._create_member(
-            name, "relay", self.session.images["relay"], {key: host for key in NETWORKS}, [name],
-            environment=env, cap_add=["NET_ADMIN"],  # NET_ADMIN: iptables rules for the loss fault
-        )  # fmt: skip
+            name,
+            "relay",
+            self.session.images["relay"],
+            {key: host for key in NETWORKS},
+            [name],
+            environment=env,
+            cap_add=["NET_ADMIN"],  # NET_ADMIN: iptables rules for the loss fault
+        )
 
     def _create_peer(self, peer_id: str, role: str, network: str, fixes: frozenset[str]) -> None:
-        routes = [f"{self.ip('relay-net', PORTAL_HOST + i)}/32 via {self.ip(network, PORTAL_HOST + i)}"
-                  for i in range(1, self.options.relays + 1)]  # fmt: skip
-        command = ["connlib", "run", "--role", role, "--portal", f"ws://portal:{PORTAL_WS_PORT}", "--token", self.token,
-                   "--id", peer_id, "--name", peer_id]  # fmt: skip
+        routes = [
+            f"{self.ip('relay-net', PORTAL_HOST + i)}/32 via {self.ip(network, PORTAL_HOST + i)}"
+            for i in range(1, self.options.relays + 1)
+        ]
+        command = [
+            "connlib",
+            "run",
+            "--role",
+            role,
+            "--portal",
+            f"ws://portal:{PORTAL_WS_PORT}",
+            "--token",
+            self.token,
+            "--id",
+            peer_id,
+            "--name",
+            peer_id,
+        ]
         if role == "client":
             command += ["--connect", GATEWAY_ID, "--rate", str(self.options.rate)]
             if self.options.count is not None:
@@ -312,8 +363,16 @@ class DockerFleet(Fleet):
         env = {"PEER_ROUTES": ",".join(routes)}
         if fixes:
             env["CONNLIB_TEST_DISABLE_FIXES"] = ",".join(sorted(fixes))
-        member = self._create_member(peer_id, role, self.session.images["peer"], {network: PEER_HOST}, [peer_id],
-                                     command=command, environment=env, cap_add=["NET_ADMIN"])  # fmt: skip
+        member = self._create_member(
+            peer_id,
+            role,
+            self.session.images["peer"],
+            {network: PEER_HOST},
+            [peer_id],
+            command=command,
+            environment=env,
+            cap_add=["NET_ADMIN"],
+        )
         member.routes = routes
 
     def _start_member(self, name: str) -> None:
@@ -361,7 +420,9 @@ class DockerFleet(Fleet):
                 continue
             state = member.container.attrs["State"]
             if state["Status"] in ("exited", "dead"):
-                self._error(member.name, f"the {member.role} container exited on its own with status {state['ExitCode']}")
+                self._error(
+                    member.name, f"the {member.role} container exited on its own with status {state['ExitCode']}"
+                )
 
     def container_logs(self) -> dict[str, str]:
         """Each container's whole output (stdout and stderr interleaved), for the results folder."""
@@ -374,7 +435,7 @@ class DockerFleet(Fleet):
         return logs
 
     # ------------------------------------------------------------------ readiness
-    async def _ready(self, what: str, check) -> None:  # noqa: ANN001
+    async def _ready(self, what: str, check) -> None:
         last = ["not checked yet"]
         started = time.monotonic()
 
@@ -386,8 +447,12 @@ class DockerFleet(Fleet):
                 raise _NotYet(last[0])
 
         try:
-            async for retry in AsyncRetrying(stop=stop_after_delay(READY_TIMEOUT), wait=wait_fixed(0.1),
-                                             retry=retry_if_exception_type(_NotYet), reraise=False):  # fmt: skip
+            async for retry in AsyncRetrying(
+                stop=stop_after_delay(READY_TIMEOUT),
+                wait=wait_fixed(0.1),
+                retry=retry_if_exception_type(_NotYet),
+                reraise=False,
+            ):
                 with retry:
                     await attempt()
         except RetryError:
@@ -462,7 +527,7 @@ class DockerFleet(Fleet):
                         self._lines.put((member.name, stream, line.decode(errors="replace")))
                     if lines and self._loop is not None and not self._loop.is_closed():
                         self._loop.call_soon_threadsafe(self.drain)
-            except Exception as exc:  # noqa: BLE001 - the container went away under the stream
+            except Exception as exc:
                 log.debug("log stream of %s ended: %s", member.name, exc)
             if buffer:
                 self._lines.put((member.name, stream, buffer.decode(errors="replace")))
@@ -483,8 +548,9 @@ class DockerFleet(Fleet):
                     self._error(name, text)
                 elif match := LOG_LINE.match(text):
                     if match["level"] == "WARNING":
-                        self.history.observe("log", name, level=match["level"], logger=match["logger"],
-                                             message=match["message"])  # fmt: skip
+                        self.history.observe(
+                            "log", name, level=match["level"], logger=match["logger"], message=match["message"]
+                        )
                 continue
             if not text.startswith("{"):
                 continue
@@ -558,7 +624,19 @@ class DockerFleet(Fleet):
         await asyncio.to_thread(self._relay(name).unpause)
 
     async def _udp_loss(self, name: str, probability: float) -> None:
-        rule = ["INPUT", "-p", "udp", "-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}", "-j", "DROP"]
+        rule = [
+            "INPUT",
+            "-p",
+            "udp",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            f"{probability:.4f}",
+            "-j",
+            "DROP",
+        ]
         await asyncio.to_thread(self._exec, name, ["iptables", "-I", *rule])
         self._loss_rules.setdefault(name, []).append(" ".join(rule))
 
@@ -587,8 +665,12 @@ class DockerFleet(Fleet):
 
     async def _reconnect(self, target: str, network: str) -> None:
         member = self.members[target]
-        await asyncio.to_thread(self.networks[network].connect, member.container,
-                                ipv4_address=member.addresses[network], aliases=member.aliases or None)  # fmt: skip
+        await asyncio.to_thread(
+            self.networks[network].connect,
+            member.container,
+            ipv4_address=member.addresses[network],
+            aliases=member.aliases or None,
+        )
         for route in member.routes:  # the host routes went with the interface
             await asyncio.to_thread(self._exec, target, ["ip", "route", "replace", *route.split()])
 
@@ -597,9 +679,8 @@ class _NotYet(Exception):
     pass
 
 
-def _quietly(action) -> None:  # noqa: ANN001
+def _quietly(action) -> None:
     try:
         action()
     except docker.errors.APIError as exc:
         log.debug("ignored: %s", exc)
-

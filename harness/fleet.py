@@ -283,7 +283,9 @@ class Fleet(abc.ABC):
         try:
             yield
         except BaseException as exc:
-            self.history.fault(what, target, f"fail: {exc!r}"[:300], took_s=round(time.monotonic() - started, 3), **data)
+            self.history.fault(
+                what, target, f"fail: {exc!r}"[:300], took_s=round(time.monotonic() - started, 3), **data
+            )
             raise
         self.history.fault(what, target, "ok", took_s=round(time.monotonic() - started, 3), **data)
 
@@ -294,9 +296,10 @@ class Fleet(abc.ABC):
 
     def admin_sync(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.admin_url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own 127.0.0.1 API
+        request = urllib.request.Request(
+            self.admin_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"null")
 
     async def portal_relays(self) -> list[dict[str, Any]]:
@@ -316,7 +319,9 @@ class Fleet(abc.ABC):
                 return relay["name"]
         raise KeyError(f"portal does not know relay id {rid!r}")
 
-    async def wait_relays_online(self, names: list[str], timeout: float, fingerprints: dict[str, str] | None = None) -> None:
+    async def wait_relays_online(
+        self, names: list[str], timeout: float, fingerprints: dict[str, str] | None = None
+    ) -> None:
         """Until the portal lists every relay in ``names`` online (with a secret other than the one in
         ``fingerprints``, if given: a restarted relay has rejoined)."""
 
@@ -326,8 +331,11 @@ class Fleet(abc.ABC):
             except (OSError, urllib.error.URLError) as exc:
                 return [f"(admin API: {exc})"]
             old = fingerprints or {}
-            return [n for n in names if not (n in relays and relays[n]["online"]
-                                              and relays[n]["secret_fingerprint"] != old.get(n))]  # fmt: skip
+            return [
+                n
+                for n in names
+                if not (n in relays and relays[n]["online"] and relays[n]["secret_fingerprint"] != old.get(n))
+            ]
 
         deadline = time.monotonic() + timeout
         while waiting := await missing():

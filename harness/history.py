@@ -54,14 +54,23 @@ class History:
     def subscribe(self, listener: Callable[[Op], None]) -> None:
         self._listeners.append(listener)
 
-    def select(self, what: str | Iterable[str] | None = None, *, kind: str | None = None,
-               target: str | None = None, after: float | None = None) -> list[Op]:  # fmt: skip
+    def select(
+        self,
+        what: str | Iterable[str] | None = None,
+        *,
+        kind: str | None = None,
+        target: str | None = None,
+        after: float | None = None,
+    ) -> list[Op]:
         names = {what} if isinstance(what, str) else set(what) if what is not None else None
         return [
-            op for op in self.ops
-            if (names is None or op.what in names) and (kind is None or op.kind == kind)
-            and (target is None or op.target == target) and (after is None or op.t >= after)
-        ]  # fmt: skip
+            op
+            for op in self.ops
+            if (names is None or op.what in names)
+            and (kind is None or op.kind == kind)
+            and (target is None or op.target == target)
+            and (after is None or op.t >= after)
+        ]
 
     def first(self, what: str | Iterable[str], **filters: Any) -> Op | None:
         ops = self.select(what, **filters)

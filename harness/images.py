@@ -61,7 +61,7 @@ def source_digest(base_id: str) -> str:
     return digest.hexdigest()[:20]
 
 
-def _image(client: docker.DockerClient, tag: str):  # noqa: ANN202
+def _image(client: docker.DockerClient, tag: str):
     try:
         return client.images.get(tag)
     except docker.errors.ImageNotFound:
@@ -95,10 +95,15 @@ def ensure_images(client: docker.DockerClient, mode: str = "auto") -> dict[str, 
     return tags
 
 
-def _bootstrap_base(client: docker.DockerClient):  # noqa: ANN202
+def _bootstrap_base(client: docker.DockerClient):
     log.info("base image %s missing: running relay_images/base.sh (minutes on a cold machine)", BASE_IMAGE)
-    result = subprocess.run(["bash", str(IMAGES_DIR / "base.sh")], env={**os.environ, "BASE_IMAGE": BASE_IMAGE},
-                            capture_output=True, text=True, timeout=1800)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(IMAGES_DIR / "base.sh")],
+        env={**os.environ, "BASE_IMAGE": BASE_IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if result.returncode != 0:
         raise ImagesUnavailable(f"relay_images/base.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
     image = _image(client, BASE_IMAGE)
@@ -124,8 +129,21 @@ def _dependency_wheels() -> Path:
         shutil.copytree(shared, tmp, dirs_exist_ok=True)
     else:
         (tmp / "requirements.txt").write_text(requirements)
-        _run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
-              "-d", str(tmp), "-r", str(tmp / "requirements.txt")])  # fmt: skip
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "-d",
+                str(tmp),
+                "-r",
+                str(tmp / "requirements.txt"),
+            ]
+        )
     tmp.rename(target)
     return target
 
@@ -136,16 +154,34 @@ def _prepare_context(context: Path) -> None:
             shutil.copy2(path, context / path.name)
     wheels = context / ".cache" / "wheels"
     shutil.copytree(_dependency_wheels(), wheels / "deps")
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-          "-w", str(_mkdir(wheels / "project")), str(ROOT)])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-w",
+            str(_mkdir(wheels / "project")),
+            str(ROOT),
+        ]
+    )
 
 
 def _build(client: docker.DockerClient, context: Path, name: str, tag: str, digest: str) -> None:
     try:
         client.images.build(
-            path=str(context), dockerfile=f"{name}.Dockerfile", tag=tag, buildargs={"BASE_IMAGE": BASE_IMAGE},
-            labels={DIGEST_LABEL: digest, PROJECT_LABEL: PREFIX}, rm=True, forcerm=True, pull=False,
-        )  # fmt: skip
+            path=str(context),
+            dockerfile=f"{name}.Dockerfile",
+            tag=tag,
+            buildargs={"BASE_IMAGE": BASE_IMAGE},
+            labels={DIGEST_LABEL: digest, PROJECT_LABEL: PREFIX},
+            rm=True,
+            forcerm=True,
+            pull=False,
+        )
     except docker.errors.BuildError as exc:
         tail = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in list(exc.build_log)[-30:])
         raise ImagesUnavailable(f"building {tag} failed: {exc}\n{tail}") from exc

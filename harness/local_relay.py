@@ -12,8 +12,8 @@ import asyncio
 import logging
 import secrets
 
-from connlib.logfmt import kv
-from connlib.portal_client import PortalClient, portal_url
+from connlib.aio.portal_client import PortalClient, portal_url
+from connlib.core.logfmt import kv
 
 from .coturn import Coturn
 

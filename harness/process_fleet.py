@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from connlib.run import Peer, PeerConfig
+from connlib.app.peer import Peer, PeerConfig
 from fake_portal.config import PortalConfig
 from fake_portal.server import FakePortal
 
@@ -66,9 +66,17 @@ class ProcessFleet(Fleet):
         self.history.observe("stack_ready", "processes", backend=self.backend)
 
     def _peer(self, role: str, peer_id: str, fixes: frozenset[str], connect_to: str | None = None) -> Peer:
-        config = PeerConfig(role, self.portal.url, self.portal.config.token, peer_id, connect_to=connect_to,
-                            rate=self.options.rate, count=self.options.count if role == "client" else None,
-                            bind="127.0.0.1", disabled_fixes=fixes)  # fmt: skip
+        config = PeerConfig(
+            role,
+            self.portal.url,
+            self.portal.config.token,
+            peer_id,
+            connect_to=connect_to,
+            rate=self.options.rate,
+            count=self.options.count if role == "client" else None,
+            bind="127.0.0.1",
+            disabled_fixes=fixes,
+        )
         return Peer(config, emit=self.history.observe_line)
 
     async def stop(self) -> None:
@@ -90,8 +98,9 @@ class ProcessFleet(Fleet):
         class ToHistory(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
                 if record.levelno == logging.WARNING:
-                    history.observe("log", "in-process", level=record.levelname, logger=record.name,
-                                    message=record.getMessage())  # fmt: skip
+                    history.observe(
+                        "log", "in-process", level=record.levelname, logger=record.name, message=record.getMessage()
+                    )
 
         handler = ToHistory(level=logging.WARNING)
         logging.getLogger("connlib").addHandler(handler)
@@ -101,10 +110,7 @@ class ProcessFleet(Fleet):
     def carrying_relay(self, peer: Peer | None = None) -> str | None:
         """The relay id on the peer's side of the connection's nominated path."""
         peer = peer or self.client
-        for connection in peer.tunnel.connections.values():
-            if connection.nominated is not None:
-                return connection.nominated.local.rid
-        return None
+        return next(iter(peer.tunnel.carrying_relays().values()), None)
 
     # ------------------------------------------------------------------ faults
     async def restart_relay(self, name: str, new_secret: bool = True) -> None:
@@ -133,4 +139,3 @@ class ProcessFleet(Fleet):
 
     async def _unpause_relay(self, name: str) -> None:
         self.relays[name].coturn.resume()
-

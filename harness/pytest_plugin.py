@@ -57,14 +57,29 @@ def _unavailable(message: str) -> None:
 # ---------------------------------------------------------------------------- options and markers
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("e2e", "connlib-relays chaos harness")
-    group.addoption("--fleet", choices=BACKENDS, default=os.environ.get("E2E_FLEET", "docker"),
-                    help="backend of the `stack` fixture (default docker; env E2E_FLEET)")  # fmt: skip
-    group.addoption("--e2e-images", choices=("auto", "build", "existing"), default=os.environ.get("E2E_IMAGES", "auto"),
-                    help="auto: build connlib-relays/*:e2e when the tree changed; existing: use :latest")  # fmt: skip
-    group.addoption("--e2e-results", default=os.environ.get("E2E_RESULTS", "results"),
-                    help="folder for histories and summaries (default results/)")  # fmt: skip
-    group.addoption("--e2e-repeats", type=int, default=int(os.environ.get("E2E_REPEATS", "3")),
-                    help="fault repetitions in the scenarios cheap enough to repeat (p95; default 3)")  # fmt: skip
+    group.addoption(
+        "--fleet",
+        choices=BACKENDS,
+        default=os.environ.get("E2E_FLEET", "docker"),
+        help="backend of the `stack` fixture (default docker; env E2E_FLEET)",
+    )
+    group.addoption(
+        "--e2e-images",
+        choices=("auto", "build", "existing"),
+        default=os.environ.get("E2E_IMAGES", "auto"),
+        help="auto: build connlib-relays/*:e2e when the tree changed; existing: use :latest",
+    )
+    group.addoption(
+        "--e2e-results",
+        default=os.environ.get("E2E_RESULTS", "results"),
+        help="folder for histories and summaries (default results/)",
+    )
+    group.addoption(
+        "--e2e-repeats",
+        type=int,
+        default=int(os.environ.get("E2E_REPEATS", "3")),
+        help="fault repetitions in the scenarios cheap enough to repeat (p95; default 3)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,7 +101,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.docker if backend == "docker" else pytest.mark.coturn)
         allowed = item.get_closest_marker("backends")
         if allowed is not None and backend not in allowed.args:
-            item.add_marker(pytest.mark.skip(reason=f"needs the {' or '.join(allowed.args)} backend (this run: {backend})"))
+            item.add_marker(
+                pytest.mark.skip(reason=f"needs the {' or '.join(allowed.args)} backend (this run: {backend})")
+            )
 
 
 # ---------------------------------------------------------------------------- Docker session
@@ -96,7 +113,7 @@ def fleet_backend(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def docker_client():  # noqa: ANN201
+def docker_client():
     """A docker-py client; the leftovers of dead sessions are swept first."""
     from .docker_fleet import DockerUnavailable, connect
     from .sweep import sweep
@@ -112,7 +129,7 @@ def docker_client():  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def docker_session(docker_client, pytestconfig: pytest.Config):  # noqa: ANN001, ANN201
+def docker_session(docker_client, pytestconfig: pytest.Config):
     """This run's labelled Docker resources; all removed at the end of the run."""
     from .docker_fleet import DockerSession
 
@@ -122,7 +139,7 @@ def docker_session(docker_client, pytestconfig: pytest.Config):  # noqa: ANN001,
 
 
 @pytest.fixture(scope="session")
-def e2e_images(docker_session, pytestconfig: pytest.Config) -> dict[str, str]:  # noqa: ANN001
+def e2e_images(docker_session, pytestconfig: pytest.Config) -> dict[str, str]:
     from .images import ImagesUnavailable, ensure_images
 
     try:
@@ -159,7 +176,7 @@ def _stack_options(request: pytest.FixtureRequest) -> StackOptions:
 
 
 @pytest.fixture
-def _fleet_factory(request: pytest.FixtureRequest, fleet_backend: str, history: History):  # noqa: ANN202
+def _fleet_factory(request: pytest.FixtureRequest, fleet_backend: str, history: History):
     options = _stack_options(request)
     if fleet_backend == "docker":
         from .docker_fleet import DockerFleet
@@ -176,7 +193,7 @@ def _fleet_factory(request: pytest.FixtureRequest, fleet_backend: str, history: 
 
 
 @pytest.fixture
-async def stack(request: pytest.FixtureRequest, _fleet_factory, history: History):  # noqa: ANN001, ANN201
+async def stack(request: pytest.FixtureRequest, _fleet_factory, history: History):
     """A started stack (portal, relays, gateway, client streaming through a relay)."""
     results = request.config.stash[RESULTS_KEY]
     fleet = _fleet_factory()
@@ -212,7 +229,7 @@ class PeerHandle:
     def known_relays(self) -> set[str]:
         return checks.known_relays(self.fleet.history, self.id)
 
-    def partitioned(self):  # noqa: ANN201
+    def partitioned(self):
         return self.fleet.partitioned(self.id)
 
     async def partition(self, seconds: float | None = None) -> None:
@@ -228,7 +245,7 @@ class RelayHandle:
     def __init__(self, fleet: Fleet, name: str, rid: str) -> None:
         self.fleet, self.name, self.id = fleet, name, rid
 
-    def __getattr__(self, fault: str):  # noqa: ANN204 - restart, stop, start, kill, pause, unpause, udp_loss, ...
+    def __getattr__(self, fault: str):  # restart, stop, start, kill, pause, unpause, udp_loss, ...
         method = getattr(self.fleet, f"{fault}_relay", None) or getattr(self.fleet, fault)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -257,7 +274,7 @@ async def relay(stack: Fleet) -> RelayHandle:
 
 # ---------------------------------------------------------------------------- hooks
 @pytest.hookimpl(hookwrapper=True, trylast=True)
-def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
+def pytest_runtest_call(item: pytest.Item):
     yield
     fleet = item.stash.get(FLEET_KEY, None)
     if fleet is not None:
@@ -265,7 +282,7 @@ def pytest_runtest_call(item: pytest.Item):  # noqa: ANN201
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     item.stash.setdefault(REPORTS_KEY, {})[report.when] = report
@@ -282,7 +299,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     row.duration_s = round(row.duration_s + report.duration, 2)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     results = config.stash.get(RESULTS_KEY, None)
     if results is None or not results.rows:
         return

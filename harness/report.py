@@ -86,10 +86,14 @@ class Results:
         lines = []
         for r in rows:
             others = " ".join(f"{k}={_fmt(v)}" for k, v in r.figures.items() if k not in KEY_FIGURES)
-            lines.append([r.scenario, r.backend, r.verdict, *(_fmt(r.figures.get(k, "-")) for k in KEY_FIGURES), others])
+            lines.append(
+                [r.scenario, r.backend, r.verdict, *(_fmt(r.figures.get(k, "-")) for k in KEY_FIGURES), others]
+            )
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header[:-1])]
-        def fmt(cells: list[str]) -> str:  # noqa: E306
+
+        def fmt(cells: list[str]) -> str:
             return "| " + " | ".join(c.ljust(w) for c, w in zip(cells[:-1], widths)) + " | " + cells[-1]
+
         out = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|---"]
         out += [fmt(line) for line in lines]
         return "\n".join(out)

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
-from .docker_fleet import CREATED_LABEL, OWNER_LABEL, PROJECT, PROJECT_LABEL, SESSION_LABEL, STACK_LABEL, process_start_ticks
+from .docker_fleet import (
+    CREATED_LABEL,
+    OWNER_LABEL,
+    PROJECT,
+    PROJECT_LABEL,
+    SESSION_LABEL,
+    STACK_LABEL,
+    process_start_ticks,
+)
 
 log = logging.getLogger("harness.sweep")
 
@@ -35,11 +43,15 @@ class SweepReport:
     removed: int = 0
 
     def __str__(self) -> str:
-        return (f"swept {len(self.dead_sessions)} dead session(s), {self.removed} object(s); "
-                f"{len(self.live_sessions)} live session(s) left alone")  # fmt: skip
+        return (
+            f"swept {len(self.dead_sessions)} dead session(s), {self.removed} object(s); "
+            f"{len(self.live_sessions)} live session(s) left alone"
+        )
 
 
-def owner_alive(owner: str, created: float | None, *, now: float | None = None, max_age: float = FOREIGN_MAX_AGE) -> bool:
+def owner_alive(
+    owner: str, created: float | None, *, now: float | None = None, max_age: float = FOREIGN_MAX_AGE
+) -> bool:
     """Is the process named by an owner label ``<host>:<pid>:<start ticks>`` still running?"""
     host, _, rest = owner.partition(":")
     pid_text, _, ticks = rest.partition(":")
@@ -97,7 +109,10 @@ def remove_stack(client: docker.DockerClient, session: str, stack: str) -> int:
 def sweep(client: docker.DockerClient, *, keep: str | None = None) -> SweepReport:
     """Remove the resources of every dead session (never ``keep``, the caller's own)."""
     sessions: dict[str, tuple[str, float | None]] = {}
-    objects = [*client.containers.list(all=True, filters=_session_filter()), *client.networks.list(filters=_session_filter())]
+    objects = [
+        *client.containers.list(all=True, filters=_session_filter()),
+        *client.networks.list(filters=_session_filter()),
+    ]
     for obj in objects:
         labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
         session = labels.get(SESSION_LABEL)

@@ -129,15 +129,16 @@ async def wait_turn_ready(port: int, proc: asyncio.subprocess.Process | None, ti
 
 async def presence(url: str, token: str, secret: str, heartbeat_interval: float = 10.0) -> None:
     """Join the portal's ``relay`` topic and stay joined, reconnecting with a capped backoff. Runs until cancelled."""
-    from connlib.portal_client import PortalClient  # the image's venv has connlib; imported late for the docs/tests
+    from connlib.aio.portal_client import PortalClient  # the image's venv has connlib; imported late for the docs/tests
 
     def on_message(event: str, payload: dict) -> None:
         log.debug("portal message event=%s payload=%s", event, payload)
 
     delay = 0.2
     while True:
-        client = PortalClient(url, token, "relay", {"stamp_secret": secret},
-                              heartbeat_interval=heartbeat_interval, on_message=on_message)
+        client = PortalClient(
+            url, token, "relay", {"stamp_secret": secret}, heartbeat_interval=heartbeat_interval, on_message=on_message
+        )
         started = time.monotonic()
         try:
             log.info("joining portal topic=relay url=%s secret_fingerprint=%s", url.split("?")[0], fingerprint(secret))
@@ -146,10 +147,10 @@ async def presence(url: str, token: str, secret: str, heartbeat_interval: float 
         except asyncio.CancelledError:
             try:
                 await asyncio.wait_for(client.close(), LEAVE_TIMEOUT_S)
-            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - leaving is best effort
+            except (Exception, asyncio.CancelledError) as exc:
                 log.info("leaving the portal: %s", exc or type(exc).__name__)
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure: the portal is away, try again
+        except Exception as exc:
             log.warning("portal connection failed: %s: %s; reconnecting", type(exc).__name__, exc)
         if time.monotonic() - started > 10:
             delay = 0.2
@@ -160,7 +161,9 @@ async def presence(url: str, token: str, secret: str, heartbeat_interval: float 
 def _install_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (log.info("received %s: stopping", signal.Signals(s).name), stop.set()))
+        loop.add_signal_handler(
+            sig, lambda s=sig: (log.info("received %s: stopping", signal.Signals(s).name), stop.set())
+        )
     return stop
 
 
@@ -170,9 +173,9 @@ async def _cancel(task: asyncio.Task | None) -> None:
     task.cancel()
     try:
         await asyncio.wait_for(task, LEAVE_TIMEOUT_S + 0.5)
-    except (asyncio.CancelledError, asyncio.TimeoutError):
+    except (TimeoutError, asyncio.CancelledError):
         pass
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("agent ended with %s: %s", type(exc).__name__, exc)
 
 
@@ -185,8 +188,14 @@ async def run_relay(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = render_config(
-        Path(args.template).read_text(), realm=args.realm, secret=secret, listening_port=args.port,
-        relay_ip=relay_ip, min_port=args.min_port, max_port=args.max_port, run_dir=run_dir,
+        Path(args.template).read_text(),
+        realm=args.realm,
+        secret=secret,
+        listening_port=args.port,
+        relay_ip=relay_ip,
+        min_port=args.min_port,
+        max_port=args.max_port,
+        run_dir=run_dir,
         extra="\n".join(line.strip() for line in args.extra.split(";") if line.strip()),
     )
     conf_path = run_dir / "turnserver.conf"
@@ -195,8 +204,16 @@ async def run_relay(args: argparse.Namespace) -> int:
     secret_path = run_dir / "secret"  # for diagnostics and tests (docker exec); never logged
     secret_path.write_text(secret + "\n")
     secret_path.chmod(0o600)
-    log.info("relay starting name=%s relay_ip=%s announce=%s:%d ports=%d-%d secret_fingerprint=%s",
-             args.name, relay_ip, public_ip, args.port, args.min_port, args.max_port, fingerprint(secret))
+    log.info(
+        "relay starting name=%s relay_ip=%s announce=%s:%d ports=%d-%d secret_fingerprint=%s",
+        args.name,
+        relay_ip,
+        public_ip,
+        args.port,
+        args.min_port,
+        args.max_port,
+        fingerprint(secret),
+    )
 
     proc = await asyncio.create_subprocess_exec(args.turnserver, "-c", str(conf_path))
     agent: asyncio.Task | None = None
@@ -225,7 +242,7 @@ async def run_relay(args: argparse.Namespace) -> int:
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("turnserver ignored SIGTERM for %.0fs: SIGKILL", STOP_GRACE_S)
                 proc.kill()
                 await proc.wait()
@@ -298,7 +315,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     args = parse_args(argv)

@@ -31,14 +31,14 @@ def image(name: str) -> str:
     return f"{IMAGE_PREFIX}/{name}:{IMAGE_TAG}"
 
 
-def docker_client():  # noqa: ANN201 - docker.DockerClient, imported lazily
+def docker_client():  # a docker.DockerClient, imported lazily
     """A docker-py client; no engine: skip, except in CI (CI=true) where it is a failure."""
     import docker
 
     try:
         client = docker.from_env(timeout=120)
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any reason the engine is unusable
+    except Exception as exc:
         message = f"no usable Docker engine: {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + " (CI=true: Docker tests must run)")
@@ -60,7 +60,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_dead(client) -> int:  # noqa: ANN001
+def sweep_dead(client) -> int:
     """Remove containers and networks of earlier pytest sessions whose process is gone."""
     removed = 0
     for container in client.containers.list(all=True, filters={"label": STACK_LABEL}):
@@ -76,7 +76,7 @@ def sweep_dead(client) -> int:  # noqa: ANN001
     return removed
 
 
-def used_subnets(client) -> list[ipaddress.IPv4Network]:  # noqa: ANN001
+def used_subnets(client) -> list[ipaddress.IPv4Network]:
     nets = []
     for network in client.networks.list(greedy=True):
         for cfg in (network.attrs.get("IPAM") or {}).get("Config") or []:
@@ -87,7 +87,7 @@ def used_subnets(client) -> list[ipaddress.IPv4Network]:  # noqa: ANN001
     return nets
 
 
-def free_prefixes(client, count: int, first: int = 200) -> list[str]:  # noqa: ANN001
+def free_prefixes(client, count: int, first: int = 200) -> list[str]:
     """``count`` unused ``172.31.N`` /24 prefixes (N from ``first`` up), for networks of one test."""
     used = used_subnets(client)
     found = []
@@ -106,11 +106,17 @@ def make(*targets: str, env: dict[str, str] | None = None, timeout: float = 900)
     includes = "include relay_images/make.mk" in (ROOT / "Makefile").read_text()
     files = [] if includes else ["-f", "Makefile", "-f", "relay_images/make.mk"]
     proc = subprocess.run(
-        ["make", "--no-print-directory", *files, *targets], cwd=ROOT, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=timeout,
+        ["make", "--no-print-directory", *files, *targets],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"make {' '.join(targets)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"make {' '.join(targets)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -140,11 +146,15 @@ def json_lines(text: str) -> list[dict]:
     return out
 
 
-def run_probe(client, network: str, args: list[str], label: str, timeout: float = 30) -> tuple[int, list[dict]]:  # noqa: ANN001
+def run_probe(client, network: str, args: list[str], label: str, timeout: float = 30) -> tuple[int, list[dict]]:
     """Run turn_probe.py in a one-off container (peer image) on ``network``; (exit code, JSON lines)."""
     container = client.containers.run(
-        image("peer"), entrypoint=["/usr/bin/python3", PROBE], command=args, network=network,
-        labels={PROJECT_LABEL: "connlib-relays", STACK_LABEL: label}, detach=True,
+        image("peer"),
+        entrypoint=["/usr/bin/python3", PROBE],
+        command=args,
+        network=network,
+        labels={PROJECT_LABEL: "connlib-relays", STACK_LABEL: label},
+        detach=True,
     )
     try:
         status = container.wait(timeout=timeout)
@@ -153,12 +163,12 @@ def run_probe(client, network: str, args: list[str], label: str, timeout: float 
         container.remove(force=True)
 
 
-def exec_text(container, cmd: list[str]) -> tuple[int, str]:  # noqa: ANN001
+def exec_text(container, cmd: list[str]) -> tuple[int, str]:
     code, output = container.exec_run(cmd)
     return code, output.decode(errors="replace")
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -167,7 +177,9 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+    )

@@ -47,7 +47,13 @@ class ProbeError(Exception):
 
 
 def msg_type(method: int, cls: int) -> int:
-    return ((method & 0xF80) << 2) | ((method & 0x070) << 1) | (method & 0x00F) | ((cls & 0x100) << 0) | ((cls & 0x010) << 0)
+    return (
+        ((method & 0xF80) << 2)
+        | ((method & 0x070) << 1)
+        | (method & 0x00F)
+        | ((cls & 0x100) << 0)
+        | ((cls & 0x010) << 0)
+    )
 
 
 def split_type(t: int) -> tuple[int, int]:
@@ -159,7 +165,7 @@ class TurnClient:
                 self.sock.settimeout(left)
                 try:
                     data, _ = self.sock.recvfrom(65535)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 try:
                     method, cls, rtx, attrs = decode(data)
@@ -185,7 +191,11 @@ class TurnClient:
         relayed = parse_xor_addr(got[XOR_RELAYED_ADDRESS], b"")
         mapped = parse_xor_addr(got[XOR_MAPPED_ADDRESS], b"") if XOR_MAPPED_ADDRESS in got else None
         lifetime = struct.unpack("!I", got[LIFETIME])[0] if LIFETIME in got else None
-        return {"relayed": f"{relayed[0]}:{relayed[1]}", "mapped": mapped and f"{mapped[0]}:{mapped[1]}", "lifetime": lifetime}
+        return {
+            "relayed": f"{relayed[0]}:{relayed[1]}",
+            "mapped": mapped and f"{mapped[0]}:{mapped[1]}",
+            "lifetime": lifetime,
+        }
 
     def permit(self, ip: str) -> None:
         self.transact(CREATE_PERMISSION, [(XOR_PEER_ADDRESS, xor_addr(ip, 0, b""))], auth=True)
@@ -201,7 +211,7 @@ class TurnClient:
             self.sock.settimeout(left)
             try:
                 data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             try:
                 method, cls, txid, attrs = decode(data)
@@ -283,7 +293,16 @@ def main(argv: list[str] | None = None) -> int:
                             received += 1
                             senders.add(f"{got[0][0]}:{got[0][1]}")
                             break
-                emit({"event": "sent", "peer": args.peer, "sent": args.count, "echoed": received, "from": sorted(senders)}, args.out)
+                emit(
+                    {
+                        "event": "sent",
+                        "peer": args.peer,
+                        "sent": args.count,
+                        "echoed": received,
+                        "from": sorted(senders),
+                    },
+                    args.out,
+                )
                 return 0 if received else 1
             return 0
         finally:

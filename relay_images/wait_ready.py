@@ -116,7 +116,9 @@ def relays_online(stack: Stack) -> str:
     if not expected <= online:
         raise NotYet(f"relays online at the portal: {sorted(online)}, want {sorted(expected)}")
     return "portal lists " + ", ".join(
-        f"{r['name']} ({r['addr']}, secret {r['secret_fingerprint']})" for r in relays if r.get("online")  # type: ignore[union-attr,index]
+        f"{r['name']} ({r['addr']}, secret {r['secret_fingerprint']})"
+        for r in relays
+        if r.get("online")  # type: ignore[union-attr,index]
     )
 
 
@@ -150,7 +152,7 @@ def traffic_flows(stack: Stack) -> str:
     return f"client stream: delivered={last['delivered']} lost={last.get('lost')} via relay {last.get('relay')}"
 
 
-def wait(name: str, check, stack: Stack, deadline: float) -> str:  # noqa: ANN001
+def wait(name: str, check, stack: Stack, deadline: float) -> str:
     started = time.monotonic()
     last: list[str] = ["(not checked yet)"]
 

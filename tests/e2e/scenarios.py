@@ -38,7 +38,7 @@ def _role(peer: str) -> str:
     return "client" if peer == CLIENT_ID else "gateway"
 
 
-async def wait_event(fleet: Fleet, what: str, peer: str, after: float, timeout: float, describe: str, **match: Any):  # noqa: ANN201
+async def wait_event(fleet: Fleet, what: str, peer: str, after: float, timeout: float, describe: str, **match: Any):
     return await wait_for(lambda: checks.first_event(fleet.history, what, peer, after, **match), timeout, describe)
 
 
@@ -76,8 +76,11 @@ async def rotation_while_partitioned(fleet: Fleet, figures: dict, peer: str = CL
     init = await wait_event(fleet, "init", peer, healed, 10, f"the {_role(peer)}'s re-init after the heal")
     early_removal(fleet, peer, rid, t0, init.t)
     try:
-        await wait_for(lambda: checks.removals(h, peer, rid, after=init.t - 0.001, reason="replaced"), REPLACE_BOUND + 1,
-                       "the replacement")  # fmt: skip
+        await wait_for(
+            lambda: checks.removals(h, peer, rid, after=init.t - 0.001, reason="replaced"),
+            REPLACE_BOUND + 1,
+            "the replacement",
+        )
     except AssertionError:
         raise AssertionError(
             f"bug #6648: relay {name} came back in the {_role(peer)}'s init with the same id and new credentials, "
@@ -91,7 +94,9 @@ async def rotation_while_partitioned(fleet: Fleet, figures: dict, peer: str = CL
         "resumed_after_heal_s": resumed - healed,
         "gap_s": checks.longest_gap(h, t0),
     }
-    assert sample["replaced_after_init_s"] <= REPLACE_BOUND, f"replaced {sample['replaced_after_init_s']:.2f}s after the re-init"
+    assert sample["replaced_after_init_s"] <= REPLACE_BOUND, (
+        f"replaced {sample['replaced_after_init_s']:.2f}s after the re-init"
+    )
     assert checks.first_event(h, "migrating", peer, init.t - 0.001), f"the {_role(peer)} did not migrate its connection"
     return sample
 
@@ -111,7 +116,9 @@ async def silent_loss_while_partitioned(fleet: Fleet, figures: dict) -> None:
     async with fleet.partitioned(CLIENT_ID):
         await fleet.stop_relay(name)
         # the gateway is not partitioned: it hears of the stop (and so must not be disturbed either)
-        await wait_event(fleet, "relays_presence", GATEWAY_ID, t0, 5, "the gateway's relays_presence", disconnected_ids=rid)
+        await wait_event(
+            fleet, "relays_presence", GATEWAY_ID, t0, 5, "the gateway's relays_presence", disconnected_ids=rid
+        )
     healed = checks.fault_time(h, "heal", CLIENT_ID, after=t0)
     init = await wait_event(fleet, "init", CLIENT_ID, healed, 10, "the client's re-init after the heal")
     if rid in init.data.get("relays", []):
@@ -124,10 +131,16 @@ async def silent_loss_while_partitioned(fleet: Fleet, figures: dict) -> None:
             f"and {DETECT_BOUND + 2:.1f}s later it is still in the client's relay set (no REFRESH probe)"
         ) from None
     removed = removed[0]
-    warned = [op for op in h.select("log", after=init.t) if op.data.get("message", "").startswith("Disconnecting from relay")]
+    warned = [
+        op for op in h.select("log", after=init.t) if op.data.get("message", "").startswith("Disconnecting from relay")
+    ]
     disturbed = [op for op in h.select(("migrating", "path_lost", "connection_failed"), kind="observe", after=t0)]
-    figures.update(detect_s=removed.t - init.t, gap_s=checks.longest_gap(h, t0), init_after_heal_s=init.t - healed,
-                   reason=removed.data.get("reason"))  # fmt: skip
+    figures.update(
+        detect_s=removed.t - init.t,
+        gap_s=checks.longest_gap(h, t0),
+        init_after_heal_s=init.t - healed,
+        reason=removed.data.get("reason"),
+    )
     assert figures["detect_s"] <= DETECT_BOUND, f"dead relay removed {figures['detect_s']:.2f}s after the re-init"
     assert str(removed.data.get("reason", "")).startswith("no response"), f"removed for {removed.data.get('reason')!r}"
     assert warned, "no WARN 'Disconnecting from relay' for the dead relay"
@@ -145,8 +158,14 @@ async def restart_while_connected(fleet: Fleet, peer: str = CLIENT_ID) -> dict:
     await fleet.wait_presence_settled()  # else an earlier change's debounce timer cuts ours short
     t0 = time.monotonic()
     await fleet.restart_relay(name)
-    presence = await wait_event(fleet, "relays_presence", peer, t0, fleet.options.debounce + 5,
-                                f"the {_role(peer)}'s relays_presence after the restart")  # fmt: skip
+    presence = await wait_event(
+        fleet,
+        "relays_presence",
+        peer,
+        t0,
+        fleet.options.debounce + 5,
+        f"the {_role(peer)}'s relays_presence after the restart",
+    )
     if rid in presence.data.get("disconnected_ids", []) or rid not in presence.data.get("connected", []):
         raise Precondition(
             f"the restart of {name} reached the {_role(peer)} as a disconnect, not as new credentials "
@@ -154,8 +173,11 @@ async def restart_while_connected(fleet: Fleet, peer: str = CLIENT_ID) -> dict:
         )
     early_removal(fleet, peer, rid, t0, presence.t)
     try:
-        await wait_for(lambda: checks.removals(h, peer, rid, after=presence.t - 0.001, reason="replaced"),
-                       REPLACE_BOUND + 1, "the replacement")  # fmt: skip
+        await wait_for(
+            lambda: checks.removals(h, peer, rid, after=presence.t - 0.001, reason="replaced"),
+            REPLACE_BOUND + 1,
+            "the replacement",
+        )
     except AssertionError:
         raise AssertionError(
             f"bug #6648 (relays_presence): relay {name} restarted and the portal re-listed it with new credentials, "
@@ -196,14 +218,22 @@ async def relay_paused(fleet: Fleet, figures: dict) -> None:
             ) from None
         freed = freed[0]
         resumed = await wait_resumed(fleet, t0, PAUSE_BOUND + 3, "the stream to resume after the pause")
-        told = [op for op in checks.peer_events(h, "relays_presence", CLIENT_ID, t0) if op.t <= resumed
-                and rid in op.data.get("disconnected_ids", [])]  # fmt: skip
+        told = [
+            op
+            for op in checks.peer_events(h, "relays_presence", CLIENT_ID, t0)
+            if op.t <= resumed and rid in op.data.get("disconnected_ids", [])
+        ]
         if told:
             raise Precondition(f"the portal reported the paused relay gone before connlib recovered: {told[0].data}")
     finally:
         await fleet.unpause_relay(name)
-    figures.update(detect_s=freed.t - t0, resumed_s=resumed - t0, gap_s=checks.longest_gap(h, t0),
-                   path_lost_s=lost.t - t0, reason=freed.data.get("reason"))  # fmt: skip
+    figures.update(
+        detect_s=freed.t - t0,
+        resumed_s=resumed - t0,
+        gap_s=checks.longest_gap(h, t0),
+        path_lost_s=lost.t - t0,
+        reason=freed.data.get("reason"),
+    )
     assert figures["resumed_s"] <= PAUSE_BOUND, (
         f"bug (black hole kept too long): stream back {figures['resumed_s']:.2f}s after the pause, "
         f"bound {PAUSE_BOUND:.0f}s"
@@ -219,11 +249,19 @@ async def all_relays_restarted(fleet: Fleet, figures: dict) -> None:
     await fleet.wait_presence_settled()  # else an earlier change's debounce timer cuts ours short
     t0 = time.monotonic()
     await asyncio.gather(*(fleet.restart_relay(name) for name in fleet.relay_names))
-    presence = await wait_event(fleet, "relays_presence", CLIENT_ID, t0, fleet.options.debounce + 6,
-                                "the client's relays_presence after the restarts")  # fmt: skip
+    presence = await wait_event(
+        fleet,
+        "relays_presence",
+        CLIENT_ID,
+        t0,
+        fleet.options.debounce + 6,
+        "the client's relays_presence after the restarts",
+    )
     gone = set(presence.data.get("disconnected_ids", [])) | (set(known) - set(presence.data.get("connected", [])))
     if gone:
-        raise Precondition(f"the restarts reached the client as disconnects (slower than the debounce): {presence.data}")
+        raise Precondition(
+            f"the restarts reached the client as disconnects (slower than the debounce): {presence.data}"
+        )
     for rid in known:
         early_removal(fleet, CLIENT_ID, rid, t0, presence.t)
 
@@ -238,9 +276,13 @@ async def all_relays_restarted(fleet: Fleet, figures: dict) -> None:
             f"but the client replaced only {len(replaced())} of {len(known)} allocations"
         ) from None
     resumed = await wait_resumed(fleet, presence.t, RESUME_BOUND + 5, "the stream to resume")
-    figures.update(resumed_s=max(0.0, resumed - presence.t), gap_s=checks.longest_gap(h, t0),
-                   presence_after_restart_s=presence.t - t0, replaced=len(known),
-                   no_relays=bool(checks.peer_events(h, "no_relays", CLIENT_ID, t0)))  # fmt: skip
+    figures.update(
+        resumed_s=max(0.0, resumed - presence.t),
+        gap_s=checks.longest_gap(h, t0),
+        presence_after_restart_s=presence.t - t0,
+        replaced=len(known),
+        no_relays=bool(checks.peer_events(h, "no_relays", CLIENT_ID, t0)),
+    )
     assert figures["resumed_s"] <= RESUME_BOUND, f"stream back {figures['resumed_s']:.2f}s after the relays_presence"
 
 
@@ -273,8 +315,13 @@ async def udp_loss_on_carrying_relay(fleet: Fleet, figures: dict) -> None:
     delivered, lost = checks.lost_between(h, t0, t1)
     migrated = checks.first_event(h, "migrating", CLIENT_ID, t0) is not None
     failed = checks.peer_events(h, "connection_failed", CLIENT_ID, t0)
-    figures.update(gap_s=checks.longest_gap(h, t0), resumed_s=max(0.0, resumed - t1), dropped=drops,
-                   echo_loss=round(lost / max(1, delivered + lost), 2), outcome="migrated" if migrated else "survived")  # fmt: skip
+    figures.update(
+        gap_s=checks.longest_gap(h, t0),
+        resumed_s=max(0.0, resumed - t1),
+        dropped=drops,
+        echo_loss=round(lost / max(1, delivered + lost), 2),
+        outcome="migrated" if migrated else "survived",
+    )
     assert drops > 0, "the loss rule dropped nothing: the fault did not happen"
     assert not failed, f"the connection failed under loss: {failed[0].data}"
     assert figures["resumed_s"] <= RESUME_BOUND, f"stream back {figures['resumed_s']:.2f}s after the loss ended"

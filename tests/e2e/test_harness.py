@@ -38,15 +38,17 @@ def _history(ops: list[tuple[float, str, str, dict]]) -> History:
 
 
 def test_checks_read_gaps_relays_and_percentiles():
-    h = _history([
-        (1.0, "relay_added", CLIENT_ID, {"relay": "a"}),
-        (1.0, "relay_added", CLIENT_ID, {"relay": "b"}),
-        (2.0, "connected", CLIENT_ID, {"relay": "a"}),
-        (5.0, "gap", CLIENT_ID, {"duration_s": 2.5}),  # 2.5 → 5.0
-        (5.1, "relay_removed", CLIENT_ID, {"relay": "a", "reason": "replaced (new credentials or address)"}),
-        (5.2, "connected", CLIENT_ID, {"relay": "b"}),
-        (9.0, "gap", CLIENT_ID, {"duration_s": 0.5}),  # 8.5 → 9.0
-    ])  # fmt: skip
+    h = _history(
+        [
+            (1.0, "relay_added", CLIENT_ID, {"relay": "a"}),
+            (1.0, "relay_added", CLIENT_ID, {"relay": "b"}),
+            (2.0, "connected", CLIENT_ID, {"relay": "a"}),
+            (5.0, "gap", CLIENT_ID, {"duration_s": 2.5}),  # 2.5 → 5.0
+            (5.1, "relay_removed", CLIENT_ID, {"relay": "a", "reason": "replaced (new credentials or address)"}),
+            (5.2, "connected", CLIENT_ID, {"relay": "b"}),
+            (9.0, "gap", CLIENT_ID, {"duration_s": 0.5}),  # 8.5 → 9.0
+        ]
+    )
     assert checks.carrying_relay(h, CLIENT_ID) == "b"
     assert checks.known_relays(h, CLIENT_ID) == {"b"}
     assert checks.known_relays(h, CLIENT_ID, before=5.0) == {"a", "b"}
@@ -78,7 +80,8 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
 
 
 def test_error_line_from_a_container_fails_the_test_in_its_call_phase(inner: pytest.Pytester):
-    inner.makepyfile(textwrap.dedent("""
+    inner.makepyfile(
+        textwrap.dedent("""
         import logging
         from harness.pytest_plugin import FLEET_KEY
 
@@ -89,15 +92,20 @@ def test_error_line_from_a_container_fails_the_test_in_its_call_phase(inner: pyt
 
         def test_with_stack(request):
             request.node.stash[FLEET_KEY] = Fleet()
-    """))
-    result = inner.runpytest_subprocess("-p", "tests.plugins.no_errors", "-p", "harness.pytest_plugin", "-p", "no:cacheprovider")
+    """)
+    )
+    result = inner.runpytest_subprocess(
+        "-p", "tests.plugins.no_errors", "-p", "harness.pytest_plugin", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*ERROR log record(s) during the test*", "*relay-1*boom*"])
     assert "test_with_stack FAILED" in result.stdout.str() or "FAILED test_" in result.stdout.str()
 
 
 @pytest.mark.parametrize("ci, outcome", [("true", "failed"), ("", "skipped")])
-def test_missing_docker_engine_fails_in_ci_and_skips_elsewhere(inner: pytest.Pytester, monkeypatch, ci: str, outcome: str):
+def test_missing_docker_engine_fails_in_ci_and_skips_elsewhere(
+    inner: pytest.Pytester, monkeypatch, ci: str, outcome: str
+):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{inner.path}/no-such-docker.sock")
     monkeypatch.setenv("CI", ci)
     inner.makepyfile("def test_needs_engine(docker_client):\n    pass\n")
@@ -107,7 +115,7 @@ def test_missing_docker_engine_fails_in_ci_and_skips_elsewhere(inner: pytest.Pyt
 
 
 # ---------------------------------------------------------------------------- the engine
-def _session_objects(client, session: str) -> list[str]:  # noqa: ANN001
+def _session_objects(client, session: str) -> list[str]:
     filters = {"label": [f"{PROJECT_LABEL}=connlib-relays", f"{SESSION_LABEL}={session}"]}
     return [c.name for c in client.containers.list(all=True, filters=filters)] + [
         n.name for n in client.networks.list(filters=filters)
@@ -115,9 +123,10 @@ def _session_objects(client, session: str) -> list[str]:  # noqa: ANN001
 
 
 @pytest.mark.docker
-def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client, e2e_images, tmp_path: Path):  # noqa: ANN001
+def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client, e2e_images, tmp_path: Path):
     marker = tmp_path / "session-id"
-    (tmp_path / "test_hold.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "test_hold.py").write_text(
+        textwrap.dedent(f"""
         import pathlib, threading
 
         def test_hold(docker_session):
@@ -126,12 +135,29 @@ def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client
                 name="clr-" + docker_session.id[:8] + "-hold", labels=docker_session.labels, network=net.name)
             pathlib.Path({str(marker)!r}).write_text(docker_session.id)
             threading.Event().wait(600)  # the outer test kills this run long before
-    """))
+    """)
+    )
     (tmp_path / "test_next.py").write_text("def test_next_run_starts(docker_client):\n    pass\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "harness.pytest_plugin", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
-    victim = subprocess.Popen([*command, str(tmp_path / "test_hold.py")], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "harness.pytest_plugin",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tmp_path),
+    ]
+    victim = subprocess.Popen(
+        [*command, str(tmp_path / "test_hold.py")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -144,15 +170,16 @@ def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
     assert len(_session_objects(docker_client, session)) == 2, "kill -9: nobody cleaned up (as expected)"
-    result = subprocess.run([*command, str(tmp_path / "test_next.py")], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [*command, str(tmp_path / "test_next.py")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert _session_objects(docker_client, session) == [], "the next run's sweep left the dead session's objects"
 
 
 @pytest.mark.allow_error_logs
 @pytest.mark.docker
-async def test_container_output_reaches_the_history_and_the_error_rule(docker_session, e2e_images, caplog):  # noqa: ANN001
+async def test_container_output_reaches_the_history_and_the_error_rule(docker_session, e2e_images, caplog):
     history = new_history()
     fleet = DockerFleet(history, StackOptions(), session=docker_session)
     fleet._loop = asyncio.get_running_loop()
@@ -162,9 +189,12 @@ async def test_container_output_reaches_the_history_and_the_error_rule(docker_se
         'echo "2026-01-01 00:00:00,001 ERROR connlib.test: injected failure" >&2'
     )
     container = docker_session.client.containers.create(
-        e2e_images["peer"], entrypoint=["/bin/sh", "-c", script], labels=docker_session.labels,
-        name=f"clr-{docker_session.id[:8]}-echo", network_disabled=True,
-    )  # fmt: skip
+        e2e_images["peer"],
+        entrypoint=["/bin/sh", "-c", script],
+        labels=docker_session.labels,
+        name=f"clr-{docker_session.id[:8]}-echo",
+        network_disabled=True,
+    )
     try:
         await asyncio.to_thread(container.start)
         fleet.follow(container, "echo-1")  # a log stream follows from the container's first line
@@ -180,7 +210,7 @@ async def test_container_output_reaches_the_history_and_the_error_rule(docker_se
 
 @pytest.mark.backends("docker")
 @pytest.mark.stack(relays=3, portal={"relays_per_client": 3})
-async def test_fault_primitives_kill_start_cut_reconnect(stack, relay, client, gateway, figures):  # noqa: ANN001
+async def test_fault_primitives_kill_start_cut_reconnect(stack, relay, client, gateway, figures):
     """harness: kill/start a relay, cut/reconnect the client's network"""
     h = stack.history
     assert relay.id == client.carrying_relay() and relay.name in stack.relay_names

@@ -36,7 +36,9 @@ def relay_net(docker_env):
     import docker
 
     network = client.networks.create(
-        label, driver="bridge", internal=True,
+        label,
+        driver="bridge",
+        internal=True,
         ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"{prefix}.0/24")]),
         labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
     )
@@ -46,9 +48,12 @@ def relay_net(docker_env):
     network.remove()
 
 
-def start_relay(client, network, label, **env):  # noqa: ANN001, ANN201
+def start_relay(client, network, label, **env):
     container = client.containers.run(
-        ts.image("relay"), detach=True, name=f"{label}-relay", network=network.name,
+        ts.image("relay"),
+        detach=True,
+        name=f"{label}-relay",
+        network=network.name,
         labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
         environment={"RELAY_NAME": "relay-t", "PORTAL_URL": "", **env},
     )
@@ -56,17 +61,17 @@ def start_relay(client, network, label, **env):  # noqa: ANN001, ANN201
     return container
 
 
-def _health(container) -> str:  # noqa: ANN001
+def _health(container) -> str:
     container.reload()
     return container.attrs["State"].get("Health", {}).get("Status", "none")
 
 
-def _ip(container, network) -> str:  # noqa: ANN001
+def _ip(container, network) -> str:
     container.reload()
     return container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
 
 
-def _secret(container) -> str:  # noqa: ANN001
+def _secret(container) -> str:
     def read() -> str:
         code, out = ts.exec_text(container, ["cat", "/run/relay/secret"])
         return out.strip() if code == 0 else ""
@@ -74,7 +79,7 @@ def _secret(container) -> str:  # noqa: ANN001
     return ts.wait_for(read, 10, what="the relay's secret file")
 
 
-def _allocate(client, network, label, server: str, secret: str) -> tuple[int, dict]:  # noqa: ANN001
+def _allocate(client, network, label, server: str, secret: str) -> tuple[int, dict]:
     code, lines = ts.run_probe(client, network.name, ["allocate", "--server", server, "--secret", secret], label)
     return code, lines[-1] if lines else {}
 
@@ -104,26 +109,35 @@ def test_base_image_builds_from_nothing_without_a_registry(docker_env, tmp_path)
     env = {**os.environ, "BASE_IMAGE": tag, "BASE_CACHE": str(tmp_path), "BASE_FORCE": "1"}
     started = time.monotonic()
     try:
-        proc = subprocess.run(["bash", str(ts.ROOT / "relay_images" / "base.sh")], env=env, capture_output=True,
-                              text=True, timeout=900)  # fmt: skip
+        proc = subprocess.run(
+            ["bash", str(ts.ROOT / "relay_images" / "base.sh")], env=env, capture_output=True, text=True, timeout=900
+        )
         took = time.monotonic() - started
         assert proc.returncode == 0, proc.stderr[-3000:]
         print(f"\nbase image from nothing: {took:.0f}s\n{proc.stderr}")
         out = client.containers.run(
-            tag, ["sh", "-c", "turnserver --version; python3 --version; python3 -m venv /tmp/v && echo venv-ok"],
-            remove=True, network_mode="none", labels={ts.PROJECT_LABEL: "connlib-relays"},
+            tag,
+            ["sh", "-c", "turnserver --version; python3 --version; python3 -m venv /tmp/v && echo venv-ok"],
+            remove=True,
+            network_mode="none",
+            labels={ts.PROJECT_LABEL: "connlib-relays"},
         ).decode()
         assert "4.6.1" in out and "Python 3.11" in out and "venv-ok" in out, out
         # a second run reuses the image (seconds, no debootstrap)
         started = time.monotonic()
-        again = subprocess.run(["bash", str(ts.ROOT / "relay_images" / "base.sh")],
-                               env={**env, "BASE_FORCE": "0"}, capture_output=True, text=True, timeout=60)  # fmt: skip
+        again = subprocess.run(
+            ["bash", str(ts.ROOT / "relay_images" / "base.sh")],
+            env={**env, "BASE_FORCE": "0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
         assert time.monotonic() - started < 5
     finally:
         try:
             client.images.remove(tag, force=True)
-        except Exception:  # noqa: BLE001 - absent when the build failed
+        except Exception:
             pass
         shutil.rmtree(tmp_path, ignore_errors=True)  # the 140 MB root file system tarball
 
@@ -147,9 +161,20 @@ def test_relay_allocates_with_rest_credentials_and_renders_its_config(relay_net)
     code, conf = ts.exec_text(relay, ["cat", "/run/relay/turnserver.conf"])
     assert code == 0
     lines = {line.strip() for line in conf.splitlines() if line.strip() and not line.startswith("#")}
-    for expected in ("realm=firezone", "use-auth-secret", f"static-auth-secret={secret}", "listening-port=3478",
-                     f"relay-ip={ip}", "min-port=49160", "max-port=49200", "no-tls", "no-dtls", "fingerprint",
-                     "no-cli", "log-file=stdout"):  # fmt: skip
+    for expected in (
+        "realm=firezone",
+        "use-auth-secret",
+        f"static-auth-secret={secret}",
+        "listening-port=3478",
+        f"relay-ip={ip}",
+        "min-port=49160",
+        "max-port=49200",
+        "no-tls",
+        "no-dtls",
+        "fingerprint",
+        "no-cli",
+        "log-file=stdout",
+    ):
         assert expected in lines, f"{expected!r} missing from the rendered turnserver.conf"
     logs = relay.logs().decode()
     assert secret not in logs, "the secret must never be logged"
@@ -162,9 +187,12 @@ def test_relayed_data_flows_between_two_allocations(relay_net):
     relay = start_relay(client, network, label)
     ip, secret = _ip(relay, network), _secret(relay)
     echo = client.containers.run(
-        ts.image("peer"), entrypoint=["/usr/bin/python3", ts.PROBE],
+        ts.image("peer"),
+        entrypoint=["/usr/bin/python3", ts.PROBE],
         command=["echo", "--server", f"{ip}:3478", "--secret", secret, "--permit", ip, "--wait", "15"],
-        network=network.name, labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label}, detach=True,
+        network=network.name,
+        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+        detach=True,
     )
 
     def echo_address() -> str:
@@ -172,8 +200,12 @@ def test_relayed_data_flows_between_two_allocations(relay_net):
         return next((line["relayed"] for line in lines if line.get("event") == "allocated"), "")
 
     peer = ts.wait_for(echo_address, 10, what="the echo side's allocation")
-    code, lines = ts.run_probe(client, network.name, ["send", "--server", f"{ip}:3478", "--secret", secret,
-                                                      "--peer", peer, "--count", "5"], label)  # fmt: skip
+    code, lines = ts.run_probe(
+        client,
+        network.name,
+        ["send", "--server", f"{ip}:3478", "--secret", secret, "--peer", peer, "--count", "5"],
+        label,
+    )
     assert code == 0, lines
     assert lines[-1]["echoed"] == 5, lines[-1]
 
@@ -226,8 +258,11 @@ def test_relay_image_carries_the_tools_the_harness_needs(relay_net):
     """iptables (UDP loss via `statistic`), iproute2 and coturn 4.6.1 are in the relay image."""
     client, network, label = relay_net
     out = client.containers.run(
-        ts.image("relay"), entrypoint=["/bin/sh", "-c"],
+        ts.image("relay"),
+        entrypoint=["/bin/sh", "-c"],
         command=["turnserver --version; iptables --version; ip -V; tini --version"],
-        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label}, network=network.name, remove=True,
+        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+        network=network.name,
+        remove=True,
     ).decode()
     assert "4.6.1" in out and "iptables" in out and "iproute2" in out and "tini" in out

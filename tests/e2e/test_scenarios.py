@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from connlib.node import FIX_CREDENTIALS_COMPARE, FIX_PATH_PROBE, FIX_PROBE
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PATH_PROBE, FIX_PROBE
 from harness import checks
 from harness.fleet import CLIENT_ID, GATEWAY_ID, wait_for
 
@@ -38,10 +38,15 @@ def repeats(pytestconfig: pytest.Config) -> int:
     return max(1, pytestconfig.getoption("--e2e-repeats"))
 
 
-async def stream_settled(fleet, after: float) -> None:  # noqa: ANN001
+async def stream_settled(fleet, after: float) -> None:
     """Until the client reports echoes on a nominated path again (between repetitions)."""
-    await wait_for(lambda: [op for op in checks.peer_events(fleet.history, "stream", CLIENT_ID, after + 1.0)
-                            if op.data.get("connected")], 10, "the stream to settle")  # fmt: skip
+    await wait_for(
+        lambda: [
+            op for op in checks.peer_events(fleet.history, "stream", CLIENT_ID, after + 1.0) if op.data.get("connected")
+        ],
+        10,
+        "the stream to settle",
+    )
 
 
 def summarize(figures: dict, samples: list[dict], *, detect: str, resumed: str) -> None:
@@ -56,7 +61,7 @@ def summarize(figures: dict, samples: list[dict], *, detect: str, resumed: str) 
 
 
 # ---------------------------------------------------------------------------- 1
-async def _rotation(stack, figures: dict, repeats: int, peer: str) -> None:  # noqa: ANN001
+async def _rotation(stack, figures: dict, repeats: int, peer: str) -> None:
     samples = []
     for _ in range(repeats):
         samples.append(await rotation_while_partitioned(stack, figures, peer))
@@ -93,7 +98,7 @@ async def test_2_twin_without_probe(stack):
 
 
 # ---------------------------------------------------------------------------- 3
-async def _restarts(stack, figures: dict, repeats: int, peer: str) -> None:  # noqa: ANN001
+async def _restarts(stack, figures: dict, repeats: int, peer: str) -> None:
     samples = []
     for _ in range(repeats):
         samples.append(await restart_while_connected(stack, peer))

@@ -30,7 +30,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 class Stack:
-    def __init__(self, client, project: str, prefixes: dict[str, str]) -> None:  # noqa: ANN001
+    def __init__(self, client, project: str, prefixes: dict[str, str]) -> None:
         self.client = client
         self.project = project
         self.prefixes = prefixes
@@ -46,14 +46,15 @@ class Stack:
         self.admin_url = ""
         self.up_seconds = 0.0
 
-    def container(self, service: str):  # noqa: ANN201
+    def container(self, service: str):
         found = self.client.containers.list(
-            all=True, filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]}
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]},
         )
         assert found, f"no container for service {service}"
         return found[0]
 
-    def api(self, path: str):  # noqa: ANN201
+    def api(self, path: str):
         with urllib.request.urlopen(self.admin_url + path, timeout=3) as response:
             return json.load(response)
 
@@ -72,8 +73,10 @@ class Stack:
 
     def leftovers(self) -> tuple[list, list]:
         label = f"{ts.STACK_LABEL}={self.project}"
-        return (self.client.containers.list(all=True, filters={"label": label}),
-                self.client.networks.list(filters={"label": label}))  # fmt: skip
+        return (
+            self.client.containers.list(all=True, filters={"label": label}),
+            self.client.networks.list(filters={"label": label}),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +175,10 @@ def test_direct_udp_from_client_to_gateway_fails_while_relayed_stream_flows(stac
     text = out.decode()
     assert "from-client" not in text, f"direct UDP client → gateway got through:\n{text}"
     ts.wait_for(lambda: stack.delivered() > before + 20, 10, what="the relayed stream to flow meanwhile")
-    print(f"\ndirect: 0/20 datagrams; control via relay-1's leg: {text.count('from-relay')}/20; "
-          f"relayed stream +{stack.delivered() - before} meanwhile")  # fmt: skip
+    print(
+        f"\ndirect: 0/20 datagrams; control via relay-1's leg: {text.count('from-relay')}/20; "
+        f"relayed stream +{stack.delivered() - before} meanwhile"
+    )
 
 
 def test_restarting_the_carrying_relay_rotates_its_secret_with_one_bounded_gap(stack):
@@ -197,8 +202,10 @@ def test_restarting_the_carrying_relay_rotates_its_secret_with_one_bounded_gap(s
     ts.wait_for(lambda: stack.delivered() > delivered + 50, 15, what="the stream to resume after the restart")
     time.sleep(1.0)
     gaps = [line for line in stack.client_lines() if line.get("event") == "gap"][gaps_before:]
-    print(f"\nrestart of {name} ({rid[:8]}): secret {old_fp} → {relay['secret_fingerprint']}, "
-          f"back at the portal after {rejoin_s:.1f}s; gaps: {[g['duration_s'] for g in gaps]}")
+    print(
+        f"\nrestart of {name} ({rid[:8]}): secret {old_fp} → {relay['secret_fingerprint']}, "
+        f"back at the portal after {rejoin_s:.1f}s; gaps: {[g['duration_s'] for g in gaps]}"
+    )
     assert len(gaps) == 1, f"expected exactly one gap, got {gaps}"
     assert gaps[0]["duration_s"] <= GAP_BOUND_S
     assert gaps[0]["end"] >= restarted_at - 1
@@ -214,7 +221,7 @@ def _browser_available() -> str | None:
     return None
 
 
-def _relay_rows(page) -> dict[str, str]:  # noqa: ANN001
+def _relay_rows(page) -> dict[str, str]:
     """{relay name: the text of its row} for every table row on the page naming relay-N."""
     rows = {}
     for text in page.locator("tr").all_inner_texts():
@@ -236,7 +243,7 @@ def _online(row: str) -> bool | None:
 DELIVERED = '[data-client="client"] [data-k="delivered"]'
 
 
-def _delivered_on_page(page) -> int:  # noqa: ANN001
+def _delivered_on_page(page) -> int:
     return int(page.locator(DELIVERED).inner_text().replace(",", ""))
 
 
@@ -256,8 +263,11 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(stack.admin_url + "/", wait_until="load")
-            rows = ts.wait_for(lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None, 10,
-                               what="both relays on the dashboard")  # fmt: skip
+            rows = ts.wait_for(
+                lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None,
+                10,
+                what="both relays on the dashboard",
+            )
             assert _online(rows["relay-1"]) and _online(rows["relay-2"]), rows
 
             # The client's stream, live: the page's counters climb without a reload.
@@ -265,8 +275,9 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
             first = _delivered_on_page(page)
             page.wait_for_function(
                 f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 100",
-                arg=first, timeout=10_000,
-            )  # fmt: skip
+                arg=first,
+                timeout=10_000,
+            )
             card = page.locator('[data-client="client"]').inner_text()
             assert "connected" in card and re.search(r"\brelay-[12]\b", card), card
 
@@ -295,8 +306,9 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
             after = _delivered_on_page(page)
             page.wait_for_function(
                 f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 50",
-                arg=after, timeout=15_000,
-            )  # fmt: skip
+                arg=after,
+                timeout=15_000,
+            )
             page.screenshot(path=os.environ.get("DASHBOARD_SCREENSHOT", "/tmp/connlib-dashboard.png"), full_page=True)
             assert not errors, errors
         finally:

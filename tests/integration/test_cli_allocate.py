@@ -19,8 +19,11 @@ def allocate(*args: str, timeout: float = 30) -> tuple[subprocess.CompletedProce
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "connlib", "allocate", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
     return result, time.monotonic() - started
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from connlib.node import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
 from harness.fleet import wait_for
 from harness.process_fleet import CLIENT_ID, GATEWAY_ID, ProcessFleet, StackOptions
 
@@ -47,7 +47,9 @@ def delivered_after(fleet: ProcessFleet, t: float) -> float | None:
 
 
 def removals(fleet: ProcessFleet, peer_id: str, rid: str, after: float) -> list:
-    return [op for op in fleet.history.select("relay_removed", target=peer_id, after=after) if op.data.get("relay") == rid]
+    return [
+        op for op in fleet.history.select("relay_removed", target=peer_id, after=after) if op.data.get("relay") == rid
+    ]
 
 
 def gap_since(fleet: ProcessFleet, t: float) -> float:
@@ -73,14 +75,22 @@ async def test_stopped_carrying_relay_migrates_on_relays_presence(fleet_factory)
     name = await fleet.relay_name(rid)
     fault = time.monotonic()
     await fleet.stop_relay(name)
-    presence = (await wait_for(
-        lambda: [op for op in fleet.history.select("relays_presence", target=CLIENT_ID, after=fault)
-                 if rid in op.data.get("disconnected_ids", [])],
-        5, "relays_presence naming the stopped relay",
-    ))[0].t  # fmt: skip
+    presence = (
+        await wait_for(
+            lambda: [
+                op
+                for op in fleet.history.select("relays_presence", target=CLIENT_ID, after=fault)
+                if rid in op.data.get("disconnected_ids", [])
+            ],
+            5,
+            "relays_presence naming the stopped relay",
+        )
+    )[0].t
     resumed = await wait_for(lambda: delivered_after(fleet, presence), RESUME_BOUND + 2, "the stream to resume")
     gap = gap_since(fleet, fault)
-    print(f"\nrelay stopped: presence after {presence - fault:.2f}s, resumed {resumed - presence:.2f}s later, gap {gap:.2f}s")
+    print(
+        f"\nrelay stopped: presence after {presence - fault:.2f}s, resumed {resumed - presence:.2f}s later, gap {gap:.2f}s"
+    )
     assert fleet.carrying_relay() not in (None, rid)
     assert fleet.history.select("migrating", target=CLIENT_ID, after=fault)
     assert gap < RESUME_BOUND, f"stream gap {gap:.2f}s"
@@ -95,14 +105,23 @@ async def scenario_credential_rotation_while_partitioned(fleet: ProcessFleet) ->
     await fleet.restart_relay(name, new_secret=True)  # same id (from the name), new credentials
     await fleet.heal(CLIENT_ID)
     healed = time.monotonic()
-    init = (await wait_for(lambda: fleet.history.first("init", target=CLIENT_ID, after=healed), 10, "the client's re-init")).t
-    replaced = [op for op in removals(fleet, CLIENT_ID, rid, healed) if op.data.get("reason", "").startswith("replaced")]
+    init = (
+        await wait_for(lambda: fleet.history.first("init", target=CLIENT_ID, after=healed), 10, "the client's re-init")
+    ).t
+    replaced = [
+        op for op in removals(fleet, CLIENT_ID, rid, healed) if op.data.get("reason", "").startswith("replaced")
+    ]
     assert replaced, (
         f"bug #6648: relay {name} came back in init with new credentials but the client kept its stale allocation"
     )
-    resumed = await wait_for(lambda: delivered_after(fleet, init), RESUME_BOUND, "the stream to resume after the re-init")
-    figures = {"replaced_after_init_s": replaced[0].t - init, "resumed_after_heal_s": resumed - healed,
-               "gap_s": gap_since(fleet, fault)}  # fmt: skip
+    resumed = await wait_for(
+        lambda: delivered_after(fleet, init), RESUME_BOUND, "the stream to resume after the re-init"
+    )
+    figures = {
+        "replaced_after_init_s": replaced[0].t - init,
+        "resumed_after_heal_s": resumed - healed,
+        "gap_s": gap_since(fleet, fault),
+    }
     assert fleet.carrying_relay() is not None
     return figures
 
@@ -128,20 +147,29 @@ async def scenario_silent_loss_while_partitioned(fleet: ProcessFleet) -> dict:
     fault = time.monotonic()
     await fleet.partition(CLIENT_ID)
     await fleet.stop_relay(name)
-    await wait_for(lambda: fleet.history.first("relays_presence", target=GATEWAY_ID, after=fault), 5, "presence at the gateway")
+    await wait_for(
+        lambda: fleet.history.first("relays_presence", target=GATEWAY_ID, after=fault), 5, "presence at the gateway"
+    )
     await fleet.heal(CLIENT_ID)
     healed = time.monotonic()
-    init = (await wait_for(lambda: fleet.history.first("init", target=CLIENT_ID, after=healed), 10, "the client's re-init")).t
+    init = (
+        await wait_for(lambda: fleet.history.first("init", target=CLIENT_ID, after=healed), 10, "the client's re-init")
+    ).t
     try:
-        await wait_for(lambda: removals(fleet, CLIENT_ID, idle_rid, healed), PROBE_BOUND + 1, "the probe to drop the relay")
+        await wait_for(
+            lambda: removals(fleet, CLIENT_ID, idle_rid, healed), PROBE_BOUND + 1, "the probe to drop the relay"
+        )
     except AssertionError:
         raise AssertionError(
             f"bug (no probe): relay {name} vanished while the client was partitioned and is still in its relay set"
         ) from None
     removed = removals(fleet, CLIENT_ID, idle_rid, healed)[0]
     assert idle_rid not in fleet.client.tunnel.node.allocations
-    return {"detected_after_init_s": removed.t - init, "gap_s": gap_since(fleet, fault),
-            "reason": removed.data.get("reason")}  # fmt: skip
+    return {
+        "detected_after_init_s": removed.t - init,
+        "gap_s": gap_since(fleet, fault),
+        "reason": removed.data.get("reason"),
+    }
 
 
 async def test_silent_relay_loss_while_partitioned_is_probed_and_removed(fleet_factory, caplog):
@@ -151,12 +179,13 @@ async def test_silent_relay_loss_while_partitioned_is_probed_and_removed(fleet_f
     assert figures["detected_after_init_s"] <= PROBE_BOUND
     assert figures["reason"].startswith("no response")
     assert figures["gap_s"] == 0.0, "the connection must not be disturbed"
-    assert any(r.levelname == "WARNING" and r.getMessage().startswith("Disconnecting from relay") for r in caplog.records)
+    assert any(
+        r.levelname == "WARNING" and r.getMessage().startswith("Disconnecting from relay") for r in caplog.records
+    )
 
 
 async def test_mutation_silent_loss_catches_skipped_probe(fleet_factory):
-    fleet = await fleet_factory(relays=3, portal={"relays_per_client": 3},
-                                client_disabled_fixes=frozenset({FIX_PROBE}))  # fmt: skip
+    fleet = await fleet_factory(relays=3, portal={"relays_per_client": 3}, client_disabled_fixes=frozenset({FIX_PROBE}))
     with pytest.raises(AssertionError, match="bug \\(no probe\\)"):
         await scenario_silent_loss_while_partitioned(fleet)
 
@@ -167,7 +196,9 @@ async def test_all_relays_gone_then_one_back_recovers(fleet_factory):
     fault = time.monotonic()
     for name in list(fleet.relays):
         await fleet.stop_relay(name)
-    await wait_for(lambda: fleet.history.first("no_relays", target=CLIENT_ID, after=fault), 10, "the client's no_relays")
+    await wait_for(
+        lambda: fleet.history.first("no_relays", target=CLIENT_ID, after=fault), 10, "the client's no_relays"
+    )
     assert not fleet.client.tunnel.node.allocations
     back = time.monotonic()
     await fleet.start_relay("relay-1")

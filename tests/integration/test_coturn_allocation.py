@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from connlib.allocation import FreeReason
-from connlib.driver import Driver
-from connlib.messages import RelayConfig
-from connlib.node import ChannelData, Node, RelayRemoved
+from connlib.aio.driver import Driver
+from connlib.core.allocation import FreeReason
+from connlib.core.messages import RelayConfig
+from connlib.core.node import ChannelData, Node, RelayRemoved
 
 pytestmark = pytest.mark.coturn
 
@@ -29,8 +29,9 @@ class Peer:
         loop = asyncio.get_running_loop()
         self.node = Node(loop.time())
         self.events: list = []
-        self.driver = Driver(self.node, clock=loop.time, bind_v4=("127.0.0.1", 0), bind_v6=None,
-                             on_event=self.events.append)  # fmt: skip
+        self.driver = Driver(
+            self.node, clock=loop.time, bind_v4=("127.0.0.1", 0), bind_v6=None, on_event=self.events.append
+        )
 
     def allocation(self, rid: str = "relay-a"):
         return self.node.allocations.get(rid)
@@ -90,12 +91,18 @@ async def test_channel_data_round_trip_between_two_allocations(coturn, peer, pee
     # Each side binds a channel to the other's relayed address; that installs the permission.
     peer.driver.call(lambda now: peer.node.bind_channel("relay-a", addr_b, now))
     peer_b.driver.call(lambda now: peer_b.node.bind_channel("relay-a", addr_a, now))
-    assert await peer.driver.wait_until(lambda: peer.allocation().has_channel_to(addr_b, asyncio.get_running_loop().time()), 3)
-    assert await peer_b.driver.wait_until(lambda: peer_b.allocation().has_channel_to(addr_a, asyncio.get_running_loop().time()), 3)
+    assert await peer.driver.wait_until(
+        lambda: peer.allocation().has_channel_to(addr_b, asyncio.get_running_loop().time()), 3
+    )
+    assert await peer_b.driver.wait_until(
+        lambda: peer_b.allocation().has_channel_to(addr_a, asyncio.get_running_loop().time()), 3
+    )
 
     received = peer_b.driver.subscribe()
     for i in range(20):
-        transmit = peer.driver.call(lambda now, i=i: peer.node.encapsulate("relay-a", addr_b, f"ping {i}".encode(), now))
+        transmit = peer.driver.call(
+            lambda now, i=i: peer.node.encapsulate("relay-a", addr_b, f"ping {i}".encode(), now)
+        )
         peer.driver.send_raw(transmit.payload, transmit.dst)
     got = []
     while len(got) < 20:
@@ -125,7 +132,9 @@ async def test_restart_with_new_secret_frees_with_authentication_error(coturn, p
     peer.driver.call(peer.allocation().refresh)
     assert await peer.driver.wait_until(lambda: bool(peer.removed()), timeout=3)
     assert peer.removed()[0].reason == str(FreeReason.AUTHENTICATION_ERROR)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "Disconnecting from relay" in r.getMessage()]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "Disconnecting from relay" in r.getMessage()
+    ]
     assert len(warnings) == 1 and "rid=relay-a" in warnings[0].getMessage()
     assert "relay-a" not in peer.node.allocations
 

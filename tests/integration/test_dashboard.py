@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-from connlib.credentials import rest_credentials
-from connlib.messages import (
+from connlib.aio.portal_client import PortalClient, portal_url
+from connlib.app.peer import Peer, PeerConfig
+from connlib.core.credentials import rest_credentials
+from connlib.core.messages import (
     MAX_STREAM_GAPS,
     Event,
     Frame,
@@ -33,10 +35,7 @@ from connlib.messages import (
     decode_payload,
     encode_frame,
 )
-from connlib.portal_client import PortalClient, portal_url
-from connlib.run import Peer, PeerConfig
 from fake_portal import FakePortal, PortalConfig
-from fake_portal.config import GATEWAY_EXPIRES_AT
 from fake_portal.core import Close, Portal, Send
 from fake_portal.dashboard import render
 from fake_portal.eventlog import EventLog, redact
@@ -47,10 +46,19 @@ BOUND = 10.0
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 REPORT = {
-    "sent": 120, "delivered": 100, "lost": 15, "in_flight": 5, "gaps": 2, "connected": True, "relay": "r-1",
+    "sent": 120,
+    "delivered": 100,
+    "lost": 15,
+    "in_flight": 5,
+    "gaps": 2,
+    "connected": True,
+    "relay": "r-1",
     "peer_id": "gateway-1",
-    "recent_gaps": [{"start": 1000.0, "end": 1000.5, "duration_s": 0.5}, {"start": 1010.0, "end": 1012.25, "duration_s": 2.25}],
-}  # fmt: skip
+    "recent_gaps": [
+        {"start": 1000.0, "end": 1000.5, "duration_s": 0.5},
+        {"start": 1010.0, "end": 1012.25, "duration_s": 2.25},
+    ],
+}
 
 
 # ---------------------------------------------------------------------------- helpers (sans-IO)
@@ -95,7 +103,9 @@ def test_stream_report_round_trips_through_json():
     assert report.recent_gaps[1] == StreamGap(1010.0, 1012.25, 2.25)
     assert report.to_json() == REPORT
     assert decode_payload(Event.STREAM_STATS, REPORT) == report
-    minimal = StreamReport.from_json({k: REPORT[k] for k in ("sent", "delivered", "lost", "in_flight", "gaps", "connected")})
+    minimal = StreamReport.from_json(
+        {k: REPORT[k] for k in ("sent", "delivered", "lost", "in_flight", "gaps", "connected")}
+    )
     assert (minimal.relay, minimal.peer_id, minimal.recent_gaps) == (None, None, ())
 
 
@@ -122,7 +132,10 @@ def _without(key: str) -> dict:
         (_with(recent_gaps=[{"start": 1, "end": 2}]), "lacks field 'duration_s'"),
         (_with(recent_gaps=[{"start": 1, "end": 2, "duration_s": -1}]), "negative"),
         (_with(recent_gaps=[{"start": float("nan"), "end": 2, "duration_s": 1}]), "finite"),
-        (_with(gaps=99, recent_gaps=[REPORT["recent_gaps"][0]] * (MAX_STREAM_GAPS + 1)), f"more than {MAX_STREAM_GAPS}"),
+        (
+            _with(gaps=99, recent_gaps=[REPORT["recent_gaps"][0]] * (MAX_STREAM_GAPS + 1)),
+            f"more than {MAX_STREAM_GAPS}",
+        ),
         (_with(gaps=1), "more recent gaps than gaps"),
         ([1, 2], "must be a JSON object"),
     ],
@@ -147,7 +160,13 @@ def test_stream_stats_is_stored_logged_and_acknowledged():
     logged = [e for e in portal.events.since(0) if e["kind"] == "stream_stats"]
     assert len(logged) == 1
     assert {k: logged[0][k] for k in ("id", "delivered", "lost", "gaps", "connected", "relay")} == {
-        "id": "client-1", "delivered": 100, "lost": 15, "gaps": 2, "connected": True, "relay": "r-1"}  # fmt: skip
+        "id": "client-1",
+        "delivered": 100,
+        "lost": 15,
+        "gaps": 2,
+        "connected": True,
+        "relay": "r-1",
+    }
 
 
 def test_stream_stats_keeps_the_latest_a_rate_and_a_history_per_client():
@@ -221,9 +240,14 @@ def test_the_event_log_shows_fingerprints_not_secrets_while_the_wire_keeps_them(
     out = drain(portal)
     init = next(json.loads(o.text) for o in out if isinstance(o, Send) and json.loads(o.text)["event"] == "init")
     password = init["payload"]["relays"][0]["password"]
-    assert password and password == rest_credentials(secret, init["payload"]["relays"][0]["expires_at"], salt_for("pk-client-2"))[1]
+    assert (
+        password
+        and password == rest_credentials(secret, init["payload"]["relays"][0]["expires_at"], salt_for("pk-client-2"))[1]
+    )
     # ICE pwd in signalling, and a truncated (malformed) frame that still shows a secret.
-    portal.handle_frame(client_sid, frame("client", "request_connection", {"peer_id": "g", "ufrag": "u", "pwd": "ice-pwd-xyz"}), 2.0)
+    portal.handle_frame(
+        client_sid, frame("client", "request_connection", {"peer_id": "g", "ufrag": "u", "pwd": "ice-pwd-xyz"}), 2.0
+    )
     portal.handle_frame(relay_sid, '{"topic":"relay","event":"phx_join","payload":{"stamp_secret":"' + secret, 3.0)
 
     logged = json.dumps(portal.events.since(0))
@@ -239,8 +263,11 @@ def test_the_event_log_shows_fingerprints_not_secrets_while_the_wire_keeps_them(
 
 def test_redaction_copies_and_survives_deep_nesting():
     payload = {"relays": [{"id": "r", "password": "p"}], "stamp_secret": "s", "note": "no secret here"}
-    assert redact(payload) == {"relays": [{"id": "r", "password": "redacted:" + secret_fingerprint("p")}],
-                               "stamp_secret": "redacted:" + secret_fingerprint("s"), "note": "no secret here"}  # fmt: skip
+    assert redact(payload) == {
+        "relays": [{"id": "r", "password": "redacted:" + secret_fingerprint("p")}],
+        "stamp_secret": "redacted:" + secret_fingerprint("s"),
+        "note": "no secret here",
+    }
     assert payload["relays"][0]["password"] == "p" and payload["stamp_secret"] == "s", "the original is untouched"
     deep: dict = {}
     node = deep
@@ -260,9 +287,25 @@ def test_redaction_copies_and_survives_deep_nesting():
 # ---------------------------------------------------------------------------- the page (no browser)
 def test_the_page_is_self_contained_and_embeds_the_state_safely():
     hostile = "</script><script>alert(1)</script>"
-    overview = {"now": 1.0, "relays": [{"id": "r", "name": hostile, "addr": "1.2.3.4:3478", "addrs": ["1.2.3.4:3478"], "online": True,
-                                        "secret_fingerprint": "abcd1234", "since": 1.0}],
-                "clients": [], "gateways": [], "connections": [], "streams": [], "last_seq": 0}  # fmt: skip
+    overview = {
+        "now": 1.0,
+        "relays": [
+            {
+                "id": "r",
+                "name": hostile,
+                "addr": "1.2.3.4:3478",
+                "addrs": ["1.2.3.4:3478"],
+                "online": True,
+                "secret_fingerprint": "abcd1234",
+                "since": 1.0,
+            }
+        ],
+        "clients": [],
+        "gateways": [],
+        "connections": [],
+        "streams": [],
+        "last_seq": 0,
+    }
     page = render(overview, [{"seq": 1, "ts": 1.0, "kind": "note", "text": hostile}])
     assert hostile not in page, "embedded data must not be able to close the script element"
     assert page.count("<script") == 2 and "<script src" not in page
@@ -300,8 +343,9 @@ async def portal() -> AsyncIterator[FakePortal]:
 async def test_the_client_reports_its_stream_only_while_joined(portal, caplog):
     """Reports go out while the channel is joined; none pile up during a partition (they would
     arrive stale and overflow the Phoenix buffer), and reporting resumes after the heal."""
-    config = PeerConfig("client", portal.url, TOKEN, "client-1", report_interval=0.05, bind="127.0.0.1",
-                        heartbeat_interval=1.0)  # fmt: skip
+    config = PeerConfig(
+        "client", portal.url, TOKEN, "client-1", report_interval=0.05, bind="127.0.0.1", heartbeat_interval=1.0
+    )
     lines: list[dict] = []
 
     def emit(line: dict) -> None:
@@ -389,7 +433,7 @@ async def fleet():
 DELIVERED = '[data-client="client-1"] [data-k="delivered"]'
 
 
-async def _counter(page, selector: str) -> int:  # noqa: ANN001
+async def _counter(page, selector: str) -> int:
     return int((await page.locator(selector).inner_text()).replace(",", ""))
 
 
@@ -403,7 +447,9 @@ async def test_dashboard_in_chromium_shows_relays_live_traffic_and_a_stopped_rel
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     origin = fleet.admin_url
-    page.on("request", lambda req: None if req.url.startswith(origin) else problems.append(f"external request {req.url}"))
+    page.on(
+        "request", lambda req: None if req.url.startswith(origin) else problems.append(f"external request {req.url}")
+    )
     await page.goto(origin + "/", wait_until="load")
     assert await page.title() == "connlib relays · fake portal"
 
@@ -419,8 +465,9 @@ async def test_dashboard_in_chromium_shows_relays_live_traffic_and_a_stopped_rel
     first = await _counter(page, DELIVERED)
     await page.wait_for_function(
         f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 100",
-        arg=first, timeout=BOUND * 1000,
-    )  # fmt: skip
+        arg=first,
+        timeout=BOUND * 1000,
+    )
     carrying = {r["id"]: r["name"] for r in fleet.portal.core.relays_view()}[fleet.carrying_relay()]
     card = await page.locator('[data-client="client-1"]').inner_text()
     assert "connected" in card and carrying in card and "gateway-1" in card, card
@@ -432,16 +479,18 @@ async def test_dashboard_in_chromium_shows_relays_live_traffic_and_a_stopped_rel
                    return row && /\\boffline\\b/.test(row.innerText); }""",
         timeout=BOUND * 1000,
     )
-    await page.wait_for_function("() => /relay-1 went offline/.test(document.querySelector('#events').textContent)",
-                                 timeout=BOUND * 1000)  # fmt: skip
+    await page.wait_for_function(
+        "() => /relay-1 went offline/.test(document.querySelector('#events').textContent)", timeout=BOUND * 1000
+    )
     assert "online" in await page.locator('#relays tr[data-relay="relay-2"]').inner_text()
     assert "1/2" in await page.locator("#tiles").inner_text()
     # ... and the stream goes on.
     after = await _counter(page, DELIVERED)
     await page.wait_for_function(
         f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 50",
-        arg=after, timeout=BOUND * 1000,
-    )  # fmt: skip
+        arg=after,
+        timeout=BOUND * 1000,
+    )
     shot = os.environ.get("DASHBOARD_SCREENSHOT") or str(tmp_path / "dashboard.png")
     await page.screenshot(path=shot, full_page=True)
     assert os.path.getsize(shot) > 10_000
@@ -456,11 +505,14 @@ async def test_dashboard_in_chromium_says_when_the_portal_is_gone(browser):
     page = await browser.new_page()
     try:
         await page.goto(portal.admin_url + "/", wait_until="load")
-        await page.wait_for_function("() => /live · updated/.test(document.querySelector('#live').textContent)",
-                                     timeout=BOUND * 1000)  # fmt: skip
+        await page.wait_for_function(
+            "() => /live · updated/.test(document.querySelector('#live').textContent)", timeout=BOUND * 1000
+        )
     finally:
         await portal.stop()
-    await page.wait_for_function("() => document.querySelector('#live').classList.contains('down')", timeout=BOUND * 1000)
+    await page.wait_for_function(
+        "() => document.querySelector('#live').classList.contains('down')", timeout=BOUND * 1000
+    )
     assert "unreachable" in await page.locator("#live").inner_text()
     assert await page.locator("main.stale").count() == 1
 

@@ -18,10 +18,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from connlib.credentials import rest_credentials
-from connlib.messages import Frame, Init, RelaysPresence, Vsn, decode_frame, encode_frame
-from connlib.phoenix import Backoff
-from connlib.portal_client import PortalAuthError, PortalClient, portal_url
+from connlib.aio.portal_client import PortalAuthError, PortalClient, portal_url
+from connlib.core.credentials import rest_credentials
+from connlib.core.messages import Frame, Init, RelaysPresence, Vsn, decode_frame, encode_frame
+from connlib.core.phoenix import ReconnectBackoff
 from fake_portal import FakePortal, PortalConfig
 from fake_portal.identity import relay_id_from_name, relay_id_from_secret, salt_for
 
@@ -52,7 +52,9 @@ class Raw:
         self.ref = 0
 
     @classmethod
-    async def open(cls, portal: FakePortal, role: str, *, token: str | None = TOKEN, vsn: Vsn = Vsn.V1, **params: str) -> Raw:
+    async def open(
+        cls, portal: FakePortal, role: str, *, token: str | None = TOKEN, vsn: Vsn = Vsn.V1, **params: str
+    ) -> Raw:
         if vsn is Vsn.V2:
             params["vsn"] = "2.0.0"
         headers = {"X-Authorization": f"Bearer {token}"} if token else {}
@@ -115,8 +117,15 @@ def start_peer(portal: FakePortal, role: str, peer_id: str, **kwargs: Any) -> Pe
     return Peer(PortalClient(url, portal.config.token, role, **kwargs))
 
 
-def start_relay(portal: FakePortal, name: str, secret: str, ipv4: str = "127.0.0.1", port: int = 3478,
-                backoff: Backoff | None = None, **kwargs: Any) -> Peer:  # fmt: skip
+def start_relay(
+    portal: FakePortal,
+    name: str,
+    secret: str,
+    ipv4: str = "127.0.0.1",
+    port: int = 3478,
+    backoff: ReconnectBackoff | None = None,
+    **kwargs: Any,
+) -> Peer:
     url = portal_url(portal.url, "relay", ipv4=ipv4, port=str(port), name=name, **kwargs)
     return Peer(PortalClient(url, portal.config.token, "relay", {"stamp_secret": secret}, backoff=backoff))
 
@@ -158,8 +167,11 @@ async def test_v1_join_reply_and_init_frames(portal):
     raw = await Raw.open(portal, "client", external_id="c1", public_key="pk1")
     await raw.ws.send('{"topic":"client","event":"phx_join","payload":null,"ref":0}')
     assert json.loads(await raw.ws.recv()) == {
-        "topic": "client", "event": "phx_reply", "payload": {"status": "ok", "response": {}}, "ref": 0,
-    }  # fmt: skip
+        "topic": "client",
+        "event": "phx_reply",
+        "payload": {"status": "ok", "response": {}},
+        "ref": 0,
+    }
     init = json.loads(await raw.ws.recv())
     assert (init["topic"], init["event"], init["ref"]) == ("client", "init", None)
     assert init["payload"]["resources"] == [] and set(init["payload"]["interface"]) == {"ipv4", "ipv6"}
@@ -175,7 +187,12 @@ async def test_heartbeat_is_answered_on_topic_phoenix(portal):
     raw = await Raw.open(portal, "gateway", external_id="g1")
     ref = await raw.send("phoenix", "heartbeat")
     frame = await raw.recv()
-    assert (frame.topic, frame.event, frame.ref, frame.payload) == ("phoenix", "phx_reply", ref, {"status": "ok", "response": {}})
+    assert (frame.topic, frame.event, frame.ref, frame.payload) == (
+        "phoenix",
+        "phx_reply",
+        ref,
+        {"status": "ok", "response": {}},
+    )
 
 
 async def test_v2_array_frames_echo_join_ref(portal):
@@ -190,9 +207,13 @@ async def test_v2_array_frames_echo_join_ref(portal):
 
 @pytest.mark.parametrize(
     ("topic", "event", "reason"),
-    [("client", "no_relays", "unmatched topic"), ("room:lobby", "phx_join", "unmatched topic"),
-     ("gateway", "phx_join", "unmatched topic"), ("phoenix", "shout", "unknown event")],
-)  # fmt: skip
+    [
+        ("client", "no_relays", "unmatched topic"),
+        ("room:lobby", "phx_join", "unmatched topic"),
+        ("gateway", "phx_join", "unmatched topic"),
+        ("phoenix", "shout", "unknown event"),
+    ],
+)
 async def test_events_before_a_join_or_to_unknown_topics_get_error_replies(portal, topic, event, reason):
     raw = await Raw.open(portal, "client", external_id="c3")
     ref = await raw.send(topic, event)
@@ -247,15 +268,26 @@ async def test_role_specific_tokens():
         with pytest.raises(InvalidStatus) as info:
             await Raw.open(portal, "relay", token="shared", ipv4="127.0.0.1")
         assert info.value.response.status_code == 401
-        assert (await (await Raw.open(portal, "relay", token="relay-only", ipv4="127.0.0.1")).join("relay", {"stamp_secret": "s"})).payload["status"] == "ok"
-        assert (await (await Raw.open(portal, "client", token="shared", external_id="c")).join("client")).payload["status"] == "ok"
+        assert (
+            await (await Raw.open(portal, "relay", token="relay-only", ipv4="127.0.0.1")).join(
+                "relay", {"stamp_secret": "s"}
+            )
+        ).payload["status"] == "ok"
+        assert (await (await Raw.open(portal, "client", token="shared", external_id="c")).join("client")).payload[
+            "status"
+        ] == "ok"
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/nope/websocket", 404), ("/client/websocket?vsn=3.0.0", 400), ("/relay/websocket?name=r", 400),
-     ("/relay/websocket?ipv4=::1", 400), ("/relay/websocket?ipv4=127.0.0.1&port=0", 400)],
-)  # fmt: skip
+    [
+        ("/nope/websocket", 404),
+        ("/client/websocket?vsn=3.0.0", 400),
+        ("/relay/websocket?name=r", 400),
+        ("/relay/websocket?ipv4=::1", 400),
+        ("/relay/websocket?ipv4=127.0.0.1&port=0", 400),
+    ],
+)
 async def test_bad_endpoints_are_refused_with_a_status(portal, path, status):
     with pytest.raises(InvalidStatus) as info:
         await connect(portal.url + path, additional_headers={"X-Authorization": f"Bearer {TOKEN}"}, proxy=None)
@@ -353,7 +385,10 @@ async def test_dual_stack_relay_is_two_entries_with_one_id(portal):
     await relay.client.wait_joined(BOUND)
     client = start_peer(portal, "client", "c1")
     init = Init.from_json(await client.next("init"))
-    assert [(r.id, r.addr) for r in init.relays] == [(relay_id_from_name("ds"), "127.0.0.1:3478"), (relay_id_from_name("ds"), "[::1]:3478")]
+    assert [(r.id, r.addr) for r in init.relays] == [
+        (relay_id_from_name("ds"), "127.0.0.1:3478"),
+        (relay_id_from_name("ds"), "[::1]:3478"),
+    ]
     await client.stop()
     await relay.stop()
 
@@ -461,10 +496,24 @@ async def test_signalling_is_forwarded_both_ways_with_peer_ids_rewritten(portal)
     gateway = start_peer(portal, "gateway", "g1")
     await client.next("init")
     await gateway.next("init")
-    await client.client.send("request_connection", {"peer_id": "g1", "ufrag": "cuf1", "pwd": "c" * 22, "relay_id": "rA"})
-    assert await gateway.next("connection_request") == {"peer_id": "c1", "ufrag": "cuf1", "pwd": "c" * 22, "relay_id": "rA"}
-    await gateway.client.send("connection_accepted", {"peer_id": "c1", "ufrag": "guf1", "pwd": "g" * 22, "relay_id": "rB"})
-    assert await client.next("connection_accepted") == {"peer_id": "g1", "ufrag": "guf1", "pwd": "g" * 22, "relay_id": "rB"}
+    await client.client.send(
+        "request_connection", {"peer_id": "g1", "ufrag": "cuf1", "pwd": "c" * 22, "relay_id": "rA"}
+    )
+    assert await gateway.next("connection_request") == {
+        "peer_id": "c1",
+        "ufrag": "cuf1",
+        "pwd": "c" * 22,
+        "relay_id": "rA",
+    }
+    await gateway.client.send(
+        "connection_accepted", {"peer_id": "c1", "ufrag": "guf1", "pwd": "g" * 22, "relay_id": "rB"}
+    )
+    assert await client.next("connection_accepted") == {
+        "peer_id": "g1",
+        "ufrag": "guf1",
+        "pwd": "g" * 22,
+        "relay_id": "rB",
+    }
     line = "candidate:1 1 udp 16777215 127.0.0.1 50000 typ relay raddr 127.0.0.1 rport 3478"
     await client.client.send("new_ice_candidates", {"peer_id": "g1", "candidates": [line]})
     assert await gateway.next("new_ice_candidates") == {"peer_id": "c1", "candidates": [line]}
@@ -500,7 +549,10 @@ async def test_admin_lists_relays_with_fingerprint_and_state(portal):
     assert status == 200
     (listed,) = relays
     assert listed["id"] == relay_id_from_name("r1") and listed["addr"] == "127.0.0.1:3478" and listed["online"] is True
-    assert len(listed["secret_fingerprint"]) == 8 and listed["secret_fingerprint"] in __import__("hashlib").sha256(b"s1").hexdigest()
+    assert (
+        len(listed["secret_fingerprint"]) == 8
+        and listed["secret_fingerprint"] in __import__("hashlib").sha256(b"s1").hexdigest()
+    )
     assert abs(listed["since"] - time.time()) < BOUND
     await relay.stop()
     await relay_online(portal, listed["id"], online=False)
@@ -509,7 +561,7 @@ async def test_admin_lists_relays_with_fingerprint_and_state(portal):
 async def test_admin_forces_a_relay_out_of_presence(portal):
     # The agent stays away longer than the debounce: a re-join inside it would (rightly) show no
     # presence change at all.
-    relay = start_relay(portal, "r1", "s1", backoff=Backoff(initial=60, jitter=0))
+    relay = start_relay(portal, "r1", "s1", backoff=ReconnectBackoff(initial=60, jitter=0))
     await relay.client.wait_joined(BOUND)
     client = start_peer(portal, "client", "c1")
     await client.next("init")
@@ -536,16 +588,25 @@ async def test_admin_event_log_records_frames_in_order_and_pages_with_since(port
     await client.next("relays_presence")
     _, later = await admin(portal, "GET", f"/api/events?since={first['last_seq']}")
     assert all(e["seq"] > first["last_seq"] for e in later["events"])
-    assert [e["event"] for e in later["events"] if e["kind"] == "frame"][:3] == ["no_relays", "phx_reply", "relays_presence"]
+    assert [e["event"] for e in later["events"] if e["kind"] == "frame"][:3] == [
+        "no_relays",
+        "phx_reply",
+        "relays_presence",
+    ]
     await client.stop()
 
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
-    [("GET", "/api/nope", None, 404), ("GET", "/api/partition", None, 405), ("POST", "/api/relays", {}, 405),
-     ("POST", "/api/partition", {"seconds": 1}, 400), ("POST", "/api/partition", {"id": "x", "seconds": -1}, 400),
-     ("GET", "/api/events?since=abc", None, 400)],
-)  # fmt: skip
+    [
+        ("GET", "/api/nope", None, 404),
+        ("GET", "/api/partition", None, 405),
+        ("POST", "/api/relays", {}, 405),
+        ("POST", "/api/partition", {"seconds": 1}, 400),
+        ("POST", "/api/partition", {"id": "x", "seconds": -1}, 400),
+        ("GET", "/api/events?since=abc", None, 400),
+    ],
+)
 async def test_admin_errors_are_json_with_a_status(portal, method, path, body, status):
     got, payload = await admin(portal, method, path, body)
     assert got == status and isinstance(payload, dict) and payload["error"]
@@ -590,7 +651,9 @@ async def test_a_malformed_frame_closes_only_that_socket(portal):
 async def test_a_frame_over_the_size_limit_is_refused(portal):
     bystander = await Raw.open(portal, "client", external_id="ok")
     big = await Raw.open(portal, "client", external_id="big")
-    await big.ws.send(json.dumps({"topic": "client", "event": "x", "payload": {"p": "x" * portal.config.max_frame_bytes}}))
+    await big.ws.send(
+        json.dumps({"topic": "client", "event": "x", "payload": {"p": "x" * portal.config.max_frame_bytes}})
+    )
     with pytest.raises(ConnectionClosed) as info:
         await big.recv()
     assert info.value.rcvd.code == 1009

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from connlib.messages import Init, Relay
+from connlib.core.messages import Init, Relay
 from fake_portal import FakePortal, PortalConfig
 from tests.integration.test_fake_portal import BOUND, DEBOUNCE, TOKEN, start_peer, start_relay
 
@@ -21,10 +21,22 @@ EXIT_OK, EXIT_AUTH = 0, 2
 async def allocate(relay: Relay) -> tuple[int, str, str]:
     """``python -m connlib allocate`` with the credentials of one portal relay entry."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "connlib", "allocate", "--relay", relay.addr,
-        "--username", relay.username, "--password", relay.password, "--timeout", "3",
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "connlib",
+        "allocate",
+        "--relay",
+        relay.addr,
+        "--username",
+        relay.username,
+        "--password",
+        relay.password,
+        "--timeout",
+        "3",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     return process.returncode, stdout.decode(), stderr.decode()
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from connlib.messages import Event, Topic
-from connlib.portal_client import portal_url
+from connlib.aio.portal_client import portal_url
+from connlib.core.messages import Event, Topic
 from fake_portal import FakePortal, PortalConfig
 
 TOKEN = "fuzz-token"
@@ -35,7 +35,14 @@ names = st.sampled_from([*Topic, *Event, "room:lobby", ""]) | st.text(max_size=1
 refs = st.none() | st.integers() | st.text(max_size=5) | st.booleans() | st.floats(allow_nan=False)
 v1_frames = st.fixed_dictionaries(
     {"topic": names, "event": names},
-    optional={"payload": st.dictionaries(st.sampled_from(["stamp_secret", "peer_id", "ufrag", "pwd", "candidates", "relay_id"]), json_values) | json_values, "ref": refs, "join_ref": refs},
+    optional={
+        "payload": st.dictionaries(
+            st.sampled_from(["stamp_secret", "peer_id", "ufrag", "pwd", "candidates", "relay_id"]), json_values
+        )
+        | json_values,
+        "ref": refs,
+        "join_ref": refs,
+    },
 ).map(json.dumps)
 v2_frames = st.lists(json_values, min_size=5, max_size=5).map(json.dumps)
 frames = st.one_of(st.text(max_size=300), json_values.map(json.dumps), v1_frames, v2_frames, st.binary(max_size=100))
@@ -57,7 +64,9 @@ def threaded_portal() -> Iterator[FakePortal]:
 
 def open_socket(portal: FakePortal, role: str, peer: str) -> ClientConnection:
     params = {"ipv4": "127.0.0.1", "name": peer} if role == "relay" else {"external_id": peer, "public_key": peer}
-    return connect(portal_url(portal.url, role, **params), additional_headers={"X-Authorization": f"Bearer {TOKEN}"}, proxy=None)
+    return connect(
+        portal_url(portal.url, role, **params), additional_headers={"X-Authorization": f"Bearer {TOKEN}"}, proxy=None
+    )
 
 
 def answers_heartbeat(ws: ClientConnection, ref: str) -> bool:
@@ -75,7 +84,9 @@ def bystander(threaded_portal: FakePortal) -> Iterator[ClientConnection]:
         yield ws
 
 
-@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     role=st.sampled_from(["client", "gateway", "relay"]),
     peer=st.sampled_from(["p1", "p2"]),

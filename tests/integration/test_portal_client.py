@@ -4,12 +4,13 @@ cases fake_portal cannot produce, a tiny purpose-built websockets server on 127.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from connlib.portal_client import PortalAuthError, PortalClient, PortalLoginError, portal_url
+from connlib.aio.portal_client import PortalAuthError, PortalClient, PortalLoginError, portal_url
 from fake_portal import FakePortal, PortalConfig
 from tests.integration.test_fake_portal import BOUND, TOKEN, eventually, start_peer
 
@@ -29,7 +30,7 @@ async def test_heartbeats_go_out_at_the_configured_interval(portal):
     await peer.next("init")
     await eventually(lambda: len(heartbeats_from(portal, "c1")) >= 3, what="three heartbeats")
     beats = heartbeats_from(portal, "c1")
-    gaps = [b["ts"] - a["ts"] for a, b in zip(beats, beats[1:])]
+    gaps = [b["ts"] - a["ts"] for a, b in itertools.pairwise(beats)]
     assert all(0.05 < gap < 1.0 for gap in gaps), gaps
     assert all(b["topic"] == "phoenix" for b in beats)
     await peer.stop()
@@ -40,7 +41,9 @@ async def test_messages_sent_before_the_join_are_delivered_after_it(portal):
     await client.send("no_relays", {})
     task = asyncio.create_task(client.run())
     await client.wait_joined(BOUND)
-    await eventually(lambda: any(e.get("event") == "relays_presence" for e in portal.core.events.since(0)), what="answer")
+    await eventually(
+        lambda: any(e.get("event") == "relays_presence" for e in portal.core.events.since(0)), what="answer"
+    )
     frames = [e["event"] for e in portal.core.events.since(0) if e["kind"] == "frame" and e["dir"] == "in"]
     assert frames.index("phx_join") < frames.index("no_relays")
     await client.close()
@@ -87,7 +90,16 @@ async def test_unanswered_join_times_out_and_reconnects():
 async def test_forced_disconnect_raises_portal_auth_error():
     async def logout(ws: ServerConnection) -> None:
         join = json.loads(await ws.recv())
-        await ws.send(json.dumps({"event": "phx_reply", "ref": join["ref"], "topic": "client", "payload": {"status": "ok", "response": {}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "event": "phx_reply",
+                    "ref": join["ref"],
+                    "topic": "client",
+                    "payload": {"status": "ok", "response": {}},
+                }
+            )
+        )
         await ws.send(json.dumps({"event": "disconnect", "topic": "client", "payload": {"reason": "token_expired"}}))
         await ws.wait_closed()
 

@@ -33,9 +33,7 @@ _KEY = pytest.StashKey[_Collector]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"{ALLOW_MARK}: the test itself expects ERROR records (tests of this plugin)"
-    )
+    config.addinivalue_line("markers", f"{ALLOW_MARK}: the test itself expects ERROR records (tests of this plugin)")
 
 
 def _describe(records: list[logging.LogRecord]) -> str:
@@ -44,7 +42,7 @@ def _describe(records: list[logging.LogRecord]) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem):  # noqa: ANN001
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
     collector = _Collector()
     root = logging.getLogger()
     root.addHandler(collector)
@@ -55,7 +53,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):  # noqa: ANN001
         root.removeHandler(collector)
 
 
-def _check(item: pytest.Item, outcome) -> None:  # noqa: ANN001
+def _check(item: pytest.Item, outcome) -> None:
     collector = item.stash.get(_KEY, None)
     if collector is None or item.get_closest_marker(ALLOW_MARK):
         return
@@ -71,6 +69,6 @@ def pytest_runtest_call(item: pytest.Item):
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem):  # noqa: ANN001
+def pytest_runtest_teardown(item: pytest.Item, nextitem):
     outcome = yield
     _check(item, outcome)

@@ -6,11 +6,12 @@ Every test drives time explicitly (``Net.run(until)`` jumps between deadlines); 
 from __future__ import annotations
 
 import logging
+import random
 
 import pytest
 
-from connlib import stun
-from connlib.allocation import (
+from connlib.core import stun
+from connlib.core.allocation import (
     BINDING_INTERVAL,
     Allocation,
     Candidate,
@@ -18,8 +19,8 @@ from connlib.allocation import (
     Invalid,
     New,
 )
-from connlib.credentials import REALM, long_term_key
-from connlib.stun import Class, Message, Method
+from connlib.core.credentials import REALM, long_term_key
+from connlib.core.stun import Class, Message, Method
 
 from .turn_sim import Net, TurnSim
 
@@ -106,12 +107,12 @@ def test_first_binding_response_wins(first):
     bindings = {t.dst: t for t in iter(alloc.poll_transmit, None)}
     local = {RELAY4: CLIENT4, RELAY6: CLIENT6}
     second = RELAY6 if first == RELAY4 else RELAY4
-    for dst, data in sim.handle(bindings[first].payload, local[first], 0.0):
+    for _dst, data in sim.handle(bindings[first].payload, local[first], 0.0):
         alloc.handle_input(data, first, local[first], 0.0)
     assert alloc.active_socket == first
     (allocate,) = take(alloc)
     assert allocate[0] == first and allocate[1].method == Method.ALLOCATE
-    for dst, data in sim.handle(bindings[second].payload, local[second], 0.0):
+    for _dst, data in sim.handle(bindings[second].payload, local[second], 0.0):
         alloc.handle_input(data, second, local[second], 0.0)
     assert alloc.active_socket == first
     assert take(alloc) == []  # the later answer only updates candidates
@@ -180,7 +181,7 @@ def test_retransmits_signed_ones_with_fresh_transaction_ids_bindings_unchanged()
         assert [t for t, _ in sends] == schedule, method
     refresh_tids = {m.transaction_id for _, m in by_method[Method.REFRESH]}
     assert len(refresh_tids) == 5  # re-signed under a new id every time ...
-    assert all(m.verify_integrity(alloc._key) for _, m in by_method[Method.REFRESH])  # noqa: SLF001
+    assert all(m.verify_integrity(alloc._key) for _, m in by_method[Method.REFRESH])
     assert len({m.transaction_id for _, m in by_method[Method.BINDING]}) == 1  # ... a BINDING is not
     assert len({m.encode() for _, m in by_method[Method.BINDING]}) == 1
 
@@ -271,7 +272,7 @@ def test_lost_allocate_response_recovers_through_delete_on_a_lingering_relay():
     sim.linger = 1.0
     lost = []
 
-    def drop_first_allocate_success(src, dst, payload):  # noqa: ANN001, ANN202
+    def drop_first_allocate_success(src, dst, payload):
         if src == RELAY4 and stun.is_stun(payload) and not lost:
             msg = stun.decode(payload)
             if (msg.method, msg.cls) == (Method.ALLOCATE, Class.SUCCESS):
@@ -350,7 +351,7 @@ def test_refresh_success_without_lifetime_is_a_protocol_failure_not_a_refresh_st
     net.run(300.5)  # the REFRESH at lifetime/2 is in flight (lost); answer it without LIFETIME
     (tid,) = [t for t, p in alloc.sent_requests.items() if p.message.method == Method.REFRESH]
     reply = Message(Method.REFRESH, Class.SUCCESS, tid, [("SOFTWARE", "odd-relay")])
-    alloc.handle_input(reply.encode(alloc._key), RELAY4, CLIENT4, 300.5)  # noqa: SLF001
+    alloc.handle_input(reply.encode(alloc._key), RELAY4, CLIENT4, 300.5)
     alloc.handle_timeout(300.5)
     assert [m.method for _, m in take(alloc)] == []  # no immediate REFRESH
     assert alloc.can_be_freed() is FreeReason.PROTOCOL_FAILURE
@@ -523,14 +524,18 @@ def test_success_with_wrong_or_no_integrity_is_ignored(key, caplog):
     answer(alloc, sim, 0.0)  # BINDING
     answer(alloc, sim, 0.0)  # ALLOCATE -> 401
     ((_, request),) = take(alloc)  # the signed ALLOCATE, never delivered
-    forged = Message(Method.ALLOCATE, Class.SUCCESS, request.transaction_id,
-                     [("XOR-RELAYED-ADDRESS", ("6.6.6.6", 6666)), ("LIFETIME", 600)])  # fmt: skip
+    forged = Message(
+        Method.ALLOCATE,
+        Class.SUCCESS,
+        request.transaction_id,
+        [("XOR-RELAYED-ADDRESS", ("6.6.6.6", 6666)), ("LIFETIME", 600)],
+    )
     alloc.handle_input(forged.encode(key), RELAY4, CLIENT4, 0.0)
     assert not alloc.has_allocation() and request.transaction_id in alloc.sent_requests
     if key is not None:
         assert any(w.startswith("Message integrity check failed") for w in warnings(caplog))
     # The same response signed with our long-term key is taken.
-    alloc.handle_input(forged.encode(alloc._key), RELAY4, CLIENT4, 0.0)  # noqa: SLF001
+    alloc.handle_input(forged.encode(alloc._key), RELAY4, CLIENT4, 0.0)
     assert [c.addr for c in alloc.relay_candidates()] == [("6.6.6.6", 6666)]
     assert alloc.sent_requests == {}
 
@@ -627,10 +632,20 @@ def test_probe_on_suspended_allocation_starts_over_with_binding():
 def state(alloc: Allocation):
     channels = {n: (c.peer, c.bound, c.bound_at, c.last_received) for n, c in alloc.channels.items()}
     return (
-        sorted(alloc.sent_requests), dict(alloc.relayed), alloc.lifetime, alloc.active_socket,
-        channels, alloc.nonce, alloc.credentials_valid, alloc.explicit_failure, dict(alloc.srflx),
-        alloc.host, alloc.srtt, list(alloc.buffered_channel_bindings), alloc.poll_timeout(),
-    )  # fmt: skip
+        sorted(alloc.sent_requests),
+        dict(alloc.relayed),
+        alloc.lifetime,
+        alloc.active_socket,
+        channels,
+        alloc.nonce,
+        alloc.credentials_valid,
+        alloc.explicit_failure,
+        dict(alloc.srflx),
+        alloc.host,
+        alloc.srtt,
+        list(alloc.buffered_channel_bindings),
+        alloc.poll_timeout(),
+    )
 
 
 def test_malformed_and_foreign_packets_change_no_state():
@@ -645,7 +660,9 @@ def test_malformed_and_foreign_packets_change_no_state():
     good = Message(Method.REFRESH, Class.SUCCESS, tid, [("LIFETIME", 1)])
     no_code = Message(Method.REFRESH, Class.ERROR, tid, [("SOFTWARE", "x")])
     packets = [
-        b"", b"\x00", b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + tid,  # noqa: E501 - BINDING request with our id
+        b"",
+        b"\x00",
+        b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + tid,
         b"\x01\x01\x00\x04\x21\x12\xa4\x42" + tid + b"\x00\x01",  # truncated attribute
         b"\x01\x04\x00\x00\x21\x12\xa4\x43" + tid,  # bad cookie
         Message(Method.REFRESH, Class.SUCCESS, b"\x00" * 12, [("LIFETIME", 1)]).encode(),  # unknown id
@@ -662,7 +679,7 @@ def test_malformed_and_foreign_packets_change_no_state():
         alloc.decapsulate(RELAY4, packet, 3.0)
         assert state(alloc) == before, packet
     # A perfectly valid signed response, but from an address that is not the relay.
-    real_key = alloc._key  # noqa: SLF001
+    real_key = alloc._key
     for src in [("192.0.2.99", 3478), (RELAY4[0], 3479), PEER]:
         alloc.handle_input(good.encode(real_key), src, CLIENT4, 3.0)
         number = next(iter(alloc.channels))
@@ -675,16 +692,19 @@ def test_malformed_and_foreign_packets_change_no_state():
 
 
 # --------------------------------------------------------------------------- the simulated relay itself
-def sim_request(sim, method, *attrs, nonce=None, password=None, tid=None):  # noqa: ANN001, ANN201
+_TIDS = random.Random(7)
+
+
+def sim_request(sim, method, *attrs, nonce=None, password=None, tid=None):
     username, good = sim.credentials()
-    msg = Message(method, Class.REQUEST, tid or stun.new_transaction_id(), list(attrs))
+    msg = Message(method, Class.REQUEST, tid or stun.new_transaction_id(_TIDS), list(attrs))
     if nonce is None:
         return msg.encode()
     msg.add("USERNAME", username).add("REALM", REALM).add("NONCE", nonce)
     return msg.encode(long_term_key(username, REALM, password or good))
 
 
-def sim_reply(sim, packet, now=0.0, src=CLIENT4) -> Message:  # noqa: ANN001
+def sim_reply(sim, packet, now=0.0, src=CLIENT4) -> Message:
     ((dst, data),) = sim.handle(packet, src, now)
     assert dst == src
     return stun.decode(data)
@@ -728,9 +748,7 @@ def test_sim_channel_data_needs_a_channel_and_reaches_outside_peers():
     nonce = sim_reply(sim, sim_request(sim, Method.ALLOCATE)).get("NONCE")
     sim_reply(sim, sim_request(sim, Method.ALLOCATE, ("REQUESTED-TRANSPORT", 17), nonce=nonce))
     assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 1.0) == []  # no channel
-    bind = sim_request(
-        sim, Method.CHANNEL_BIND, ("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER), nonce=nonce
-    )
+    bind = sim_request(sim, Method.CHANNEL_BIND, ("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER), nonce=nonce)
     assert sim_reply(sim, bind, 1.0).cls == Class.SUCCESS
     assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 2.0) == [(PEER, b"x")]
     assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 601.0) == []  # channel expired

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from connlib import backoff
-from connlib.allocation import Allocation, FreeReason
-from connlib.backoff import Backoff
-from connlib.stun import Class, Method, decode
+from connlib.core import backoff
+from connlib.core.allocation import Allocation, FreeReason
+from connlib.core.backoff import Backoff
+from connlib.core.stun import Method, decode
 
 from .turn_sim import Net, TurnSim
 

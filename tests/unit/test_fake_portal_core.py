@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from connlib.messages import Frame, RelaysPresence, Topic, Vsn, encode_frame
+from connlib.core.messages import Frame, RelaysPresence, Topic, Vsn, encode_frame
 from fake_portal.config import PortalConfig
 from fake_portal.core import Close, Portal, Send
 from fake_portal.identity import Endpoint, relay_id_from_name
@@ -17,7 +17,9 @@ def make_portal(**overrides) -> Portal:
 
 
 def relay_endpoint(name: str) -> Endpoint:
-    return Endpoint(Topic.RELAY, Vsn.V1, TOKEN, relay_id_from_name(name), name, relay_addrs=(f"10.0.0.{len(name)}:3478",))
+    return Endpoint(
+        Topic.RELAY, Vsn.V1, TOKEN, relay_id_from_name(name), name, relay_addrs=(f"10.0.0.{len(name)}:3478",)
+    )
 
 
 def peer_endpoint(peer_id: str) -> Endpoint:

@@ -1,4 +1,4 @@
-"""connlib.messages: Phoenix framing, relay objects, merge_relays and payload shapes (spec §3)."""
+"""connlib.core.messages: Phoenix framing, relay objects, merge_relays and payload shapes (spec §3)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connlib.messages import (
+from connlib.core.messages import (
     MAX_FRAME_BYTES,
+    PAYLOAD_TYPES,
     CandidateSignal,
     ConnectionSignal,
     Disconnect,
     Event,
     Frame,
     Init,
-    PAYLOAD_TYPES,
     MessageError,
     Relay,
     RelayConfig,
@@ -118,7 +118,13 @@ def test_decode_frame_raises_only_message_error(data, vsn):
 def test_replies_echo_topic_ref_and_join_ref():
     request = Frame("client", "phx_join", {}, 4, 4)
     ok = reply_frame(request, ReplyStatus.OK)
-    assert (ok.topic, ok.event, ok.ref, ok.join_ref, ok.payload) == ("client", "phx_reply", 4, 4, {"status": "ok", "response": {}})
+    assert (ok.topic, ok.event, ok.ref, ok.join_ref, ok.payload) == (
+        "client",
+        "phx_reply",
+        4,
+        4,
+        {"status": "ok", "response": {}},
+    )
     err = Reply.from_json(error_reply(request, "unmatched topic").payload)
     assert err.status is ReplyStatus.ERROR and err.reason == "unmatched topic"
 
@@ -222,9 +228,13 @@ def test_relays_presence_round_trip_and_spec_shape():
 
 @pytest.mark.parametrize(
     "payload",
-    [{"connected": []}, {"disconnected_ids": "x", "connected": []}, {"disconnected_ids": [1], "connected": []},
-     {"disconnected_ids": [], "connected": [{"id": "x"}]}],
-)  # fmt: skip
+    [
+        {"connected": []},
+        {"disconnected_ids": "x", "connected": []},
+        {"disconnected_ids": [1], "connected": []},
+        {"disconnected_ids": [], "connected": [{"id": "x"}]},
+    ],
+)
 def test_malformed_relays_presence(payload):
     with pytest.raises(MessageError):
         RelaysPresence.from_json(payload)
@@ -241,7 +251,10 @@ def test_signalling_shapes_round_trip_through_decode_payload():
     signal = ConnectionSignal("gw-1", "abcd", "p" * 22, relay_id=RID)
     assert decode_payload(Event.REQUEST_CONNECTION, signal.to_json()) == signal
     assert decode_payload(Event.CONNECTION_ACCEPTED, {"peer_id": "c", "ufrag": "u1", "pwd": "x"}).relay_id is None
-    lines = ("candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", "candidate:2 1 udp 16777215 10.0.0.1 6000 typ relay raddr 0.0.0.0 rport 0")
+    lines = (
+        "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+        "candidate:2 1 udp 16777215 10.0.0.1 6000 typ relay raddr 0.0.0.0 rport 0",
+    )
     candidates = CandidateSignal("c-1", lines)
     assert decode_payload(Event.NEW_ICE_CANDIDATES, candidates.to_json()) == candidates
     assert [candidate_type(c) for c in lines] == ["host", "relay"]
@@ -252,7 +265,11 @@ def test_signalling_shapes_round_trip_through_decode_payload():
     [
         (Event.REQUEST_CONNECTION, {"peer_id": "g", "ufrag": "a:b", "pwd": "x"}, "must not contain ':'"),
         (Event.REQUEST_CONNECTION, {"peer_id": "g", "ufrag": "ab"}, "lacks field 'pwd'"),
-        (Event.NEW_ICE_CANDIDATES, {"peer_id": "g", "candidates": ["candidate:1 1 udp 1 1.2.3.4 5 typ bogus"]}, "lacks 'typ"),
+        (
+            Event.NEW_ICE_CANDIDATES,
+            {"peer_id": "g", "candidates": ["candidate:1 1 udp 1 1.2.3.4 5 typ bogus"]},
+            "lacks 'typ",
+        ),
         (Event.NEW_ICE_CANDIDATES, {"peer_id": "g", "candidates": [7]}, "starting with 'candidate:'"),
         (Event.NEW_ICE_CANDIDATES, {"peer_id": "g", "candidates": "candidate:1"}, "wrong type"),
         (Event.INVALIDATE_ICE_CANDIDATES, {"peer_id": "", "candidates": []}, "peer_id"),

@@ -11,11 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-from connlib import stun
-from connlib.allocation import Candidate, FreeReason
-from connlib.node import (
-    FIX_CREDENTIALS_COMPARE,
-    FIX_PROBE,
+from connlib.core import stun
+from connlib.core.allocation import Candidate, FreeReason
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from connlib.core.node import (
     CandidateInvalid,
     CandidateNew,
     ChannelData,
@@ -24,7 +23,7 @@ from connlib.node import (
     RelayAdded,
     RelayRemoved,
 )
-from connlib.stun import Method
+from connlib.core.stun import Method
 
 from .turn_sim import Net, TurnSim
 
@@ -251,7 +250,7 @@ def test_packets_from_previous_relays_are_dropped_silently():
     node.update_relays(["a"], [b.config("b")], 1.0)
     events(node)
     list(iter(node.poll_transmit, None))
-    late = stun.Message(Method.REFRESH, stun.Class.SUCCESS, attributes=[("LIFETIME", 600)]).encode()
+    late = stun.Message(Method.REFRESH, stun.Class.SUCCESS, bytes(12), [("LIFETIME", 600)]).encode()
     for packet in (late, stun.encode_channel_data(0x4000, b"late"), b"garbage"):
         assert node.handle_input(packet, a.v4, CLIENT4, 2.0) is True
         assert node.handle_input(packet, ("198.51.100.1", 3478), CLIENT4, 2.0) is False  # not relay traffic
@@ -267,7 +266,7 @@ def test_peer_traffic_from_another_port_of_a_previous_relay_ip_is_not_swallowed(
     node.update_relays([], [a.config("a", salt="churned"), b.config("b")], 1.0)  # a replaced
     node.update_relays(["b"], [], 1.0)  # b removed
     list(iter(node.poll_transmit, None))
-    check = stun.Message(Method.BINDING, stun.Class.REQUEST).encode()  # an ICE connectivity check
+    check = stun.Message(Method.BINDING, stun.Class.REQUEST, bytes(12)).encode()  # an ICE connectivity check
     for relay in (a, b):
         peer_relayed = (relay.v4[0], 49999)
         assert node.handle_input(check, peer_relayed, CLIENT4, 2.0) is False

@@ -30,9 +30,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from connlib import backoff
-from connlib.credentials import rest_password
-from connlib.node import FIX_CREDENTIALS_COMPARE, FIX_PROBE, Node, NoRelays, RelayAdded
+from connlib.core import backoff
+from connlib.core.credentials import rest_password
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from connlib.core.node import Node, NoRelays, RelayAdded
 
 from .turn_sim import Net, TurnSim
 
@@ -154,7 +155,7 @@ class RelayModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.hosts)
     @rule(data=st.data(), same_address=st.booleans())
-    def rule_reboot(self, data, same_address: bool) -> None:  # noqa: ANN001
+    def rule_reboot(self, data, same_address: bool) -> None:
         ids = data.draw(st.lists(st.sampled_from(sorted(self.hosts)), min_size=1, unique=True))
         self.reboot_relays_while_partitioned(ids, same_address)
 
@@ -209,12 +210,16 @@ TestRelayModel.settings = settings(
 
 
 def check_all(model: RelayModel) -> None:
-    for name in ("no_error_logs", "node_knows_exactly_the_live_relays",
-                 "allocations_are_current_and_real", "no_relays_iff_no_allocations"):  # fmt: skip
+    for name in (
+        "no_error_logs",
+        "node_knows_exactly_the_live_relays",
+        "allocations_are_current_and_real",
+        "no_relays_iff_no_allocations",
+    ):
         getattr(model, name)()
 
 
-def replay(disabled: frozenset[str], steps) -> None:  # noqa: ANN001
+def replay(disabled: frozenset[str], steps) -> None:
     cls = type("Mutant", (RelayModel,), {"disabled_fixes": disabled})
     model = cls()
     try:
@@ -236,13 +241,19 @@ def _reboot_one_of_two_elsewhere(m: RelayModel) -> None:
 @pytest.mark.parametrize(
     ("fix", "steps", "symptom"),
     [
-        (FIX_CREDENTIALS_COMPARE, [lambda m: m.start(1), _reboot_one_in_place],
-         "r0 still holds credentials from before its reboot"),
-        (FIX_PROBE, [lambda m: m.start(2), lambda m: m.idle(30.0), _reboot_one_of_two_elsewhere],
-         r"dead relays \{'r1'\} still known"),
+        (
+            FIX_CREDENTIALS_COMPARE,
+            [lambda m: m.start(1), _reboot_one_in_place],
+            "r0 still holds credentials from before its reboot",
+        ),
+        (
+            FIX_PROBE,
+            [lambda m: m.start(2), lambda m: m.idle(30.0), _reboot_one_of_two_elsewhere],
+            r"dead relays \{'r1'\} still known",
+        ),
     ],
     ids=["credentials-compare", "probe"],
-)  # fmt: skip
+)
 def test_model_passes_with_fixes_and_catches_each_seed_bug(fix, steps, symptom):
     replay(frozenset(), steps)  # the fixed node passes the sequence ...
     with pytest.raises(AssertionError, match=symptom):  # ... the seed's bug fails it

@@ -1,4 +1,4 @@
-"""connlib.phoenix.PhoenixChannel and Backoff driven by a fake clock (spec §3.5)."""
+"""connlib.core.phoenix.PhoenixChannel and ReconnectBackoff driven by a fake clock (spec §3.5)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import random
 
 import pytest
 
-from connlib.messages import Vsn
-from connlib.phoenix import (
-    Backoff,
+from connlib.core.messages import Vsn
+from connlib.core.phoenix import (
     ChannelClosed,
     Connect,
     ForcedLogout,
@@ -18,9 +17,10 @@ from connlib.phoenix import (
     Hiccup,
     Joined,
     LoginFailed,
-    Message,
     PhoenixChannel,
+    Push,
     Reconnect,
+    ReconnectBackoff,
     ReplyReceived,
 )
 
@@ -40,7 +40,9 @@ def drain_events(channel: PhoenixChannel) -> list:
 
 
 def reply(ref, status="ok", topic="client", **response) -> str:
-    return json.dumps({"event": "phx_reply", "ref": ref, "topic": topic, "payload": {"status": status, "response": response}})
+    return json.dumps(
+        {"event": "phx_reply", "ref": ref, "topic": topic, "payload": {"status": status, "response": response}}
+    )
 
 
 def push(event: str, payload: dict, topic: str = "client") -> str:
@@ -169,7 +171,7 @@ def test_pushes_become_messages_and_other_topics_are_ignored():
     channel = joined_channel(0.0)
     channel.handle_frame(push("init", {"relays": []}), 0.1)
     channel.handle_frame(push("init", {"relays": []}, topic="gateway"), 0.1)
-    assert drain_events(channel) == [Message("client", "init", {"relays": []})]
+    assert drain_events(channel) == [Push("client", "init", {"relays": []})]
 
 
 def test_phx_close_reconnects_and_disconnect_is_fatal():
@@ -191,7 +193,7 @@ def test_phx_error_and_malformed_frames_are_only_logged(caplog):
 
 
 def test_disconnect_schedules_a_connect_after_the_backoff_and_refs_restart():
-    channel = joined_channel(0.0, backoff=Backoff(jitter=0.0))
+    channel = joined_channel(0.0, backoff=ReconnectBackoff(jitter=0.0))
     channel.send("no_relays", {})
     drain_sent(channel)
     channel.disconnected(3.0, reason="socket closed (1006)")
@@ -212,7 +214,7 @@ def test_retry_after_overrides_the_backoff():
 
 
 def test_backoff_resets_only_on_a_successful_join():
-    channel = PhoenixChannel("client", backoff=Backoff(jitter=0.0))
+    channel = PhoenixChannel("client", backoff=ReconnectBackoff(jitter=0.0))
     delays = []
     for t in range(4):
         channel.disconnected(float(t), reason="refused")
@@ -236,7 +238,7 @@ def test_v2_join_carries_its_ref_as_join_ref():
 
 
 def test_gives_up_after_max_elapsed():
-    channel = PhoenixChannel("client", backoff=Backoff(max_elapsed=2.0))
+    channel = PhoenixChannel("client", backoff=ReconnectBackoff(max_elapsed=2.0))
     channel.disconnected(0.0)
     channel.handle_timeout(channel.poll_timeout())
     drain_events(channel)
@@ -244,17 +246,17 @@ def test_gives_up_after_max_elapsed():
     assert isinstance(drain_events(channel)[-1], GaveUp) and channel.is_closed
 
 
-# -- Backoff -----------------------------------------------------------------------------------
+# -- ReconnectBackoff -----------------------------------------------------------------------------------
 
 
 def test_backoff_sequence_is_exponential_and_capped_without_jitter():
-    backoff = Backoff(initial=0.5, multiplier=1.5, max_interval=2.0, jitter=0.0)
+    backoff = ReconnectBackoff(initial=0.5, multiplier=1.5, max_interval=2.0, jitter=0.0)
     assert [backoff.next_delay(0.0) for _ in range(6)] == [0.5, 0.75, 1.125, 1.6875, 2.0, 2.0]
 
 
 def test_backoff_jitter_stays_within_half_and_is_reproducible_with_a_seed():
-    first = Backoff(rng=random.Random(7))
-    second = Backoff(rng=random.Random(7))
+    first = ReconnectBackoff(rng=random.Random(7))
+    second = ReconnectBackoff(rng=random.Random(7))
     a = [first.next_delay(0.0) for _ in range(30)]
     assert a == [second.next_delay(0.0) for _ in range(30)]
     interval = 0.5
@@ -265,7 +267,7 @@ def test_backoff_jitter_stays_within_half_and_is_reproducible_with_a_seed():
 
 
 def test_default_backoff_caps_at_60_seconds():
-    backoff = Backoff(jitter=0.0)
+    backoff = ReconnectBackoff(jitter=0.0)
     delays = [backoff.next_delay(0.0) for _ in range(40)]
     assert max(delays) == 60.0 and delays[-1] == 60.0
     backoff.reset()

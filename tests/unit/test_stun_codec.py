@@ -10,12 +10,13 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import random
 import struct
 
 import pytest
 
-from connlib import stun
-from connlib.credentials import long_term_key
+from connlib.core import stun
+from connlib.core.credentials import long_term_key
 
 TID = bytes(range(1, 13))
 COOKIE = bytes.fromhex("2112a442")
@@ -45,7 +46,7 @@ def _xor_addr(host: str, port: int, tid: bytes = TID) -> bytes:
     """XOR-*-ADDRESS value computed by hand (RFC 8489 §14.2)."""
     ip = ipaddress.ip_address(host)
     key = COOKIE + tid
-    xored = bytes(b ^ k for b, k in zip(ip.packed, key))
+    xored = bytes(b ^ k for b, k in zip(ip.packed, key, strict=False))
     return struct.pack("!BBH", 0, 1 if ip.version == 4 else 2, port ^ 0x2112) + xored
 
 
@@ -397,7 +398,9 @@ MESSAGE_TYPES = [
 ]
 
 
-@pytest.mark.parametrize(("method", "cls", "msg_type"), MESSAGE_TYPES, ids=lambda x: hex(x) if isinstance(x, int) else str(x))
+@pytest.mark.parametrize(
+    ("method", "cls", "msg_type"), MESSAGE_TYPES, ids=lambda x: hex(x) if isinstance(x, int) else str(x)
+)
 def test_message_type_encoding(method, cls, msg_type):
     data = stun.Message(method, cls, TID).encode()
     assert struct.unpack("!H", data[:2])[0] == msg_type
@@ -423,7 +426,8 @@ def test_encode_rejects_bad_transaction_id_and_method():
 
 
 def test_new_transaction_ids_are_12_random_bytes():
-    ids = {stun.Message(stun.Method.BINDING, stun.Class.REQUEST).transaction_id for _ in range(50)}
+    rng = random.Random(1)
+    ids = {stun.new_transaction_id(rng) for _ in range(50)}
     assert len(ids) == 50
     assert {len(t) for t in ids} == {12}
 
@@ -547,7 +551,9 @@ CHANNEL_DATA_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("data", "message"), [e[1:] for e in CHANNEL_DATA_ERRORS], ids=[e[0] for e in CHANNEL_DATA_ERRORS])
+@pytest.mark.parametrize(
+    ("data", "message"), [e[1:] for e in CHANNEL_DATA_ERRORS], ids=[e[0] for e in CHANNEL_DATA_ERRORS]
+)
 def test_channel_data_decode_errors(data, message):
     with pytest.raises(stun.StunParseError, match=message):
         stun.decode_channel_data(data)

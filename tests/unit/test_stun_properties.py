@@ -13,8 +13,8 @@ import struct
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from connlib import stun
-from connlib.credentials import long_term_key
+from connlib.core import stun
+from connlib.core.credentials import long_term_key
 
 # Deterministic: the same examples every run (seeded from each test), no example database.
 _COMMON = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,8 +11,8 @@ import hmac
 
 import pytest
 
-from connlib import stun
-from connlib.credentials import long_term_key
+from connlib.core import stun
+from connlib.core.credentials import long_term_key
 
 
 def _hex(text: str) -> bytes:
@@ -178,9 +178,7 @@ def test_vector_lengths_match_their_headers():
 
 
 def test_long_term_key_is_md5_of_username_realm_password():
-    expected = hashlib.md5(
-        "マトリックス:example.org:TheMatrIX".encode()
-    ).digest()
+    expected = hashlib.md5("マトリックス:example.org:TheMatrIX".encode()).digest()
     assert LONG_TERM_USERNAME == "マトリックス"
     assert LONG_TERM_KEY == expected
     assert len(LONG_TERM_KEY) == 16

@@ -19,17 +19,24 @@ import ipaddress
 import itertools
 from dataclasses import dataclass, field
 
-from connlib import stun
-from connlib.allocation import Allocation, RelaySocket
-from connlib.credentials import REALM, long_term_key, rest_credentials, rest_password
-from connlib.messages import RelayConfig
-from connlib.stun import Address, Class, Message, Method
+from connlib.core import stun
+from connlib.core.addr import Address
+from connlib.core.allocation import Allocation, RelaySocket
+from connlib.core.credentials import REALM, long_term_key, rest_credentials, rest_password
+from connlib.core.messages import RelayConfig
+from connlib.core.stun import Class, Message, Method
 
 DEFAULT_LIFETIME, MAX_LIFETIME, CHANNEL_LIFETIME = 600, 3600, 600.0
 FAR_EXPIRY = 4_102_444_800  # 2100-01-01: the sim does not check expiry (the clock is fake)
-REASONS = {400: "Bad Request", 401: "Unauthorized", 420: "Unknown Attribute",
-           437: "Allocation Mismatch", 438: "Stale Nonce", 442: "Unsupported Transport Protocol",
-           500: "Server Error"}  # fmt: skip
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    420: "Unknown Attribute",
+    437: "Allocation Mismatch",
+    438: "Stale Nonce",
+    442: "Unsupported Transport Protocol",
+    500: "Server Error",
+}
 _ids = itertools.count(1)
 
 
@@ -47,8 +54,15 @@ class SimAllocation:
 
 
 class TurnSim:
-    def __init__(self, v4: Address | None = None, v6: Address | None = None, *,
-                 secret: str = "sim-secret", realm: str = REALM, latency: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        v4: Address | None = None,
+        v6: Address | None = None,
+        *,
+        secret: str = "sim-secret",
+        realm: str = REALM,
+        latency: float = 0.0,
+    ) -> None:
         n = next(_ids)
         self.v4, self.v6 = (v4 or (f"192.0.2.{n}", 3478)) if v4 or not v6 else None, v6
         self.secret, self.realm, self.latency = secret, realm, latency
@@ -125,8 +139,11 @@ class TurnSim:
             return [self._challenge(from_, msg, 401)]
         if msg.method in self.inject:
             return [self._error(from_, msg, self.inject.pop(msg.method), key)]
-        handler = {Method.ALLOCATE: self._allocate, Method.REFRESH: self._refresh,
-                   Method.CHANNEL_BIND: self._channel_bind}.get(msg.method)  # fmt: skip
+        handler = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CHANNEL_BIND: self._channel_bind,
+        }.get(msg.method)
         if handler is None:
             return [self._error(from_, msg, 400, key)]
         return [handler(msg, from_, key, now)]
@@ -198,8 +215,9 @@ class TurnSim:
             self.nonces[dst] = f"nonce-{next(self._nonce_n)}"
         return self._error(dst, req, code, None, [("REALM", self.realm), ("NONCE", self.nonces[dst])])
 
-    def _error(self, dst: Address, req: Message, code: int, key: bytes | None,
-               extra: list | None = None) -> tuple[Address, bytes]:  # fmt: skip
+    def _error(
+        self, dst: Address, req: Message, code: int, key: bytes | None, extra: list | None = None
+    ) -> tuple[Address, bytes]:
         attrs = [("ERROR-CODE", (code, REASONS.get(code, "Error")))] + (extra or [])
         message = Message(req.method, Class.ERROR, req.transaction_id, attrs + [("SOFTWARE", "turn-sim")])
         return dst, message.encode(self.error_key or key, fingerprint=True)
@@ -241,7 +259,7 @@ class Net:
             at = now + (relay.latency if relay else 0.0)
             heapq.heappush(self._queue, (at, next(self._seq), src, dst, payload))
 
-    def transmit(self, agent: object, transmit) -> None:  # noqa: ANN001 - a connlib Transmit
+    def transmit(self, agent: object, transmit) -> None:  # a connlib Transmit
         """Send something an agent handed out directly (e.g. ``encapsulate``'s result)."""
         src = self._source(agent, transmit.dst)
         if src is not None:  # no address of that family: the datagram cannot leave the host

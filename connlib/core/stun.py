@@ -14,18 +14,18 @@ import enum
 import hashlib
 import hmac
 import ipaddress
-import os
+import random
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .addr import Address
+
 MAGIC_COOKIE = 0x2112A442
 HEADER_LENGTH = 20
 FINGERPRINT_XOR = 0x5354554E
 CHANNEL_MIN, CHANNEL_MAX = 0x4000, 0x4FFF
-
-Address = tuple[str, int]
 
 
 class StunParseError(ValueError):
@@ -68,7 +68,7 @@ def _unpack_address(data: bytes, tid: bytes, xor: bool = False) -> Address:
     if xor:
         port ^= MAGIC_COOKIE >> 16
         key = struct.pack("!I", MAGIC_COOKIE) + tid
-        raw = bytes(a ^ b for a, b in zip(raw, key))
+        raw = bytes(a ^ b for a, b in zip(raw, key, strict=False))  # IPv4 uses the cookie only
     return str(ipaddress.ip_address(raw)), port
 
 
@@ -79,7 +79,7 @@ def _pack_address(value: Address, tid: bytes, xor: bool = False) -> bytes:
     if xor:
         port ^= MAGIC_COOKIE >> 16
         key = struct.pack("!I", MAGIC_COOKIE) + tid
-        raw = bytes(a ^ b for a, b in zip(raw, key))
+        raw = bytes(a ^ b for a, b in zip(raw, key, strict=False))  # IPv4 uses the cookie only
     return struct.pack("!xBH", 0x01 if ip.version == 4 else 0x02, port) + raw
 
 
@@ -234,32 +234,9 @@ ADDRESS_FAMILY_IPV6 = 0x02
 TRANSPORT_UDP = 17
 
 
-def format_address(addr: Address | None) -> str:
-    """``ip:port``, or ``[ip6]:port``; ``-`` for None (log fields)."""
-    if addr is None:
-        return "-"
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_address(text: str) -> Address:
-    """Parse ``ip:port`` or ``[ip6]:port``; raises ValueError with the reason."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"not an ip:port address: {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    ip = ipaddress.ip_address(host)  # ValueError for names and garbage
-    if ip.version == 6 and not text.startswith("["):
-        raise ValueError(f"IPv6 addresses need brackets: {text!r}")
-    number = int(port)
-    if not 0 < number < 65536:
-        raise ValueError(f"port out of range: {text!r}")
-    return str(ip), number
-
-
-def new_transaction_id() -> bytes:
-    return os.urandom(12)
+def new_transaction_id(rng: random.Random) -> bytes:
+    """96 bits from the caller's rng: cores are seeded, so a run can be replayed byte for byte."""
+    return rng.randbytes(12)
 
 
 def _pad(length: int) -> int:
@@ -278,7 +255,7 @@ def _with_length(header_and_body: bytes, length: int) -> bytes:
 class Message:
     method: Method | int
     cls: Class
-    transaction_id: bytes = field(default_factory=new_transaction_id)
+    transaction_id: bytes
     attributes: list[tuple[str | int, Any]] = field(default_factory=list)
     # Set by ``decode``: the datagram and the offset of MESSAGE-INTEGRITY, for verification.
     raw: bytes | None = field(default=None, repr=False, compare=False)
@@ -314,9 +291,7 @@ class Message:
         return value[0] if value else None
 
     # -- encoding ------------------------------------------------------------------------------
-    def encode(
-        self, integrity_key: bytes | None = None, fingerprint: bool = False, padding: bytes = b"\x00"
-    ) -> bytes:
+    def encode(self, integrity_key: bytes | None = None, fingerprint: bool = False, padding: bytes = b"\x00") -> bytes:
         """Encode; MESSAGE-INTEGRITY and FINGERPRINT are computed, never taken from ``attributes``.
 
         ``padding`` is the byte used to pad attribute values (RFC 5769's vectors use 0x20).

@@ -26,7 +26,6 @@ A client also reports its traffic probe for the portal's dashboard: ``stream_sta
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 import math
@@ -34,7 +33,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from connlib.logfmt import kv
+from .addr import family, parse_address
+from .logfmt import kv
 
 log = logging.getLogger("connlib.messages")
 
@@ -247,28 +247,11 @@ def parse_addr(addr: Any) -> tuple[str, int, int]:
     """``"ip:port"`` or ``"[ipv6]:port"`` → ``(host, port, family)``, family 4 or 6, host unbracketed."""
     if not isinstance(addr, str):
         raise MessageError("relay addr must be a string")
-    if addr.startswith("["):
-        host, sep, port_text = addr[1:].partition("]:")
-        family = 6
-    else:
-        host, sep, port_text = addr.rpartition(":")
-        family = 4
-    if not sep or not port_text.isdigit():
-        raise MessageError(f"relay addr {addr!r} is not ip:port or [ipv6]:port")
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise MessageError(f"relay addr {addr!r} does not hold an IP address") from None
-    if ip.version != family:
-        raise MessageError(f"relay addr {addr!r}: IPv6 addresses must be written [addr]:port")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise MessageError(f"relay addr {addr!r} has port out of range")
-    return str(ip), port, family
-
-
-def format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        host, port = parse_address(addr)
+    except ValueError as exc:
+        raise MessageError(f"relay addr: {exc}") from None
+    return host, port, family((host, port))
 
 
 RELAY_TYPES = ("turn", "stun")
@@ -575,8 +558,11 @@ class StreamGap:
     @classmethod
     def from_json(cls, raw: Any) -> StreamGap:
         obj = _expect_object(raw, "stream gap")
-        return cls(_seconds(obj, "start", "stream gap"), _seconds(obj, "end", "stream gap"),
-                   _seconds(obj, "duration_s", "stream gap"))  # fmt: skip
+        return cls(
+            _seconds(obj, "start", "stream gap"),
+            _seconds(obj, "end", "stream gap"),
+            _seconds(obj, "duration_s", "stream gap"),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "duration_s": self.duration_s}
@@ -636,10 +622,16 @@ class StreamReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "sent": self.sent, "delivered": self.delivered, "lost": self.lost, "in_flight": self.in_flight,
-            "gaps": self.gaps, "connected": self.connected, "relay": self.relay, "peer_id": self.peer_id,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "lost": self.lost,
+            "in_flight": self.in_flight,
+            "gaps": self.gaps,
+            "connected": self.connected,
+            "relay": self.relay,
+            "peer_id": self.peer_id,
             "recent_gaps": [g.to_json() for g in self.recent_gaps],
-        }  # fmt: skip
+        }
 
 
 PAYLOAD_TYPES: dict[str, Any] = {

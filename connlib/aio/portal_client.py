@@ -1,4 +1,4 @@
-"""The asyncio/websockets transport that drives :class:`connlib.phoenix.PhoenixChannel`.
+"""The asyncio/websockets transport that drives :class:`connlib.core.phoenix.PhoenixChannel`.
 
 Used by connlib's client and gateway, by the relay containers' presence agent and by tests::
 
@@ -20,26 +20,29 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
+import secrets
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from connlib.logfmt import kv
-from connlib.messages import MAX_FRAME_BYTES, Reply, ReplyStatus, Vsn
-from connlib.phoenix import (
-    Backoff,
+from connlib.core.logfmt import kv
+from connlib.core.messages import MAX_FRAME_BYTES, Reply, ReplyStatus, Vsn
+from connlib.core.phoenix import (
     Connect,
     ForcedLogout,
     GaveUp,
     Hiccup,
     Joined,
     LoginFailed,
-    Message,
     PhoenixChannel,
+    Push,
     Reconnect,
+    ReconnectBackoff,
     ReplyReceived,
 )
 
@@ -110,7 +113,7 @@ class PortalClient:
         *,
         heartbeat_interval: float = 10.0,
         join_timeout: float = 5.0,
-        backoff: Backoff | None = None,
+        backoff: ReconnectBackoff | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         on_message: OnMessage | None = None,
         on_reply: OnReply | None = None,
@@ -126,7 +129,13 @@ class PortalClient:
         """Set while the channel is joined; cleared when the socket goes away."""
         vsn = Vsn((parse_qs(urlsplit(url).query).get("vsn") or [Vsn.V1])[-1])
         self.channel = PhoenixChannel(
-            topic, join_payload, heartbeat_interval=heartbeat_interval, join_timeout=join_timeout, backoff=backoff, vsn=vsn
+            topic,
+            join_payload,
+            heartbeat_interval=heartbeat_interval,
+            join_timeout=join_timeout,
+            # the reconnect jitter: the I/O layer seeds the core's rng from the OS
+            backoff=backoff or ReconnectBackoff(rng=random.Random(secrets.randbits(64))),
+            vsn=vsn,
         )
         self._headers = {"X-Authorization": f"Bearer {token}"}
         self._ws: ClientConnection | None = None
@@ -192,7 +201,7 @@ class PortalClient:
 
     async def _on_event(self, event: object) -> None:
         match event:
-            case Message(event=name, payload=payload):
+            case Push(event=name, payload=payload):
                 await _call(self.on_message, name, payload)
             case ReplyReceived(request_id=rid, event=name, reply=reply):
                 if reply.status is ReplyStatus.ERROR:

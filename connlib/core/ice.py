@@ -17,8 +17,9 @@ import random
 from dataclasses import dataclass, field
 
 from . import stun
+from .addr import Address, format_address, parse_address
 from .logfmt import kv
-from .stun import Address, Class, Message, Method, format_address, parse_address
+from .stun import Class, Message, Method, new_transaction_id
 
 log = logging.getLogger("connlib.ice")
 
@@ -97,8 +98,8 @@ def parse_candidate(line: str) -> RemoteCandidate:
 
 
 def pair_priority(controlling: int, controlled: int) -> int:
-    return (min(controlling, controlled) << 32) + 2 * max(controlling, controlled) + (
-        1 if controlling > controlled else 0
+    return (
+        (min(controlling, controlled) << 32) + 2 * max(controlling, controlled) + (1 if controlling > controlled else 0)
     )
 
 
@@ -169,6 +170,7 @@ class Connection:
     nominated: Pair | None = None
     checking_since: float | None = None
     failed: bool = False
+    rng: random.Random = field(kw_only=True, repr=False)  # the Tunnel's seeded rng: check ids
     _events: collections.deque = field(default_factory=collections.deque)
     _transmits: collections.deque = field(default_factory=collections.deque)
 
@@ -181,6 +183,7 @@ class Connection:
             local_pwd=_token(rng, 24),
             created_at=now,
             tie_breaker=rng.getrandbits(64),
+            rng=rng,
         )
 
     # ------------------------------------------------------------------ state
@@ -201,7 +204,7 @@ class Connection:
         self._start_checking(now)
         return True
 
-    def remove_local_candidates(self, predicate) -> list[LocalCandidate]:  # noqa: ANN001
+    def remove_local_candidates(self, predicate) -> list[LocalCandidate]:
         removed = [c for c in self.local_candidates if predicate(c)]
         if removed:
             self.local_candidates = [c for c in self.local_candidates if c not in removed]
@@ -233,7 +236,7 @@ class Connection:
         self.pairs.sort(key=lambda p: -p.priority)
         return pair
 
-    def _drop_pairs(self, predicate) -> None:  # noqa: ANN001
+    def _drop_pairs(self, predicate) -> None:
         self.pairs = [p for p in self.pairs if not predicate(p)]
         if self.nominated is not None and self.nominated not in self.pairs:
             log.info("Nominated path removed %s", kv(peer=self.peer_id))
@@ -250,7 +253,7 @@ class Connection:
 
     def _send_check(self, pair: Pair, now: float) -> None:
         assert self.remote_ufrag is not None and self.remote_pwd is not None
-        request = Message(Method.BINDING, Class.REQUEST)
+        request = Message(Method.BINDING, Class.REQUEST, new_transaction_id(self.rng))
         request.add("USERNAME", f"{self.remote_ufrag}:{self.local_ufrag}")
         request.add("PRIORITY", candidate_priority("prflx"))
         if self.controlling:
@@ -264,8 +267,15 @@ class Connection:
         pair.next_check = now + pair.rto
         pair.rto = min(pair.rto * 2, MAX_RTO)
         payload = request.encode(self.remote_pwd.encode(), fingerprint=True)
-        log.debug("Check sent %s", kv(peer=self.peer_id, local=format_address(pair.local.addr),
-                                      remote=format_address(pair.remote.addr), state=pair.state))  # fmt: skip
+        log.debug(
+            "Check sent %s",
+            kv(
+                peer=self.peer_id,
+                local=format_address(pair.local.addr),
+                remote=format_address(pair.remote.addr),
+                state=pair.state,
+            ),
+        )
         self._transmits.append(PathTransmit(pair.local, pair.remote.addr, payload))
 
     def handle_stun(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
@@ -285,16 +295,15 @@ class Connection:
     def _handle_check(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
         if not self.owns_request(message):
             return False
-        log.debug("Check received %s", kv(peer=self.peer_id, local=format_address(local.addr),
-                                          remote=format_address(from_)))  # fmt: skip
+        log.debug(
+            "Check received %s", kv(peer=self.peer_id, local=format_address(local.addr), remote=format_address(from_))
+        )
         if not message.verify_integrity(self.local_pwd.encode()):
             log.debug("Connectivity check with bad integrity %s", kv(peer=self.peer_id))
             return True
         response = Message(Method.BINDING, Class.SUCCESS, message.transaction_id)
         response.add("XOR-MAPPED-ADDRESS", from_)
-        self._transmits.append(
-            PathTransmit(local, from_, response.encode(self.local_pwd.encode(), fingerprint=True))
-        )
+        self._transmits.append(PathTransmit(local, from_, response.encode(self.local_pwd.encode(), fingerprint=True)))
         if self.failed:
             return True
         pair = next((p for p in self.pairs if p.key() == (local, from_)), None)
@@ -338,9 +347,13 @@ class Connection:
         pair.next_check = now + KEEPALIVE_INTERVAL
         log.info(
             "Connection established %s",
-            kv(peer=self.peer_id, local=format_address(pair.local.addr), remote=format_address(pair.remote.addr),
-               relay=pair.local.rid or "-"),
-        )  # fmt: skip
+            kv(
+                peer=self.peer_id,
+                local=format_address(pair.local.addr),
+                remote=format_address(pair.remote.addr),
+                relay=pair.local.rid or "-",
+            ),
+        )
         self._events.append(Connected(self.peer_id, pair.local, pair.remote.addr))
 
     def note_data_received(self, local: LocalCandidate, from_: Address, now: float) -> None:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .logfmt import kv
-from .stun import Address
+from ..core.addr import Address
+from ..core.logfmt import kv
 
 log = logging.getLogger("connlib.driver")
 
@@ -105,10 +105,7 @@ class Driver:
         await self.stop()
 
     def local_addresses(self) -> dict[int, Address]:
-        return {
-            family: transport.get_extra_info("sockname")[:2]
-            for family, transport in self._transports.items()
-        }
+        return {family: transport.get_extra_info("sockname")[:2] for family, transport in self._transports.items()}
 
     # ------------------------------------------------------------------ commands
     def call(self, command: Callable[[float], Any]) -> Any:

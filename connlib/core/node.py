@@ -22,26 +22,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import backoff as backoff_mod
-from . import stun
+from . import fixes, stun
+from .addr import Address, format_address
 from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket, Transmit
+from .fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
 from .logfmt import kv
-from .stun import Address, format_address
 
 log = logging.getLogger("connlib.node")
 
 MAX_PREVIOUS_RELAY_IPS = 64
 
-# Names of the two #6666 fixes, and of the probe of a relay whose path went quiet (what finds a
-# black-holed relay the portal still lists); the test suites disable one at a time to prove that
-# they catch the bug.
-FIX_CREDENTIALS_COMPARE = "credentials-compare"
-FIX_PROBE = "probe"
-FIX_PATH_PROBE = "path-probe"
-KNOWN_FIXES = frozenset({FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PATH_PROBE})
-
 
 class RelayConfig(Protocol):
-    """What ``update_relays`` needs of a relay (``connlib.messages.RelayConfig`` has it)."""
+    """What ``update_relays`` needs of a relay (``connlib.core.messages.RelayConfig`` has it)."""
 
     id: str
     v4: Address | None
@@ -85,6 +78,19 @@ NodeEvent = CandidateNew | CandidateInvalid | RelayAdded | RelayRemoved | NoRela
 
 
 @dataclass(frozen=True)
+class RelayState:
+    rid: str
+    srflx: tuple[Address, ...]
+    relayed: tuple[Address, ...]
+    lifetime: float | None
+    srtt: float | None
+
+    @property
+    def allocated(self) -> bool:
+        return bool(self.relayed)
+
+
+@dataclass(frozen=True)
 class ChannelData:
     """Application data that arrived through a relay from ``peer``."""
 
@@ -103,23 +109,16 @@ class Node:
         disabled_fixes: Iterable[str] = (),
     ) -> None:
         self.allocations: dict[str, Allocation] = {}
-        self.previous_relay_ips: collections.deque[str] = collections.deque(maxlen=MAX_PREVIOUS_RELAY_IPS)
         # The relay *sockets* behind those IPs: only traffic from a relay's port is relay traffic
         # (spec §1.8); a peer may well send from another port of the same IP (its relayed address).
-        self._previous_relay_addrs: collections.deque[Address] = collections.deque(
-            maxlen=MAX_PREVIOUS_RELAY_IPS
-        )
+        self._previous_relay_addrs: collections.deque[Address] = collections.deque(maxlen=MAX_PREVIOUS_RELAY_IPS)
         self.max_elapsed = max_elapsed
-        self.disabled_fixes = frozenset(disabled_fixes)
-        unknown = self.disabled_fixes - KNOWN_FIXES
-        if unknown:
-            raise ValueError(f"unknown fixes to disable: {sorted(unknown)}; known: {sorted(KNOWN_FIXES)}")
+        self.disabled_fixes = fixes.checked(disabled_fixes)
         self._rng = random.Random(seed)
         self._events: collections.deque[NodeEvent] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
         # NoRelays is owed once the last relay is gone, not before the first one ever came.
         self._no_relays_sent = True
-        self._last_now = now
 
     # ------------------------------------------------------------------ relay set
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable[RelayConfig], now: float) -> None:
@@ -161,9 +160,15 @@ class Node:
         else:
             log.info("Added new TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
         self.allocations[relay.id] = Allocation(
-            server, relay.username, relay.password, relay.realm, now,
-            relay_id=relay.id, max_elapsed=self.max_elapsed,
-        )  # fmt: skip
+            server,
+            relay.username,
+            relay.password,
+            relay.realm,
+            now,
+            relay_id=relay.id,
+            max_elapsed=self.max_elapsed,
+            rng=self._rng,
+        )
         self._no_relays_sent = False
         self._events.append(RelayAdded(relay.id))
         return True
@@ -184,8 +189,6 @@ class Node:
         """Take a relay out of use: its candidates are invalid and its stray packets dropped."""
         self._drain_one(rid, allocation)
         for addr in allocation.server.addresses():
-            if addr[0] not in self.previous_relay_ips:
-                self.previous_relay_ips.append(addr[0])
             if addr not in self._previous_relay_addrs:
                 self._previous_relay_addrs.append(addr)
         for candidate in allocation.relay_candidates():
@@ -199,20 +202,15 @@ class Node:
             self._events.append(NoRelays())
 
     # ------------------------------------------------------------------ I/O-free plumbing
-    def handle_input(
-        self, packet: bytes, from_: Address, local: Address | None, now: float
-    ) -> ChannelData | bool:
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> ChannelData | bool:
         """Feed a datagram. ``ChannelData`` for relayed app data, True if a relay consumed it,
         False if it is not relay traffic (e.g. a direct connectivity check)."""
-        self._last_now = now
         for rid, allocation in self.allocations.items():
             if from_ not in allocation.server:
                 continue
             if stun.is_channel_data(packet):
                 unwrapped = allocation.decapsulate(from_, packet, now)
-                result: ChannelData | bool = (
-                    ChannelData(rid, *unwrapped) if unwrapped is not None else True
-                )
+                result: ChannelData | bool = ChannelData(rid, *unwrapped) if unwrapped is not None else True
             else:
                 allocation.handle_input(packet, from_, local, now)
                 result = True
@@ -224,7 +222,6 @@ class Node:
         return False
 
     def handle_timeout(self, now: float) -> None:
-        self._last_now = now
         for allocation in self.allocations.values():
             allocation.handle_timeout(now)
         self._drain_allocations()
@@ -282,19 +279,51 @@ class Node:
         self._drain_one(rid, allocation)
         return transmit
 
+    def probe(self, rid: str, now: float) -> None:
+        """Probe one relay with a single-shot REFRESH (its path went quiet); no-op if unknown."""
+        allocation = self.allocations.get(rid)
+        if allocation is not None:
+            allocation.refresh(now)
+            self._drain_one(rid, allocation)
+
     # ------------------------------------------------------------------ selection
+    def has_relay(self, rid: str) -> bool:
+        return rid in self.allocations
+
+    def relay_ids(self) -> list[str]:
+        return sorted(self.allocations)
+
+    def relay_state(self, rid: str) -> RelayState | None:
+        """A read-only snapshot of one relay's allocation, for reports and the CLI."""
+        allocation = self.allocations.get(rid)
+        if allocation is None:
+            return None
+        return RelayState(
+            rid=rid,
+            srflx=tuple(c.addr for c in allocation.srflx.values()),
+            relayed=tuple(c.addr for c in allocation.relay_candidates()),
+            lifetime=allocation.lifetime[1] if allocation.lifetime else None,
+            srtt=allocation.srtt,
+        )
+
     def usable_relays(self) -> list[str]:
         return [rid for rid, a in sorted(self.allocations.items()) if a.has_allocation()]
 
     def sample_relay(self) -> str | None:
         """Pick a relay for a new connection among the ones with a good RTT (spec §2.3)."""
+        eligible = self._eligible_relays()
+        return self._rng.choice(eligible) if eligible else None
+
+    def can_sample_relay(self) -> bool:
+        """Whether ``sample_relay`` would find one; draws nothing from the rng."""
+        return bool(self._eligible_relays())
+
+    def _eligible_relays(self) -> list[str]:
         measured = {
-            rid: a.srtt
-            for rid, a in sorted(self.allocations.items())
-            if a.has_allocation() and a.srtt is not None
+            rid: a.srtt for rid, a in sorted(self.allocations.items()) if a.has_allocation() and a.srtt is not None
         }
         if not measured:
-            return None
+            return []
         rtts = list(measured.values())
         if len(rtts) <= 2:
             threshold = 1.5 * min(rtts)
@@ -302,8 +331,7 @@ class Node:
             median = statistics.median(rtts)
             mad = max(statistics.median(abs(r - median) for r in rtts), 0.002)
             threshold = median + 3 * mad
-        eligible = [rid for rid, rtt in measured.items() if rtt <= threshold]
-        return self._rng.choice(eligible)
+        return [rid for rid, rtt in measured.items() if rtt <= threshold]
 
     def relay_candidates(self, rid: str) -> list[Candidate]:
         allocation = self.allocations.get(rid)

@@ -18,8 +18,10 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import messages, stun
+from . import fixes, messages, stun
+from .addr import Address
 from .allocation import Candidate, Transmit
+from .fixes import FIX_PATH_PROBE
 from .ice import (
     Connected,
     Connection,
@@ -32,8 +34,7 @@ from .ice import (
     parse_candidate,
 )
 from .logfmt import kv
-from .node import FIX_PATH_PROBE, CandidateInvalid, CandidateNew, ChannelData, NoRelays, Node, NodeEvent, RelayRemoved
-from .stun import Address
+from .node import CandidateInvalid, CandidateNew, ChannelData, Node, NodeEvent, NoRelays, RelayRemoved
 
 log = logging.getLogger("connlib.tunnel")
 
@@ -63,6 +64,17 @@ class Migrating:
     to_relay: str | None
 
 
+@dataclass(frozen=True)
+class ConnectionState:
+    """A read-only view of one connection, for the application and reports."""
+
+    peer_id: str
+    answered: bool  # the peer's ICE credentials arrived
+    connected: bool
+    relay_id: str | None  # the relay its local candidates were gathered from
+    carrying_relay: str | None  # the relay on our side of the nominated path, None if not nominated
+
+
 TunnelEvent = Signal | Received | Migrating | ConnectionEvent | NodeEvent
 
 
@@ -75,6 +87,7 @@ class Tunnel:
         seed: int = 0,
         policy: str = POLICY_RELAY_ONLY,
         node: Node | None = None,
+        disabled_fixes: Iterable[str] = (),
     ) -> None:
         if role not in ("client", "gateway"):
             raise ValueError(f"role must be client or gateway, not {role!r}")
@@ -82,7 +95,8 @@ class Tunnel:
             raise ValueError(f"unknown candidate policy {policy!r}")
         self.role = role
         self.policy = policy
-        self.node = node or Node(now, seed=seed)
+        self._disabled_fixes = fixes.checked(disabled_fixes)
+        self.node = node or Node(now, seed=seed, disabled_fixes=self._disabled_fixes)
         self.connections: dict[str, Connection] = {}
         self._rng = random.Random(seed + 1)
         self._events: collections.deque[TunnelEvent] = collections.deque()
@@ -105,16 +119,17 @@ class Tunnel:
         self._signal_local_candidates(connection, connection.local_candidates)
 
     def handle_signal(self, event: str, payload: object, now: float) -> None:
-        """A typed payload from the portal (see ``connlib.messages``)."""
+        """A typed payload from the portal (see ``connlib.core.messages``)."""
         if event == messages.Event.CONNECTION_REQUEST and self.role == "gateway":
             assert isinstance(payload, messages.ConnectionSignal)
             connection = self._new_connection(payload.peer_id, controlling=False, now=now)
             connection.set_remote_credentials(payload.ufrag, payload.pwd, now)
             self._signal(
                 messages.Event.CONNECTION_ACCEPTED,
-                messages.ConnectionSignal(payload.peer_id, connection.local_ufrag, connection.local_pwd,
-                                          connection.relay_id),
-            )  # fmt: skip
+                messages.ConnectionSignal(
+                    payload.peer_id, connection.local_ufrag, connection.local_pwd, connection.relay_id
+                ),
+            )
             self._signal_local_candidates(connection, connection.local_candidates)
         elif event == messages.Event.CONNECTION_ACCEPTED and self.role == "client":
             assert isinstance(payload, messages.ConnectionSignal)
@@ -129,8 +144,10 @@ class Tunnel:
             if connection is None:
                 log.debug("Candidates for unknown connection %s", kv(peer=payload.peer_id))
                 return
-            log.debug("Remote candidates %s", kv(peer=payload.peer_id, event_name=event,
-                                                  candidates="|".join(payload.candidates)))  # fmt: skip
+            log.debug(
+                "Remote candidates %s",
+                kv(peer=payload.peer_id, event_name=event, candidates="|".join(payload.candidates)),
+            )
             learnt = False
             for line in payload.candidates:
                 try:
@@ -207,7 +224,7 @@ class Tunnel:
 
     def _migrate(self, connection: Connection, now: float) -> None:
         old = connection.relay_id
-        removed = connection.remove_local_candidates(lambda c: c.rid is not None and c.rid not in self.node.allocations)
+        removed = connection.remove_local_candidates(lambda c: c.rid is not None and not self.node.has_relay(c.rid))
         added = self._assign_relay(connection, now)
         log.info(
             "Attempting to migrate connection to new relay %s",
@@ -224,16 +241,17 @@ class Tunnel:
                 continue
             has_relay = any(c.rid is not None for c in connection.local_candidates)
             if connection.relay_id is None or not has_relay:
-                if self.node.sample_relay() is not None:
+                if self.node.can_sample_relay():
                     self._migrate(connection, now)
 
     def _signal_local_candidates(self, connection: Connection, candidates: list[LocalCandidate]) -> None:
         if candidates:
             self._signal(
                 messages.Event.NEW_ICE_CANDIDATES,
-                messages.CandidateSignal(connection.peer_id, tuple(c.to_line() for c in candidates),
-                                         connection.relay_id),
-            )  # fmt: skip
+                messages.CandidateSignal(
+                    connection.peer_id, tuple(c.to_line() for c in candidates), connection.relay_id
+                ),
+            )
 
     def _signal_invalidated(self, connection: Connection, candidates: list[LocalCandidate]) -> None:
         if candidates:
@@ -242,7 +260,7 @@ class Tunnel:
                 messages.CandidateSignal(connection.peer_id, tuple(c.to_line() for c in candidates)),
             )
 
-    def _signal(self, event: str, payload) -> None:  # noqa: ANN001
+    def _signal(self, event: str, payload) -> None:
         self._events.append(Signal(str(event), payload.to_json()))
 
     def _process_node_events(self, now: float) -> None:
@@ -370,9 +388,8 @@ class Tunnel:
                 if isinstance(event, PathLost):
                     # The relay may be dead without anyone having told us: probe it (1 s). The
                     # peer may have moved while its signals could not reach us: ask again.
-                    allocation = self.node.allocations.get(event.rid) if event.rid else None
-                    if allocation is not None and FIX_PATH_PROBE not in self.node.disabled_fixes:
-                        allocation.refresh(now)
+                    if event.rid is not None and FIX_PATH_PROBE not in self._disabled_fixes:
+                        self.node.probe(event.rid, now)
                     self._announce(connection)
                 elif isinstance(event, Failed):
                     self.connections.pop(connection.peer_id, None)
@@ -393,8 +410,37 @@ class Tunnel:
             deadlines.append(node)
         return min(deadlines) if deadlines else None
 
+    # ------------------------------------------------------------------ read-only views
     def connected_peers(self) -> list[str]:
         return [peer for peer, c in self.connections.items() if c.connected]
+
+    def is_connected(self, peer_id: str) -> bool:
+        connection = self.connections.get(peer_id)
+        return connection is not None and connection.connected
+
+    def connection_state(self, peer_id: str) -> ConnectionState | None:
+        connection = self.connections.get(peer_id)
+        if connection is None:
+            return None
+        nominated = connection.nominated
+        return ConnectionState(
+            peer_id=peer_id,
+            answered=connection.remote_ufrag is not None,
+            connected=connection.connected,
+            relay_id=connection.relay_id,
+            carrying_relay=nominated.local.rid if nominated is not None else None,
+        )
+
+    def carrying_relays(self) -> dict[str, str | None]:
+        """Per connected peer, the relay on our side of the nominated path (None: direct)."""
+        return {peer: c.nominated.local.rid for peer, c in sorted(self.connections.items()) if c.nominated is not None}
+
+    def has_usable_relay(self) -> bool:
+        """A relay that a new connection can be placed on (allocated, RTT measured)."""
+        return self.node.can_sample_relay()
+
+    def usable_relays(self) -> list[str]:
+        return self.node.usable_relays()
 
 
 __all__ = ["Tunnel", "Signal", "Received", "Migrating", "Connected", "Failed", "PathLost", "POLICY_RELAY_ONLY"]

@@ -1,6 +1,6 @@
 """Sans-IO Phoenix channel client: connlib's side of the portal websocket (spec §3.5).
 
-The object never touches a socket or a clock. A transport (``connlib.portal_client``) feeds it
+The object never touches a socket or a clock. A transport (``connlib.aio.portal_client``) feeds it
 ``connected(now)``, ``handle_frame(text, now)``, ``disconnected(now)`` and ``handle_timeout(now)``,
 writes whatever ``poll_send()`` returns, reacts to ``poll_event()`` and sleeps until
 ``poll_timeout()``. Behaviour mirrors Firezone's ``phoenix-channel`` crate:
@@ -14,7 +14,7 @@ writes whatever ``poll_send()`` returns, reacts to ``poll_event()`` and sleeps u
 - an error reply to our join is fatal (:class:`LoginFailed`); ``unmatched topic`` on a later
   request means the server forgot our join, so we join again; ``phx_close`` reconnects;
   ``disconnect`` is a fatal forced logout;
-- reconnects are paced by :class:`Backoff`, which resets once a join succeeds.
+- reconnects are paced by :class:`ReconnectBackoff`, which resets once a join succeeds.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from connlib.logfmt import kv
-from connlib.messages import (
+from .logfmt import kv
+from .messages import (
     UNMATCHED_TOPIC,
     Event,
     Frame,
@@ -49,7 +49,7 @@ MAX_BUFFERED_MESSAGES = 32
 
 
 @dataclass
-class Backoff:
+class ReconnectBackoff:
     """Exponential backoff with jitter, as the Rust ``backoff`` crate computes it.
 
     Each delay is the current interval scaled by a factor drawn uniformly from
@@ -63,7 +63,7 @@ class Backoff:
     max_interval: float = 60.0
     jitter: float = 0.5
     max_elapsed: float | None = None
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # the transport seeds it
     _interval: float = field(init=False, default=0.0)
     _started: float | None = field(init=False, default=None)
 
@@ -117,7 +117,7 @@ class Joined:
 
 
 @dataclass(frozen=True)
-class Message:
+class Push:
     """A push from the server (``init``, ``relays_presence``, signalling…)."""
 
     topic: str
@@ -190,7 +190,7 @@ class PhoenixChannel:
         join_timeout: float = JOIN_TIMEOUT,
         max_unanswered_heartbeats: int = MAX_UNANSWERED_HEARTBEATS,
         max_buffered: int = MAX_BUFFERED_MESSAGES,
-        backoff: Backoff | None = None,
+        backoff: ReconnectBackoff | None = None,
         vsn: Vsn = Vsn.V1,
     ) -> None:
         self.topic = topic
@@ -199,7 +199,7 @@ class PhoenixChannel:
         self.join_timeout = join_timeout
         self.max_unanswered_heartbeats = max_unanswered_heartbeats
         self.max_buffered = max_buffered
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or ReconnectBackoff()
         self.vsn = vsn
 
         self._state = _State.CONNECTING  # the transport dials once without being asked
@@ -281,7 +281,7 @@ class PhoenixChannel:
             reason = frame.payload.get("reason")
             self._fail(ForcedLogout(reason if isinstance(reason, str) else "unknown"))
         else:
-            self._events.append(Message(frame.topic, frame.event, frame.payload))
+            self._events.append(Push(frame.topic, frame.event, frame.payload))
 
     def handle_timeout(self, now: float) -> None:
         if self._state is _State.DISCONNECTED:

@@ -12,14 +12,16 @@ import collections
 import enum
 import ipaddress
 import logging
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass
 
 from . import backoff as backoff_mod
 from . import stun
+from .addr import Address, format_address
 from .backoff import Backoff
 from .credentials import long_term_key
 from .logfmt import kv
-from .stun import Address, Class, Message, Method, format_address
+from .stun import Class, Message, Method
 
 log = logging.getLogger("connlib.allocation")
 
@@ -140,6 +142,7 @@ class Allocation:
         *,
         relay_id: str = "",
         max_elapsed: float = backoff_mod.MAX_ELAPSED,
+        rng: random.Random | None = None,
     ) -> None:
         self.server = server
         self.relay_id = relay_id
@@ -147,6 +150,7 @@ class Allocation:
         self.password = password
         self.realm = realm
         self.max_elapsed = max_elapsed
+        self._rng = rng or random.Random(0)  # transaction ids; the Node passes its seeded rng
         self._key = long_term_key(username, realm, password)
         self.nonce: str | None = None
         self.credentials_valid = True
@@ -300,11 +304,11 @@ class Allocation:
             channel = self.channels.get(number)
             if channel is not None and channel.peer == pending.peer:
                 channel.bound = True
-                log.debug("Channel bound %s", kv(rid=self.relay_id, channel=hex(number), peer=format_address(channel.peer)))
+                log.debug(
+                    "Channel bound %s", kv(rid=self.relay_id, channel=hex(number), peer=format_address(channel.peer))
+                )
 
-    def _handle_binding_success(
-        self, message: Message, pending: _Pending, local: Address | None, now: float
-    ) -> None:
+    def _handle_binding_success(self, message: Message, pending: _Pending, local: Address | None, now: float) -> None:
         mapped = message.get("XOR-MAPPED-ADDRESS") or message.get("MAPPED-ADDRESS")
         if local is not None:
             self._set_candidate("host", local, None)
@@ -384,7 +388,7 @@ class Allocation:
                 return
             self.nonce = nonce
             fresh = Backoff(now, max_elapsed=pending.backoff.max_elapsed)
-            self._send(_renewed(pending.message), pending.dst, now, fresh, pending.peer, pending.after_delete)
+            self._send(self._renewed(pending.message), pending.dst, now, fresh, pending.peer, pending.after_delete)
             return
         if code == 437 and method == Method.ALLOCATE and pending.after_delete:
             # coturn keeps a deleted allocation on the 5-tuple for a moment and answers 437 again;
@@ -430,7 +434,9 @@ class Allocation:
                     kv(rid=self.relay_id, method=pending.message.method.name, dst=format_address(pending.dst)),
                 )
                 if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
-                    log.info("Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=format_address(pending.dst)))
+                    log.info(
+                        "Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=format_address(pending.dst))
+                    )
                     self.active_socket = None
                     self.invalidate_allocation()
             elif pending.backoff.is_due(now):
@@ -465,7 +471,7 @@ class Allocation:
         if pending.signed:
             # A signed request is re-signed under a fresh transaction id on every retransmit.
             del self.sent_requests[tid]
-            pending.message = _renewed(pending.message)
+            pending.message = self._renewed(pending.message)
             self.sent_requests[pending.message.transaction_id] = pending
         self._transmits.append(Transmit(pending.dst, self._encode(pending)))
 
@@ -540,7 +546,7 @@ class Allocation:
 
     # ------------------------------------------------------------------ request plumbing
     def _binding_request(self) -> Message:
-        return Message(Method.BINDING, Class.REQUEST, attributes=[("SOFTWARE", SOFTWARE)])
+        return Message(Method.BINDING, Class.REQUEST, self._new_tid(), [("SOFTWARE", SOFTWARE)])
 
     def _send_bindings(self, now: float) -> None:
         for addr in self.server.addresses():
@@ -549,7 +555,7 @@ class Allocation:
     def _send_allocate(self, now: float, after_delete: bool = False) -> None:
         if self.active_socket is None:
             return
-        message = Message(Method.ALLOCATE, Class.REQUEST)
+        message = Message(Method.ALLOCATE, Class.REQUEST, self._new_tid())
         message.add("REQUESTED-TRANSPORT", stun.TRANSPORT_UDP)
         if self.server.v6 is not None:
             message.add("ADDITIONAL-ADDRESS-FAMILY", stun.ADDRESS_FAMILY_IPV6)
@@ -559,7 +565,7 @@ class Allocation:
     def _send_refresh(self, now: float, lifetime: int | None = None, backoff: Backoff | None = None) -> None:
         if self.active_socket is None:
             return
-        message = Message(Method.REFRESH, Class.REQUEST)
+        message = Message(Method.REFRESH, Class.REQUEST, self._new_tid())
         if lifetime is not None:
             message.add("LIFETIME", lifetime)
         message.add("SOFTWARE", SOFTWARE)
@@ -569,7 +575,7 @@ class Allocation:
         if self.active_socket is None:
             return
         channel.bound_at = now
-        message = Message(Method.CHANNEL_BIND, Class.REQUEST)
+        message = Message(Method.CHANNEL_BIND, Class.REQUEST, self._new_tid())
         message.add("CHANNEL-NUMBER", channel.number)
         message.add("XOR-PEER-ADDRESS", channel.peer)
         message.add("SOFTWARE", SOFTWARE)
@@ -625,8 +631,8 @@ class Allocation:
                 return number
         return None
 
+    def _new_tid(self) -> bytes:
+        return stun.new_transaction_id(self._rng)
 
-def _renewed(message: Message) -> Message:
-    return Message(message.method, message.cls, stun.new_transaction_id(), list(message.attributes))
-
-
+    def _renewed(self, message: Message) -> Message:
+        return Message(message.method, message.cls, self._new_tid(), list(message.attributes))

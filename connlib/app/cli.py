@@ -1,0 +1,126 @@
+"""Command line: ``python -m connlib allocate ...`` and ``python -m connlib run ...``.
+
+Exit codes of ``allocate``: see :mod:`connlib.app.allocate`. ``run`` exits 0 when its stream
+lost nothing, 1 when it lost datagrams, 2 when the portal refused it, 64 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+
+from ..core import backoff, fixes
+from ..core.credentials import REALM
+from ..core.logfmt import kv
+from ..core.tunnel import POLICY_ALL, POLICY_RELAY_ONLY
+from .allocate import EXIT_USAGE, UsageError, allocate
+from .peer import Peer, PeerConfig
+
+log = logging.getLogger("connlib.run")
+
+DISABLE_FIXES_ENV = "CONNLIB_TEST_DISABLE_FIXES"  # test-only: re-create the bugs the fixes prevent
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # argparse exits 2, which `allocate` uses for auth
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def disabled_fixes_from_env() -> frozenset[str]:
+    try:
+        return fixes.parse(os.environ.get(DISABLE_FIXES_ENV, ""))
+    except ValueError as exc:
+        raise UsageError(f"{DISABLE_FIXES_ENV}: {exc}") from None
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+async def run(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else secrets.randbits(64)
+    config = PeerConfig(
+        role=args.role,
+        portal=args.portal,
+        token=args.token,
+        peer_id=args.peer_id or args.role,
+        name=args.name,
+        connect_to=args.connect_to,
+        policy=args.policy,
+        rate=args.rate,
+        count=args.count,
+        report_interval=args.report_interval,
+        bind=args.bind,
+        seed=seed,
+        heartbeat_interval=args.heartbeat_interval,
+        disabled_fixes=disabled_fixes_from_env(),
+    )
+    log.info("Seeded %s", kv(seed=seed))
+    if config.disabled_fixes:
+        log.warning("TEST BUILD: fixes disabled %s", kv(fixes=",".join(sorted(config.disabled_fixes))))
+    return await Peer(config).run_forever()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m connlib", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default depends on command)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    alloc = commands.add_parser("allocate", help="allocate on one relay and print the addresses as JSON")
+    alloc.add_argument("--relay", required=True, help="relay HOST:PORT (UDP)")
+    alloc.add_argument("--username", required=True)
+    alloc.add_argument("--password", required=True)
+    alloc.add_argument("--realm", default=REALM)
+    alloc.add_argument(
+        "--timeout",
+        type=float,
+        default=backoff.MAX_ELAPSED,
+        help=f"give up a request after this many seconds (default {backoff.MAX_ELAPSED:g})",
+    )
+    alloc.set_defaults(handler=allocate, default_log_level="ERROR")
+
+    cmd = commands.add_parser("run", help="run a client or gateway against the portal")
+    cmd.add_argument("--role", choices=("client", "gateway"), default="client")
+    cmd.add_argument("--portal", required=True, help="portal base URL, e.g. ws://127.0.0.1:8080")
+    cmd.add_argument("--token", required=True, help="portal token for this role")
+    cmd.add_argument("--id", dest="peer_id", default=None, help="external id (default: the role)")
+    cmd.add_argument("--name", default=None)
+    cmd.add_argument("--connect", dest="connect_to", default=None, help="client: gateway id to stream to")
+    cmd.add_argument("--policy", choices=(POLICY_RELAY_ONLY, POLICY_ALL), default=POLICY_RELAY_ONLY)
+    cmd.add_argument("--rate", type=_positive, default=50.0, help="client: datagrams per second (default 50)")
+    cmd.add_argument("--count", type=int, default=None, help="client: stop after this many datagrams")
+    cmd.add_argument("--report-interval", type=_positive, default=1.0, help="seconds between stream lines")
+    cmd.add_argument("--bind", default="0.0.0.0", help="local IPv4 address for the UDP socket")
+    cmd.add_argument("--heartbeat-interval", type=_positive, default=10.0)
+    cmd.add_argument("--seed", type=int, default=None, help="seed of the protocol cores (default: from the OS)")
+    cmd.set_defaults(handler=run, default_log_level="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level or args.default_log_level)
+    try:
+        return int(asyncio.run(args.handler(args)))
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
