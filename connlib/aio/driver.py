@@ -1,8 +1,8 @@
 """The asyncio driver: the only place with sockets, a clock and tasks.
 
-It drives any sans-IO core with the ``handle_input`` / ``handle_timeout`` / ``poll_transmit`` /
-``poll_event`` / ``poll_timeout`` shape (a ``Node``, or a ``Tunnel`` that adds connections):
-*receive or time out → handle → drain transmits and events → sleep until ``poll_timeout``*.
+It drives any :class:`~connlib.core.sansio.DatagramCore` (a ``Node``, or a ``Tunnel`` that adds
+connections): *receive or time out → handle → drain transmits and events → sleep until
+``poll_timeout``*.
 """
 
 from __future__ import annotations
@@ -12,20 +12,13 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..core.addr import Address
 from ..core.logfmt import kv
+from ..core.sansio import DatagramCore
 
 log = logging.getLogger("connlib.driver")
-
-
-class SansIO(Protocol):
-    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> Any: ...
-    def handle_timeout(self, now: float) -> None: ...
-    def poll_transmit(self) -> Any: ...
-    def poll_event(self) -> Any: ...
-    def poll_timeout(self) -> float | None: ...
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -48,7 +41,7 @@ class _Datagrams(asyncio.DatagramProtocol):
 class Driver:
     def __init__(
         self,
-        core: SansIO,
+        core: DatagramCore,
         *,
         bind_v4: Address = ("0.0.0.0", 0),
         bind_v6: Address | None = ("::", 0),
@@ -118,7 +111,7 @@ class Driver:
         self._send(payload, dst)
 
     def subscribe(self) -> asyncio.Queue:
-        """A queue receiving every event (and every non-bool ``handle_input`` result) from now on."""
+        """A queue receiving every event of the core from now on."""
         queue: asyncio.Queue = asyncio.Queue()
         self._subscribers.append(queue)
         return queue
@@ -142,12 +135,10 @@ class Driver:
     # ------------------------------------------------------------------ the loop
     def _on_datagram(self, data: bytes, from_: Address, local: Address | None) -> None:
         try:
-            result = self.core.handle_input(data, from_, local, self.clock())
+            self.core.handle_input(data, from_, local, self.clock())
         except Exception:  # a bug: log it loudly but keep the data plane alive
             log.exception("Core failed to handle a datagram %s", kv(src=from_))
             return
-        if result is not None and not isinstance(result, bool):
-            self._emit(result)
         self._flush()
 
     async def _run(self) -> None:

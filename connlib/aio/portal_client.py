@@ -188,7 +188,7 @@ class PortalClient:
 
     async def _drain(self) -> None:
         while True:
-            while (text := self.channel.poll_send()) is not None:
+            while (text := self.channel.poll_transmit()) is not None:
                 if self._ws is not None:
                     try:
                         await self._ws.send(text)
@@ -257,7 +257,7 @@ class PortalClient:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for message in ws:
-                self.channel.handle_frame(message, time.monotonic())
+                self.channel.handle_input(message, time.monotonic())
                 self._wake.set()
         except ConnectionClosed:
             pass

@@ -12,12 +12,11 @@ import json
 import secrets
 import socket
 import sys
-from dataclasses import dataclass
 
 from ..aio.driver import Driver
 from ..core.addr import Address, format_address, split_host_port
 from ..core.allocation import FreeReason
-from ..core.credentials import REALM
+from ..core.messages import RelayConfig
 from ..core.node import Node, RelayRemoved
 
 EXIT_OK, EXIT_AUTH, EXIT_NO_RESPONSE, EXIT_PROTOCOL, EXIT_USAGE = 0, 2, 3, 4, 64
@@ -26,16 +25,6 @@ RELAY_ID = "cli"
 
 class UsageError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class _Relay:
-    id: str
-    v4: Address | None
-    v6: Address | None
-    username: str
-    password: str
-    realm: str = REALM
 
 
 async def _resolve(host: str, port: int) -> tuple[Address | None, Address | None]:
@@ -55,7 +44,7 @@ async def allocate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--relay must be HOST:PORT: {exc}") from exc
     v4, v6 = await _resolve(host, port)
-    relay = _Relay(RELAY_ID, v4, v6, args.username, args.password, args.realm)
+    relay = RelayConfig(RELAY_ID, v4, v6, args.username, args.password, args.realm)
     loop = asyncio.get_running_loop()
     node = Node(loop.time(), seed=secrets.randbits(64), max_elapsed=args.timeout)
     removed: list[RelayRemoved] = []

@@ -21,6 +21,7 @@ from .addr import Address, format_address
 from .backoff import Backoff
 from .credentials import long_term_key
 from .logfmt import kv
+from .sansio import Transmit
 from .stun import Class, Message, Method
 
 log = logging.getLogger("connlib.allocation")
@@ -82,12 +83,6 @@ class Invalid:
 
 
 Event = New | Invalid
-
-
-@dataclass(frozen=True)
-class Transmit:
-    dst: Address
-    payload: bytes
 
 
 def _family(addr: Address) -> int:

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .addr import family, parse_address
+from .addr import Address, family, parse_address
+from .credentials import REALM
 from .logfmt import kv
 
 log = logging.getLogger("connlib.messages")
@@ -44,7 +45,6 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_CANDIDATES = 64
 MAX_CANDIDATE_CHARS = 512
-REALM = "firezone"
 
 
 class MessageError(ValueError):
@@ -319,8 +319,8 @@ class RelayConfig:
     """
 
     id: str
-    v4: tuple[str, int] | None
-    v6: tuple[str, int] | None
+    v4: Address | None
+    v6: Address | None
     username: str
     password: str
     realm: str = REALM

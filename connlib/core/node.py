@@ -19,29 +19,19 @@ import random
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 from . import backoff as backoff_mod
 from . import fixes, stun
 from .addr import Address, format_address
-from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket, Transmit
+from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket
 from .fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
 from .logfmt import kv
+from .messages import RelayConfig
+from .sansio import Transmit
 
 log = logging.getLogger("connlib.node")
 
 MAX_PREVIOUS_RELAY_IPS = 64
-
-
-class RelayConfig(Protocol):
-    """What ``update_relays`` needs of a relay (``connlib.core.messages.RelayConfig`` has it)."""
-
-    id: str
-    v4: Address | None
-    v6: Address | None
-    username: str
-    password: str
-    realm: str
 
 
 @dataclass(frozen=True)
@@ -74,9 +64,6 @@ class NoRelays:
     """The last relay is gone; the portal should be asked for new ones (``no_relays``)."""
 
 
-NodeEvent = CandidateNew | CandidateInvalid | RelayAdded | RelayRemoved | NoRelays
-
-
 @dataclass(frozen=True)
 class RelayState:
     rid: str
@@ -97,6 +84,9 @@ class ChannelData:
     rid: str
     peer: Address
     payload: bytes
+
+
+NodeEvent = CandidateNew | CandidateInvalid | RelayAdded | RelayRemoved | NoRelays | ChannelData
 
 
 class Node:
@@ -202,24 +192,40 @@ class Node:
             self._events.append(NoRelays())
 
     # ------------------------------------------------------------------ I/O-free plumbing
-    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> ChannelData | bool:
-        """Feed a datagram. ``ChannelData`` for relayed app data, True if a relay consumed it,
-        False if it is not relay traffic (e.g. a direct connectivity check)."""
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:
+        """Feed a datagram: True if it is relay traffic (consumed), False if not (e.g. a direct
+        connectivity check). Relayed application data comes out as a ``ChannelData`` event;
+        ``decapsulate`` hands it out directly instead."""
+        found = self._allocation_at(from_)
+        if found is None:
+            return from_ in self._previous_relay_addrs  # late traffic from a relay we dropped
+        rid, allocation = found
+        if stun.is_channel_data(packet):
+            unwrapped = allocation.decapsulate(from_, packet, now)
+            if unwrapped is not None:
+                self._events.append(ChannelData(rid, *unwrapped))
+        else:
+            allocation.handle_input(packet, from_, local, now)
+        self._drain_allocations()
+        self._gc()
+        return True
+
+    def decapsulate(self, from_: Address, packet: bytes, now: float) -> ChannelData | None:
+        """Unwrap ChannelData from one of our relays; None if it is not (or not for a channel of ours)."""
+        found = self._allocation_at(from_)
+        if found is None:
+            return None
+        rid, allocation = found
+        unwrapped = allocation.decapsulate(from_, packet, now)
+        self._drain_allocations()
+        self._gc()
+        return ChannelData(rid, *unwrapped) if unwrapped is not None else None
+
+    def _allocation_at(self, addr: Address) -> tuple[str, Allocation] | None:
         for rid, allocation in self.allocations.items():
-            if from_ not in allocation.server:
-                continue
-            if stun.is_channel_data(packet):
-                unwrapped = allocation.decapsulate(from_, packet, now)
-                result: ChannelData | bool = ChannelData(rid, *unwrapped) if unwrapped is not None else True
-            else:
-                allocation.handle_input(packet, from_, local, now)
-                result = True
-            self._drain_allocations()
-            self._gc()
-            return result
-        if from_ in self._previous_relay_addrs:
-            return True  # late traffic from a relay we dropped
-        return False
+            if addr in allocation.server:
+                return rid, allocation
+        return None
 
     def handle_timeout(self, now: float) -> None:
         for allocation in self.allocations.values():

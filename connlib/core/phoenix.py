@@ -1,8 +1,8 @@
 """Sans-IO Phoenix channel client: connlib's side of the portal websocket (spec §3.5).
 
 The object never touches a socket or a clock. A transport (``connlib.aio.portal_client``) feeds it
-``connected(now)``, ``handle_frame(text, now)``, ``disconnected(now)`` and ``handle_timeout(now)``,
-writes whatever ``poll_send()`` returns, reacts to ``poll_event()`` and sleeps until
+``connected(now)``, ``handle_input(text, now)``, ``disconnected(now)`` and ``handle_timeout(now)``,
+writes whatever ``poll_transmit()`` returns, reacts to ``poll_event()`` and sleeps until
 ``poll_timeout()``. Behaviour mirrors Firezone's ``phoenix-channel`` crate:
 
 - on every websocket connection refs restart at 0 and the first frame is ``phx_join`` (ref 0);
@@ -261,7 +261,7 @@ class PhoenixChannel:
         self._reconnect_at = now + delay
         self._events.append(Hiccup(delay, reason))
 
-    def handle_frame(self, text: str | bytes, now: float) -> None:
+    def handle_input(self, text: str | bytes, now: float) -> None:
         if self._state not in (_State.JOINING, _State.JOINED):
             return
         try:
@@ -330,7 +330,7 @@ class PhoenixChannel:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def poll_send(self) -> str | None:
+    def poll_transmit(self) -> str | None:
         return self._transmit.popleft() if self._transmit else None
 
     def poll_event(self) -> object | None:

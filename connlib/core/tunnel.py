@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import fixes, messages, stun
 from .addr import Address
-from .allocation import Candidate, Transmit
+from .allocation import Candidate
 from .fixes import FIX_PATH_PROBE
 from .ice import (
     Connected,
@@ -35,6 +35,7 @@ from .ice import (
 )
 from .logfmt import kv
 from .node import CandidateInvalid, CandidateNew, ChannelData, Node, NodeEvent, NoRelays, RelayRemoved
+from .sansio import Transmit
 
 log = logging.getLogger("connlib.tunnel")
 
@@ -266,6 +267,9 @@ class Tunnel:
     def _process_node_events(self, now: float) -> None:
         removed: list[str] = []
         while (event := self.node.poll_event()) is not None:
+            if isinstance(event, ChannelData):  # relayed data that reached the Node as input
+                self._handle_relayed(event, now)
+                continue
             self._events.append(event)
             if isinstance(event, RelayRemoved):
                 removed.append(event.rid)
@@ -319,19 +323,23 @@ class Tunnel:
         self._transmits.append(wrapped)
         return True
 
-    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> Received | bool:
-        result = self.node.handle_input(packet, from_, local, now)
-        if isinstance(result, ChannelData):
-            relay_local = self._relay_local(result.rid, result.peer)
-            received = self._handle_path_packet(result.payload, relay_local, result.peer, now)
-        elif result:
-            received = True
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:
+        """A datagram from the socket bound to ``local``; application data comes out as ``Received``."""
+        if stun.is_channel_data(packet) and (data := self.node.decapsulate(from_, packet, now)) is not None:
+            consumed = self._handle_relayed(data, now)
+        elif self.node.handle_input(packet, from_, local, now):
+            consumed = True
         else:
             host = LocalCandidate("host", local) if local is not None else None
-            received = self._handle_path_packet(packet, host, from_, now) if host else False
+            consumed = self._handle_path_packet(packet, host, from_, now) if host else False
         self._process_node_events(now)
         self._drain_connections(now)
-        return received
+        return consumed
+
+    def _handle_relayed(self, data: ChannelData, now: float) -> bool:
+        relay_local = self._relay_local(data.rid, data.peer)
+        self._handle_path_packet(data.payload, relay_local, data.peer, now)
+        return True  # relay traffic, whatever it carried
 
     def _relay_local(self, rid: str, peer: Address) -> LocalCandidate | None:
         family = 6 if ":" in peer[0] else 4
@@ -340,9 +348,7 @@ class Tunnel:
                 return LocalCandidate("relay", candidate.addr, rid, candidate.related)
         return None
 
-    def _handle_path_packet(
-        self, payload: bytes, local: LocalCandidate | None, from_: Address, now: float
-    ) -> Received | bool:
+    def _handle_path_packet(self, payload: bytes, local: LocalCandidate | None, from_: Address, now: float) -> bool:
         if local is None or not payload:
             return False
         if payload[0] == DATA_TAG:
@@ -350,7 +356,8 @@ class Tunnel:
             if connection is None:
                 return False
             connection.note_data_received(local, from_, now)
-            return Received(connection.peer_id, payload[1:])
+            self._events.append(Received(connection.peer_id, payload[1:]))
+            return True
         message = decode_check(payload)
         if message is None:
             return False

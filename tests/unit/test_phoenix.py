@@ -27,7 +27,7 @@ from connlib.core.phoenix import (
 
 def drain_sent(channel: PhoenixChannel) -> list:
     out = []
-    while (text := channel.poll_send()) is not None:
+    while (text := channel.poll_transmit()) is not None:
         out.append(json.loads(text))
     return out
 
@@ -53,7 +53,7 @@ def joined_channel(now: float = 0.0, **kwargs) -> PhoenixChannel:
     channel = PhoenixChannel("client", **kwargs)
     channel.connected(now)
     (join,) = drain_sent(channel)
-    channel.handle_frame(reply(join["ref"]), now)
+    channel.handle_input(reply(join["ref"]), now)
     assert isinstance(drain_events(channel)[0], Joined)
     return channel
 
@@ -70,11 +70,11 @@ def test_messages_wait_for_the_join_reply_then_go_in_order():
     channel.connected(0.0)
     second = channel.send("request_connection", {"peer_id": "g"})
     assert [f["event"] for f in drain_sent(channel)] == ["phx_join"]
-    channel.handle_frame(reply(0, relays=[]), 0.1)
+    channel.handle_input(reply(0, relays=[]), 0.1)
     assert drain_events(channel) == [Joined("client", {"relays": []})]
     sent = drain_sent(channel)
     assert [(f["event"], f["ref"]) for f in sent] == [("no_relays", 1), ("request_connection", 2)]
-    channel.handle_frame(reply(2, "error", reason="offline"), 0.2)
+    channel.handle_input(reply(2, "error", reason="offline"), 0.2)
     (answer,) = drain_events(channel)
     assert isinstance(answer, ReplyReceived) and answer.request_id == second != first
     assert answer.event == "request_connection" and answer.reply.reason == "offline"
@@ -85,7 +85,7 @@ def test_an_exact_duplicate_is_not_queued_twice():
     assert channel.send("no_relays", {}) == channel.send("no_relays", {})
     channel.send("no_relays", {"x": 1})
     channel.connected(0.0)
-    channel.handle_frame(reply(0), 0.0)
+    channel.handle_input(reply(0), 0.0)
     assert [f["payload"] for f in drain_sent(channel)[1:]] == [{}, {"x": 1}]
 
 
@@ -96,7 +96,7 @@ def test_at_most_32_messages_are_buffered_and_the_oldest_goes(caplog):
             channel.send("m", {"i": i})
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
     channel.connected(0.0)
-    channel.handle_frame(reply(0), 0.0)
+    channel.handle_input(reply(0), 0.0)
     assert [f["payload"]["i"] for f in drain_sent(channel)[1:]] == list(range(2, 34))
 
 
@@ -121,7 +121,7 @@ def test_answered_heartbeats_keep_the_connection():
     for i in range(1, 10):
         channel.handle_timeout(10.0 * i)
         (heartbeat,) = drain_sent(channel)
-        channel.handle_frame(reply(heartbeat["ref"], topic="phoenix"), 10.0 * i + 0.01)
+        channel.handle_input(reply(heartbeat["ref"], topic="phoenix"), 10.0 * i + 0.01)
     assert drain_events(channel) == [] and channel.is_joined
 
 
@@ -148,7 +148,7 @@ def test_join_timeout_after_5_seconds():
 def test_an_error_reply_to_the_join_is_fatal():
     channel = PhoenixChannel("client")
     channel.connected(0.0)
-    channel.handle_frame(reply(0, "error", reason="disabled"), 0.1)
+    channel.handle_input(reply(0, "error", reason="disabled"), 0.1)
     assert drain_events(channel) == [LoginFailed("disabled")]
     assert channel.is_closed and channel.poll_timeout() is None
     with pytest.raises(ChannelClosed):
@@ -159,35 +159,35 @@ def test_unmatched_topic_rejoins_and_resends_the_message():
     channel = joined_channel(0.0)
     channel.send("no_relays", {})
     (sent,) = drain_sent(channel)
-    channel.handle_frame(reply(sent["ref"], "error", reason="unmatched topic"), 1.0)
+    channel.handle_input(reply(sent["ref"], "error", reason="unmatched topic"), 1.0)
     assert [(f["event"], f["ref"]) for f in drain_sent(channel)] == [("phx_join", 2)]
     assert drain_events(channel) == []
-    channel.handle_frame(reply(2), 1.1)
+    channel.handle_input(reply(2), 1.1)
     assert isinstance(drain_events(channel)[0], Joined)
     assert [(f["event"], f["ref"]) for f in drain_sent(channel)] == [("no_relays", 3)]
 
 
 def test_pushes_become_messages_and_other_topics_are_ignored():
     channel = joined_channel(0.0)
-    channel.handle_frame(push("init", {"relays": []}), 0.1)
-    channel.handle_frame(push("init", {"relays": []}, topic="gateway"), 0.1)
+    channel.handle_input(push("init", {"relays": []}), 0.1)
+    channel.handle_input(push("init", {"relays": []}, topic="gateway"), 0.1)
     assert drain_events(channel) == [Push("client", "init", {"relays": []})]
 
 
 def test_phx_close_reconnects_and_disconnect_is_fatal():
     channel = joined_channel(0.0)
-    channel.handle_frame(push("phx_close", {}), 0.1)
+    channel.handle_input(push("phx_close", {}), 0.1)
     assert drain_events(channel) == [Reconnect("portal sent phx_close")]
     channel = joined_channel(0.0)
-    channel.handle_frame(push("disconnect", {"reason": "token_expired"}), 0.1)
+    channel.handle_input(push("disconnect", {"reason": "token_expired"}), 0.1)
     assert drain_events(channel) == [ForcedLogout("token_expired")] and channel.is_closed
 
 
 def test_phx_error_and_malformed_frames_are_only_logged(caplog):
     channel = joined_channel(0.0)
     with caplog.at_level(logging.DEBUG, logger="connlib.phoenix"):
-        channel.handle_frame(push("phx_error", {}), 0.1)
-        channel.handle_frame("{nope", 0.1)
+        channel.handle_input(push("phx_error", {}), 0.1)
+        channel.handle_input("{nope", 0.1)
     assert drain_events(channel) == [] and channel.is_joined
     assert max(r.levelno for r in caplog.records) == logging.WARNING
 
@@ -223,7 +223,7 @@ def test_backoff_resets_only_on_a_successful_join():
         drain_events(channel)
         channel.connected(t + 0.99)  # connects but the join is never answered
     assert delays == [0.5, 0.75, 1.125, 1.6875]
-    channel.handle_frame(reply(0), 10.0)
+    channel.handle_input(reply(0), 10.0)
     channel.disconnected(11.0)
     assert drain_events(channel)[-1].delay == 0.5
 
@@ -231,10 +231,10 @@ def test_backoff_resets_only_on_a_successful_join():
 def test_v2_join_carries_its_ref_as_join_ref():
     channel = PhoenixChannel("client", vsn=Vsn.V2)
     channel.connected(0.0)
-    assert [json.loads(channel.poll_send())] == [[0, 0, "client", "phx_join", {}]]
-    channel.handle_frame(json.dumps([0, 0, "client", "phx_reply", {"status": "ok", "response": {}}]), 0.0)
+    assert [json.loads(channel.poll_transmit())] == [[0, 0, "client", "phx_join", {}]]
+    channel.handle_input(json.dumps([0, 0, "client", "phx_reply", {"status": "ok", "response": {}}]), 0.0)
     channel.send("no_relays", {})
-    assert json.loads(channel.poll_send()) == [0, 1, "client", "no_relays", {}]
+    assert json.loads(channel.poll_transmit()) == [0, 1, "client", "no_relays", {}]
 
 
 def test_gives_up_after_max_elapsed():

@@ -24,6 +24,7 @@ from connlib.core.addr import Address
 from connlib.core.allocation import Allocation, RelaySocket
 from connlib.core.credentials import REALM, long_term_key, rest_credentials, rest_password
 from connlib.core.messages import RelayConfig
+from connlib.core.node import Node
 from connlib.core.stun import Class, Message, Method
 
 DEFAULT_LIFETIME, MAX_LIFETIME, CHANNEL_LIFETIME = 600, 3600, 600.0
@@ -278,7 +279,7 @@ class Net:
             for out_dst, out in relay.handle(payload, src, self.now):
                 self._send(relay.address_for(out_dst), out_dst, out, self.now)
         elif (agent := self.agents.get(dst)) is not None:
-            if isinstance(agent, Allocation) and stun.is_channel_data(payload):
+            if isinstance(agent, Allocation | Node) and stun.is_channel_data(payload):
                 result = agent.decapsulate(src, payload, self.now)
             else:
                 result = agent.handle_input(payload, src, dst, self.now)
