@@ -1,8 +1,9 @@
 """STUN codec throughput: connlib.core.stun next to aioice.stun on the same messages, same run.
 
-One operation = encode the message (computing MESSAGE-INTEGRITY and FINGERPRINT where the message
-has them) + decode the canonical wire bytes (FINGERPRINT checked by both decoders) + verify
-MESSAGE-INTEGRITY where present. Figures are the median of several repeats (time.perf_counter).
+Two operations per message, measured separately: *serialize* (encode, computing MESSAGE-INTEGRITY
+and FINGERPRINT where the message has them) and *parse+verify* (decode the canonical wire bytes,
+FINGERPRINT checked by both decoders, then verify MESSAGE-INTEGRITY where present). The two
+libraries' repeats are interleaved; the ratio is given as min / median / max over the repeats.
 
     python -m bench.codec [--repeats 7] [--seconds 0.25]
 """
@@ -27,9 +28,14 @@ LONG_TERM_KEY = long_term_key("1700000000:bench", "firezone", "c2VjcmV0LXBhc3N3b
 
 @dataclass
 class Case:
+    """One message; ``*_encode`` serializes it, ``*_parse`` parses the same wire bytes (and verifies
+    MESSAGE-INTEGRITY where the message has it; FINGERPRINT is checked by both decoders)."""
+
     name: str
-    connlib_op: Callable[[], object]
-    aioice_op: Callable[[], object]
+    connlib_encode: Callable[[], object]
+    connlib_parse: Callable[[], object]
+    aioice_encode: Callable[[], object]
+    aioice_parse: Callable[[], object]
     note: str = ""
 
 
@@ -52,15 +58,16 @@ def _binding_request() -> Case:
 
     assert theirs_encode() == wire, "aioice and connlib must produce the same bytes"
 
-    def connlib_op() -> None:
+    def connlib_encode() -> None:
         stun.Message(stun.Method.BINDING, stun.Class.REQUEST, TID, list(attrs)).encode(key, fingerprint=True)
+
+    def connlib_parse() -> None:
         assert stun.decode(wire).verify_integrity(key)
 
-    def aioice_op() -> None:
-        theirs_encode()
+    def aioice_parse() -> None:
         assert aio.parse_message(wire).check_message_integrity(key)
 
-    return Case("Binding request (2.1-like, MI+FP)", connlib_op, aioice_op)
+    return Case("Binding request (2.1-like, MI+FP)", connlib_encode, connlib_parse, theirs_encode, aioice_parse)
 
 
 def _allocate_success() -> Case:
@@ -90,18 +97,21 @@ def _allocate_success() -> Case:
     assert parsed.attributes["XOR-MAPPED-ADDRESS"] == ("198.51.100.7", 53421)
     assert stun.decode(wire).get_all("XOR-RELAYED-ADDRESS") == relayed
 
-    def connlib_op() -> None:
+    def connlib_encode() -> None:
         stun.Message(stun.Method.ALLOCATE, stun.Class.SUCCESS, TID, list(attrs)).encode(key, fingerprint=True)
+
+    def connlib_parse() -> None:
         assert stun.decode(wire).verify_integrity(key)
 
-    def aioice_op() -> None:
-        theirs_encode()
+    def aioice_parse() -> None:
         assert aio.parse_message(wire).check_message_integrity(key)
 
     return Case(
         "ALLOCATE success (2x relayed, MI+FP)",
-        connlib_op,
-        aioice_op,
+        connlib_encode,
+        connlib_parse,
+        theirs_encode,
+        aioice_parse,
         note="aioice encodes only one XOR-RELAYED-ADDRESS (dict); decode input identical",
     )
 
@@ -126,20 +136,21 @@ def _unauthorized() -> Case:
 
     assert theirs_encode() == wire, "aioice and connlib must produce the same bytes"
 
-    def connlib_op() -> None:
+    def connlib_encode() -> None:
         stun.Message(
             stun.Method.ALLOCATE,
             stun.Class.ERROR,
             TID,
             [("ERROR-CODE", (401, "Unauthorized")), ("REALM", "firezone"), ("NONCE", nonce)],
         ).encode(fingerprint=True)
+
+    def connlib_parse() -> None:
         assert stun.decode(wire).error_code == 401
 
-    def aioice_op() -> None:
-        theirs_encode()
+    def aioice_parse() -> None:
         assert aio.parse_message(wire).error_code == 401
 
-    return Case("401 Unauthorized (REALM+NONCE, FP)", connlib_op, aioice_op)
+    return Case("401 Unauthorized (REALM+NONCE, FP)", connlib_encode, connlib_parse, theirs_encode, aioice_parse)
 
 
 def _calibrate(op: Callable[[], object], seconds: float) -> int:
@@ -152,41 +163,61 @@ def _calibrate(op: Callable[[], object], seconds: float) -> int:
         n *= 4
 
 
-def run(repeats: int, seconds: float) -> list[tuple[str, float, float, str]]:
-    results = []
+@dataclass(frozen=True)
+class Figure:
+    case: str
+    op: str  # "parse+verify" or "serialize"
+    ours: list[float]  # every repeat's ops/s
+    theirs: list[float]
+    note: str = ""
+
+    @staticmethod
+    def _median(rates: list[float]) -> float:
+        return sorted(rates)[len(rates) // 2]
+
+    @property
+    def ratios(self) -> list[float]:
+        return sorted(o / t for o, t in zip(self.ours, self.theirs, strict=True))
+
+
+def run(repeats: int, seconds: float) -> list[Figure]:
+    figures = []
     for case in (_binding_request(), _allocate_success(), _unauthorized()):
-        n = _calibrate(case.connlib_op, seconds)
-        # Interleave the two libraries' repeats so that drift (CPU frequency, other load) hits both.
-        ours_rates, theirs_rates = [], []
-        for _ in range(repeats):
-            ours_rates += median_rate(case.connlib_op, n, 1)[1]
-            theirs_rates += median_rate(case.aioice_op, n, 1)[1]
-        ours, theirs = sorted(ours_rates)[repeats // 2], sorted(theirs_rates)[repeats // 2]
-        results.append((case.name, ours, theirs, case.note))
-    return results
+        for op, ours_op, theirs_op in (
+            ("parse+verify", case.connlib_parse, case.aioice_parse),
+            ("serialize", case.connlib_encode, case.aioice_encode),
+        ):
+            n = _calibrate(ours_op, seconds)
+            # Interleave the two libraries' repeats so that drift (CPU frequency, other load) hits both.
+            ours, theirs = [], []
+            for _ in range(repeats):
+                ours += median_rate(ours_op, n, 1)[1]
+                theirs += median_rate(theirs_op, n, 1)[1]
+            figures.append(Figure(case.name, op, ours, theirs, case.note))
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.codec", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="repeats per case (median reported)")
+    parser = argparse.ArgumentParser(prog="python -m bench.codec", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per case and operation")
     parser.add_argument("--seconds", type=float, default=0.25, help="target duration of one repeat")
     args = parser.parse_args(argv)
-    print(f"STUN encode+decode(+verify) messages/s, median of {args.repeats} repeats, Python {sys.version.split()[0]}")
-    results = run(args.repeats, args.seconds)
-    width = max(len(name) for name, *_ in results)
-    print(f"{'message':<{width}}  {'connlib':>10}  {'aioice':>10}  connlib/aioice")
-    total_ours = total_theirs = 0.0
-    for name, ours, theirs, note in results:
+    print(f"STUN messages/s, {args.repeats} interleaved repeats each, Python {sys.version.split()[0]}")
+    figures = run(args.repeats, args.seconds)
+    width = max(len(f.case) for f in figures)
+    print(f"{'message':<{width}}  {'operation':<12}  {'connlib':>10}  {'aioice':>10}  connlib/aioice min/median/max")
+    for f in figures:
+        r = f.ratios
         print(
-            f"{name:<{width}}  {ours:>10,.0f}  {theirs:>10,.0f}  {ours / theirs:>6.2f}x"
-            + (f"   ({note})" if note else "")
+            f"{f.case:<{width}}  {f.op:<12}  {Figure._median(f.ours):>10,.0f}  {Figure._median(f.theirs):>10,.0f}"
+            f"  {r[0]:.2f} / {r[len(r) // 2]:.2f} / {r[-1]:.2f}x" + (f"   ({f.note})" if f.note else "")
         )
-        total_ours += 1 / ours
-        total_theirs += 1 / theirs
-    # Mix of the three messages, one each: harmonic combination of the per-message rates.
-    mix_ours, mix_theirs = len(results) / total_ours, len(results) / total_theirs
-    print(f"{'mix (one of each)':<{width}}  {mix_ours:>10,.0f}  {mix_theirs:>10,.0f}  {mix_ours / mix_theirs:>6.2f}x")
-    print(f"ratio connlib/aioice (mix): {mix_ours / mix_theirs:.2f}")
+    for op in ("parse+verify", "serialize"):
+        # Mix of the three messages, one each: harmonic combination of the per-message median rates.
+        chosen = [f for f in figures if f.op == op]
+        ours = len(chosen) / sum(1 / Figure._median(f.ours) for f in chosen)
+        theirs = len(chosen) / sum(1 / Figure._median(f.theirs) for f in chosen)
+        print(f"{op} mix (one of each): connlib {ours:,.0f}/s, aioice {theirs:,.0f}/s, ratio {ours / theirs:.2f}")
     return 0
 
 
