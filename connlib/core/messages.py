@@ -349,7 +349,10 @@ def merge_relays(relays: list[Relay] | tuple[Relay, ...]) -> list[RelayConfig]:
         if getattr(known, slot) is not None:
             log.warning("Duplicate address family for relay; ignoring %s", kv(rid=relay.id, addr=relay.addr))
             continue
-        merged[relay.id] = dataclasses.replace(known, **{slot: (host, port)})
+        address = (host, port)
+        merged[relay.id] = (
+            dataclasses.replace(known, v4=address) if slot == "v4" else dataclasses.replace(known, v6=address)
+        )
     return [merged[rid] for rid in sorted(merged)]
 
 

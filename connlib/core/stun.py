@@ -315,6 +315,11 @@ class Message:
         return iter(self.attributes)
 
     @property
+    def method_name(self) -> str:
+        """``ALLOCATE``…, or the number in hex for a method the codec does not know (logs)."""
+        return self.method.name if isinstance(self.method, Method) else f"{self.method:#05x}"
+
+    @property
     def error_code(self) -> int | None:
         value = self.get("ERROR-CODE")
         return value[0] if value else None

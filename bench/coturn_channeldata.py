@@ -1,4 +1,7 @@
-"""Relayed ChannelData packets/s through a real coturn on loopback, next to a raw UDP echo.
+"""Hand-built ChannelData through a real coturn on loopback, next to a raw UDP echo: coturn's figure.
+
+This is not connlib's data path (no Tunnel, no Driver): it is the floor a Python client can reach
+through coturn, to read connlib's relayed figures against.
 
 Two allocations A and B on one coturn (127.0.0.1), built by hand with ``connlib.core.stun``:
 unauthenticated ALLOCATE -> 401 (REALM, NONCE) -> signed ALLOCATE (REQUESTED-TRANSPORT=17,
@@ -15,7 +18,7 @@ reported, with losses (payloads carry sequence numbers; loopback does not reorde
 loss, and a receive timeout writes off what is still in flight). All traffic is on
 127.0.0.1.
 
-    python -m bench.relay_throughput [--payload 1200] [--window 64] [--count 100000] [--seconds 2]
+    python -m bench.coturn_channeldata [--payload 1200] [--window 64] [--count 100000] [--seconds 2]
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _transact(sock: socket.socket, server: tuple[str, int], request: stun.Messag
                 continue
             if response.transaction_id == request.transaction_id:
                 return response
-    raise BenchError(f"no response to {request.method.name} from {server}")
+    raise BenchError(f"no response to {request.method_name} from {server}")
 
 
 @dataclass
@@ -89,9 +92,9 @@ class Allocation:
     def request(self, message: stun.Message) -> stun.Message:
         response = _transact(self.sock, self.server, message, self.key)
         if not response.verify_integrity(self.key):
-            raise BenchError(f"{message.method.name} response failed MESSAGE-INTEGRITY")
+            raise BenchError(f"{message.method_name} response failed MESSAGE-INTEGRITY")
         if response.cls is not stun.Class.SUCCESS:
-            raise BenchError(f"{message.method.name} failed: {response.get('ERROR-CODE')}")
+            raise BenchError(f"{message.method_name} failed: {response.get('ERROR-CODE')}")
         return response
 
     def channel_bind(self, channel: int, peer: tuple[str, int]) -> None:
@@ -296,6 +299,7 @@ class Echo:
                 stdin=subprocess.DEVNULL,
                 text=True,
             )
+            assert self.process.stdout is not None  # stdout=PIPE
             self.target = (HOST, int(self.process.stdout.readline()))
         else:
             self.echo = _udp()
@@ -333,7 +337,8 @@ class Echo:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-            self.process.stdout.close()
+            if self.process.stdout is not None:
+                self.process.stdout.close()
         if self.thread is not None:
             self.thread.join(timeout=2)
             self.echo.close()
@@ -345,7 +350,7 @@ def _median(runs: list[Run]) -> Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay_throughput", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.coturn_channeldata", description=__doc__.splitlines()[0])
     parser.add_argument("--payload", type=int, default=1200, help="payload bytes per packet (default 1200)")
     parser.add_argument("--window", type=int, default=64, help="packets in flight (default 64)")
     parser.add_argument("--count", type=int, default=100_000, help="max packets per measurement")
@@ -358,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.window < 1 or args.count < 1 or args.seconds <= 0 or args.repeats < 1:
         parser.error("--window, --count, --repeats must be >= 1 and --seconds > 0")
     if turnserver_path() is None:
-        print("relay_throughput: turnserver not installed (Debian package 'coturn'); skipped", file=sys.stderr)
+        print("coturn_channeldata: turnserver not installed (Debian package 'coturn'); skipped", file=sys.stderr)
         return 0 if argv == [] else 69  # run-all keeps going; a direct run says it could not measure
 
     payload = bytes(i % 251 for i in range(args.payload))
