@@ -1,0 +1,289 @@
+"""Relayed round trips through one real coturn: connlib's client↔gateway path next to its peers.
+
+Four paths carry the same echo traffic through the same ``turnserver`` on 127.0.0.1, one repeat
+of each in turn (interleaved, so that load and CPU-frequency drift hit all of them):
+
+- ``connlib``: two real ``Tunnel``\\s (client and gateway, relay-only) on real ``Driver``\\s, ICE
+  over the relay, the client's datagrams echoed by the gateway: the path ``connlib run`` uses
+  (signalling is passed between the two in-process, as the portal would relay it);
+- ``aioice``: two ``aioice.turn`` endpoints (its TURN channel path), one echoing the other;
+- ``channeldata``: hand-built ChannelData on two allocations made with ``connlib.core.stun``
+  (no state machine at all: the floor a Python client reaches through coturn);
+- ``raw-udp``: a UDP socket and an echo socket, no relay.
+
+Every path runs both ends in this one process and event loop, so each figure is the whole cost
+of a round trip (both sides). The client keeps ``window`` datagrams in flight and sends the next
+one when an echo comes back; a repeat counts the echoes within ``seconds``.
+
+    python -m bench.relayed_roundtrip [--windows 1,32] [--payloads 100,1200] [--repeats 5] [--seconds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import socket
+import statistics
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+
+from aioice import turn as aioice_turn
+
+from bench.coturn_channeldata import allocate as allocate_by_hand
+from connlib.aio.driver import Driver
+from connlib.core import messages, stun
+from connlib.core.messages import RelayConfig
+from connlib.core.tunnel import Received, Signal, Tunnel
+from harness.coturn import Coturn, turnserver_path
+
+HOST = "127.0.0.1"
+SEQ = struct.Struct("!Q")
+PATHS = ("connlib", "aioice", "channeldata", "raw-udp")
+CONNECT_TIMEOUT = 10.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class Echoes:
+    """The client side's window: one new datagram per echo, echoes counted while ``counting``."""
+
+    def __init__(self, send: Callable[[bytes], None], payload: int, window: int) -> None:
+        self.send, self.padding, self.window = send, b"\0" * max(0, payload - SEQ.size), window
+        self.next_seq = 0
+        self.counted = 0
+        self.counting = False
+
+    def packet(self) -> bytes:
+        self.next_seq += 1
+        return SEQ.pack(self.next_seq) + self.padding
+
+    def start(self) -> None:
+        for _ in range(self.window):
+            self.send(self.packet())
+
+    def on_echo(self, data: bytes) -> None:
+        if len(data) < SEQ.size:
+            return  # a path's set-up traffic, not one of ours
+        if self.counting:
+            self.counted += 1
+        self.send(self.packet())
+
+
+async def _measure(echoes: Echoes, seconds: float) -> float:
+    echoes.start()
+    await asyncio.sleep(min(0.2, seconds / 4))  # warm-up: windows fill, channels bind
+    loop = asyncio.get_running_loop()
+    echoes.counting, start = True, loop.time()
+    await asyncio.sleep(seconds)
+    echoes.counting = False
+    elapsed = loop.time() - start
+    return echoes.counted / elapsed
+
+
+# ---------------------------------------------------------------------------- connlib
+_PORTAL_RENAMES = {messages.Event.REQUEST_CONNECTION: messages.Event.CONNECTION_REQUEST}
+
+
+async def connlib_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+    """Client and gateway Tunnels through the relay, ICE over it, signalling passed in-process."""
+    loop = asyncio.get_running_loop()
+    ids = {"client": "gateway", "gateway": "client"}  # each side's peer
+    tunnels = {role: Tunnel(role, loop.time(), seed=i) for i, role in enumerate(("client", "gateway"))}
+    drivers: dict[str, Driver] = {}
+    echoes: Echoes | None = None
+
+    def deliver(sender: str, signal: Signal) -> None:
+        receiver = ids[sender]
+        event = _PORTAL_RENAMES.get(messages.Event(signal.event), signal.event)
+        typed = messages.decode_payload(event, signal.payload)
+        typed = dataclasses.replace(typed, peer_id=sender)  # the portal names the sender
+        drivers[receiver].call(lambda now: tunnels[receiver].handle_signal(event, typed, now))
+
+    def on_event(role: str, event: object) -> None:
+        match event:
+            case Signal() if event.event != messages.Event.NO_RELAYS:
+                loop.call_soon(deliver, role, event)
+            case Received(peer_id=peer, payload=data) if role == "gateway":
+                drivers[role].call(lambda now: tunnels[role].send(peer, data, now))
+            case Received(payload=data) if echoes is not None:
+                echoes.on_echo(data)
+
+    for role, tunnel in tunnels.items():
+        drivers[role] = Driver(
+            tunnel, clock=loop.time, bind_v4=(HOST, 0), bind_v6=None, on_event=lambda e, r=role: on_event(r, e)
+        )
+    try:
+        for role, driver in drivers.items():
+            await driver.start()
+            username, password = relay.credentials(salt=role)
+            config = RelayConfig("relay", relay.addr, None, username, password)
+            driver.call(lambda now, t=tunnels[role], c=config: t.update_relays([], [c], now))
+        for role, driver in drivers.items():
+            if not await driver.wait_until(tunnels[role].has_usable_relay, CONNECT_TIMEOUT):
+                raise BenchError(f"connlib {role}: no allocation")
+        drivers["client"].call(lambda now: tunnels["client"].connect("gateway", now))
+        if not await drivers["client"].wait_until(lambda: tunnels["client"].is_connected("gateway"), CONNECT_TIMEOUT):
+            raise BenchError("connlib: the connection did not come up")
+        client = drivers["client"]
+        echoes = Echoes(lambda p: client.call(lambda now: tunnels["client"].send("gateway", p, now)), payload, window)
+        return await _measure(echoes, seconds)
+    finally:
+        for driver in drivers.values():
+            await driver.stop()
+
+
+# ---------------------------------------------------------------------------- aioice
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr)
+
+
+async def aioice_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+    """Two aioice TURN endpoints on the relay; B echoes what A sends to B's relayed address."""
+    echoes: Echoes | None = None
+    endpoints = []
+    try:
+        for salt in ("aioice-a", "aioice-b"):
+            username, password = relay.credentials(salt=salt)
+            protocol = _Endpoint(lambda data, addr: None)
+            transport, _ = await aioice_turn.create_turn_endpoint(lambda p=protocol: p, relay.addr, username, password)
+            endpoints.append((transport, protocol))
+        (a, a_proto), (b, b_proto) = endpoints
+        a_relayed, b_relayed = a.get_extra_info("sockname"), b.get_extra_info("sockname")
+        # Each side needs a permission (aioice binds a channel on first send) for the other's
+        # relayed address before the other's data reaches it: both send until both have heard.
+        heard = {"a": asyncio.Event(), "b": asyncio.Event()}
+        a_proto.on_datagram = lambda data, addr: heard["a"].set()
+        b_proto.on_datagram = lambda data, addr: heard["b"].set()
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            while not (heard["a"].is_set() and heard["b"].is_set()):
+                a.sendto(b"prime", b_relayed)
+                b.sendto(b"prime", a_relayed)
+                await asyncio.sleep(0.05)
+        b_proto.on_datagram = lambda data, addr: b.sendto(data, addr)
+        a_proto.on_datagram = lambda data, addr: echoes.on_echo(data) if echoes else None
+        echoes = Echoes(lambda p: a.sendto(p, b_relayed), payload, window)
+        return await _measure(echoes, seconds)
+    finally:
+        for transport, _ in endpoints:
+            transport.close()
+
+
+# ---------------------------------------------------------------------------- hand-built ChannelData
+async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+    """Two allocations made by hand, one channel each way; B re-wraps what it gets back to A."""
+    loop = asyncio.get_running_loop()
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    transports: list[asyncio.DatagramTransport] = []
+    try:
+        for sock in socks:
+            sock.bind((HOST, 0))
+            sock.settimeout(2.0)
+        a, b = (allocate_by_hand(s, relay.addr, *relay.credentials(salt=f"hand-{i}")) for i, s in enumerate(socks))
+        channel = 0x4001
+        a.channel_bind(channel, b.relayed)
+        b.channel_bind(channel, a.relayed)
+        frame = struct.Struct("!HH")
+        echoes: Echoes | None = None
+
+        def on_a(data: bytes, addr: tuple[str, int]) -> None:
+            if echoes is not None and len(data) > 4:
+                echoes.on_echo(data[4:])
+
+        def on_b(data: bytes, addr: tuple[str, int]) -> None:
+            if len(data) > 4:
+                transports[1].sendto(frame.pack(channel, len(data) - 4) + data[4:], relay.addr)
+
+        for sock, handler in zip(socks, (on_a, on_b), strict=True):
+            sock.setblocking(False)
+            transport, _ = await loop.create_datagram_endpoint(lambda h=handler: _Endpoint(h), sock=sock)
+            transports.append(transport)
+        echoes = Echoes(
+            lambda p: transports[0].sendto(stun.encode_channel_data(channel, p), relay.addr), payload, window
+        )
+        return await _measure(echoes, seconds)
+    finally:
+        for transport in transports:
+            transport.close()
+        for sock in socks:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------- raw UDP
+async def raw_udp_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(
+        lambda: _Endpoint(lambda d, a: echo.sendto(d, a)), local_addr=(HOST, 0)
+    )
+    echoes: Echoes | None = None
+    client, _ = await loop.create_datagram_endpoint(
+        lambda: _Endpoint(lambda d, a: echoes.on_echo(d) if echoes else None), local_addr=(HOST, 0)
+    )
+    target = echo.get_extra_info("sockname")[:2]
+    try:
+        echoes = Echoes(lambda p: client.sendto(p, target), payload, window)
+        return await _measure(echoes, seconds)
+    finally:
+        client.close()
+        echo.close()
+
+
+MEASURE: dict[str, Callable[[Coturn, int, int, float], Awaitable[float]]] = {
+    "connlib": connlib_path,
+    "aioice": aioice_path,
+    "channeldata": channeldata_path,
+    "raw-udp": raw_udp_path,
+}
+
+
+async def run(windows: list[int], payloads: list[int], repeats: int, seconds: float) -> dict:
+    results: dict[tuple[int, int], dict[str, list[float]]] = {}
+    with Coturn(name="bench-roundtrip") as relay:
+        for window in windows:
+            for payload in payloads:
+                rates: dict[str, list[float]] = {path: [] for path in PATHS}
+                for _ in range(repeats):
+                    for path in PATHS:
+                        rates[path].append(await MEASURE[path](relay, payload, window, seconds))
+                results[(window, payload)] = rates
+    return results
+
+
+def _summary(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"{ordered[0]:.2f} / {statistics.median(ordered):.2f} / {ordered[-1]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.relayed_roundtrip", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--windows", default="1,32", help="datagrams in flight, comma-separated")
+    parser.add_argument("--payloads", default="100,1200", help="payload bytes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="duration of one repeat")
+    args = parser.parse_args(argv)
+    if turnserver_path() is None:
+        print("relayed_roundtrip: turnserver not installed (Debian package 'coturn'); skipped", file=sys.stderr)
+        return 0
+    windows = [int(w) for w in args.windows.split(",")]
+    payloads = [int(p) for p in args.payloads.split(",")]
+    results = asyncio.run(run(windows, payloads, args.repeats, args.seconds))
+    print(f"relayed round trips/s through one coturn, {args.repeats} interleaved repeats of {args.seconds:g} s")
+    print(f"{'window':>6} {'bytes':>6}  " + "  ".join(f"{p:>11}" for p in PATHS) + "  connlib/aioice min/med/max")
+    for (window, payload), rates in results.items():
+        medians = "  ".join(f"{statistics.median(rates[p]):>11,.0f}" for p in PATHS)
+        ratios = [c / a for c, a in zip(rates["connlib"], rates["aioice"], strict=True)]
+        print(f"{window:>6} {payload:>6}  {medians}  {_summary(ratios)}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
