@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import socket
 import statistics
 import struct
@@ -114,14 +115,14 @@ async def connlib_path(relay: Coturn, payload: int, window: int, seconds: float)
 
     for role, tunnel in tunnels.items():
         drivers[role] = Driver(
-            tunnel, clock=loop.time, bind_v4=(HOST, 0), bind_v6=None, on_event=lambda e, r=role: on_event(r, e)
+            tunnel, clock=loop.time, bind_v4=(HOST, 0), bind_v6=None, on_event=functools.partial(on_event, role)
         )
     try:
         for role, driver in drivers.items():
             await driver.start()
             username, password = relay.credentials(salt=role)
             config = RelayConfig("relay", relay.addr, None, username, password)
-            driver.call(lambda now, t=tunnels[role], c=config: t.update_relays([], [c], now))
+            driver.call(functools.partial(_add_relay, tunnels[role], config))
         for role, driver in drivers.items():
             if not await driver.wait_until(tunnels[role].has_usable_relay, CONNECT_TIMEOUT):
                 raise BenchError(f"connlib {role}: no allocation")
@@ -134,6 +135,14 @@ async def connlib_path(relay: Coturn, payload: int, window: int, seconds: float)
     finally:
         for driver in drivers.values():
             await driver.stop()
+
+
+def _add_relay(tunnel: Tunnel, config: RelayConfig, now: float) -> None:
+    tunnel.update_relays([], [config], now)
+
+
+def _same(protocol: _Endpoint) -> _Endpoint:
+    return protocol
 
 
 # ---------------------------------------------------------------------------- aioice
@@ -153,7 +162,9 @@ async def aioice_path(relay: Coturn, payload: int, window: int, seconds: float) 
         for salt in ("aioice-a", "aioice-b"):
             username, password = relay.credentials(salt=salt)
             protocol = _Endpoint(lambda data, addr: None)
-            transport, _ = await aioice_turn.create_turn_endpoint(lambda p=protocol: p, relay.addr, username, password)
+            transport, _ = await aioice_turn.create_turn_endpoint(
+                functools.partial(_same, protocol), relay.addr, username, password
+            )
             endpoints.append((transport, protocol))
         (a, a_proto), (b, b_proto) = endpoints
         a_relayed, b_relayed = a.get_extra_info("sockname"), b.get_extra_info("sockname")
@@ -203,7 +214,7 @@ async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: fl
 
         for sock, handler in zip(socks, (on_a, on_b), strict=True):
             sock.setblocking(False)
-            transport, _ = await loop.create_datagram_endpoint(lambda h=handler: _Endpoint(h), sock=sock)
+            transport, _ = await loop.create_datagram_endpoint(functools.partial(_Endpoint, handler), sock=sock)
             transports.append(transport)
         echoes = Echoes(
             lambda p: transports[0].sendto(stun.encode_channel_data(channel, p), relay.addr), payload, window
