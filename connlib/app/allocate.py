@@ -16,15 +16,12 @@ import sys
 from ..aio.driver import Driver
 from ..core.addr import Address, format_address, split_host_port
 from ..core.allocation import FreeReason
-from ..core.messages import RelayConfig
 from ..core.node import Node, RelayRemoved
+from ..core.relay import RelayConfig
+from .errors import UsageError
 
-EXIT_OK, EXIT_AUTH, EXIT_NO_RESPONSE, EXIT_PROTOCOL, EXIT_USAGE = 0, 2, 3, 4, 64
+EXIT_OK, EXIT_AUTH, EXIT_NO_RESPONSE, EXIT_PROTOCOL = 0, 2, 3, 4
 RELAY_ID = "cli"
-
-
-class UsageError(Exception):
-    pass
 
 
 async def _resolve(host: str, port: int) -> tuple[Address | None, Address | None]:

@@ -2,27 +2,25 @@
 
 Exit codes of ``allocate``: see :mod:`connlib.app.allocate`. ``run`` exits 0 when its stream
 lost nothing, 1 when it lost datagrams, 2 when the portal refused it, 64 on bad arguments.
+
+Each subcommand names its handler as ``module:function``, imported only when that subcommand
+runs: ``allocate`` starts in a fraction of the time it would take to load the client/gateway
+runtime (portal transport, websockets, ICE) that ``run`` needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
-import os
-import secrets
 import sys
 
-from ..core import backoff, fixes
+from ..core import backoff
 from ..core.credentials import REALM
-from ..core.logfmt import kv
-from ..core.tunnel import POLICY_ALL, POLICY_RELAY_ONLY
-from .allocate import EXIT_USAGE, UsageError, allocate
-from .peer import Peer, PeerConfig
+from .errors import EXIT_USAGE, UsageError
 
-log = logging.getLogger("connlib.run")
-
-DISABLE_FIXES_ENV = "CONNLIB_TEST_DISABLE_FIXES"  # test-only: re-create the bugs the fixes prevent
+POLICIES = ("relay-only", "all")  # connlib.core.tunnel's POLICY_RELAY_ONLY and POLICY_ALL
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,42 +37,11 @@ def configure_logging(level: str) -> None:
     )
 
 
-def disabled_fixes_from_env() -> frozenset[str]:
-    try:
-        return fixes.parse(os.environ.get(DISABLE_FIXES_ENV, ""))
-    except ValueError as exc:
-        raise UsageError(f"{DISABLE_FIXES_ENV}: {exc}") from None
-
-
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
-
-
-async def run(args: argparse.Namespace) -> int:
-    seed = args.seed if args.seed is not None else secrets.randbits(64)
-    config = PeerConfig(
-        role=args.role,
-        portal=args.portal,
-        token=args.token,
-        peer_id=args.peer_id or args.role,
-        name=args.name,
-        connect_to=args.connect_to,
-        policy=args.policy,
-        rate=args.rate,
-        count=args.count,
-        report_interval=args.report_interval,
-        bind=args.bind,
-        seed=seed,
-        heartbeat_interval=args.heartbeat_interval,
-        disabled_fixes=disabled_fixes_from_env(),
-    )
-    log.info("Seeded %s", kv(seed=seed))
-    if config.disabled_fixes:
-        log.warning("TEST BUILD: fixes disabled %s", kv(fixes=",".join(sorted(config.disabled_fixes))))
-    return await Peer(config).run_forever()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=backoff.MAX_ELAPSED,
         help=f"give up a request after this many seconds (default {backoff.MAX_ELAPSED:g})",
     )
-    alloc.set_defaults(handler=allocate, default_log_level="ERROR")
+    alloc.set_defaults(handler="connlib.app.allocate:allocate", default_log_level="ERROR")
 
     cmd = commands.add_parser("run", help="run a client or gateway against the portal")
     cmd.add_argument("--role", choices=("client", "gateway"), default="client")
@@ -102,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--id", dest="peer_id", default=None, help="external id (default: the role)")
     cmd.add_argument("--name", default=None)
     cmd.add_argument("--connect", dest="connect_to", default=None, help="client: gateway id to stream to")
-    cmd.add_argument("--policy", choices=(POLICY_RELAY_ONLY, POLICY_ALL), default=POLICY_RELAY_ONLY)
+    cmd.add_argument("--policy", choices=POLICIES, default=POLICIES[0])
     cmd.add_argument("--rate", type=_positive, default=50.0, help="client: datagrams per second (default 50)")
     cmd.add_argument("--count", type=int, default=None, help="client: stop after this many datagrams")
     cmd.add_argument("--report-interval", type=_positive, default=1.0, help="seconds between stream lines")
     cmd.add_argument("--bind", default="0.0.0.0", help="local IPv4 address for the UDP socket")
     cmd.add_argument("--heartbeat-interval", type=_positive, default=10.0)
     cmd.add_argument("--seed", type=int, default=None, help="seed of the protocol cores (default: from the OS)")
-    cmd.set_defaults(handler=run, default_log_level="INFO")
+    cmd.set_defaults(handler="connlib.app.run:run", default_log_level="INFO")
     return parser
 
 
@@ -118,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level or args.default_log_level)
     try:
-        return int(asyncio.run(args.handler(args)))
+        module, _, function = args.handler.partition(":")
+        handler = getattr(importlib.import_module(module), function)
+        return int(asyncio.run(handler(args)))
     except UsageError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

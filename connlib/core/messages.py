@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .addr import Address, family, parse_address
-from .credentials import REALM
+from .addr import family, parse_address
 from .logfmt import kv
+from .relay import RelayConfig
 
 log = logging.getLogger("connlib.messages")
 
@@ -309,21 +309,6 @@ def _relay_list(raw: Any, what: str) -> tuple[Relay, ...]:
     if not isinstance(raw, list):
         raise MessageError(f"{what} must be a list")
     return tuple(Relay.from_json(r) for r in raw)
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    """One TURN server as connlib's Node consumes it: merged across address families.
-
-    ``v4``/``v6`` are ``(host, port)`` with the IPv6 host unbracketed, ready for ``sendto``.
-    """
-
-    id: str
-    v4: Address | None
-    v6: Address | None
-    username: str
-    password: str
-    realm: str = REALM
 
 
 def merge_relays(relays: list[Relay] | tuple[Relay, ...]) -> list[RelayConfig]:

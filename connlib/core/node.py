@@ -26,7 +26,7 @@ from .addr import Address, format_address
 from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket
 from .fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
 from .logfmt import kv
-from .messages import RelayConfig
+from .relay import RelayConfig
 from .sansio import Transmit
 
 log = logging.getLogger("connlib.node")

@@ -156,3 +156,11 @@ def test_no_function_level_imports_of_project_modules(package):
             if module.split(".")[0] in PACKAGES:
                 problems.append(f"{path.relative_to(ROOT)}:{line} imports {module} inside a function")
     assert not problems, "\n".join(problems)
+
+
+def test_cli_policies_are_the_tunnels():
+    """cli.py names the policies without importing the tunnel (start-up time); they must agree."""
+    from connlib.app import cli
+    from connlib.core import tunnel
+
+    assert cli.POLICIES == (tunnel.POLICY_RELAY_ONLY, tunnel.POLICY_ALL)

@@ -1,0 +1,48 @@
+"""``python -m connlib run``: the handler that builds a ``Peer`` from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+
+from ..core import fixes
+from ..core.logfmt import kv
+from .errors import UsageError
+from .peer import Peer, PeerConfig
+
+log = logging.getLogger("connlib.run")
+
+DISABLE_FIXES_ENV = "CONNLIB_TEST_DISABLE_FIXES"  # test-only: re-create the bugs the fixes prevent
+
+
+def disabled_fixes_from_env() -> frozenset[str]:
+    try:
+        return fixes.parse(os.environ.get(DISABLE_FIXES_ENV, ""))
+    except ValueError as exc:
+        raise UsageError(f"{DISABLE_FIXES_ENV}: {exc}") from None
+
+
+async def run(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else secrets.randbits(64)
+    config = PeerConfig(
+        role=args.role,
+        portal=args.portal,
+        token=args.token,
+        peer_id=args.peer_id or args.role,
+        name=args.name,
+        connect_to=args.connect_to,
+        policy=args.policy,
+        rate=args.rate,
+        count=args.count,
+        report_interval=args.report_interval,
+        bind=args.bind,
+        seed=seed,
+        heartbeat_interval=args.heartbeat_interval,
+        disabled_fixes=disabled_fixes_from_env(),
+    )
+    log.info("Seeded %s", kv(seed=seed))
+    if config.disabled_fixes:
+        log.warning("TEST BUILD: fixes disabled %s", kv(fixes=",".join(sorted(config.disabled_fixes))))
+    return await Peer(config).run_forever()
