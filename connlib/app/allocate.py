@@ -7,13 +7,13 @@ backoff gave up), 4 any other failure of the relay (a protocol error), 64 bad ar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import socket
 import sys
+import time
 
-from ..aio.driver import Driver
+from ..aio.blocking import BlockingDriver
 from ..core.addr import Address, format_address, split_host_port
 from ..core.allocation import FreeReason
 from ..core.node import Node, RelayRemoved
@@ -24,10 +24,9 @@ EXIT_OK, EXIT_AUTH, EXIT_NO_RESPONSE, EXIT_PROTOCOL = 0, 2, 3, 4
 RELAY_ID = "cli"
 
 
-async def _resolve(host: str, port: int) -> tuple[Address | None, Address | None]:
-    loop = asyncio.get_running_loop()
+def _resolve(host: str, port: int) -> tuple[Address | None, Address | None]:
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise UsageError(f"cannot resolve relay host {host!r}: {exc}") from exc
     v4 = next(((str(i[4][0]), port) for i in infos if i[0] == socket.AF_INET), None)
@@ -35,15 +34,14 @@ async def _resolve(host: str, port: int) -> tuple[Address | None, Address | None
     return v4, v6
 
 
-async def allocate(args: argparse.Namespace) -> int:
+def allocate(args: argparse.Namespace) -> int:
     try:
         host, port = split_host_port(args.relay)
     except ValueError as exc:
         raise UsageError(f"--relay must be HOST:PORT: {exc}") from exc
-    v4, v6 = await _resolve(host, port)
+    v4, v6 = _resolve(host, port)
     relay = RelayConfig(RELAY_ID, v4, v6, args.username, args.password, args.realm)
-    loop = asyncio.get_running_loop()
-    node = Node(loop.time(), seed=secrets.randbits(64), max_elapsed=args.timeout)
+    node = Node(time.monotonic(), seed=secrets.randbits(64), max_elapsed=args.timeout)
     removed: list[RelayRemoved] = []
 
     def on_event(event: object) -> None:
@@ -54,9 +52,10 @@ async def allocate(args: argparse.Namespace) -> int:
         state = node.relay_state(RELAY_ID)
         return bool(removed) or (state is not None and state.allocated and bool(state.srflx))
 
-    async with Driver(node, clock=loop.time, on_event=on_event) as driver:
+    # A blocking driver: this one-shot command need not pay for asyncio's start-up.
+    with BlockingDriver(node, on_event=on_event) as driver:
         driver.call(lambda now: node.update_relays([], [relay], now))
-        await driver.wait_until(finished, timeout=args.timeout + 5)
+        driver.run_until(finished, timeout=args.timeout + 5)
         state = node.relay_state(RELAY_ID)
     if removed:
         reason = removed[0].reason

@@ -11,10 +11,10 @@ runtime (portal transport, websockets, ICE) that ``run`` needs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
+from collections.abc import Coroutine
 
 from ..core import backoff
 from ..core.credentials import REALM
@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module, _, function = args.handler.partition(":")
         handler = getattr(importlib.import_module(module), function)
-        return int(asyncio.run(handler(args)))
+        result = handler(args)
+        if isinstance(result, Coroutine):  # `run` lives on asyncio; `allocate` needs no event loop
+            result = importlib.import_module("asyncio").run(result)
+        return int(result)
     except UsageError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
