@@ -1,8 +1,10 @@
 """The results folder of one run, and the summary table printed at the end of it.
 
     results/<UTC time>-<session>/
-        summary.json            one row per test: scenario, backend, figures, verdict, duration
+        summary.json            one row per test: scenario, backend, figures, verdict, duration, history
         summary.md              the same as the table printed at the end of the pytest run
+        junit.xml               one testcase per scenario, its figures as properties (harness.junit)
+        report.html             a self-contained timeline per scenario (harness.html_report)
         history/<test>.jsonl    the test's history, one op per line (harness.history.Op)
         logs/<test>/<name>.log  container output, for tests that did not pass (Docker backend)
     results/latest -> the newest run
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import html_report, junit
 from .history import History
 
 KEY_FIGURES = ("detect_s", "resumed_s", "gap_s")
@@ -32,6 +35,7 @@ class Row:
     figures: dict[str, Any] = field(default_factory=dict)
     verdict: str = "not run"
     duration_s: float = 0.0
+    history: str = ""  # the stem of its file under history/
 
 
 def _slug(nodeid: str) -> str:
@@ -65,6 +69,7 @@ class Results:
         return row
 
     def write_history(self, nodeid: str, history: History) -> Path:
+        self.row(nodeid).history = _slug(nodeid)
         path = self.dir / "history" / f"{_slug(nodeid)}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as out:
@@ -92,7 +97,7 @@ class Results:
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header[:-1])]
 
         def fmt(cells: list[str]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells[:-1], widths)) + " | " + cells[-1]
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells[:-1], widths, strict=True)) + " | " + cells[-1]
 
         out = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|---"]
         out += [fmt(line) for line in lines]
@@ -103,6 +108,8 @@ class Results:
         wall = time.monotonic() - self.started
         summary = {"wall_s": round(wall, 1), "rows": [asdict(r) for r in self.rows.values()]}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        junit.write(self.dir, summary["rows"], wall)
+        html_report.write(self.dir)
         table = self.table()
         (self.dir / "summary.md").write_text(f"# e2e results ({wall:.0f} s)\n\n{table}\n")
         latest = self.root / "latest"

@@ -1,1 +1,7 @@
-pytest_plugins = ["tests.plugins.no_errors", "tests.plugins.coturn", "harness.pytest_plugin", "pytester"]
+pytest_plugins = [
+    "tests.plugins.no_errors",
+    "tests.plugins.coturn",
+    "tests.plugins.browser",
+    "harness.pytest_plugin",
+    "pytester",
+]
