@@ -106,9 +106,10 @@ class Results:
     def finish(self) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
         wall = time.monotonic() - self.started
-        summary = {"wall_s": round(wall, 1), "rows": [asdict(r) for r in self.rows.values()]}
+        rows = [asdict(r) for r in self.rows.values()]
+        summary = {"wall_s": round(wall, 1), "rows": rows}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        junit.write(self.dir, summary["rows"], wall)
+        junit.write(self.dir, rows, wall)
         html_report.write(self.dir)
         table = self.table()
         (self.dir / "summary.md").write_text(f"# e2e results ({wall:.0f} s)\n\n{table}\n")

@@ -50,7 +50,8 @@ def test_junit_has_one_testcase_per_scenario_with_its_figures(tmp_path):
     props = {p.get("name"): p.get("value") for p in pause.iter("property")}
     assert props == {"backend": "docker", "resumed_s": "5.300", "gap_s": "5.000"}
     assert pause.find("failure") is None
-    assert cases["test_selftest"].find("failure").get("message") == "FAILED"
+    failure = cases["test_selftest"].find("failure")
+    assert failure is not None and failure.get("message") == "FAILED"
 
 
 def test_fault_bands_pair_a_fault_with_the_one_that_undoes_it():
