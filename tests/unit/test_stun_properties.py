@@ -17,9 +17,9 @@ from connlib.core import stun
 from connlib.core.credentials import long_term_key
 
 # Deterministic: the same examples every run (seeded from each test), no example database.
-_COMMON = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
-FAST = settings(max_examples=250, **_COMMON)
-MEDIUM = settings(max_examples=100, **_COMMON)
+_COMMON = settings(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(_COMMON, max_examples=250)
+MEDIUM = settings(_COMMON, max_examples=100)
 
 COMPUTED = {"MESSAGE-INTEGRITY", "FINGERPRINT"}
 
