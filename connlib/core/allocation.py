@@ -441,7 +441,9 @@ class Allocation:
         assert code is not None
         method = Method(pending.message.method)
         reason = message.get("ERROR-CODE")[1]
-        self.rejection = Rejection(method.name, code, reason, authenticated=True)
+        challenge = (code == 401 and not pending.signed) or code == 438
+        if not challenge:  # the normal 401 challenge and a stale nonce are no rejection
+            self.rejection = Rejection(method.name, code, reason, authenticated=True)
         if code == 401 and pending.signed:
             log.warning(
                 "Invalid credentials, refusing to re-authenticate %s",
@@ -453,6 +455,7 @@ class Allocation:
         if code in (401, 438):
             nonce, realm = message.get("NONCE"), message.get("REALM")
             if code == 401 and realm is not None and realm != self.realm:
+                self.rejection = Rejection(method.name, code, reason, authenticated=True)
                 # Firezone drops the request here; we keep it in flight so that a forged
                 # challenge cannot stop us, and let its deadline decide (see _expire).
                 log.warning("Refusing to authenticate with server %s", kv(rid=self.relay_id, realm=realm))
@@ -460,6 +463,7 @@ class Allocation:
                 self.sent_requests[message.transaction_id] = pending
                 return
             if nonce is None:
+                self.rejection = Rejection(method.name, code, reason, authenticated=True)
                 log.warning(
                     "Error %s without NONCE; leaving the request to its backoff %s", code, kv(rid=self.relay_id)
                 )

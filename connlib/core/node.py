@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from . import backoff as backoff_mod
 from . import fixes, stun
 from .addr import Address, format_address
-from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket
+from .allocation import Allocation, Candidate, FreeReason, Invalid, New, Rejection, RelaySocket
 from .fixes import (
     FIX_CREDENTIALS_COMPARE,
     FIX_DELETE_ON_REPLACE,
@@ -81,6 +81,7 @@ class RelayState:
     relayed: tuple[Address, ...]
     lifetime: float | None
     srtt: float | None
+    rejection: Rejection | None = None  # the last error the relay answered (maybe unsigned)
 
     @property
     def allocated(self) -> bool:
@@ -372,6 +373,7 @@ class Node:
             relayed=tuple(c.addr for c in allocation.relay_candidates()),
             lifetime=allocation.lifetime[1] if allocation.lifetime else None,
             srtt=allocation.srtt,
+            rejection=allocation.rejection,
         )
 
     def usable_relays(self) -> list[str]:
