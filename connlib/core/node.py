@@ -24,6 +24,7 @@ from . import backoff as backoff_mod
 from . import fixes, stun
 from .addr import Address, format_address
 from .allocation import Allocation, Candidate, FreeReason, Invalid, New, Rejection, RelaySocket
+from .credentials import long_term_key
 from .fixes import (
     FIX_CREDENTIALS_COMPARE,
     FIX_DELETE_ON_REPLACE,
@@ -160,6 +161,11 @@ class Node:
             return None
         if not relay.username or not relay.realm:
             log.debug("Skipping relay with empty username or realm %s", kv(rid=relay.id))
+            return None
+        try:
+            long_term_key(relay.username, relay.realm, relay.password)
+        except UnicodeEncodeError:  # a lone surrogate from JSON: it cannot key an HMAC
+            log.warning("Skipping relay with credentials that are not UTF-8 %s", kv(rid=relay.id))
             return None
         until = self._held_off.get(relay.id)
         if until is not None and now < until and relay.id not in self.allocations:
