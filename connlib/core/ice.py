@@ -313,11 +313,17 @@ class Connection:
             pair = self._add_pair(local, remote, now)
         if pair is None:
             return True
+        current = self.nominated
+        quiet = current is not None and now - (current.last_response or current.next_check) > 2 * KEEPALIVE_INTERVAL
         pair.last_response = now  # the peer reaches us on this pair: it is alive
         if pair.state == "waiting" and self._credentials_ready():
             self._send_check(pair, now)  # triggered check
-        if not self.controlling and "USE-CANDIDATE" in message and self.nominated is not pair:
-            self._nominate(pair, now)
+        if not self.controlling and "USE-CANDIDATE" in message and current is not pair:
+            # The controlling side puts USE-CANDIDATE on every check (aggressive nomination),
+            # so switching at each one would flap between pairs. RFC 8445 §8.1.1: the highest-
+            # priority nominated pair is used; we also move when ours has gone quiet.
+            if current is None or pair.priority > current.priority or quiet:
+                self._nominate(pair, now)
         return True
 
     def _handle_response(self, message: Message, now: float) -> bool:
