@@ -178,7 +178,7 @@ class Allocation:
         self.credentials_valid = True
         self.active_socket: Address | None = None
         self.next_binding: float | None = None
-        self.host: Candidate | None = None
+        self.hosts: dict[int, Candidate] = {}  # one per family: a dual-stack relay answers on both
         self.srflx: dict[int, Candidate] = {}
         self.relayed: dict[int, Candidate] = {}
         self.lifetime: tuple[float, float] | None = None  # (received_at, lifetime)
@@ -205,8 +205,14 @@ class Allocation:
         return list(self.relayed.values())
 
     def candidates(self) -> list[Candidate]:
-        out = [self.host] if self.host else []
-        return out + list(self.srflx.values()) + list(self.relayed.values())
+        return list(self.hosts.values()) + list(self.srflx.values()) + list(self.relayed.values())
+
+    @property
+    def host(self) -> Candidate | None:
+        """The host candidate of the active socket's family (or the first one learnt)."""
+        if self.active_socket is not None and _family(self.active_socket) in self.hosts:
+            return self.hosts[_family(self.active_socket)]
+        return next(iter(self.hosts.values()), None)
 
     def matches_credentials(self, username: str, password: str) -> bool:
         return self.username == username and self.password == password
@@ -398,9 +404,9 @@ class Allocation:
     def _set_candidate(self, kind: str, addr: Address, related: Address | None) -> None:
         candidate = Candidate(kind, addr, related)
         if kind == "host":
-            if self.host == candidate:
+            if self.hosts.get(candidate.family) == candidate:
                 return
-            self.host = candidate
+            self.hosts[candidate.family] = candidate
         else:
             # A changed srflx does not invalidate the old one: silent roaming must not disconnect.
             if self.srflx.get(candidate.family) == candidate:
