@@ -164,8 +164,12 @@ class Allocation:
         max_elapsed: float = backoff_mod.MAX_ELAPSED,
         rng: random.Random | None = None,
         disabled_fixes: frozenset[str] = frozenset(),
+        predecessor_deleted: bool = False,
     ) -> None:
         self.server = server
+        # Our predecessor on this 5-tuple just sent REFRESH(LIFETIME=0): coturn answers an ALLOCATE
+        # with 437 for a moment after a delete, so the first one is left to its backoff.
+        self._predecessor_deleted = predecessor_deleted
         self.disabled_fixes = disabled_fixes
         self.relay_id = relay_id
         self.username = username
@@ -397,7 +401,8 @@ class Allocation:
             if self.has_allocation():
                 self._send_refresh(now)
             elif not self._in_flight(Method.ALLOCATE):
-                self._send_allocate(now)
+                self._send_allocate(now, after_delete=self._predecessor_deleted)
+                self._predecessor_deleted = False
         elif pending.dst != self.active_socket:
             log.debug("Ignoring BINDING from the other address family %s", kv(rid=self.relay_id))
 

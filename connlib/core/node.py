@@ -175,6 +175,7 @@ class Node:
         self._held_off.pop(relay.id, None)
         self._deferred.pop(relay.id, None)
         existing = self.allocations.get(relay.id)
+        delete: Transmit | None = None
         if existing is not None and self._is_same_relay(existing, relay, server):
             log.info("Skipping known TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
             return "skipped"
@@ -201,6 +202,7 @@ class Node:
             max_elapsed=self.max_elapsed,
             rng=self._rng,
             disabled_fixes=self.disabled_fixes,
+            predecessor_deleted=existing is not None and delete is not None and existing.server == server,
         )
         self._no_relays_sent = False
         self._events.append(RelayAdded(relay.id))
