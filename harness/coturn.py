@@ -75,12 +75,14 @@ class Coturn:
         port: int | None = None,
         relay_ports: tuple[int, int] | None = None,
         name: str = "coturn",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         binary = turnserver_path()
         if binary is None:
             raise CoturnNotAvailable("turnserver not found; install Debian's 'coturn' package")
         self.binary = binary
         self.name = name
+        self.extra_args = tuple(extra_args)  # e.g. ("--user-quota", "1", "--channel-lifetime", "30")
         self.host = host
         self.port = port or free_udp_port(host)
         self.secret = secret or secrets.token_hex(32)
@@ -139,6 +141,7 @@ class Coturn:
             "--log-file",
             "stdout",
             "--simple-log",
+            *self.extra_args,
         ]
 
     def start(self) -> None:

@@ -67,6 +67,7 @@ class Driver:
         )
         self._transports[4] = transport
         if self.bind_v6 is not None and socket.has_ipv6:
+            sock: socket.socket | None = None
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -74,6 +75,8 @@ class Driver:
                 transport6, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
                 self._transports[6] = transport6
             except OSError as exc:
+                if sock is not None:
+                    sock.close()  # the endpoint never took it over
                 log.info("No IPv6 socket %s", kv(error=exc))
         self._task = asyncio.create_task(self._run(), name="connlib-driver")
         log.info("Driver started %s", kv(local=self.local_addresses()))
@@ -157,10 +160,15 @@ class Driver:
                 self._flush()
 
     def _flush(self) -> None:
-        while (transmit := self.core.poll_transmit()) is not None:
-            self._send(transmit.payload, transmit.dst)
-        while (event := self.core.poll_event()) is not None:
-            self._emit(event)
+        # Until both are empty: an event callback may queue a transmit (the gateway's echo), which
+        # must leave now, not with the next datagram or timer.
+        while True:
+            if (transmit := self.core.poll_transmit()) is not None:
+                self._send(transmit.payload, transmit.dst)
+            elif (event := self.core.poll_event()) is not None:
+                self._emit(event)
+            else:
+                break
         self._wake.set()  # the deadline may have moved
         for predicate, future in self._waiters:
             if not future.done() and predicate():

@@ -82,9 +82,14 @@ def _redact(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
+# A Retry-After beyond this is taken as this: a portal (or a proxy in front of it) that says
+# 99999999 must not park the client for three years.
+MAX_RETRY_AFTER = 300.0
+
+
 def _retry_after(exc: InvalidStatus) -> float | None:
     value = exc.response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
+    return min(float(value), MAX_RETRY_AFTER) if value.isdigit() else None
 
 
 async def _call(callback: Callable[..., Any] | None, *args: Any) -> None:

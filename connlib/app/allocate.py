@@ -1,7 +1,13 @@
 """``python -m connlib allocate``: one allocation on one relay, printed as a JSON line.
 
-Exit codes: 0 allocated, 2 invalid credentials, 3 no answer from the relay (after the request
-backoff gave up), 4 any other failure of the relay (a protocol error), 64 bad arguments (EX_USAGE).
+Exit codes: 0 allocated, 2 invalid credentials (a 401 to our signed request), 3 no answer from the
+relay (after the request backoff gave up), 4 the relay refused or failed otherwise (any other final
+error, e.g. 400, 420, 486, 508, 5xx; or a protocol failure), 64 bad arguments (EX_USAGE).
+
+The command ends at the relay's first final error, signed or not. The Node itself does not trust an
+unsigned error to a signed request (RFC 8489 §9.2.5: it keeps retransmitting), but a one-shot
+diagnostic has no state worth protecting, and waiting 10 s to report what the relay said in 1 ms
+helps nobody.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .errors import UsageError
 
 EXIT_OK, EXIT_AUTH, EXIT_NO_RESPONSE, EXIT_PROTOCOL = 0, 2, 3, 4
 RELAY_ID = "cli"
+NOT_FINAL = frozenset({437, 438})  # answered by the allocation itself (delete/re-allocate, re-sign)
 
 
 def _resolve(host: str, port: int) -> tuple[Address | None, Address | None]:
@@ -48,15 +55,35 @@ def allocate(args: argparse.Namespace) -> int:
         if isinstance(event, RelayRemoved):
             removed.append(event)
 
+    def rejected() -> int | None:
+        state = node.relay_state(RELAY_ID)
+        if state is None or state.rejection is None or state.allocated:
+            return None
+        return state.rejection.code if state.rejection.code not in NOT_FINAL else None
+
     def finished() -> bool:
         state = node.relay_state(RELAY_ID)
-        return bool(removed) or (state is not None and state.allocated and bool(state.srflx))
+        allocated = state is not None and state.allocated and bool(state.srflx)
+        return bool(removed) or allocated or rejected() is not None
 
     # A blocking driver: this one-shot command need not pay for asyncio's start-up.
     with BlockingDriver(node, on_event=on_event) as driver:
         driver.call(lambda now: node.update_relays([], [relay], now))
         driver.run_until(finished, timeout=args.timeout + 5)
         state = node.relay_state(RELAY_ID)
+        code = rejected()
+    if code is not None and state is not None and state.rejection is not None:
+        rejection = state.rejection
+        detail = f"{rejection.method} {rejection.code} {rejection.reason!r}"
+        if not rejection.authenticated:
+            detail += " (unsigned)"
+        if code == 401:
+            print(
+                f"error: relay {args.relay} rejected the credentials (authentication error): {detail}", file=sys.stderr
+            )
+            return EXIT_AUTH
+        print(f"error: relay {args.relay} refused: {detail}", file=sys.stderr)
+        return EXIT_PROTOCOL
     if removed:
         reason = removed[0].reason
         if reason == str(FreeReason.AUTHENTICATION_ERROR):

@@ -20,6 +20,7 @@ from . import stun
 from .addr import Address, format_address
 from .backoff import Backoff
 from .credentials import long_term_key
+from .fixes import FIX_CHANNEL_NUMBER_REUSE, FIX_REFUSAL_RETRY
 from .logfmt import kv
 from .sansio import Transmit
 from .stun import Class, Message, Method
@@ -32,12 +33,19 @@ CHANNEL_LIFETIME = 600.0
 CHANNEL_REFRESH_AGE = 300.0  # re-bind a channel in use once it is this old
 CHANNEL_REBIND_TIMEOUT = 300.0  # cool-down before an expired channel number is handed out again
 MAX_BUFFERED_CHANNEL_BINDINGS = 100
+# A relay that refuses ALLOCATE/REFRESH with an error we cannot act on (486 quota, 508, 5xx,
+# 441, ...) is asked again after each of these delays, then freed: about 7 s after the first
+# refusal, well inside the 15 s no-zombie bound. Firezone logs such errors and keeps the
+# allocation, which then holds no relay address and no timer (a zombie); we do better.
+REFUSAL_RETRY_DELAYS = (1.0, 2.0, 4.0)
 
 
 class FreeReason(enum.Enum):
     NO_RESPONSE = "no response received. Is STUN blocked?"
     AUTHENTICATION_ERROR = "authentication error"
     PROTOCOL_FAILURE = "protocol failure"
+    REFUSED = "the relay keeps refusing our requests"
+    STALLED = "no allocation and nothing left to try"
 
     def __str__(self) -> str:
         return self.value
@@ -85,6 +93,16 @@ class Invalid:
 Event = New | Invalid
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """The last error response a relay sent us: what ``allocate`` reports, even unsigned."""
+
+    method: str
+    code: int
+    reason: str
+    authenticated: bool  # signed with our key (or an answer to an unsigned request)
+
+
 def _family(addr: Address) -> int:
     return ipaddress.ip_address(addr[0]).version
 
@@ -99,6 +117,9 @@ class _Pending:
     retransmitted: bool = False
     peer: Address | None = None  # for CHANNEL-BIND: whom the channel is for
     after_delete: bool = False  # an ALLOCATE sent because our REFRESH(LIFETIME=0) succeeded
+    # An unsigned error to this signed request (RFC 8489 §9.2.5): not trusted, so the request stays
+    # in flight; if nothing authenticated arrives by its deadline, this decides the outcome.
+    provisional: Rejection | None = None
 
 
 @dataclass
@@ -138,8 +159,14 @@ class Allocation:
         relay_id: str = "",
         max_elapsed: float = backoff_mod.MAX_ELAPSED,
         rng: random.Random | None = None,
+        disabled_fixes: frozenset[str] = frozenset(),
+        predecessor_deleted: bool = False,
     ) -> None:
         self.server = server
+        # Our predecessor on this 5-tuple just sent REFRESH(LIFETIME=0): coturn answers an ALLOCATE
+        # with 437 for a moment after a delete, so the first one is left to its backoff.
+        self._predecessor_deleted = predecessor_deleted
+        self.disabled_fixes = disabled_fixes
         self.relay_id = relay_id
         self.username = username
         self.password = password
@@ -151,7 +178,7 @@ class Allocation:
         self.credentials_valid = True
         self.active_socket: Address | None = None
         self.next_binding: float | None = None
-        self.host: Candidate | None = None
+        self.hosts: dict[int, Candidate] = {}  # one per family: a dual-stack relay answers on both
         self.srflx: dict[int, Candidate] = {}
         self.relayed: dict[int, Candidate] = {}
         self.lifetime: tuple[float, float] | None = None  # (received_at, lifetime)
@@ -162,6 +189,9 @@ class Allocation:
         )
         self._next_channel = stun.CHANNEL_MIN
         self.explicit_failure: FreeReason | None = None
+        self.rejection: Rejection | None = None
+        self._refusals = 0  # consecutive ALLOCATE/REFRESH refusals (REFUSAL_RETRY_DELAYS)
+        self._retry: tuple[float, Method] | None = None  # (when, method) of the next attempt
         self.srtt: float | None = None
         self._events: collections.deque[Event] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
@@ -175,8 +205,14 @@ class Allocation:
         return list(self.relayed.values())
 
     def candidates(self) -> list[Candidate]:
-        out = [self.host] if self.host else []
-        return out + list(self.srflx.values()) + list(self.relayed.values())
+        return list(self.hosts.values()) + list(self.srflx.values()) + list(self.relayed.values())
+
+    @property
+    def host(self) -> Candidate | None:
+        """The host candidate of the active socket's family (or the first one learnt)."""
+        if self.active_socket is not None and _family(self.active_socket) in self.hosts:
+            return self.hosts[_family(self.active_socket)]
+        return next(iter(self.hosts.values()), None)
 
     def matches_credentials(self, username: str, password: str) -> bool:
         return self.username == username and self.password == password
@@ -201,6 +237,14 @@ class Allocation:
             return FreeReason.NO_RESPONSE
         if not self.credentials_valid:
             return FreeReason.AUTHENTICATION_ERROR
+        if (
+            not self.has_allocation()
+            and self._retry is None
+            and not self.buffered_channel_bindings
+            and FIX_REFUSAL_RETRY not in self.disabled_fixes
+        ):
+            # No relay address, nothing in flight, no timer: nothing will ever change (a zombie).
+            return FreeReason.STALLED
         return None
 
     def _in_flight(self, method: Method) -> bool:
@@ -218,10 +262,12 @@ class Allocation:
         if self.lifetime is not None:
             received_at, lifetime = self.lifetime
             deadlines.append(received_at + lifetime)
-            if not self._in_flight(Method.REFRESH):
+            if not self._in_flight(Method.REFRESH) and self._retry is None:
                 deadlines.append(received_at + lifetime / 2)
         if self.has_allocation() and self.next_binding is not None:
             deadlines.append(self.next_binding)
+        if self._retry is not None:
+            deadlines.append(self._retry[0])
         in_flight_channels = self._channels_in_flight()
         for channel in self.channels.values():
             if channel.bound and channel.number not in in_flight_channels:
@@ -250,12 +296,12 @@ class Allocation:
             # Malformed (and acceptable unsigned): like any bad packet it must not touch the request.
             log.debug("Dropping error response without ERROR-CODE %s", kv(rid=self.relay_id))
             return True
-        if message.method != Method.BINDING and not self._integrity_ok(message):
-            # Leave the request in flight: a forged or stale response must not change our state.
-            log.warning(
-                "Message integrity check failed %s",
-                kv(rid=self.relay_id, method=message.method.name, code=message.error_code),
-            )
+        if message.method == Method.BINDING and message.cls == Class.ERROR:
+            # The keep-alive BINDING is no TURN request: an error to it (never signed, and coturn
+            # sends none) says nothing about our allocation. Leave it to its backoff.
+            log.debug("Ignoring error response to BINDING %s", kv(rid=self.relay_id, code=message.error_code))
+            return True
+        if message.method != Method.BINDING and not self._accept_integrity(message, pending):
             return True
         del self.sent_requests[message.transaction_id]
         if not pending.retransmitted:  # Karn: ambiguous samples from retransmits are skipped
@@ -267,12 +313,46 @@ class Allocation:
             self._handle_error(message, pending, now)
         return True
 
-    def _integrity_ok(self, message: Message) -> bool:
+    def _accept_integrity(self, message: Message, pending: _Pending) -> bool:
+        """Whether a non-BINDING response may change our state (RFC 8489 §9.2.5).
+
+        Signed responses must verify with our long-term key. Unsigned successes are never taken.
+        An unsigned error is taken only when our request was unsigned (the relay could not sign
+        it), or when it is a 438 (stale nonce; it may come unsigned, and all it does is make us
+        re-sign with its NONCE under a new transaction id). An unsigned 401 to a signed request is
+        provisional: the request keeps retransmitting and fails as an authentication error only
+        if nothing authenticated arrives by its deadline. Any other unsigned error to a signed
+        request is discarded (Firezone ignores every non-BINDING response that fails integrity;
+        we ignore it too but remember it, so that the deadline and ``allocate`` can tell a relay
+        that refuses us from one that does not answer).
+        """
+        code = message.error_code
+        reason = message.get("ERROR-CODE")[1] if code is not None else ""
+        name = pending.message.method_name  # the response's method equals it (checked)
         if "MESSAGE-INTEGRITY" in message:
-            return message.verify_integrity(self._key)
-        # A relay cannot sign an error to a request whose credentials it does not accept (or to
-        # our first, unauthenticated request), so unsigned errors are taken; successes never are.
-        return message.cls == Class.ERROR
+            if message.verify_integrity(self._key):
+                return True
+            log.warning(
+                "Message integrity check failed %s",
+                kv(rid=self.relay_id, method=name, code=code),
+            )
+            return False
+        if message.cls == Class.SUCCESS:
+            log.warning("Ignoring unsigned success %s", kv(rid=self.relay_id, method=name))
+            return False
+        assert code is not None
+        if not pending.signed:
+            return True
+        if code == 438:
+            return True
+        rejection = Rejection(name, code, reason, authenticated=False)
+        self.rejection = rejection
+        pending.provisional = rejection
+        log.warning(
+            "Unsigned error to a signed request; keeping it in flight %s",
+            kv(rid=self.relay_id, method=name, code=code),
+        )
+        return False
 
     def _handle_success(
         self, message: Message, pending: _Pending, from_: Address, local: Address | None, now: float
@@ -289,6 +369,7 @@ class Allocation:
                 self._send_allocate(now, after_delete=True)
             elif lifetime is not None:
                 self.lifetime = (now, float(lifetime))
+                self._refusals = 0
             else:
                 # Keeping the old lifetime would send the next REFRESH at once, forever.
                 log.warning("REFRESH success without LIFETIME %s", kv(rid=self.relay_id))
@@ -316,16 +397,17 @@ class Allocation:
             if self.has_allocation():
                 self._send_refresh(now)
             elif not self._in_flight(Method.ALLOCATE):
-                self._send_allocate(now)
+                self._send_allocate(now, after_delete=self._predecessor_deleted)
+                self._predecessor_deleted = False
         elif pending.dst != self.active_socket:
             log.debug("Ignoring BINDING from the other address family %s", kv(rid=self.relay_id))
 
     def _set_candidate(self, kind: str, addr: Address, related: Address | None) -> None:
         candidate = Candidate(kind, addr, related)
         if kind == "host":
-            if self.host == candidate:
+            if self.hosts.get(candidate.family) == candidate:
                 return
-            self.host = candidate
+            self.hosts[candidate.family] = candidate
         else:
             # A changed srflx does not invalidate the old one: silent roaming must not disconnect.
             if self.srflx.get(candidate.family) == candidate:
@@ -341,6 +423,7 @@ class Allocation:
             self.explicit_failure = FreeReason.PROTOCOL_FAILURE
             return
         self.lifetime = (now, float(lifetime))
+        self._refusals = 0
         related = message.get("XOR-MAPPED-ADDRESS")
         for addr in relayed:
             candidate = Candidate("relay", addr, related)
@@ -362,7 +445,12 @@ class Allocation:
 
     def _handle_error(self, message: Message, pending: _Pending, now: float) -> None:
         code = message.error_code
-        method = message.method
+        assert code is not None
+        method = Method(pending.message.method)
+        reason = message.get("ERROR-CODE")[1]
+        challenge = (code == 401 and not pending.signed) or code == 438
+        if not challenge:  # the normal 401 challenge and a stale nonce are no rejection
+            self.rejection = Rejection(method.name, code, reason, authenticated=True)
         if code == 401 and pending.signed:
             log.warning(
                 "Invalid credentials, refusing to re-authenticate %s",
@@ -374,16 +462,27 @@ class Allocation:
         if code in (401, 438):
             nonce, realm = message.get("NONCE"), message.get("REALM")
             if code == 401 and realm is not None and realm != self.realm:
+                self.rejection = Rejection(method.name, code, reason, authenticated=True)
+                # Firezone drops the request here; we keep it in flight so that a forged
+                # challenge cannot stop us, and let its deadline decide (see _expire).
                 log.warning("Refusing to authenticate with server %s", kv(rid=self.relay_id, realm=realm))
-                self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+                pending.provisional = self.rejection
+                self.sent_requests[message.transaction_id] = pending
                 return
             if nonce is None:
-                log.warning("Error %s without NONCE %s", code, kv(rid=self.relay_id))
-                self.explicit_failure = FreeReason.PROTOCOL_FAILURE
+                self.rejection = Rejection(method.name, code, reason, authenticated=True)
+                log.warning(
+                    "Error %s without NONCE; leaving the request to its backoff %s", code, kv(rid=self.relay_id)
+                )
+                pending.provisional = self.rejection
+                self.sent_requests[message.transaction_id] = pending
                 return
             self.nonce = nonce
-            fresh = Backoff(now, max_elapsed=pending.backoff.max_elapsed)
-            self._send(self._renewed(pending.message), pending.dst, now, fresh, pending.peer, pending.after_delete)
+            fresh = pending.backoff.restarted(now)
+            renewed = self._send(
+                self._renewed(pending.message), pending.dst, now, fresh, pending.peer, pending.after_delete
+            )
+            renewed.provisional = pending.provisional
             return
         if code == 437 and method == Method.ALLOCATE and pending.after_delete:
             # coturn keeps a deleted allocation on the 5-tuple for a moment and answers 437 again;
@@ -406,16 +505,34 @@ class Allocation:
             log.warning("Relay does not understand our request %s", kv(rid=self.relay_id, method=method.name))
             self.explicit_failure = FreeReason.PROTOCOL_FAILURE
             return
-        if method == Method.ALLOCATE:
-            self.buffered_channel_bindings.clear()
-        elif method == Method.CHANNEL_BIND:
+        if method == Method.CHANNEL_BIND:
             number = pending.message.get("CHANNEL-NUMBER")
             self.channels.pop(number, None)
             log.warning("Channel bind failed %s", kv(rid=self.relay_id, channel=hex(number), code=code))
+            return
         log.warning(
             "TURN request failed with unhandled error code %s",
-            kv(rid=self.relay_id, method=method.name, code=code, reason=message.get("ERROR-CODE")[1]),
+            kv(rid=self.relay_id, method=method.name, code=code, reason=reason),
         )
+        if method == Method.ALLOCATE:
+            self.buffered_channel_bindings.clear()
+        # ALLOCATE or REFRESH (incl. our delete): 486 quota, 508 capacity, 5xx, 441 (the relay
+        # holds an allocation on our 5-tuple under other credentials), ... Never leave the
+        # allocation without a request or a timer: ask again later, a bounded number of times.
+        self._refused(method, now)
+
+    def _refused(self, method: Method, now: float) -> None:
+        if FIX_REFUSAL_RETRY in self.disabled_fixes:
+            return  # the old behaviour: the error is logged, nothing else happens
+        self._refusals += 1
+        if self._refusals > len(REFUSAL_RETRY_DELAYS):
+            log.warning("Relay keeps refusing; giving up %s", kv(rid=self.relay_id, attempts=self._refusals))
+            self.explicit_failure = FreeReason.REFUSED
+            self.invalidate_allocation()
+            return
+        if method != Method.REFRESH or not self.has_allocation():
+            method = Method.ALLOCATE
+        self._retry = (now + REFUSAL_RETRY_DELAYS[self._refusals - 1], method)
 
     # ------------------------------------------------------------------ time
     def handle_timeout(self, now: float) -> None:
@@ -426,8 +543,11 @@ class Allocation:
                 del self.sent_requests[tid]
                 log.debug(
                     "Request timed out %s",
-                    kv(rid=self.relay_id, method=pending.message.method.name, dst=format_address(pending.dst)),
+                    kv(rid=self.relay_id, method=pending.message.method_name, dst=format_address(pending.dst)),
                 )
+                if pending.provisional is not None:
+                    self._provisional_final(pending.provisional)
+                    continue
                 if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
                     log.info(
                         "Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=format_address(pending.dst))
@@ -437,12 +557,22 @@ class Allocation:
             elif pending.backoff.is_due(now):
                 self._retransmit(tid, pending, now)
 
+        if self._retry is not None and now >= self._retry[0]:
+            method = self._retry[1]
+            self._retry = None
+            if method == Method.REFRESH and self.has_allocation():
+                self._send_refresh(now)
+            elif not self._in_flight(Method.ALLOCATE):
+                self._send_allocate(now)
+
         if self.lifetime is not None:
             received_at, lifetime = self.lifetime
             if now >= received_at + lifetime:
                 log.info("Allocation expired %s", kv(rid=self.relay_id))
                 self.invalidate_allocation()
-            elif now >= received_at + lifetime / 2 and not self._in_flight(Method.REFRESH):
+                if self.credentials_valid and self.explicit_failure is None:
+                    self._refused(Method.ALLOCATE, now)  # allocate again, within the same bound
+            elif now >= received_at + lifetime / 2 and not self._in_flight(Method.REFRESH) and self._retry is None:
                 self._send_refresh(now)
 
         if (
@@ -460,6 +590,18 @@ class Allocation:
             if channel.needs_refresh(now) and channel.number not in in_flight:
                 self._send_channel_bind(channel, now)
 
+    def _provisional_final(self, rejection: Rejection) -> None:
+        """A request that got only unsigned errors until its deadline: take them now."""
+        log.warning(
+            "Request rejected without a signature until its deadline %s",
+            kv(rid=self.relay_id, method=rejection.method, code=rejection.code),
+        )
+        if rejection.code == 401:
+            self.credentials_valid = False  # what coturn's unsigned 401 to a signed request means
+        else:
+            self.explicit_failure = FreeReason.REFUSED
+        self.invalidate_allocation()
+
     def _retransmit(self, tid: bytes, pending: _Pending, now: float) -> None:
         pending.backoff.advance()
         pending.retransmitted = True
@@ -471,8 +613,9 @@ class Allocation:
         self._transmits.append(Transmit(pending.dst, self._encode(pending)))
 
     # ------------------------------------------------------------------ commands
-    def refresh(self, now: float) -> None:
-        """Probe the relay: a single-shot REFRESH given up after 1 s (spec §1.7)."""
+    def refresh(self, now: float, backoff: Backoff | None = None) -> None:
+        """Probe the relay: a single-shot REFRESH given up after 1 s (spec §1.7), or with
+        ``backoff`` (e.g. ``backoff.path_probe``: retransmitted, so one lost packet is survived)."""
         if not self.has_allocation() and self._in_flight(Method.ALLOCATE):
             return
         if self.is_suspended():
@@ -481,7 +624,20 @@ class Allocation:
             return
         if not self.credentials_valid or self.active_socket is None:
             return
-        self._send_refresh(now, backoff=backoff_mod.probe(now))
+        self._send_refresh(now, backoff=backoff or backoff_mod.probe(now))
+
+    def delete(self, now: float) -> Transmit | None:
+        """A one-shot REFRESH(LIFETIME=0) under our credentials, for a relay we are leaving (it is
+        being replaced under new credentials: without this, coturn keeps the old allocation on the
+        5-tuple and refuses the new credentials' ALLOCATE with 437, then 441, for up to 600 s).
+        Nothing is kept in flight: the answer goes to whoever owns the 5-tuple next and is ignored."""
+        if not self.has_allocation() or self.active_socket is None or not self.credentials_valid:
+            return None
+        if self.nonce is None:
+            return None
+        message = Message(Method.REFRESH, Class.REQUEST, self._new_tid(), [("LIFETIME", 0), ("SOFTWARE", SOFTWARE)])
+        pending = _Pending(self.active_socket, message, backoff_mod.probe(now), now)
+        return Transmit(self.active_socket, self._encode(pending))
 
     def invalidate_allocation(self) -> None:
         log.info("Invalidating allocation %s", kv(rid=self.relay_id))
@@ -504,6 +660,15 @@ class Allocation:
             return
         if _family(peer) not in self.relayed:
             log.debug("No relay address for the peer's family %s", kv(rid=self.relay_id, peer=format_address(peer)))
+            return
+        lapsed = next((c for c in self.channels.values() if c.peer == peer), None)
+        if lapsed is not None and FIX_CHANNEL_NUMBER_REUSE not in self.disabled_fixes:
+            # RFC 8656 §12 (and Firezone): a peer keeps its channel number. The relay may still
+            # hold the old binding; a new number would be refused (400) for as long as it does.
+            if lapsed.number in self._channels_in_flight():
+                return
+            lapsed.bound = False
+            self._send_channel_bind(lapsed, now)
             return
         number = self._free_channel_number(now)
         if number is None:
@@ -584,7 +749,7 @@ class Allocation:
         backoff: Backoff | None = None,
         peer: Address | None = None,
         after_delete: bool = False,
-    ) -> None:
+    ) -> _Pending:
         pending = _Pending(
             dst=dst,
             message=message,
@@ -595,6 +760,7 @@ class Allocation:
         )
         self.sent_requests[message.transaction_id] = pending
         self._transmits.append(Transmit(dst, self._encode(pending)))
+        return pending
 
     def _encode(self, pending: _Pending) -> bytes:
         message = pending.message

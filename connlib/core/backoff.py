@@ -15,6 +15,10 @@ INITIAL_INTERVAL = 1.0
 MULTIPLIER = 1.5
 MAX_ELAPSED = 10.0  # the seed's value (#6666); Firezone uses 8 s today
 PROBE_TIMEOUT = 1.0
+# The path probe (a connection's relay path went quiet, maybe from congestion): sent at 0, 0.5 and
+# 1.25 and 2.375 s, given up at 2.5 s, so that one lost packet does not free a relay others depend on.
+PATH_PROBE_INTERVAL = 0.5
+PATH_PROBE_TIMEOUT = 2.5
 
 
 @dataclass
@@ -24,11 +28,17 @@ class Backoff:
     max_elapsed: float = MAX_ELAPSED
     multiplier: float = MULTIPLIER
     next_trigger: float = field(init=False)
+    initial: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.max_elapsed <= 0 or self.multiplier < 1:
             raise ValueError("backoff intervals must be positive and the multiplier ≥ 1")
         self.next_trigger = self.start + self.interval
+        self.initial = self.interval
+
+    def restarted(self, now: float) -> Backoff:
+        """The same schedule, started afresh at ``now`` (a re-signed request after 401/438)."""
+        return Backoff(now, interval=self.initial, max_elapsed=self.max_elapsed, multiplier=self.multiplier)
 
     @property
     def deadline(self) -> float:
@@ -52,3 +62,7 @@ class Backoff:
 
 def probe(now: float) -> Backoff:
     return Backoff(now, interval=PROBE_TIMEOUT, max_elapsed=PROBE_TIMEOUT)
+
+
+def path_probe(now: float) -> Backoff:
+    return Backoff(now, interval=PATH_PROBE_INTERVAL, max_elapsed=PATH_PROBE_TIMEOUT)

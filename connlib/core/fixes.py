@@ -7,6 +7,22 @@ that they catch the bug the fix exists for. Production code never disables anyth
 - ``probe``: #6666 fix 2, every known relay not named in an update is probed with a REFRESH;
 - ``path-probe``: the REFRESH probe of a relay whose connection path went quiet (what finds a
   black-holed relay the portal still lists).
+
+Issue 9 (relay handling beyond #6666):
+
+- ``channel-number-reuse``: a lapsed channel is re-bound to its peer under the *same* number
+  (RFC 8656 §12); off, a new number is taken and coturn refuses it (400) while it remembers the
+  old binding: the flow is black-holed;
+- ``refusal-retry``: an ALLOCATE/REFRESH refused with an error we cannot act on (486, 508, 5xx,
+  441, ...) is retried a bounded number of times and the relay then freed and held off; off, the
+  allocation is left without a relay address or a timer (a zombie) and REFRESHes storm;
+- ``delete-on-replace``: a relay replaced under new credentials first gets a REFRESH(LIFETIME=0)
+  under the old ones; off, coturn keeps the old allocation and refuses the new ALLOCATE (437/441);
+- ``probe-listed``: relays an update lists and we skip as known are probed too (a relay that
+  restarted with the same secret while we were cut off from the portal); off, their dead
+  candidates are offered until the next REFRESH;
+- ``path-probe-retransmit``: the path probe retransmits (0.5 s, ×1.5, 2.5 s); off, it is the
+  single-shot 1 s REFRESH and one lost packet frees a healthy relay.
 """
 
 from __future__ import annotations
@@ -16,7 +32,23 @@ from collections.abc import Iterable
 FIX_CREDENTIALS_COMPARE = "credentials-compare"
 FIX_PROBE = "probe"
 FIX_PATH_PROBE = "path-probe"
-KNOWN_FIXES = frozenset({FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PATH_PROBE})
+FIX_CHANNEL_NUMBER_REUSE = "channel-number-reuse"
+FIX_REFUSAL_RETRY = "refusal-retry"
+FIX_DELETE_ON_REPLACE = "delete-on-replace"
+FIX_PROBE_LISTED = "probe-listed"
+FIX_PATH_PROBE_RETRANSMIT = "path-probe-retransmit"
+KNOWN_FIXES = frozenset(
+    {
+        FIX_CREDENTIALS_COMPARE,
+        FIX_PROBE,
+        FIX_PATH_PROBE,
+        FIX_CHANNEL_NUMBER_REUSE,
+        FIX_REFUSAL_RETRY,
+        FIX_DELETE_ON_REPLACE,
+        FIX_PROBE_LISTED,
+        FIX_PATH_PROBE_RETRANSMIT,
+    }
+)
 
 
 def checked(fixes: Iterable[str]) -> frozenset[str]:

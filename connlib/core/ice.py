@@ -27,6 +27,7 @@ ICE_TIMEOUT = 10.0  # aligned with the relay request backoff (#6666)
 INITIAL_RTO = 0.25
 MAX_RTO = 1.5
 KEEPALIVE_INTERVAL = 1.0
+MAX_REMOTE_CANDIDATES = 16  # host + srflx + relay of a dual-stack peer, with room for migrations
 PATH_LOST_AFTER = 4.0  # no answer on the nominated pair for this long ⇒ it is lost
 TYPE_PREFERENCE = {"host": 126, "prflx": 110, "srflx": 100, "relay": 0}
 
@@ -214,11 +215,18 @@ class Connection:
     def add_remote_candidate(self, candidate: RemoteCandidate, now: float) -> bool:
         if candidate.addr in self.remote_candidates:
             return False
+        if len(self.remote_candidates) >= MAX_REMOTE_CANDIDATES:
+            # Each remote candidate costs pairs, checks and a channel bind on our relay.
+            log.warning("Too many remote candidates; ignoring %s", kv(peer=self.peer_id, max=MAX_REMOTE_CANDIDATES))
+            return False
         self.remote_candidates[candidate.addr] = candidate
         for local in self.local_candidates:
             self._add_pair(local, candidate, now)
         self._start_checking(now)
         return True
+
+    def _room_for(self, addr: Address) -> bool:
+        return addr in self.remote_candidates or len(self.remote_candidates) < MAX_REMOTE_CANDIDATES
 
     def remove_remote_candidate(self, addr: Address) -> None:
         if self.remote_candidates.pop(addr, None) is not None:
@@ -253,7 +261,10 @@ class Connection:
 
     def _send_check(self, pair: Pair, now: float) -> None:
         assert self.remote_ufrag is not None and self.remote_pwd is not None
-        request = Message(Method.BINDING, Class.REQUEST, new_transaction_id(self.rng))
+        # A retransmit (no answer yet) keeps the transaction id (RFC 8489 §6.2.1): a late answer
+        # to an earlier copy then still counts. A new check after an answer is a new transaction.
+        tid = pair.tid if pair.tid is not None else new_transaction_id(self.rng)
+        request = Message(Method.BINDING, Class.REQUEST, tid)
         request.add("USERNAME", f"{self.remote_ufrag}:{self.local_ufrag}")
         request.add("PRIORITY", candidate_priority("prflx"))
         if self.controlling:
@@ -307,17 +318,23 @@ class Connection:
         if self.failed:
             return True
         pair = next((p for p in self.pairs if p.key() == (local, from_)), None)
-        if pair is None and local in self.local_candidates:
+        if pair is None and local in self.local_candidates and self._room_for(from_):
             remote = RemoteCandidate("prflx", from_, message.get("PRIORITY") or candidate_priority("prflx"))
             self.remote_candidates.setdefault(from_, remote)
             pair = self._add_pair(local, remote, now)
         if pair is None:
             return True
+        current = self.nominated
+        quiet = current is not None and now - (current.last_response or current.next_check) > 2 * KEEPALIVE_INTERVAL
         pair.last_response = now  # the peer reaches us on this pair: it is alive
         if pair.state == "waiting" and self._credentials_ready():
             self._send_check(pair, now)  # triggered check
-        if not self.controlling and "USE-CANDIDATE" in message and self.nominated is not pair:
-            self._nominate(pair, now)
+        if not self.controlling and "USE-CANDIDATE" in message and current is not pair:
+            # The controlling side puts USE-CANDIDATE on every check (aggressive nomination),
+            # so switching at each one would flap between pairs. RFC 8445 §8.1.1: the highest-
+            # priority nominated pair is used; we also move when ours has gone quiet.
+            if current is None or pair.priority > current.priority or quiet:
+                self._nominate(pair, now)
         return True
 
     def _handle_response(self, message: Message, now: float) -> bool:

@@ -117,13 +117,21 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: s
     return value
 
 
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
 def _ident(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
-        raise MessageError(f"{what} must be a non-empty string of at most {MAX_ID_CHARS} chars")
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not _is_utf8(value):
+        raise MessageError(f"{what} must be a non-empty UTF-8 string of at most {MAX_ID_CHARS} chars")
     return value
 
 
@@ -281,6 +289,8 @@ class Relay:
                 value = getattr(self, name)
                 if not isinstance(value, str) or not value:
                     raise MessageError(f"turn relay {self.id} needs a non-empty {name}")
+                if not _is_utf8(value):  # e.g. a lone surrogate: valid JSON, no UTF-8 (HMAC key input)
+                    raise MessageError(f"turn relay {self.id} {name} is not valid UTF-8")
             if not isinstance(self.expires_at, int) or isinstance(self.expires_at, bool) or self.expires_at < 0:
                 raise MessageError(f"turn relay {self.id} expires_at must be a non-negative integer")
 

@@ -23,8 +23,15 @@ from dataclasses import dataclass
 from . import backoff as backoff_mod
 from . import fixes, stun
 from .addr import Address, format_address
-from .allocation import Allocation, Candidate, FreeReason, Invalid, New, RelaySocket
-from .fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from .allocation import Allocation, Candidate, FreeReason, Invalid, New, Rejection, RelaySocket
+from .credentials import long_term_key
+from .fixes import (
+    FIX_CREDENTIALS_COMPARE,
+    FIX_DELETE_ON_REPLACE,
+    FIX_PATH_PROBE_RETRANSMIT,
+    FIX_PROBE,
+    FIX_PROBE_LISTED,
+)
 from .logfmt import kv
 from .relay import RelayConfig
 from .sansio import Transmit
@@ -32,6 +39,10 @@ from .sansio import Transmit
 log = logging.getLogger("connlib.node")
 
 MAX_PREVIOUS_RELAY_IPS = 64
+# A relay freed because it kept refusing us (486 quota, 508, 5xx, ...) is not allocated on again
+# for this long, even if the portal names it at once (it will, answering our ``no_relays``):
+# without it, refuse → free → no_relays → relays_presence → allocate would loop at portal speed.
+REFUSED_HOLD_OFF = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class RelayState:
     relayed: tuple[Address, ...]
     lifetime: float | None
     srtt: float | None
+    rejection: Rejection | None = None  # the last error the relay answered (maybe unsigned)
 
     @property
     def allocated(self) -> bool:
@@ -109,10 +121,15 @@ class Node:
         self._transmits: collections.deque[Transmit] = collections.deque()
         # NoRelays is owed once the last relay is gone, not before the first one ever came.
         self._no_relays_sent = True
+        self._held_off: dict[str, float] = {}  # rid -> until: freed for refusing (REFUSED_HOLD_OFF)
+        self._deferred: dict[str, RelayConfig] = {}  # listed while held off: added when it ends
+        self._now = now
 
     # ------------------------------------------------------------------ relay set
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable[RelayConfig], now: float) -> None:
+        self._now = now
         for rid in sorted(set(disconnected_ids)):
+            self._deferred.pop(rid, None)
             allocation = self.allocations.pop(rid, None)
             if allocation is None:
                 log.debug("Cannot delete unknown allocation %s", kv(rid=rid))
@@ -121,31 +138,57 @@ class Node:
             self._forget(rid, allocation, "removed by the portal")
 
         listed: set[str] = set()
+        skipped: list[str] = []
         for relay in connected:
-            if self._upsert(relay, now):
+            outcome = self._upsert(relay, now)
+            if outcome is not None:
                 listed.add(relay.id)
+            if outcome == "skipped":
+                skipped.append(relay.id)
 
         self._probe_unlisted(listed, now)
+        self._probe_skipped(skipped, now)
         self._drain_allocations()
         self._check_no_relays()
 
-    def _upsert(self, relay: RelayConfig, now: float) -> bool:
-        """Add, skip or replace one relay; False if the entry is unusable (and was ignored)."""
+    def _upsert(self, relay: RelayConfig, now: float) -> str | None:
+        """Add, skip, replace or defer one relay: "added", "skipped", "replaced", "deferred";
+        None if the entry is unusable (and was ignored)."""
         try:
             server = RelaySocket(relay.v4, relay.v6)
         except ValueError:
             log.debug("Skipping relay without address %s", kv(rid=relay.id))
-            return False
+            return None
         if not relay.username or not relay.realm:
             log.debug("Skipping relay with empty username or realm %s", kv(rid=relay.id))
-            return False
+            return None
+        try:
+            long_term_key(relay.username, relay.realm, relay.password)
+        except UnicodeEncodeError:  # a lone surrogate from JSON: it cannot key an HMAC
+            log.warning("Skipping relay with credentials that are not UTF-8 %s", kv(rid=relay.id))
+            return None
+        until = self._held_off.get(relay.id)
+        if until is not None and now < until and relay.id not in self.allocations:
+            log.info("Holding off a relay that refused us %s", kv(rid=relay.id, until_s=round(until - now, 1)))
+            self._deferred[relay.id] = relay
+            return "deferred"
+        self._held_off.pop(relay.id, None)
+        self._deferred.pop(relay.id, None)
         existing = self.allocations.get(relay.id)
+        delete: Transmit | None = None
         if existing is not None and self._is_same_relay(existing, relay, server):
             log.info("Skipping known TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
-            return True
+            return "skipped"
         if existing is not None:
             log.info("Replaced TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
             del self.allocations[relay.id]
+            if FIX_DELETE_ON_REPLACE not in self.disabled_fixes:
+                # Firezone just drops the old allocation. Then coturn holds it on our 5-tuple
+                # under the old username and refuses the new one (437, then 441) until it
+                # expires (up to 600 s); deleting it first frees the 5-tuple at once.
+                delete = existing.delete(now)
+                if delete is not None:
+                    self._transmits.append(delete)
             self._forget(relay.id, existing, "replaced (new credentials or address)")
         else:
             log.info("Added new TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
@@ -158,10 +201,12 @@ class Node:
             relay_id=relay.id,
             max_elapsed=self.max_elapsed,
             rng=self._rng,
+            disabled_fixes=self.disabled_fixes,
+            predecessor_deleted=existing is not None and delete is not None and existing.server == server,
         )
         self._no_relays_sent = False
         self._events.append(RelayAdded(relay.id))
-        return True
+        return "replaced" if existing is not None else "added"
 
     def _is_same_relay(self, existing: Allocation, relay: RelayConfig, server: RelaySocket) -> bool:
         if FIX_CREDENTIALS_COMPARE in self.disabled_fixes:
@@ -174,6 +219,17 @@ class Node:
         for rid in sorted(self.allocations.keys() - listed):
             log.debug("Probing relay not named in the update %s", kv(rid=rid))
             self.allocations[rid].refresh(now)
+
+    def _probe_skipped(self, skipped: list[str], now: float) -> None:
+        """Relays listed with what we already hold may still have lost our allocation: one that
+        restarted with the same secret while we were cut off from the portal looks the same.
+        Firezone probes only the unlisted ones; we probe these too (a REFRESH: 438, 437 and a new
+        ALLOCATE on a restarted relay), retransmitted, since the portal says they are alive."""
+        if FIX_PROBE_LISTED in self.disabled_fixes:
+            return
+        for rid in sorted(set(skipped)):
+            log.debug("Probing known relay named in the update %s", kv(rid=rid))
+            self.allocations[rid].refresh(now, backoff_mod.path_probe(now))
 
     def _forget(self, rid: str, allocation: Allocation, reason: str) -> None:
         """Take a relay out of use: its candidates are invalid and its stray packets dropped."""
@@ -228,8 +284,15 @@ class Node:
         return None
 
     def handle_timeout(self, now: float) -> None:
+        self._now = now
         for allocation in self.allocations.values():
             allocation.handle_timeout(now)
+        for rid, relay in sorted(self._deferred.items()):
+            if now >= self._held_off.get(rid, now):
+                log.info("Hold-off over; allocating again %s", kv(rid=rid))
+                del self._deferred[rid]
+                self._held_off.pop(rid, None)
+                self._upsert(relay, now)
         self._drain_allocations()
         self._gc()
 
@@ -240,6 +303,8 @@ class Node:
                 continue
             allocation = self.allocations.pop(rid)
             log.warning("Disconnecting from relay; %s %s", reason, kv(rid=rid))
+            if reason in (FreeReason.REFUSED, FreeReason.STALLED):
+                self._held_off[rid] = self._now + REFUSED_HOLD_OFF
             self._forget(rid, allocation, str(reason))
         self._check_no_relays()
 
@@ -268,6 +333,7 @@ class Node:
 
     def poll_timeout(self) -> float | None:
         deadlines = [t for a in self.allocations.values() if (t := a.poll_timeout()) is not None]
+        deadlines += [self._held_off[rid] for rid in self._deferred if rid in self._held_off]
         return min(deadlines) if deadlines else None
 
     # ------------------------------------------------------------------ data path
@@ -289,7 +355,12 @@ class Node:
         """Probe one relay with a single-shot REFRESH (its path went quiet); no-op if unknown."""
         allocation = self.allocations.get(rid)
         if allocation is not None:
-            allocation.refresh(now)
+            if FIX_PATH_PROBE_RETRANSMIT in self.disabled_fixes:
+                allocation.refresh(now)  # the single-shot 1 s probe: one lost packet frees the relay
+            else:
+                # Firezone's probe is one 1 s REFRESH; a path that went quiet may be congested,
+                # so this one is retransmitted (0, 0.5, 1.25, 2.375 s; given up at 2.5 s).
+                allocation.refresh(now, backoff_mod.path_probe(now))
             self._drain_one(rid, allocation)
 
     # ------------------------------------------------------------------ selection
@@ -310,6 +381,7 @@ class Node:
             relayed=tuple(c.addr for c in allocation.relay_candidates()),
             lifetime=allocation.lifetime[1] if allocation.lifetime else None,
             srtt=allocation.srtt,
+            rejection=allocation.rejection,
         )
 
     def usable_relays(self) -> list[str]:

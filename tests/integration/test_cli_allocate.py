@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from connlib.core import stun
+from connlib.core.credentials import REALM
 from harness.coturn import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,3 +76,58 @@ def test_bad_arguments_are_a_usage_error(args):
     result, _ = allocate(*args)
     assert result.returncode == 64
     assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+class _RefusingRelay:
+    """A TURN server that answers bad credentials with an unsigned 400 (another TURN server does
+    exactly that): BINDING ok, the unauthenticated ALLOCATE gets the 401 challenge, every signed
+    request an unsigned ``code``."""
+
+    def __init__(self, code: int = 400) -> None:
+        self.code = code
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            request = stun.decode(data)
+            self.requests += 1
+            if request.method == stun.Method.BINDING:
+                attrs = [("XOR-MAPPED-ADDRESS", addr)]
+                reply = stun.Message(request.method, stun.Class.SUCCESS, request.transaction_id, attrs)
+            elif "MESSAGE-INTEGRITY" not in request:
+                attrs = [("ERROR-CODE", (401, "Unauthorized")), ("REALM", REALM), ("NONCE", "n0nce")]
+                reply = stun.Message(request.method, stun.Class.ERROR, request.transaction_id, attrs)
+            else:
+                attrs = [("ERROR-CODE", (self.code, "Bad credentials"))]
+                reply = stun.Message(request.method, stun.Class.ERROR, request.transaction_id, attrs)
+            self.sock.sendto(reply.encode(), addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [(400, 4), (486, 4), (401, 2)])
+def test_final_error_ends_the_command_at_once_with_its_exit_code(code, exit_code):
+    """Issue 9 item 9: the relay answered in a millisecond; the command must not wait 10 s."""
+    relay = _RefusingRelay(code)
+    try:
+        result, elapsed = allocate("--relay", f"127.0.0.1:{relay.port}", "--username", "1:x", "--password", "p")
+    finally:
+        relay.close()
+    assert result.returncode == exit_code, result.stderr
+    assert elapsed < 3.0, f"took {elapsed:.1f}s"  # the interpreter start-up, not a backoff
+    (line,) = result.stderr.splitlines()
+    assert str(code) in line and "unsigned" in line and "Traceback" not in result.stderr

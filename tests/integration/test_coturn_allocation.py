@@ -10,7 +10,7 @@ import pytest
 from connlib.aio.driver import Driver
 from connlib.core.allocation import FreeReason
 from connlib.core.messages import RelayConfig
-from connlib.core.node import ChannelData, Node, RelayRemoved
+from connlib.core.node import ChannelData, Node, NoRelays, RelayRemoved
 
 pytestmark = pytest.mark.coturn
 
@@ -176,3 +176,108 @@ async def test_unreachable_relay_at_start_is_freed_after_backoff(peer):
     assert await peer.driver.wait_until(lambda: bool(peer.removed()), timeout=BACKOFF_BOUND + 2)
     assert peer.removed()[0].reason == str(FreeReason.NO_RESPONSE)
     assert 9.5 <= loop.time() - started <= BACKOFF_BOUND
+
+
+# --------------------------------------------------------------------------- issue 9
+NO_ZOMBIE_BOUND = 15.0
+
+
+def invalidations(caplog, rid: str = "relay-a") -> int:
+    return sum(
+        1 for r in caplog.records if r.getMessage().startswith("Invalidating allocation") and rid in r.getMessage()
+    )
+
+
+async def test_item7_relay_restarted_with_the_same_secret_is_reallocated_at_the_init(coturn, peer, caplog):
+    """The client was cut off from the portal while the relay restarted with the same secret: the
+    re-init lists it with identical credentials. The listed relay is probed: 438, 437, ALLOCATE."""
+    peer.update(connected=[relay_config(coturn)])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    coturn.restart()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    before = invalidations(caplog)
+    peer.update(connected=[relay_config(coturn)])  # the re-init
+    recovered = lambda: invalidations(caplog) > before and peer.allocated()  # noqa: E731
+    assert await peer.driver.wait_until(recovered, timeout=3)
+    elapsed = loop.time() - started
+    assert not peer.removed() and elapsed < 1.0, f"re-allocated {elapsed:.3f}s after the init"
+    print(f"\nitem 7: re-allocated {elapsed * 1000:.0f} ms after the re-init")
+
+
+async def test_item4_new_credentials_on_a_running_relay_allocate_at_once(coturn, peer):
+    """Same coturn, same secret, a new username (the portal rotated the credentials; the relay did
+    not reboot). Without deleting the old allocation first: 437, then 441 on the delete: a zombie."""
+    peer.update(connected=[relay_config(coturn, salt="before")])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    peer.update(connected=[relay_config(coturn, salt="after")])
+    fresh = lambda: peer.allocated() and peer.allocation().username.endswith(":after")  # noqa: E731
+    assert await peer.driver.wait_until(fresh, timeout=NO_ZOMBIE_BOUND)
+    elapsed = loop.time() - started
+    # ~1 s: coturn keeps the deleted allocation on the 5-tuple for a moment (437, then 441 to our
+    # REFRESH under the new username, unsigned: provisional), and the retransmit 1 s later wins.
+    assert elapsed < 2.0, f"allocated under the new credentials after {elapsed:.2f}s"
+    print(f"\nitem 4: allocated under the new credentials {elapsed * 1000:.0f} ms after the update")
+
+
+async def test_item5_quota_exhausted_frees_the_relay_and_asks_for_new_ones(coturn_factory, peer, peer_b):
+    """coturn --total-quota 1: the second client's ALLOCATE gets 486. It is retried (1, 2, 4 s),
+    then the relay is freed and NoRelays asks the portal for others: no zombie within 15 s."""
+    relay = coturn_factory(name="relay-a", extra_args=("--total-quota", "1"))
+    peer.update(connected=[relay_config(relay, salt="a")])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    peer_b.update(connected=[relay_config(relay, salt="b")])
+    assert await peer_b.driver.wait_until(lambda: bool(peer_b.removed()), timeout=NO_ZOMBIE_BOUND)
+    elapsed = loop.time() - started
+    assert peer_b.removed()[0].reason == str(FreeReason.REFUSED)
+    assert any(isinstance(e, NoRelays) for e in peer_b.events)
+    assert 6.5 <= elapsed <= 9.0, f"freed after {elapsed:.2f}s"
+    print(f"\nitem 5: refused relay freed {elapsed:.2f}s after the update (NoRelays sent)")
+
+
+async def test_item3_lapsed_channel_is_rebound_with_the_same_number(coturn, peer, peer_b, monkeypatch):
+    """A send-mostly flow: A sends, never receives, so A's channel is not refreshed and lapses on
+    our side while coturn still holds the binding. The re-bind must reuse the number (coturn:
+    "400 You cannot use the same peer with different channel number")."""
+    from connlib.core import allocation as allocation_mod
+
+    monkeypatch.setattr(allocation_mod, "CHANNEL_LIFETIME", 2.0)  # ours lapses; coturn's is 600 s
+    peer.update(connected=[relay_config(coturn, salt="a")])
+    peer_b.update(connected=[relay_config(coturn, salt="b")])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    assert await peer_b.driver.wait_until(peer_b.allocated, timeout=5)
+    addr_a = peer.allocation().relay_candidates()[0].addr
+    addr_b = peer_b.allocation().relay_candidates()[0].addr
+    loop = asyncio.get_running_loop()
+    peer_b.driver.call(lambda now: peer_b.node.bind_channel("relay-a", addr_a, now))
+    peer.driver.call(lambda now: peer.node.bind_channel("relay-a", addr_b, now))
+    assert await peer.driver.wait_until(lambda: peer.allocation().has_channel_to(addr_b, loop.time()), 3)
+    assert await peer_b.driver.wait_until(lambda: peer_b.allocation().has_channel_to(addr_a, loop.time()), 3)
+    (number,) = peer.allocation().channels
+    received = peer_b.driver.subscribe()
+
+    async def send_until_delivered(payload: bytes, timeout: float) -> bool:
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            transmit = peer.driver.call(lambda now: peer.node.encapsulate("relay-a", addr_b, payload, now))
+            if transmit is not None:
+                peer.driver.send_raw(transmit.payload, transmit.dst)
+            try:
+                async with asyncio.timeout(0.1):
+                    while True:
+                        event = await received.get()
+                        if isinstance(event, ChannelData) and event.payload == payload:
+                            return True
+            except TimeoutError:
+                pass
+        return False
+
+    assert await send_until_delivered(b"before", 2.0)
+    # Wait (bounded) until our side considers the channel lapsed.
+    assert await peer.driver.wait_until(lambda: not peer.allocation().has_channel_to(addr_b, loop.time()), 4)
+    assert await send_until_delivered(b"after", 3.0), "the flow is black-holed after the re-bind"
+    assert list(peer.allocation().channels) == [number]

@@ -11,6 +11,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from connlib.aio.portal_client import PortalAuthError, PortalClient, PortalLoginError, portal_url
+from connlib.core import messages
+from connlib.core.node import Node
 from fake_portal import FakePortal, PortalConfig
 from tests.integration.test_fake_portal import BOUND, TOKEN, eventually, start_peer
 
@@ -107,3 +109,46 @@ async def test_forced_disconnect_raises_portal_auth_error():
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/client/websocket"
         with pytest.raises(PortalAuthError, match="token_expired"):
             await asyncio.wait_for(PortalClient(url, TOKEN, "client").run(), BOUND)
+
+
+def _init_with(username_json: str) -> str:
+    relay = (
+        '{"id": "r1", "type": "turn", "addr": "127.0.0.1:3478", "username": ' + username_json + ', "password": "p",'
+        ' "expires_at": 4102444800}'
+    )
+    return '{"event": "init", "topic": "client", "ref": null, "payload": {"relays": [' + relay + "]}}"
+
+
+async def test_lone_surrogate_in_an_init_relay_username_does_not_kill_the_client(caplog):
+    """Issue 9 item 10: ``"\\ud800"`` is valid JSON but no UTF-8. The message handler is the
+    peer's (decode, merge, ``Node.update_relays``): the bad init is ignored, the client lives."""
+    node = Node(0.0)
+    inits: list = []
+
+    def on_message(event: str, payload: dict) -> None:
+        try:
+            typed = messages.decode_payload(event, payload)
+        except messages.MessageError:
+            return
+        if isinstance(typed, messages.Init):
+            relays = messages.merge_relays(typed.relays)
+            node.update_relays([], relays, 0.0)
+            inits.append(relays)
+
+    async def portal(ws: ServerConnection) -> None:
+        join = json.loads(await ws.recv())
+        ok = {"status": "ok", "response": {}}
+        await ws.send(json.dumps({"event": "phx_reply", "ref": join["ref"], "topic": "client", "payload": ok}))
+        await ws.send(_init_with('"\\ud800"'))
+        await ws.send(_init_with('"4102444800:ok"'))
+        await ws.wait_closed()
+
+    async with serve(portal, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/client/websocket"
+        client = PortalClient(url, TOKEN, "client", on_message=on_message)
+        task = asyncio.create_task(client.run())
+        await eventually(lambda: bool(inits) or task.done(), what="the good init")
+        assert not task.done(), task.exception()
+        assert [r.username for r in inits[0]] == ["4102444800:ok"] and node.relay_ids() == ["r1"]
+        await client.close()
+        await task

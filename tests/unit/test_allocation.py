@@ -20,6 +20,7 @@ from connlib.core.allocation import (
     New,
 )
 from connlib.core.credentials import REALM, long_term_key
+from connlib.core.fixes import FIX_REFUSAL_RETRY
 from connlib.core.stun import Class, Message, Method
 
 from .turn_sim import Net, TurnSim
@@ -201,21 +202,36 @@ def test_stale_nonce_438_resigns_with_new_nonce_and_new_transaction_id():
 
 
 def test_401_on_signed_request_means_invalid_credentials(caplog):
+    """coturn answers bad credentials with an unsigned 401: provisional (RFC 8489 §9.2.5) until
+    the request's deadline, then an authentication error (issue 9 item 1)."""
     alloc, sim, net = allocated()
     (relay,) = alloc.relay_candidates()
     sim.secret = "rotated"  # nonce still valid, password no longer
-    net.run(300.0)
-    assert methods(sim, since=300.0, binding=False) == [(Method.REFRESH, True)]  # no second try
+    net.run(309.999)
+    assert [m for m, _ in methods(sim, since=300.0, binding=False)] == [Method.REFRESH] * 5  # retransmitted
+    assert alloc.has_allocation() and alloc.credentials_valid
+    net.run(310.0)
     assert drain(alloc) == [Invalid(relay)]
     assert not alloc.has_allocation() and not alloc.credentials_valid
+    assert alloc.can_be_freed() is FreeReason.AUTHENTICATION_ERROR
+    assert alloc.rejection is not None and alloc.rejection.code == 401
+    # Nothing more is sent: the credentials are dropped, not retried.
+    net.run(400.0)
+    assert len(methods(sim, since=310.0)) == 0
+
+
+def test_signed_401_to_a_signed_request_is_final_at_once(caplog):
+    alloc, sim, net = allocated()
+    sim.secret = "rotated"
+    sim.error_key = alloc._key  # a relay that signs its 401 (coturn does not)
+    net.run(300.0)
+    assert methods(sim, since=300.0, binding=False) == [(Method.REFRESH, True)]  # no second try
+    drain(alloc)
     assert alloc.can_be_freed() is FreeReason.AUTHENTICATION_ERROR
     assert any(
         w.startswith("Invalid credentials, refusing to re-authenticate") and "method=refresh" in w
         for w in warnings(caplog)
     )
-    # Nothing more is sent: the credentials are dropped, not retried.
-    net.run(400.0)
-    assert methods(sim, since=300.0) == [(Method.REFRESH, True), (Method.BINDING, False)]
 
 
 def test_401_on_unauthenticated_first_allocate_is_not_fatal():
@@ -405,10 +421,11 @@ def test_keepalive_binding_every_25s_and_reset_by_outgoing_channel_data():
 
 def test_no_keepalive_without_allocation():
     alloc, sim, net = setup()
-    sim.inject[Method.ALLOCATE] = 500
+    sim.refuse[Method.ALLOCATE] = 500
     net.run(200.0)
-    assert [m for m, _ in methods(sim)] == [Method.BINDING, Method.ALLOCATE, Method.ALLOCATE]
-    assert alloc.poll_timeout() is None
+    # 401, then the refused ALLOCATE and its three retries at +1, +2, +4 s; never a BINDING.
+    assert [m for m, _ in methods(sim)] == [Method.BINDING] + [Method.ALLOCATE] * 5
+    assert alloc.poll_timeout() is None and alloc.can_be_freed() is FreeReason.REFUSED
 
 
 # --------------------------------------------------------------------------- channels
@@ -603,9 +620,9 @@ def test_probe_rebooted_relay_new_secret_is_an_authentication_error():
     sim.reboot(new_secret="new-boot")
     net.run(42.0)
     alloc.refresh(42.0)
-    net.run(42.0)
-    assert methods(sim, since=42.0) == [(Method.REFRESH, True), (Method.REFRESH, True)]  # 438, 401
-    assert drain(alloc) == [Invalid(old)]
+    net.run(43.0)
+    assert methods(sim, since=42.0) == [(Method.REFRESH, True), (Method.REFRESH, True)]  # 438, 401 (unsigned)
+    assert drain(alloc) == [Invalid(old)]  # at the probe's deadline
     assert alloc.can_be_freed() is FreeReason.AUTHENTICATION_ERROR
 
 
@@ -617,8 +634,8 @@ def test_probe_does_nothing_while_allocating():
 
 
 def test_probe_on_suspended_allocation_starts_over_with_binding():
-    alloc, sim, net = setup()
-    sim.inject[Method.ALLOCATE] = 500  # leaves us with a socket, no allocation, nothing in flight
+    alloc, sim, net = setup(disabled_fixes=frozenset({FIX_REFUSAL_RETRY}))
+    sim.inject[Method.ALLOCATE] = 500  # (the old behaviour) a socket, no allocation, nothing in flight
     net.run(0.0)
     assert alloc.is_suspended()
     alloc.refresh(1.0)

@@ -13,7 +13,7 @@ import pytest
 
 from connlib.core import stun
 from connlib.core.allocation import Candidate, FreeReason
-from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PROBE_LISTED
 from connlib.core.node import (
     CandidateInvalid,
     CandidateNew,
@@ -80,7 +80,7 @@ def test_add_allocates_and_announces_candidates(caplog):
     assert any(m.startswith("Added new TURN server") and "rid=a" in m for m in messages(caplog, logging.INFO))
 
 
-def test_same_relay_same_credentials_is_skipped_and_not_probed(caplog):
+def test_same_relay_same_credentials_is_skipped_and_probed(caplog):
     (a,) = relays(1)
     node, net = setup(a)
     deploy(node, net, {"a": a})
@@ -90,7 +90,9 @@ def test_same_relay_same_credentials_is_skipped_and_not_probed(caplog):
     node.update_relays([], [a.config("a")], 10.0)
     net.run(10.0)
     assert node.allocations["a"] is allocation
-    assert events(node) == [] and requests_since(a, 10.0) == []
+    # Probed (issue 9 item 7: it may have restarted with the same secret), nothing else changes.
+    assert events(node) == [] and requests_since(a, 10.0) == [Method.REFRESH]
+    assert allocation.lifetime == (10.0, 600.0)
     assert any(m.startswith("Skipping known TURN server") for m in messages(caplog, logging.INFO))
 
 
@@ -122,7 +124,8 @@ def test_known_id_with_different_credentials_or_address_is_replaced(change, capl
 
 
 def test_replaced_relay_on_same_address_recovers_from_the_stale_server_allocation():
-    """Same relay, new credentials that it accepts: the old 5-tuple allocation is deleted (437)."""
+    """Same relay, new credentials that it accepts: the old allocation is deleted under the old
+    credentials first (issue 9 item 4), so the new ALLOCATE succeeds at once."""
     (a,) = relays(1)
     node, net = setup(a)
     deploy(node, net, {"a": a})
@@ -130,7 +133,7 @@ def test_replaced_relay_on_same_address_recovers_from_the_stale_server_allocatio
     net.run(10.0)
     node.update_relays([], [a.config("a", salt="new-salt")], 10.0)
     net.run(10.0)
-    assert requests_since(a, 10.0) == [Method.ALLOCATE, Method.ALLOCATE, Method.REFRESH, Method.ALLOCATE]
+    assert requests_since(a, 10.0) == [Method.REFRESH, Method.ALLOCATE, Method.ALLOCATE]  # delete, 401, ok
     assert node.allocations["a"].has_allocation() and node.relay_candidates("a") != stale
 
 
@@ -158,14 +161,16 @@ def test_removing_an_unknown_id_is_harmless(caplog):
 
 
 # --------------------------------------------------------------------------- probe + GC
-def test_exactly_the_unlisted_relays_are_probed():
+def test_unlisted_relays_get_the_one_shot_probe_listed_ones_the_retransmitted_one():
     a, b, c = relays(3)
     node, net = setup(a, b, c)
     deploy(node, net, {"a": a, "b": b, "c": c})
     net.run(30.0)
     node.update_relays([], [b.config("b")], 30.0)
     probes = [(t.dst, stun.decode(t.payload).method) for t in iter(node.poll_transmit, None)]
-    assert sorted(probes) == [(a.v4, Method.REFRESH), (c.v4, Method.REFRESH)]
+    assert sorted(probes) == [(a.v4, Method.REFRESH), (b.v4, Method.REFRESH), (c.v4, Method.REFRESH)]
+    deadlines = {rid: [p.backoff.deadline for p in node.allocations[rid].sent_requests.values()] for rid in "abc"}
+    assert deadlines == {"a": [31.0], "b": [32.5], "c": [31.0]}
 
 
 def test_dead_unlisted_relay_removed_within_one_second_alive_one_stays(caplog):
@@ -196,7 +201,9 @@ def test_rebooted_unlisted_relay_with_new_secret_is_removed_for_authentication()
     net.run(30.0)
     a.reboot(new_secret="fresh-boot")
     node.update_relays([], [b.config("b")], 30.0)
-    net.run(30.0)
+    net.run(30.999)  # 438, then an unsigned 401: provisional until the probe's deadline
+    assert sorted(node.allocations) == ["a", "b"]
+    net.run(31.0)
     assert sorted(node.allocations) == ["b"]
     assert of(RelayRemoved, events(node)) == [RelayRemoved("a", "authentication error")]
 
@@ -240,7 +247,8 @@ def test_an_unusable_entry_does_not_shield_a_known_relay_from_the_probe():
     broken = replace(a.config("a"), v4=None, v6=None)  # same id, no address: ignored
     node.update_relays([], [broken, b.config("b")], 30.0)
     probes = [(t.dst, stun.decode(t.payload).method) for t in iter(node.poll_transmit, None)]
-    assert probes == [(a.v4, Method.REFRESH)]
+    assert probes == [(a.v4, Method.REFRESH), (b.v4, Method.REFRESH)]
+    assert [p.backoff.deadline for p in node.allocations["a"].sent_requests.values()] == [31.0]
 
 
 def test_packets_from_previous_relays_are_dropped_silently():
@@ -347,7 +355,8 @@ def test_rebooted_relay_with_new_credentials_is_replaced():
 
 
 def test_mutation_without_credentials_compare_the_stale_allocation_stays():
-    node, sim, fresh, before = rebooted_relay_with_new_credentials(disabled={FIX_CREDENTIALS_COMPARE})
+    # The probe of listed relays (issue 9 item 7) would catch it too: disable that net as well.
+    node, sim, fresh, before = rebooted_relay_with_new_credentials(disabled={FIX_CREDENTIALS_COMPARE, FIX_PROBE_LISTED})
     allocation = node.allocations["a"]
     assert allocation is before and not allocation.matches_credentials(fresh.username, fresh.password)
     assert allocation.has_allocation() and CLIENT4 not in sim.allocations  # a ghost allocation: the bug

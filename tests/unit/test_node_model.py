@@ -32,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from connlib.core import backoff
 from connlib.core.credentials import rest_password
-from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PROBE_LISTED
 from connlib.core.node import Node, NoRelays, RelayAdded
 
 from .turn_sim import Net, TurnSim
@@ -256,5 +256,8 @@ def _reboot_one_of_two_elsewhere(m: RelayModel) -> None:
 )
 def test_model_passes_with_fixes_and_catches_each_seed_bug(fix, steps, symptom):
     replay(frozenset(), steps)  # the fixed node passes the sequence ...
-    with pytest.raises(AssertionError, match=symptom):  # ... the seed's bug fails it
-        replay(frozenset({fix}), steps)
+    # ... the seed's bug fails it. Probing listed relays (issue 9 item 7) would also catch a
+    # rebooted relay whose credentials are not compared, so that net is removed as well.
+    disabled = {fix, FIX_PROBE_LISTED} if fix == FIX_CREDENTIALS_COMPARE else {fix}
+    with pytest.raises(AssertionError, match=symptom):
+        replay(frozenset(disabled), steps)

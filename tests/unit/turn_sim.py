@@ -7,7 +7,7 @@ nonce gets 438; a wrong TURN-REST password gets 401 (unsigned, like coturn); suc
 with the long-term key. ALLOCATE on an existing 5-tuple and REFRESH/CHANNEL-BIND without an
 allocation get 437; REFRESH with LIFETIME=0 deletes. ChannelData is relayed between allocations
 on the same relay. Switches: ``reboot()``, ``black_hole``, ``error_key``, ``sign_successes``,
-``inject``, ``lifetime``, ``linger`` (coturn answers ALLOCATE with 437 for a moment after a
+``inject``, ``refuse``, ``quota``, ``lifetime``, ``linger`` (coturn answers ALLOCATE with 437 for a moment after a
 delete). ``Net`` routes datagrams between agents (``Node``/``Allocation``) and relays with a
 fake clock: ``net.run(until)`` jumps from one ``poll_timeout``/delivery to the next.
 """
@@ -35,6 +35,8 @@ REASONS = {
     420: "Unknown Attribute",
     437: "Allocation Mismatch",
     438: "Stale Nonce",
+    441: "Wrong Credentials",
+    486: "Allocation Quota Reached",
     442: "Unsupported Transport Protocol",
     500: "Server Error",
 }
@@ -52,6 +54,7 @@ class SimAllocation:
     expires_at: float
     channels: dict[int, tuple[Address, float]] = field(default_factory=dict)  # number -> (peer, expiry)
     deleted: bool = False  # REFRESH(LIFETIME=0) received, session still lingering (``linger``)
+    username: str = ""  # coturn answers another username on this 5-tuple with 441
 
 
 class TurnSim:
@@ -73,6 +76,8 @@ class TurnSim:
         self.lifetime = DEFAULT_LIFETIME  # granted when the client asks for none
         self.linger = 0.0  # coturn keeps a deleted allocation (437 to ALLOCATE) this long after
         self.inject: dict[Method, int] = {}  # one-shot error code for the next authenticated request
+        self.refuse: dict[Method, int] = {}  # error code for every authenticated request (until cleared)
+        self.quota: int | None = None  # allocations at once (coturn --total-quota): 486 beyond
         self.allocations: dict[Address, SimAllocation] = {}
         self.nonces: dict[Address, str] = {}
         self.requests: list[tuple[float, Method, bool]] = []  # (now, method, signed)
@@ -140,6 +145,11 @@ class TurnSim:
             return [self._challenge(from_, msg, 401)]
         if msg.method in self.inject:
             return [self._error(from_, msg, self.inject.pop(msg.method), key)]
+        if msg.method in self.refuse:
+            return [self._error(from_, msg, self.refuse[msg.method], key)]
+        held = self.allocations.get(from_)
+        if held is not None and held.username != username and msg.method != Method.ALLOCATE:
+            return [self._error(from_, msg, 441, key)]  # like coturn: the 5-tuple is someone else's
         handler = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -152,13 +162,15 @@ class TurnSim:
     def _allocate(self, msg: Message, from_: Address, key: bytes, now: float) -> tuple[Address, bytes]:
         if from_ in self.allocations:
             return self._error(from_, msg, 437, key)
+        if self.quota is not None and len(self.allocations) >= self.quota:
+            return self._error(from_, msg, 486, key)
         if msg.get("REQUESTED-TRANSPORT") != stun.TRANSPORT_UDP:
             return self._error(from_, msg, 442 if "REQUESTED-TRANSPORT" in msg else 400, key)
         want_v6 = msg.get("ADDITIONAL-ADDRESS-FAMILY") == stun.ADDRESS_FAMILY_IPV6 or self.v4 is None
         hosts = [a[0] for a in (self.v4, self.v6 if want_v6 else None) if a is not None]
         relayed = [(host, next(self._ports)) for host in hosts]
         lifetime = self._lifetime(msg)
-        self.allocations[from_] = SimAllocation(from_, relayed, now + lifetime)
+        self.allocations[from_] = SimAllocation(from_, relayed, now + lifetime, username=msg.get("USERNAME"))
         attrs = [("XOR-RELAYED-ADDRESS", r) for r in relayed]
         return self._reply(from_, msg, attrs + [("LIFETIME", lifetime), ("XOR-MAPPED-ADDRESS", from_)], key)
 

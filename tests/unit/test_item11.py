@@ -1,0 +1,118 @@
+"""Issue 9 item 11, the sans-IO parts: nomination on the controlled side, bounded remote
+candidates, check retransmits under one transaction id, a host candidate per family."""
+
+from __future__ import annotations
+
+import random
+
+from connlib.core import messages, stun
+from connlib.core.allocation import Allocation
+from connlib.core.credentials import REALM
+from connlib.core.ice import (
+    MAX_REMOTE_CANDIDATES,
+    Connected,
+    Connection,
+    LocalCandidate,
+    RemoteCandidate,
+    candidate_line,
+    candidate_priority,
+)
+from connlib.core.stun import Class, Message, Method
+from connlib.core.tunnel import Tunnel
+
+from .turn_sim import Net, TurnSim
+
+LOCAL = LocalCandidate("relay", ("192.0.2.1", 50000), "r1")
+R1, R2 = ("198.51.100.1", 60000), ("198.51.100.2", 60000)
+
+
+def check(conn: Connection, tid: int) -> Message:
+    msg = Message(Method.BINDING, Class.REQUEST, tid.to_bytes(12, "big"))
+    msg.add("USERNAME", f"{conn.local_ufrag}:peer")
+    msg.add("PRIORITY", candidate_priority("prflx"))
+    msg.add("ICE-CONTROLLING", 1)
+    msg.add("USE-CANDIDATE")
+    return stun.decode(msg.encode(conn.local_pwd.encode(), fingerprint=True))
+
+
+def test_controlled_side_keeps_its_nomination_while_the_controller_checks_every_pair():
+    conn = Connection.new("client", controlling=False, now=0.0, rng=random.Random(1))
+    conn.set_remote_credentials("peer", "peer-password-0123456789", 0.0)
+    conn.add_local_candidate(LOCAL, 0.0)
+    for addr in (R1, R2):
+        conn.add_remote_candidate(RemoteCandidate("relay", addr, candidate_priority("relay")), 0.0)
+    now = 0.0
+    for i in range(20):  # the controller's checks on both pairs, each with USE-CANDIDATE
+        now += 0.25
+        conn.handle_stun(check(conn, i + 1), LOCAL, R1 if i % 2 == 0 else R2, now)
+    connected = [e for e in iter(conn.poll_event, None) if isinstance(e, Connected)]
+    assert len(connected) == 1 and conn.nominated is not None and conn.nominated.remote.addr == R1
+
+
+def test_controlled_side_moves_when_its_nominated_pair_went_quiet():
+    conn = Connection.new("client", controlling=False, now=0.0, rng=random.Random(1))
+    conn.set_remote_credentials("peer", "peer-password-0123456789", 0.0)
+    conn.add_local_candidate(LOCAL, 0.0)
+    for addr in (R1, R2):
+        conn.add_remote_candidate(RemoteCandidate("relay", addr, candidate_priority("relay")), 0.0)
+    conn.handle_stun(check(conn, 1), LOCAL, R1, 0.0)
+    conn.handle_stun(check(conn, 2), LOCAL, R2, 5.0)  # R1 silent for 5 s: the peer moved
+    assert conn.nominated is not None and conn.nominated.remote.addr == R2
+
+
+def _connection(controlling: bool) -> Connection:
+    conn = Connection.new("peer", controlling=controlling, now=0.0, rng=random.Random(2))
+    conn.set_remote_credentials("peer", "peer-password-0123456789", 0.0)
+    conn.add_local_candidate(LOCAL, 0.0)
+    return conn
+
+
+def test_remote_candidates_are_bounded():
+    conn = _connection(controlling=True)
+    added = [
+        conn.add_remote_candidate(RemoteCandidate("relay", ("198.51.100.1", 1000 + i), 1), 0.0) for i in range(100)
+    ]
+    assert sum(added) == MAX_REMOTE_CANDIDATES == len(conn.remote_candidates) == len(conn.pairs)
+
+
+def test_remote_candidates_bound_the_channel_binds_on_our_relay():
+    sim = TurnSim(("192.0.2.1", 3478))
+    net = Net(sim)
+    tunnel = net.attach(Tunnel("gateway", 0.0, seed=1), ("10.0.0.2", 40000))
+    tunnel.update_relays([], [sim.config("r1")], 0.0)
+    net.run(0.0)
+    offer = messages.ConnectionSignal("client", "ufrag", "pwd-0123456789012345678", None)
+    tunnel.handle_signal(messages.Event.CONNECTION_REQUEST, offer, 0.0)
+    for batch in range(10):  # a hostile or buggy peer: 10 messages of 10 relay candidates each
+        lines = tuple(
+            candidate_line("relay", ("198.51.100.9", 2000 + 10 * batch + i), candidate_priority("relay"))
+            for i in range(10)
+        )
+        tunnel.handle_signal(messages.Event.NEW_ICE_CANDIDATES, messages.CandidateSignal("client", lines), 0.0)
+    net.run(1.0)
+    assert sim.count(Method.CHANNEL_BIND) <= MAX_REMOTE_CANDIDATES + 1  # + the 438/401 re-sign at most
+
+
+def test_a_late_answer_to_an_earlier_check_copy_counts():
+    conn = _connection(controlling=True)
+    conn.add_remote_candidate(RemoteCandidate("relay", R1, candidate_priority("relay")), 0.0)
+    conn.handle_timeout(0.0)
+    first = [stun.decode(t.payload) for t in iter(conn.poll_transmit, None)]
+    conn.handle_timeout(conn.poll_timeout() or 1.0)  # no answer yet: retransmitted
+    second = [stun.decode(t.payload) for t in iter(conn.poll_transmit, None)]
+    assert len(first) == len(second) == 1
+    assert second[0].transaction_id == first[0].transaction_id  # RFC 8489 §6.2.1
+    answer = Message(Method.BINDING, Class.SUCCESS, first[0].transaction_id, [("XOR-MAPPED-ADDRESS", LOCAL.addr)])
+    answer = stun.decode(answer.encode(b"peer-password-0123456789", fingerprint=True))
+    assert conn.handle_stun(answer, LOCAL, R1, 0.3)
+    assert conn.connected
+
+
+def test_dual_stack_relay_gives_a_host_candidate_per_family():
+    sim = TurnSim(("192.0.2.1", 3478), ("2001:db8::1", 3478))
+    net = Net(sim)
+    alloc = Allocation(sim.socket, *sim.credentials(), REALM, 0.0, relay_id="r1")
+    net.attach(alloc, ("10.0.0.2", 40000), ("2001:db8:c::2", 40000))
+    net.run(0.0)
+    hosts = [c.addr for c in alloc.candidates() if c.kind == "host"]
+    assert sorted(hosts) == [("10.0.0.2", 40000), ("2001:db8:c::2", 40000)]

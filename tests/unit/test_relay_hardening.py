@@ -1,0 +1,296 @@
+"""Issue 9: relay handling that survives what real relays and real networks do (fake clock).
+
+One section per numbered item; each test provokes the bug (it failed on the code before the fix)
+and, where an end-to-end scenario relies on the behaviour, a mutation twin disables the fix by
+its switch in ``connlib.core.fixes`` and shows the bug comes back.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from connlib.core import stun
+from connlib.core.allocation import Allocation, FreeReason
+from connlib.core.credentials import REALM
+from connlib.core.node import Node, NoRelays, RelayRemoved
+from connlib.core.stun import Class, Message, Method
+
+from .turn_sim import Net, TurnSim
+
+RELAY4 = ("192.0.2.1", 3478)
+CLIENT4 = ("10.0.0.2", 40000)
+PEER = ("203.0.113.50", 7000)
+NO_ZOMBIE_BOUND = 15.0
+MAX_RATE = 10.0  # requests per second to any relay
+
+
+def allocation(**kw):
+    sim = TurnSim(RELAY4)
+    net = Net(sim)
+    alloc = net.attach(Allocation(sim.socket, *sim.credentials(), REALM, 0.0, relay_id="r1", **kw), CLIENT4)
+    net.run(0.0)
+    assert alloc.has_allocation()
+    list(iter(alloc.poll_event, None))
+    return alloc, sim, net
+
+
+def node_with(*sims: TurnSim, disabled=()):
+    net = Net(*sims)
+    node = net.attach(Node(0.0, seed=3, disabled_fixes=frozenset(disabled)), CLIENT4)
+    node.update_relays([], [sim.config(f"r{i}") for i, sim in enumerate(sims)], 0.0)
+    net.run(0.0)
+    return node, net
+
+
+def events(node) -> list:
+    return list(iter(node.poll_event, None))
+
+
+def in_flight(alloc: Allocation, method: Method) -> bytes:
+    (tid,) = [t for t, p in alloc.sent_requests.items() if p.message.method == method]
+    return tid
+
+
+def forge(alloc: Allocation, method: Method, code: int, *extra) -> None:
+    """An unsigned error from the relay's address carrying the id of our request in flight."""
+    tid = in_flight(alloc, method)
+    attrs = [("ERROR-CODE", (code, "forged")), *extra]
+    alloc.handle_input(Message(method, Class.ERROR, tid, attrs).encode(), RELAY4, CLIENT4, alloc_now(alloc))
+
+
+def alloc_now(alloc: Allocation) -> float:
+    return min(p.sent_at for p in alloc.sent_requests.values())
+
+
+def max_rate(sim: TurnSim, window: float = 1.0) -> int:
+    times = sorted(t for t, _, _ in sim.requests)
+    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
+
+
+# --------------------------------------------------------------------------- item 1: unsigned errors
+@pytest.mark.parametrize(
+    ("code", "extra"),
+    [(401, [("REALM", REALM), ("NONCE", "forged-nonce")]), (437, []), (420, []), (438, []), (500, [])],
+    ids=["401", "437", "420", "438-without-nonce", "500"],
+)
+def test_item1_forged_unsigned_error_to_a_signed_request_changes_nothing(code, extra):
+    alloc, sim, net = allocation()
+    (relayed,) = alloc.relay_candidates()
+    net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).method == Method.REFRESH
+    net.run(300.0)  # the REFRESH at lifetime/2 is in flight (its first copy lost)
+    forge(alloc, Method.REFRESH, code, *extra)
+    net.drop = lambda src, dst, p: False
+    net.run(305.0)  # a retransmit reaches the relay and is answered
+    assert alloc.has_allocation() and alloc.relay_candidates() == [relayed]
+    assert alloc.credentials_valid and alloc.can_be_freed() is None and alloc.explicit_failure is None
+    assert alloc.lifetime is not None and alloc.lifetime[0] > 300.0  # the real answer renewed it
+    assert sim.count(Method.ALLOCATE) == 2  # no re-allocation (401 + signed, both at t=0)
+
+
+def test_item1_forged_401_does_not_free_a_healthy_relay_at_node_level():
+    sim = TurnSim(RELAY4)
+    node, net = node_with(sim)
+    events(node)
+    alloc = node.allocations["r0"]
+    net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).method == Method.REFRESH
+    net.run(300.0)
+    forge(alloc, Method.REFRESH, 401, ("REALM", REALM), ("NONCE", "x"))
+    node.handle_timeout(300.0)
+    net.drop = lambda src, dst, p: False
+    net.run(320.0)
+    evs = events(node)
+    assert not [e for e in evs if isinstance(e, RelayRemoved | NoRelays)]
+    assert node.usable_relays() == ["r0"]
+
+
+def test_item1_unsigned_401_only_until_the_deadline_is_an_authentication_error():
+    alloc, sim, net = allocation()
+    sim.secret = "rotated"  # coturn: unsigned 401 to every signed request from now on
+    net.run(310.0)
+    list(iter(alloc.poll_event, None))
+    assert alloc.can_be_freed() is FreeReason.AUTHENTICATION_ERROR
+    assert alloc.rejection is not None and (alloc.rejection.code, alloc.rejection.authenticated) == (401, False)
+
+
+# --------------------------------------------------------------------------- item 2: BINDING errors
+@pytest.mark.parametrize(
+    ("code", "extra"),
+    [(437, []), (420, []), (401, [("REALM", "other-realm"), ("NONCE", "n")])],
+    ids=["437", "420", "401-foreign-realm"],
+)
+def test_item2_error_to_the_keepalive_binding_is_not_a_turn_error(code, extra):
+    alloc, sim, net = allocation()
+    (relayed,) = alloc.relay_candidates()
+    net.drop = lambda src, dst, p: src == RELAY4  # the keep-alive's answer is lost ...
+    net.run(25.0)
+    forge(alloc, Method.BINDING, code, *extra)  # ... and a forged error arrives instead
+    net.drop = lambda src, dst, p: False
+    net.run(3600.0)
+    assert alloc.has_allocation() and alloc.relay_candidates() == [relayed]
+    assert alloc.can_be_freed() is None and alloc.explicit_failure is None
+
+
+# --------------------------------------------------------------------------- item 3: channel numbers
+def channel_lapse(disabled=()):
+    alloc, sim, net = allocation(**({"disabled_fixes": frozenset(disabled)} if disabled else {}))
+    alloc.bind_channel(PEER, 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    (number,) = alloc.channels
+    net.run(700.0)  # send-mostly: nothing received, so the channel is not refreshed and lapses
+    assert alloc.encapsulate(PEER, b"x", 700.0) is None  # lapsed: re-bind started
+    net.run(700.0)
+    transmit = alloc.encapsulate(PEER, b"hello", 700.0)
+    return alloc, sim, net, number, transmit
+
+
+def test_item3_lapsed_channel_is_rebound_with_the_same_number():
+    alloc, sim, net, number, transmit = channel_lapse()
+    assert list(alloc.channels) == [number] == [stun.CHANNEL_MIN]
+    assert alloc.has_channel_to(PEER, 700.0) and transmit is not None
+    assert sim.allocations[CLIENT4].channels[number][0] == PEER
+    assert sim.count(Method.CHANNEL_BIND) <= 3  # bind, 438 re-sign at most, re-bind
+
+
+def test_item3_twin_without_channel_number_reuse_the_relay_refuses_the_new_number():
+    alloc, sim, net, number, transmit = channel_lapse(disabled={"channel-number-reuse"})
+    assert not alloc.has_channel_to(PEER, 700.0)  # 400: "same peer with different channel number"
+
+
+# --------------------------------------------------------------------------- item 4: new credentials
+def rotated_without_reboot(disabled=()):
+    sim = TurnSim(RELAY4)
+    node, net = node_with(sim, disabled=disabled)
+    old = node.relay_candidates("r0")
+    events(node)
+    net.run(10.0)
+    node.update_relays([], [sim.config("r0", salt="rotated")], 10.0)  # same secret, new username
+    net.run(10.0 + NO_ZOMBIE_BOUND)
+    return node, sim, net, old
+
+
+def test_item4_new_credentials_on_a_running_relay_allocate_at_once_no_zombie():
+    node, sim, net, old = rotated_without_reboot()
+    alloc = node.allocations["r0"]
+    assert alloc.has_allocation() and node.relay_candidates("r0") != old
+    assert sim.allocations[CLIENT4].relayed == [c.addr for c in node.relay_candidates("r0")]
+    assert alloc.lifetime is not None and alloc.lifetime[0] == 10.0  # recovered at once
+    assert max_rate(sim) <= MAX_RATE
+
+
+def test_item4_twin_without_delete_on_replace_the_relay_is_lost():
+    node, sim, net, old = rotated_without_reboot(disabled={"delete-on-replace"})
+    assert "r0" not in node.usable_relays()  # 437, 441 ...: freed for refusing, held off
+    assert max_rate(sim) <= MAX_RATE
+
+
+# --------------------------------------------------------------------------- item 5: quota
+@pytest.mark.parametrize("code", [486, 508])
+def test_item5_refused_allocate_frees_the_relay_and_asks_the_portal(code):
+    sim = TurnSim(RELAY4)
+    sim.refuse[Method.ALLOCATE] = code
+    node, net = node_with(sim)
+    net.run(NO_ZOMBIE_BOUND)
+    evs = events(node)
+    assert "r0" not in node.allocations
+    assert [e for e in evs if isinstance(e, RelayRemoved)] == [RelayRemoved("r0", str(FreeReason.REFUSED))]
+    assert NoRelays() in evs
+    assert max_rate(sim) <= MAX_RATE and sim.count(Method.ALLOCATE) <= 6
+    # The portal answers no_relays with the same relay: it is held off, not hammered.
+    node.update_relays([], [sim.config("r0")], NO_ZOMBIE_BOUND)
+    net.run(30.0)
+    assert sim.count(Method.ALLOCATE) <= 6
+    sim.refuse.clear()  # quota freed up
+    net.run(60.0)
+    assert node.usable_relays() == ["r0"]
+
+
+def test_item5_twin_without_refusal_retry_the_relay_is_a_zombie():
+    sim = TurnSim(RELAY4)
+    sim.refuse[Method.ALLOCATE] = 486
+    node, net = node_with(sim, disabled={"refusal-retry"})
+    net.run(NO_ZOMBIE_BOUND)
+    allocation = node.allocations["r0"]
+    assert not allocation.has_allocation() and node.poll_timeout() is None and NoRelays() not in events(node)
+
+
+# --------------------------------------------------------------------------- item 6: REFRESH storm
+def test_item6_refused_refresh_is_not_resent_at_every_timeout():
+    alloc, sim, net = allocation()
+    sim.latency = 0.0005
+    sim.refuse[Method.REFRESH] = 500
+    net.run(600.0, max_steps=10_000)
+    assert sim.count(Method.REFRESH) <= 4
+    assert alloc.can_be_freed() is FreeReason.REFUSED  # freed ~7 s after the first refusal
+    assert max_rate(sim) <= MAX_RATE
+
+
+# --------------------------------------------------------------------------- item 7: same secret
+def restarted_same_secret(disabled=()):
+    sim = TurnSim(RELAY4)
+    node, net = node_with(sim, disabled=disabled)
+    old = node.relay_candidates("r0")
+    events(node)
+    net.run(30.0)
+    sim.reboot()  # allocations and nonces lost, the secret (so our credentials) unchanged
+    node.update_relays([], [sim.config("r0")], 30.0)  # the re-init after a portal partition
+    net.run(31.0)
+    return node, sim, old
+
+
+def test_item7_relay_restarted_with_the_same_secret_is_detected_at_the_init():
+    node, sim, old = restarted_same_secret()
+    assert node.usable_relays() == ["r0"] and node.relay_candidates("r0") != old
+    assert CLIENT4 in sim.allocations
+    assert sim.allocations[CLIENT4].relayed == [c.addr for c in node.relay_candidates("r0")]
+
+
+def test_item7_twin_without_probe_listed_dead_candidates_are_offered():
+    node, sim, old = restarted_same_secret(disabled={"probe-listed"})
+    assert node.relay_candidates("r0") == old and CLIENT4 not in sim.allocations
+
+
+# --------------------------------------------------------------------------- item 8: path probe
+def path_probe_with_one_loss(disabled=()):
+    sim = TurnSim(RELAY4)
+    node, net = node_with(sim, disabled=disabled)
+    events(node)
+    net.run(30.0)
+    lost = []
+
+    def drop_first_refresh(src, dst, payload):
+        if src == CLIENT4 and not lost and stun.is_stun(payload) and stun.decode(payload).method == Method.REFRESH:
+            lost.append(payload)
+            return True
+        return False
+
+    net.drop = drop_first_refresh
+    node.probe("r0", 30.0)
+    net.run(40.0)
+    return node, lost
+
+
+def test_item8_path_probe_survives_one_lost_packet():
+    node, lost = path_probe_with_one_loss()
+    assert lost and node.usable_relays() == ["r0"]
+    assert not [e for e in events(node) if isinstance(e, RelayRemoved)]
+
+
+def test_item8_twin_single_shot_probe_frees_the_healthy_relay():
+    node, lost = path_probe_with_one_loss(disabled={"path-probe-retransmit"})
+    assert "r0" not in node.allocations
+
+
+def test_item4_after_the_delete_a_lingering_relay_is_waited_for_not_deleted_again():
+    """coturn keeps a deleted allocation for about a second (437 to a new ALLOCATE): the new
+    allocation leaves its ALLOCATE to the backoff instead of sending its own (441) delete."""
+    sim = TurnSim(RELAY4)
+    sim.linger = 1.0
+    node, net = node_with(sim)
+    net.run(10.0)
+    node.update_relays([], [sim.config("r0", salt="rotated")], 10.0)
+    net.run(12.0)
+    after = [m for t, m, _ in sim.requests if t >= 10.0 and m != Method.BINDING]
+    # delete; 401; 437 (lingering); at +1 s the retransmit: 438 (session closed with it), ok
+    assert after == [Method.REFRESH] + [Method.ALLOCATE] * 4
+    assert node.usable_relays() == ["r0"] and node.allocations["r0"].lifetime == (11.0, 600.0)
