@@ -1,5 +1,7 @@
 """``python -m harness``: the chaos harness from the command line.
 
+    python -m harness images [--tag latest]        build the images (what `make images` runs)
+    python -m harness wait-ready --project P       wait until a compose stack streams (`make up`)
     python -m harness sweep                        remove what dead test sessions left in Docker
     python -m harness up [--relays N] ...          start a stack, print where it is, follow its history
     python -m harness chaos [--duration 60] ...    random relay faults against a live stream; exit 1 if
@@ -25,9 +27,17 @@ import time
 import uuid
 from pathlib import Path
 
-from . import checks
-from .fleet import CLIENT_ID, FaultNotSupported, Fleet, StackOptions, new_history, wait_for
+from . import checks, compose_ready
+from .docker_engine import connect
+from .docker_fleet import DockerFleet
+from .docker_session import DockerSession
+from .fleet import CLIENT_ID, FaultNotSupported, Fleet, StackOptions
+from .history import History, new_history
+from .images import E2E_TAG, MODES, ensure_images
+from .process_fleet import ProcessFleet
 from .report import Results
+from .sweep import sweep
+from .waiting import wait_for
 
 log = logging.getLogger("harness.cli")
 
@@ -39,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("sweep", help="remove the Docker leftovers of dead test sessions")
+    images = sub.add_parser("images", help="build the stack's images (base image, wheels, one build per image)")
+    images.add_argument("--tag", default=E2E_TAG, help=f"image tag (default {E2E_TAG}; make uses latest)")
+    images.add_argument("--mode", choices=MODES[:2], default="auto", help="auto: only what is stale")
+    compose_ready.add_arguments(sub.add_parser("wait-ready", help="wait until a compose stack is usable"))
     summary = sub.add_parser("summary", help="aggregate the summary.json of several result folders")
     summary.add_argument("folders", nargs="+", type=Path)
     for name, text in (
@@ -68,11 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("urllib3", "docker", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "sweep":
-        from .docker_fleet import connect
-        from .sweep import sweep
-
         print(sweep(connect()))
         return 0
+    if args.command == "images":
+        started = time.monotonic()
+        tags = ensure_images(connect(timeout=900), args.tag, args.mode)
+        print(f"images {' '.join(tags.values())} ready in {time.monotonic() - started:.1f}s")
+        return 0
+    if args.command == "wait-ready":
+        return compose_ready.run(args)
     if args.command == "summary":
         print(aggregate(args.folders))
         return 0
@@ -90,18 +108,14 @@ async def _run(args: argparse.Namespace) -> int:
     history = new_history()
     results = Results(Path(args.results), uuid.uuid4().hex)
     session = None
+    fleet: Fleet
     if args.fleet == "docker":
-        from .docker_fleet import DockerFleet, DockerSession, connect
-        from .images import ensure_images
-        from .sweep import sweep
-
         client = connect()
         print(sweep(client), file=sys.stderr)
-        session = DockerSession(client, ensure_images(client, args.images))
-        fleet: Fleet = DockerFleet(history, options, session=session)
+        tag = "latest" if args.images == "existing" else E2E_TAG
+        session = DockerSession(client, ensure_images(client, tag, args.images))
+        fleet = DockerFleet(history, options, session=session)
     else:
-        from .process_fleet import ProcessFleet
-
         fleet = ProcessFleet(history, options)
     code = 1
     try:
@@ -169,9 +183,11 @@ async def _chaos(fleet: Fleet, args: argparse.Namespace, results: Results) -> in
             row.verdict = f"skipped ({exc})"
             continue
         try:
-            resumed = await wait_for(
-                lambda: checks.resumed_at(h, t0) or _flowing(h, t0), RECOVERY_BOUND, "the stream to come back"
-            )
+
+            def back(t0: float = t0) -> float | None:
+                return checks.resumed_at(h, t0) or _flowing(h, t0)
+
+            resumed = await wait_for(back, RECOVERY_BOUND, "the stream to come back")
             row.figures.update(resumed_s=max(0.0, resumed - t0), gap_s=checks.longest_gap(h, t0))
             row.verdict = "recovered"
         except AssertionError as exc:
@@ -194,7 +210,7 @@ async def _chaos(fleet: Fleet, args: argparse.Namespace, results: Results) -> in
     return 1 if failures else 0
 
 
-def _flowing(history, since: float) -> float | None:
+def _flowing(history: History, since: float) -> float | None:
     """No gap in progress and fresh echoes reported at least 2 s after ``since``."""
     reports = [op for op in checks.peer_events(history, "stream", CLIENT_ID, since + 2.0) if op.data.get("connected")]
     return since if len(reports) >= 2 and reports[-1].data["delivered"] > reports[0].data["delivered"] else None

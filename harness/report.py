@@ -92,7 +92,7 @@ class Results:
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header[:-1])]
 
         def fmt(cells: list[str]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells[:-1], widths)) + " | " + cells[-1]
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells[:-1], widths, strict=True)) + " | " + cells[-1]
 
         out = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|---"]
         out += [fmt(line) for line in lines]

@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from harness import checks
-from harness.fleet import CLIENT_ID, GATEWAY_ID, Fleet, wait_for
+from harness.fleet import CLIENT_ID, GATEWAY_ID, Fleet
+from harness.waiting import wait_for
 
 DETECT_BOUND = 1.5  # a dead relay is removed this soon after the re-init
 RESUME_BOUND = 3.0  # stream resumed this soon after the heal / the relays_presence

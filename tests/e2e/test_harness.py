@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from harness import checks
-from harness.docker_fleet import PROJECT_LABEL, SESSION_LABEL, DockerFleet
-from harness.fleet import CLIENT_ID, EventClock, StackOptions, new_history, observe_at, wait_for
-from harness.history import History
+from harness.docker_fleet import DockerFleet
+from harness.fleet import CLIENT_ID, StackOptions
+from harness.history import EventClock, History, new_history, observe_at
 from harness.images import BASE_IMAGE
+from harness.labels import PROJECT_LABEL, SESSION_LABEL
+from harness.waiting import wait_for
 
 from .scenarios import RESUME_BOUND, wait_event, wait_resumed
 
@@ -182,7 +184,6 @@ def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client
 async def test_container_output_reaches_the_history_and_the_error_rule(docker_session, e2e_images, caplog):
     history = new_history()
     fleet = DockerFleet(history, StackOptions(), session=docker_session)
-    fleet._loop = asyncio.get_running_loop()
     script = (
         'echo \'{"event": "probe", "id": "x-1", "ts": 1.5}\'; '
         'echo "2026-01-01 00:00:00,000 WARNING connlib.node: Disconnecting from relay; test" >&2; '
