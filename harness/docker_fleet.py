@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 from docker.models.containers import Container
@@ -88,13 +89,13 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
     return Topology(topology.networks, services, topology.source)
 
 
-def create_kwargs(service: Service, network: str) -> dict[str, object]:
+def create_kwargs(service: Service, network: str) -> dict[str, Any]:
     """docker-py ``containers.create`` arguments for a service (its first network attached)."""
     ports = {
         f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) if p.host_ip else p.host_port
         for p in service.ports
     }
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "image": service.image,
         "hostname": service.hostname,
         "labels": service.labels,

@@ -180,6 +180,10 @@ class Fleet(PortalAdmin, abc.ABC):
     async def _clear_udp_loss(self, name: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend cannot drop UDP datagrams")
 
+    async def dropped_datagrams(self, name: str) -> int:
+        """Datagrams the UDP loss on relay ``name`` dropped so far."""
+        raise FaultNotSupported(f"the {self.backend} backend cannot drop UDP datagrams")
+
     async def _cut(self, target: str, network: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend has no networks to cut")
 

@@ -162,10 +162,13 @@ async def presence(url: str, token: str, secret: str, heartbeat_interval: float 
 
 def _install_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s: stopping", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig, lambda s=sig: (log.info("received %s: stopping", signal.Signals(s).name), stop.set())
-        )
+        loop.add_signal_handler(sig, on_signal, sig)
     return stop
 
 

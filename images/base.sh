@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Build the local base image every relay_images Dockerfile starts FROM.
+# Build the local base image every images/ Dockerfile starts FROM.
 #
 # 1. If the tag already exists: nothing to do (seconds).
 # 2. Try `docker pull debian:bookworm-slim` and install the packages in a Dockerfile (needs a registry
 #    and network inside the build: works on an ordinary machine).
 # 3. Otherwise (no registry, as on CI here): debootstrap a minbase bookworm root file system on the host
-#    with the packages included, tar it (cached under relay_images/.cache/, keyed by the package list) and
+#    with the packages included, tar it (cached under images/.cache/, keyed by the package list) and
 #    `docker import` it under the tag.
 #
 # Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR (default: the first
 # Debian mirror of the host's own apt configuration that serves the suite), BASE_FORCE=1 to rebuild,
-# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default relay_images/.cache) for the tarball.
+# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default images/.cache) for the tarball.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${BASE_CACHE:-$here/.cache}"

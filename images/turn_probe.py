@@ -98,7 +98,8 @@ def decode(data: bytes) -> tuple[int, int, bytes, dict[int, bytes]]:
     t, length, magic = struct.unpack("!HHI", data[:8])
     if magic != MAGIC or t & 0xC000:
         raise ProbeError("not a STUN message")
-    txid, attrs, pos = data[8:20], {}, 20
+    txid, pos = data[8:20], 20
+    attrs: dict[int, bytes] = {}
     end = 20 + length
     while pos + 4 <= end:
         atype, alen = struct.unpack("!HH", data[pos : pos + 4])

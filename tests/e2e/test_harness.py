@@ -19,12 +19,12 @@ import pytest
 from harness import checks
 from harness.docker_fleet import DockerFleet
 from harness.fleet import CLIENT_ID, StackOptions
-from harness.history import EventClock, History, new_history, observe_at
+from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
 from harness.labels import PROJECT_LABEL, SESSION_LABEL
 from harness.waiting import wait_for
 
-from .scenarios import RESUME_BOUND, wait_event, wait_resumed
+from .scenarios import RESUME_BOUND, fault_at, wait_event, wait_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,7 +200,12 @@ async def test_container_output_reaches_the_history_and_the_error_rule(docker_se
         await asyncio.to_thread(container.start)
         fleet.follow(container, "echo-1")  # a log stream follows from the container's first line
         await asyncio.to_thread(container.wait, timeout=30)
-        await wait_for(lambda: (fleet.drain(), history.select("error_log"))[1], 10, "the ERROR line")
+
+        def error_logged() -> list[Op]:
+            fleet.drain()
+            return history.select("error_log")
+
+        await wait_for(error_logged, 10, "the ERROR line")
     finally:
         await asyncio.to_thread(container.remove, force=True)
     assert history.first("probe", target="x-1") is not None
@@ -231,7 +236,7 @@ async def test_fault_primitives_kill_start_cut_reconnect(stack, relay, client, g
         await wait_event(stack, "path_lost", CLIENT_ID, t1, 8, "the client to lose its path")
     finally:
         await stack.reconnect(CLIENT_ID, "client-net")
-    back = checks.fault_time(h, "reconnect", CLIENT_ID, after=t1)
+    back = fault_at(stack, "reconnect", CLIENT_ID, t1)
     resumed = await wait_resumed(stack, back, RESUME_BOUND + 10, "the stream after the reconnect")
     figures.update(gap_s=checks.longest_gap(h, t1), resumed_s=resumed - back)
     assert figures["gap_s"] >= 3.5, "the cut did not stop the stream"

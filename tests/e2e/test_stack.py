@@ -259,7 +259,7 @@ def _browser_available() -> str | None:
 
 def _relay_rows(page) -> dict[str, str]:
     """{relay name: the text of its row} for every table row on the page naming relay-N."""
-    rows = {}
+    rows: dict[str, str] = {}
     for text in page.locator("tr").all_inner_texts():
         match = re.search(r"\brelay-\d+\b", text)
         if match:
