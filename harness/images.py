@@ -76,7 +76,7 @@ def image_specs(tag: str, path: Path = topology.COMPOSE_FILE) -> list[ImageSpec]
 
 
 def _sources() -> list[Path]:
-    files = [p for p in sorted(IMAGES_DIR.iterdir()) if p.is_file()]
+    files = [p for p in sorted(IMAGES_DIR.iterdir()) if p.is_file() and p.suffix != ".md"]  # docs are not built
     for package in ("connlib", "fake_portal"):
         files += sorted((ROOT / package).rglob("*.py"))
     return [*files, ROOT / "pyproject.toml"]
