@@ -6,6 +6,10 @@ from the session's pool (so that a stack clashes neither with a running ``make u
 another session), the stack's name and session labels, the image tag, a fresh token, the peer ids,
 the options (debounce, heartbeat, rate, disabled fixes). Options the file has no variable for are
 added on top: the portal's extra settings, the client's ``--count``, more relays than the file's.
+Two parts of the file are compose's own and not used here: ``depends_on`` (the start order below,
+with stronger readiness gates, replaces it) and the services' health checks (compose's input to
+``depends_on``; left out so that their processes, one per container every 2 s, take no CPU from the
+system under test, as before; the relay image's own HEALTHCHECK still runs).
 
 Everything is created through docker-py (never the docker CLI) and carries the session's labels
 (``harness.docker_session``), so that a teardown, or the sweep at the start of the next run, can find
@@ -89,8 +93,9 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
     return Topology(topology.networks, services, topology.source)
 
 
-def create_kwargs(service: Service, network: str) -> dict[str, Any]:
-    """docker-py ``containers.create`` arguments for a service (its first network attached)."""
+def create_kwargs(service: Service, network: str, *, healthcheck: bool = True) -> dict[str, Any]:
+    """docker-py ``containers.create`` arguments for a service (its first network attached); without
+    ``healthcheck``, the service's compose health check is left out (the image's stays)."""
     ports = {
         f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) if p.host_ip else p.host_port
         for p in service.ports
@@ -102,7 +107,7 @@ def create_kwargs(service: Service, network: str) -> dict[str, Any]:
         "environment": service.environment,
         "cap_add": service.cap_add or None,
         "ports": ports or None,
-        "healthcheck": service.healthcheck,
+        "healthcheck": service.healthcheck if healthcheck else None,
         "network": network,
         "detach": True,
     }
@@ -204,7 +209,7 @@ class DockerFleet(DockerFaults):
         container = self.client.containers.create(
             name=f"{self.name}-{service.name}",
             networking_config={self.networks[first].name: endpoint},
-            **create_kwargs(service, self.networks[first].name),
+            **create_kwargs(service, self.networks[first].name, healthcheck=False),
         )
         for key in others:
             self.networks[key].connect(container, ipv4_address=service.addresses[key], aliases=aliases)

@@ -22,7 +22,7 @@ from harness.fleet import CLIENT_ID, StackOptions
 from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
 from harness.labels import PROJECT_LABEL, SESSION_LABEL
-from harness.waiting import wait_for
+from harness.waiting import wait_for, wait_until
 
 from .scenarios import RESUME_BOUND, fault_at, wait_event, wait_resumed
 
@@ -161,11 +161,12 @@ def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
+
+        def created() -> bool:
             assert victim.poll() is None, "the victim run ended before creating its resources"
-            assert time.monotonic() < deadline, "the victim run did not create its resources within 60s"
-            time.sleep(0.1)
+            return marker.exists()
+
+        wait_until(created, 60, "the victim run to create its resources", 0.1)
         session = marker.read_text()
         assert len(_session_objects(docker_client, session)) == 2
     finally:
