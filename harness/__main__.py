@@ -20,29 +20,24 @@ import argparse
 import asyncio
 import json
 import logging
-import random
 import signal
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from . import checks, compose_ready
+from . import chaos, checks, compose_ready
 from .docker_engine import connect
 from .docker_fleet import DockerFleet
 from .docker_session import DockerSession
-from .fleet import CLIENT_ID, FaultNotSupported, Fleet, StackOptions
-from .history import History, new_history
+from .fleet import Fleet, StackOptions
+from .history import new_history
 from .images import E2E_TAG, MODES, ensure_images
 from .process_fleet import ProcessFleet
-from .report import Results
+from .report import Results, aggregate
 from .sweep import sweep
-from .waiting import wait_for
 
 log = logging.getLogger("harness.cli")
-
-RECOVERY_BOUND = 15.0
-FAULTS = ("restart", "pause", "stop", "loss", "partition")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,10 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--disable-fix", action="append", default=[], help="client test switch (credentials-compare, probe)"
         )
-    chaos = sub.choices["chaos"]
-    chaos.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
-    chaos.add_argument("--seed", type=int, default=None)
-    chaos.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated subset of {','.join(FAULTS)}")
+    chaos_args = sub.choices["chaos"]
+    chaos_args.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
+    chaos_args.add_argument("--seed", type=int, default=None)
+    chaos_args.add_argument(
+        "--faults", default=",".join(chaos.FAULTS), help=f"comma-separated subset of {','.join(chaos.FAULTS)}"
+    )
     return p
 
 
@@ -131,7 +128,7 @@ async def _run(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        code = await (_follow(fleet) if args.command == "up" else _chaos(fleet, args, results))
+        code = await (_follow(fleet) if args.command == "up" else chaos.run(fleet, args, results))
     finally:
         errors = fleet.collect_errors()
         await fleet.stop()
@@ -158,117 +155,6 @@ async def _follow(fleet: Fleet) -> int:
                 print(json.dumps(op.to_json(), default=str), flush=True)
         shown = len(fleet.history.ops)
         await asyncio.sleep(0.2)
-
-
-async def _chaos(fleet: Fleet, args: argparse.Namespace, results: Results) -> int:
-    rng = random.Random(args.seed)
-    kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
-    unknown = set(kinds) - set(FAULTS)
-    if unknown:
-        raise SystemExit(f"unknown faults: {sorted(unknown)}")
-    h = fleet.history
-    end = time.monotonic() + args.duration
-    failures = 0
-    n = 0
-    while time.monotonic() < end:
-        n += 1
-        kind = rng.choice(kinds)
-        rid = checks.carrying_relay(h, CLIENT_ID)
-        name = await fleet.relay_name(rid) if rid else rng.choice(fleet.relay_names)
-        row = results.row(f"chaos-{n:03d}-{kind}", f"{n:03d} {kind} {name}", fleet.backend)
-        t0 = time.monotonic()
-        try:
-            await _inject(fleet, kind, name, rng)
-        except FaultNotSupported as exc:
-            row.verdict = f"skipped ({exc})"
-            continue
-        try:
-
-            def back(t0: float = t0) -> float | None:
-                return checks.resumed_at(h, t0) or _flowing(h, t0)
-
-            resumed = await wait_for(back, RECOVERY_BOUND, "the stream to come back")
-            row.figures.update(resumed_s=max(0.0, resumed - t0), gap_s=checks.longest_gap(h, t0))
-            row.verdict = "recovered"
-        except AssertionError as exc:
-            failures += 1
-            row.verdict = f"FAILED: {exc}"
-        print(
-            json.dumps(
-                {
-                    "event": "fault_done",
-                    "n": n,
-                    "kind": kind,
-                    "relay": name,
-                    "verdict": row.verdict,
-                    **{k: round(v, 3) for k, v in row.figures.items()},
-                }
-            ),
-            flush=True,
-        )
-        await fleet.wait_relays_online(fleet.relay_names, 30)
-    return 1 if failures else 0
-
-
-def _flowing(history: History, since: float) -> float | None:
-    """No gap in progress and fresh echoes reported at least 2 s after ``since``."""
-    reports = [op for op in checks.peer_events(history, "stream", CLIENT_ID, since + 2.0) if op.data.get("connected")]
-    return since if len(reports) >= 2 and reports[-1].data["delivered"] > reports[0].data["delivered"] else None
-
-
-async def _inject(fleet: Fleet, kind: str, name: str, rng: random.Random) -> None:
-    hold = rng.uniform(2.0, 6.0)  # how long a reversible fault lasts
-    if kind == "restart":
-        await fleet.restart_relay(name)
-    elif kind == "stop":
-        await fleet.stop_relay(name)
-        await asyncio.sleep(hold)
-        await fleet.start_relay(name)
-    elif kind == "pause":
-        await fleet.pause_relay(name)
-        await asyncio.sleep(hold)
-        await fleet.unpause_relay(name)
-    elif kind == "loss":
-        await fleet.udp_loss(name, 0.5)
-        await asyncio.sleep(hold)
-        await fleet.clear_udp_loss(name)
-    elif kind == "partition":
-        async with fleet.partitioned(CLIENT_ID):
-            await asyncio.sleep(hold)
-
-
-def aggregate(folders: list[Path]) -> str:
-    """One line per scenario over every run: verdict counts, then p50/p95/max of each numeric figure."""
-    rows: dict[str, list[dict]] = {}
-    runs = 0
-    for folder in folders:
-        path = folder / "summary.json"
-        if not path.exists():
-            continue
-        runs += 1
-        for row in json.loads(path.read_text())["rows"]:
-            rows.setdefault(f"{row['scenario']} [{row['backend']}]", []).append(row)
-    lines = [f"{runs} run(s)"]
-    for scenario, found in rows.items():
-        verdicts: dict[str, int] = {}
-        for row in found:
-            verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
-        stats = []
-        keys = sorted(
-            {
-                k
-                for row in found
-                for k, v in row["figures"].items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-        )
-        for key in keys:
-            values = [row["figures"][key] for row in found if isinstance(row["figures"].get(key), (int, float))]
-            stats.append(
-                f"{key} p50={checks.percentile(values, 50):.2f} p95={checks.p95(values):.2f} max={max(values):.2f}"
-            )
-        lines.append(f"{scenario}: {verdicts}; " + "; ".join(stats))
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
