@@ -42,4 +42,4 @@ bench: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 
-include relay_images/make.mk
+include images/make.mk

@@ -13,37 +13,31 @@ Backends: :class:`harness.docker_fleet.DockerFleet` (containers, what CI runs) a
 :class:`harness.process_fleet.ProcessFleet` (coturn processes and in-process peers). A fault a
 backend cannot model raises :class:`FaultNotSupported`.
 
-Time: every op carries a monotonic time. An observation that carries its own wall-clock time (a
-peer's ``ts``, a portal event's ``ts``) is placed at that time on the monotonic axis
-(:class:`EventClock`), so that the latency of the log pipeline does not count as connlib's.
+Time: every op carries a monotonic time; an observation that carries its own wall-clock time is
+placed at that time (``harness.history.EventClock``). The portal's admin API and its event log are
+``harness.portal_admin``; bounded waits are ``harness.waiting``.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .history import History
+from .history import History, new_history
+from .portal_admin import PortalAdmin
 
 log = logging.getLogger("harness.fleet")
 
 CLIENT_ID = "client-1"
 GATEWAY_ID = "gateway-1"
 
-PORTAL_EVENT_POLL_S = 0.2
 PARTITION_WINDOW = 0.6
-PORTAL_EVENT_KINDS = frozenset(
-    {"relay_online", "relay_offline", "presence_flush", "partition", "heal", "connect", "disconnect", "rejected"}
-)
 
 
 class FaultNotSupported(NotImplementedError):
@@ -68,68 +62,16 @@ class StackOptions:
         self.gateway_disabled_fixes = frozenset(self.gateway_disabled_fixes)
 
 
-class EventClock:
-    """``time.monotonic``, except while an observation that carries its own wall-clock time is
-    being recorded: then the history reads that time, mapped onto the monotonic axis.
-
-    Containers share the host's clock, so a peer's ``ts`` (``time.time()`` when it happened) minus
-    the offset below is when it happened on this process's monotonic clock.
-    """
-
-    def __init__(self) -> None:
-        self.offset = time.time() - time.monotonic()
-        self._pinned: float | None = None
-
-    def __call__(self) -> float:
-        return self._pinned if self._pinned is not None else time.monotonic()
-
-    def to_monotonic(self, wall: float) -> float:
-        return wall - self.offset
-
-    @contextmanager
-    def at_wall(self, wall: float | None) -> Iterator[None]:
-        self._pinned = None if wall is None else self.to_monotonic(wall)
-        try:
-            yield
-        finally:
-            self._pinned = None
-
-
-def new_history() -> History:
-    return History(clock=EventClock())
-
-
-def observe_at(history: History, line: dict[str, Any]) -> None:
-    """Record a peer's JSON line at its own ``ts`` when the history's clock allows it."""
-    clock = history.clock
-    if isinstance(clock, EventClock) and isinstance(line.get("ts"), (int, float)):
-        with clock.at_wall(float(line["ts"])):
-            history.observe_line(line)
-    else:
-        history.observe_line(line)
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy (bounded); returns that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(interval)
-    return value
-
-
-class Fleet(abc.ABC):
-    """A running stack. Subclasses provide the lifecycle and the relay faults."""
+class Fleet(PortalAdmin, abc.ABC):
+    """A running stack. Subclasses provide the lifecycle and the relay faults; every fault goes
+    through :meth:`fault`, which records its ``invoke`` and its ``ok``/``fail`` in the history."""
 
     backend: str = "?"
 
     def __init__(self, history: History | None = None, options: StackOptions | None = None) -> None:
         self.history = history or new_history()
         self.options = options or StackOptions()
-        self._events_task: asyncio.Task | None = None
-        self._events_seq = 0
-        self._events_lock = asyncio.Lock()
+        self._init_portal_admin()
 
     # ------------------------------------------------------------------ lifecycle
     @abc.abstractmethod
@@ -161,6 +103,10 @@ class Fleet(abc.ABC):
         """ERROR lines the stack's processes wrote since the last call (already logged at ERROR
         here, so that the test's ERROR rule sees them). In-process peers log directly: nothing."""
         return []
+
+    def container_logs(self) -> dict[str, str]:
+        """Each container's whole output, for the results folder of a failed test (none for processes)."""
+        return {}
 
     # ------------------------------------------------------------------ relay faults
     async def restart_relay(self, name: str) -> None:
@@ -234,6 +180,10 @@ class Fleet(abc.ABC):
     async def _clear_udp_loss(self, name: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend cannot drop UDP datagrams")
 
+    async def dropped_datagrams(self, name: str) -> int:
+        """Datagrams the UDP loss on relay ``name`` dropped so far."""
+        raise FaultNotSupported(f"the {self.backend} backend cannot drop UDP datagrams")
+
     async def _cut(self, target: str, network: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend has no networks to cut")
 
@@ -288,118 +238,3 @@ class Fleet(abc.ABC):
             )
             raise
         self.history.fault(what, target, "ok", took_s=round(time.monotonic() - started, 3), **data)
-
-    # ------------------------------------------------------------------ portal admin API
-    async def admin(self, method: str, path: str, body: dict | None = None) -> Any:
-        # The process backend's portal serves from this event loop: the blocking call goes to a thread.
-        return await asyncio.to_thread(self.admin_sync, method, path, body)
-
-    def admin_sync(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.admin_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"null")
-
-    async def portal_relays(self) -> list[dict[str, Any]]:
-        """The portal's view of the relays (``GET /api/relays``)."""
-        return await self.admin("GET", "/api/relays")
-
-    async def relay_id(self, name: str) -> str:
-        """The portal's id for relay ``name``."""
-        for relay in await self.portal_relays():
-            if relay.get("name") == name:
-                return relay["id"]
-        raise KeyError(f"portal does not know relay {name!r}")
-
-    async def relay_name(self, rid: str) -> str:
-        for relay in await self.portal_relays():
-            if relay["id"] == rid:
-                return relay["name"]
-        raise KeyError(f"portal does not know relay id {rid!r}")
-
-    async def wait_relays_online(
-        self, names: list[str], timeout: float, fingerprints: dict[str, str] | None = None
-    ) -> None:
-        """Until the portal lists every relay in ``names`` online (with a secret other than the one in
-        ``fingerprints``, if given: a restarted relay has rejoined)."""
-
-        async def missing() -> list[str]:
-            try:
-                relays = {r["name"]: r for r in await self.portal_relays()}
-            except (OSError, urllib.error.URLError) as exc:
-                return [f"(admin API: {exc})"]
-            old = fingerprints or {}
-            return [
-                n
-                for n in names
-                if not (n in relays and relays[n]["online"] and relays[n]["secret_fingerprint"] != old.get(n))
-            ]
-
-        deadline = time.monotonic() + timeout
-        while waiting := await missing():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"relays not online at the portal after {timeout:.0f}s: {waiting}")
-            await asyncio.sleep(0.1)
-
-    async def secret_fingerprints(self) -> dict[str, str]:
-        return {r["name"]: r["secret_fingerprint"] for r in await self.portal_relays()}
-
-    async def wait_presence_settled(self, timeout: float = 15.0) -> None:
-        """Until the portal has no relays_presence push pending (its debounce timer is idle): every
-        relay_online/relay_offline it recorded has been followed by a presence_flush."""
-
-        async def pending() -> bool:
-            await self._fetch_portal_events()
-            changes = self.history.select(("relay_online", "relay_offline"), kind="portal")
-            flushes = self.history.select("presence_flush", kind="portal")
-            return bool(changes) and (not flushes or flushes[-1].t < changes[-1].t)
-
-        deadline = time.monotonic() + timeout
-        while await pending():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the portal still has a relays_presence push pending after {timeout:.0f}s")
-            await asyncio.sleep(0.1)
-
-    # ------------------------------------------------------------------ portal events → history
-    def start_portal_events(self) -> None:
-        self._events_task = asyncio.create_task(self._poll_portal_events(), name="portal-events")
-
-    async def stop_portal_events(self) -> None:
-        if self._events_task is not None:
-            self._events_task.cancel()
-            await asyncio.gather(self._events_task, return_exceptions=True)
-            self._events_task = None
-            try:
-                await self._fetch_portal_events()  # the last ones, up to the stop
-            except OSError:
-                pass
-
-    async def _poll_portal_events(self) -> None:
-        while True:
-            try:
-                await self._fetch_portal_events()
-            except OSError as exc:  # the portal may be restarting or gone at teardown
-                log.debug("Portal events not available: %s", exc)
-            await asyncio.sleep(PORTAL_EVENT_POLL_S)
-
-    async def _fetch_portal_events(self) -> None:
-        async with self._events_lock:  # the poller and wait_presence_settled must not record twice
-            answer = await self.admin("GET", f"/api/events?since={self._events_seq}&limit=2000")
-            self._record_portal_events(answer["events"])
-
-    def _record_portal_events(self, events: list[dict[str, Any]]) -> None:
-        for event in events:
-            self._events_seq = max(self._events_seq, event["seq"])
-            kind = event.get("kind")
-            if kind not in PORTAL_EVENT_KINDS:
-                continue
-            data = {k: v for k, v in event.items() if k not in ("kind", "seq")}
-            target = str(event.get("id") or event.get("ids") or "")
-            clock = self.history.clock
-            if isinstance(clock, EventClock):
-                with clock.at_wall(float(event["ts"])):
-                    self.history.record("portal", kind, target, **data)
-            else:
-                self.history.record("portal", kind, target, **data)

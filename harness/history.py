@@ -6,9 +6,10 @@ with a monotonic timestamp. Checks read the history; they never poke at the syst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,49 @@ class History:
         with path.open("w") as out:
             for op in self.ops:
                 out.write(json.dumps(op.to_json()) + "\n")
+
+
+class EventClock:
+    """``time.monotonic``, except while an observation that carries its own wall-clock time is
+    being recorded: then the history reads that time, mapped onto the monotonic axis.
+
+    Containers share the host's clock, so a peer's ``ts`` (``time.time()`` when it happened) minus
+    the offset below is when it happened on this process's monotonic clock.
+    """
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.monotonic()
+        self._pinned: float | None = None
+
+    def __call__(self) -> float:
+        return self._pinned if self._pinned is not None else time.monotonic()
+
+    def to_monotonic(self, wall: float) -> float:
+        return wall - self.offset
+
+    @contextlib.contextmanager
+    def at_wall(self, wall: float | None) -> Iterator[None]:
+        self._pinned = None if wall is None else self.to_monotonic(wall)
+        try:
+            yield
+        finally:
+            self._pinned = None
+
+
+def new_history() -> History:
+    """A history on an :class:`EventClock` (what every fleet records into)."""
+    return History(clock=EventClock())
+
+
+def at_own_time(history: History, wall: Any) -> contextlib.AbstractContextManager[None]:
+    """Record at ``wall`` (a peer's or the portal's ``ts``) when the history's clock allows it."""
+    clock = history.clock
+    if isinstance(clock, EventClock) and isinstance(wall, (int, float)):
+        return clock.at_wall(float(wall))
+    return contextlib.nullcontext()
+
+
+def observe_at(history: History, line: dict[str, Any]) -> None:
+    """Record a peer's JSON line at its own ``ts`` when the history's clock allows it."""
+    with at_own_time(history, line.get("ts")):
+        history.observe_line(line)

@@ -1,16 +1,23 @@
-"""The e2e suite's images, built with docker-py from ``relay_images/`` (no registry needed).
+"""The one way this project's images are built: ``make images``/``make up`` (through
+``python -m harness images``) and the e2e suite call :func:`ensure_images`.
 
-The suite must test the code in this tree, so it does not trust whatever ``connlib-relays/*:latest``
-happens to be: it builds ``connlib-relays/{relay,portal,peer}:e2e`` with ``relay_images``' own
-Dockerfiles, labelled with a digest of everything that goes into them (the Dockerfiles and files of
-``relay_images/``, the ``connlib`` and ``fake_portal`` sources, ``pyproject.toml``, the base image).
-When the labels match the tree, nothing is built (a second); otherwise one build takes about a
-minute on this machine.
+What to build comes from the topology's definition, ``docker-compose.yml``: every service's
+``image`` and ``build`` (context ``images/``, Dockerfile, ``BASE_IMAGE`` argument), so that
+``docker compose build`` builds the same images from the same context. Steps:
 
-- The base image comes from ``relay_images/base.sh`` (docker pull, else debootstrap + import, cached),
-  run only when the base tag is missing: the bootstrap is relay_images', not re-implemented here.
-- The wheels the Dockerfiles copy (``.cache/wheels/{deps,project}``) are made with pip into a private
-  build context, so that ``make images`` and a test run never write into each other's files.
+1. the base image: ``images/base.sh`` (docker pull, else debootstrap + import, cached; a second
+   or so when it is current);
+2. the wheels the Dockerfiles copy, in ``images/.cache/wheels/`` (``deps/``: ``pip download`` of
+   pyproject's dependencies, redone when that list changes; ``project/``: ``pip wheel --no-deps .``,
+   redone when a source file changes). They are made on the host because pip inside a
+   ``docker build`` cannot verify PyPI's certificate here (the host trusts a proxy's CA the images
+   do not); each directory is replaced atomically;
+3. one docker-py build per image, labelled with a digest of everything that goes into it (the files
+   of ``images/``, the ``connlib`` and ``fake_portal`` sources, ``pyproject.toml``, the base image's
+   id): when every image of the tag carries the current digest, nothing is built (``mode="auto"``).
+
+``mode``: ``auto`` (build what is stale), ``build`` (always), ``existing`` (use the tag as it is; fail
+if an image is missing).
 """
 
 from __future__ import annotations
@@ -24,22 +31,24 @@ import sys
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
+from docker.models.images import Image
+
+from . import topology
+from .labels import DIGEST_LABEL, PROJECT, PROJECT_LABEL
 
 log = logging.getLogger("harness.images")
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGES_DIR = ROOT / "relay_images"
-CACHE = ROOT / "build" / "e2e-images"
-NAMES = ("relay", "portal", "peer")
-PREFIX = "connlib-relays"
-BASE_IMAGE = os.environ.get("BASE_IMAGE", f"{PREFIX}/base:bookworm")
+ROOT = topology.ROOT
+IMAGES_DIR = ROOT / "images"
+WHEELS = IMAGES_DIR / ".cache" / "wheels"
+PREFIX = os.environ.get("IMAGE_PREFIX", PROJECT)
+BASE_IMAGE = os.environ.get("BASE_IMAGE", f"{PROJECT}/base:bookworm")
 E2E_TAG = "e2e"
-DIGEST_LABEL = "org.connlib-relays.source-digest"
-PROJECT_LABEL = "org.connlib-relays.project"
 MODES = ("auto", "build", "existing")
 
 
@@ -47,8 +56,27 @@ class ImagesUnavailable(RuntimeError):
     pass
 
 
-def _files() -> list[Path]:
-    files = [p for p in sorted(IMAGES_DIR.iterdir()) if p.is_file() and p.suffix != ".pyc"]
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str  # relay, portal, peer: the last path element of the repository
+    tag: str
+    build: topology.Build
+
+
+def image_specs(tag: str, path: Path = topology.COMPOSE_FILE) -> list[ImageSpec]:
+    """The images the topology's services use, each once, with how to build it."""
+    stack = topology.load({"IMAGE_PREFIX": PREFIX, "IMAGE_TAG": tag, "BASE_IMAGE": BASE_IMAGE}, path)
+    specs: dict[str, ImageSpec] = {}
+    for service in stack.services.values():
+        if service.build is None or service.image in specs:
+            continue
+        name = service.image.rsplit("/", 1)[-1].split(":", 1)[0]
+        specs[service.image] = ImageSpec(name, service.image, service.build)
+    return list(specs.values())
+
+
+def _sources() -> list[Path]:
+    files = [p for p in sorted(IMAGES_DIR.iterdir()) if p.is_file() and p.suffix != ".md"]  # docs are not built
     for package in ("connlib", "fake_portal"):
         files += sorted((ROOT / package).rglob("*.py"))
     return [*files, ROOT / "pyproject.toml"]
@@ -56,47 +84,48 @@ def _files() -> list[Path]:
 
 def source_digest(base_id: str) -> str:
     digest = hashlib.sha256(base_id.encode())
-    for path in _files():
+    for path in _sources():
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:20]
 
 
-def _image(client: docker.DockerClient, tag: str):
+def _image(client: docker.DockerClient, tag: str) -> Image | None:
     try:
         return client.images.get(tag)
     except docker.errors.ImageNotFound:
         return None
 
 
-def ensure_images(client: docker.DockerClient, mode: str = "auto") -> dict[str, str]:
-    """Image tags for the stack's roles, built first if needed (``mode``: auto | build | existing)."""
+def ensure_images(client: docker.DockerClient, tag: str = E2E_TAG, mode: str = "auto") -> dict[str, str]:
+    """Image tag per image name (``relay``, ``portal``, ``peer``), built first if ``mode`` asks."""
     if mode not in MODES:
         raise ValueError(f"image mode must be one of {MODES}")
+    specs = image_specs(tag)
+    tags = {spec.name: spec.tag for spec in specs}
     if mode == "existing":
-        tags = {name: f"{PREFIX}/{name}:latest" for name in NAMES}
-        missing = [tag for tag in tags.values() if _image(client, tag) is None]
+        missing = [t for t in tags.values() if _image(client, t) is None]
         if missing:
-            raise ImagesUnavailable(f"images missing: {missing} (run `make images`, or use --e2e-images=auto)")
-        return tags
-    tags = {name: f"{PREFIX}/{name}:{E2E_TAG}" for name in NAMES}
-    base = _image(client, BASE_IMAGE) or _bootstrap_base(client)
-    digest = source_digest(base.id)
-    current = [(_image(client, tag) or None) for tag in tags.values()]
-    if mode == "auto" and all(img is not None and img.labels.get(DIGEST_LABEL) == digest for img in current):
-        log.info("e2e images are current (%s)", digest)
+            raise ImagesUnavailable(f"images missing: {missing} (run `make images`, or use the auto mode)")
         return tags
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="e2e-images-") as context:
-        _prepare_context(Path(context))
-        for name, tag in tags.items():
-            _build(client, Path(context), name, tag, digest)
+    base = bootstrap_base(client)
+    digest = source_digest(base.id)
+    current = [_image(client, t) for t in tags.values()]
+    if mode == "auto" and all(img is not None and img.labels.get(DIGEST_LABEL) == digest for img in current):
+        log.info("Images current tag=%s digest=%s took_s=%.1f", tag, digest, time.monotonic() - started)
+        return tags
+    prepare_wheels()
+    for spec in specs:
+        built = time.monotonic()
+        _build(client, spec, digest)
+        log.info("Image built image=%s took_s=%.1f", spec.tag, time.monotonic() - built)
     _prune(client)
-    log.info("e2e images built in %.0fs (%s)", time.monotonic() - started, digest)
+    log.info("Images built tag=%s digest=%s took_s=%.0f", tag, digest, time.monotonic() - started)
     return tags
 
 
-def _bootstrap_base(client: docker.DockerClient):
-    log.info("base image %s missing: running relay_images/base.sh (minutes on a cold machine)", BASE_IMAGE)
+def bootstrap_base(client: docker.DockerClient) -> Image:
+    """``images/base.sh``: quick when the base image is current, minutes from nothing."""
     result = subprocess.run(
         ["bash", str(IMAGES_DIR / "base.sh")],
         env={**os.environ, "BASE_IMAGE": BASE_IMAGE},
@@ -105,102 +134,96 @@ def _bootstrap_base(client: docker.DockerClient):
         timeout=1800,
     )
     if result.returncode != 0:
-        raise ImagesUnavailable(f"relay_images/base.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise ImagesUnavailable(f"images/base.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    for line in result.stderr.splitlines():
+        log.info("%s", line)
     image = _image(client, BASE_IMAGE)
     if image is None:
-        raise ImagesUnavailable(f"relay_images/base.sh succeeded but {BASE_IMAGE} does not exist")
+        raise ImagesUnavailable(f"images/base.sh succeeded but {BASE_IMAGE} does not exist")
     return image
 
 
-def _requirements() -> list[str]:
+def _requirements() -> str:
     with open(ROOT / "pyproject.toml", "rb") as project:
-        return list(tomllib.load(project)["project"]["dependencies"])
+        return "\n".join(tomllib.load(project)["project"]["dependencies"]) + "\n"
 
 
-def _dependency_wheels() -> Path:
-    """Wheels of the project's dependencies, downloaded once per dependency list."""
-    requirements = "\n".join(_requirements()) + "\n"
-    target = CACHE / ("deps-" + hashlib.sha256(requirements.encode()).hexdigest()[:12])
-    if (target / "requirements.txt").exists():
-        return target
-    shared = IMAGES_DIR / ".cache" / "wheels" / "deps"  # make images' copy, if it is for the same list
-    tmp = Path(tempfile.mkdtemp(prefix="deps-", dir=_mkdir(CACHE)))
-    if (shared / "requirements.txt").exists() and (shared / "requirements.txt").read_text() == requirements:
-        shutil.copytree(shared, tmp, dirs_exist_ok=True)
-    else:
-        (tmp / "requirements.txt").write_text(requirements)
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--disable-pip-version-check",
-                "--only-binary=:all:",
-                "-d",
-                str(tmp),
-                "-r",
-                str(tmp / "requirements.txt"),
-            ]
-        )
-    tmp.rename(target)
-    return target
+def _project_digest() -> str:
+    digest = hashlib.sha256()
+    for path in [ROOT / "pyproject.toml"] + [
+        p for package in ("connlib", "fake_portal") for p in sorted((ROOT / package).rglob("*.py"))
+    ]:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:20]
 
 
-def _prepare_context(context: Path) -> None:
-    for path in IMAGES_DIR.iterdir():
-        if path.is_file():
-            shutil.copy2(path, context / path.name)
-    wheels = context / ".cache" / "wheels"
-    shutil.copytree(_dependency_wheels(), wheels / "deps")
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "-w",
-            str(_mkdir(wheels / "project")),
-            str(ROOT),
-        ]
-    )
+def prepare_wheels() -> None:
+    """``images/.cache/wheels/{deps,project}``, each redone only when what goes into it changed."""
+    requirements = _requirements()
+    deps = WHEELS / "deps"
+    if not (deps / "requirements.txt").exists() or (deps / "requirements.txt").read_text() != requirements:
+        with _replacing(deps) as tmp:
+            (tmp / "requirements.txt").write_text(requirements)
+            _pip("download", "--only-binary=:all:", "-d", str(tmp), "-r", str(tmp / "requirements.txt"))
+    project = WHEELS / "project"
+    digest = _project_digest()
+    stamp = project / ".digest"
+    if not stamp.exists() or stamp.read_text() != digest:
+        with _replacing(project) as tmp:
+            _pip("wheel", "--no-deps", "-w", str(tmp), str(ROOT))
+            (tmp / ".digest").write_text(digest)
 
 
-def _build(client: docker.DockerClient, context: Path, name: str, tag: str, digest: str) -> None:
+class _replacing:
+    """A temporary directory that replaces ``target`` when the block succeeds (and is removed otherwise)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}-", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = self.target.with_name(self.tmp.name + "-old")
+        if self.target.exists():
+            self.target.rename(old)
+        self.tmp.rename(self.target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pip(*args: str) -> None:
+    command = [sys.executable, "-m", "pip", *args[:1], "-q", "--disable-pip-version-check", *args[1:]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise ImagesUnavailable(f"pip {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+
+
+def _build(client: docker.DockerClient, spec: ImageSpec, digest: str) -> None:
     try:
         client.images.build(
-            path=str(context),
-            dockerfile=f"{name}.Dockerfile",
-            tag=tag,
-            buildargs={"BASE_IMAGE": BASE_IMAGE},
-            labels={DIGEST_LABEL: digest, PROJECT_LABEL: PREFIX},
+            path=str(spec.build.context),
+            dockerfile=spec.build.dockerfile,
+            target=spec.build.target,
+            tag=spec.tag,
+            buildargs=spec.build.args,
+            labels={DIGEST_LABEL: digest, PROJECT_LABEL: PROJECT},
             rm=True,
             forcerm=True,
             pull=False,
         )
     except docker.errors.BuildError as exc:
         tail = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in list(exc.build_log)[-30:])
-        raise ImagesUnavailable(f"building {tag} failed: {exc}\n{tail}") from exc
+        raise ImagesUnavailable(f"building {spec.tag} failed: {exc}\n{tail}") from exc
 
 
 def _prune(client: docker.DockerClient) -> None:
-    """Earlier e2e builds, now untagged."""
+    """Earlier builds of these tags, now untagged."""
     try:
-        client.images.prune(filters={"dangling": True, "label": f"{DIGEST_LABEL}"})
+        client.images.prune(filters={"dangling": True, "label": f"{PROJECT_LABEL}={PROJECT}"})
     except docker.errors.APIError as exc:
-        log.debug("prune failed: %s", exc)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise ImagesUnavailable(f"{' '.join(command[:4])} ... failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        log.info("Image prune failed (ignored) error=%s", exc)

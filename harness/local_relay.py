@@ -55,7 +55,8 @@ class LocalRelay:
     async def leave(self) -> None:
         if self._presence is not None:
             await self._presence.close()
-            await asyncio.gather(self._task, return_exceptions=True)
+            if self._task is not None:
+                await asyncio.gather(self._task, return_exceptions=True)
             self._presence = self._task = None
 
     async def stop(self) -> None:

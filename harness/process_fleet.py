@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from connlib.app.peer import Peer, PeerConfig
 from fake_portal.config import PortalConfig
 from fake_portal.server import FakePortal
 
-from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions, wait_for
+from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions
 from .history import History
 from .local_relay import LocalRelay
+from .waiting import wait_for
 
 log = logging.getLogger("harness.process_fleet")
 
@@ -56,13 +58,15 @@ class ProcessFleet(Fleet):
             relay = LocalRelay(self.portal.url, self.portal.config.token, f"relay-{i}")
             self.relays[relay.name] = relay
             await relay.start()
-        self.gateway = self._peer("gateway", GATEWAY_ID, self.options.gateway_disabled_fixes)
-        self.client = self._peer("client", CLIENT_ID, self.options.client_disabled_fixes, connect_to=GATEWAY_ID)
-        await self.gateway.start()
+        self.gateway = gateway = self._peer("gateway", GATEWAY_ID, self.options.gateway_disabled_fixes)
+        self.client = client = self._peer(
+            "client", CLIENT_ID, self.options.client_disabled_fixes, connect_to=GATEWAY_ID
+        )
+        await gateway.start()
         # The client asks for its connection once; the gateway must be on the portal by then.
         await wait_for(lambda: self.history.first("init", target=GATEWAY_ID), READY_TIMEOUT, "the gateway's init")
-        await self.client.start()
-        await wait_for(lambda: self.client.stats.delivered >= 10, READY_TIMEOUT, "the client's stream (10 echoes)")
+        await client.start()
+        await wait_for(lambda: client.stats.delivered >= 10, READY_TIMEOUT, "the client's stream (10 echoes)")
         self.history.observe("stack_ready", "processes", backend=self.backend)
 
     def _peer(self, role: str, peer_id: str, fixes: frozenset[str], connect_to: str | None = None) -> Peer:
@@ -77,7 +81,12 @@ class ProcessFleet(Fleet):
             bind="127.0.0.1",
             disabled_fixes=fixes,
         )
-        return Peer(config, emit=self.history.observe_line)
+        history = self.history
+
+        def emit(line: dict[str, Any]) -> None:
+            history.observe_line(line)
+
+        return Peer(config, emit=emit)
 
     async def stop(self) -> None:
         for peer in (self.client, self.gateway):
@@ -110,6 +119,8 @@ class ProcessFleet(Fleet):
     def carrying_relay(self, peer: Peer | None = None) -> str | None:
         """The relay id on the peer's side of the connection's nominated path."""
         peer = peer or self.client
+        if peer is None:
+            return None
         return next(iter(peer.tunnel.carrying_relays().values()), None)
 
     # ------------------------------------------------------------------ faults

@@ -22,23 +22,33 @@ row of the summary table printed at the end of the run (``harness.report``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from . import checks
-from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions, new_history
-from .history import History
+from .coturn import turnserver_path
+from .docker_engine import DockerUnavailable, connect
+from .docker_fleet import DockerFleet
+from .docker_session import DockerSession
+from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions
+from .history import History, new_history
+from .images import E2E_TAG, MODES, ImagesUnavailable, ensure_images
+from .process_fleet import ProcessFleet
 from .report import Results
+from .sweep import sweep
 
 log = logging.getLogger("harness.pytest_plugin")
 
 FLEET_KEY = pytest.StashKey[Fleet]()
-REPORTS_KEY = pytest.StashKey[dict]()
+REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 RESULTS_KEY = pytest.StashKey[Results]()
 SESSION_KEY = pytest.StashKey[str]()
 BACKENDS = ("docker", "process")
@@ -65,7 +75,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--e2e-images",
-        choices=("auto", "build", "existing"),
+        choices=MODES,
         default=os.environ.get("E2E_IMAGES", "auto"),
         help="auto: build connlib-relays/*:e2e when the tree changed; existing: use :latest",
     )
@@ -109,17 +119,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # ---------------------------------------------------------------------------- Docker session
 @pytest.fixture(scope="session")
 def fleet_backend(pytestconfig: pytest.Config) -> str:
-    return pytestconfig.getoption("--fleet")
+    return str(pytestconfig.getoption("--fleet"))
 
 
 @pytest.fixture(scope="session")
-def docker_client():
+def docker_client() -> Iterator[docker.DockerClient]:
     """A docker-py client; the leftovers of dead sessions are swept first."""
-    from .docker_fleet import DockerUnavailable, connect
-    from .sweep import sweep
-
     try:
-        client = connect()
+        client = connect(timeout=120)
     except DockerUnavailable as exc:
         _unavailable(str(exc))
     report = sweep(client)
@@ -129,21 +136,19 @@ def docker_client():
 
 
 @pytest.fixture(scope="session")
-def docker_session(docker_client, pytestconfig: pytest.Config):
+def docker_session(docker_client: docker.DockerClient, pytestconfig: pytest.Config) -> Iterator[DockerSession]:
     """This run's labelled Docker resources; all removed at the end of the run."""
-    from .docker_fleet import DockerSession
-
     session = DockerSession(docker_client, images={}, session_id=pytestconfig.stash[SESSION_KEY])
     yield session
     session.remove_all()
 
 
 @pytest.fixture(scope="session")
-def e2e_images(docker_session, pytestconfig: pytest.Config) -> dict[str, str]:
-    from .images import ImagesUnavailable, ensure_images
-
+def e2e_images(docker_session: DockerSession, pytestconfig: pytest.Config) -> dict[str, str]:
+    """The images the stacks run, built from this tree if stale (``:e2e``; ``existing``: ``:latest``)."""
+    mode = pytestconfig.getoption("--e2e-images")
     try:
-        docker_session.images = ensure_images(docker_session.client, pytestconfig.getoption("--e2e-images"))
+        docker_session.images = ensure_images(docker_session.client, "latest" if mode == "existing" else E2E_TAG, mode)
     except ImagesUnavailable as exc:
         pytest.fail(f"e2e images: {exc}", pytrace=False)  # a broken image build is a bug, never a skip
     return docker_session.images
@@ -176,24 +181,21 @@ def _stack_options(request: pytest.FixtureRequest) -> StackOptions:
 
 
 @pytest.fixture
-def _fleet_factory(request: pytest.FixtureRequest, fleet_backend: str, history: History):
+def _fleet_factory(request: pytest.FixtureRequest, fleet_backend: str, history: History) -> Callable[[], Fleet]:
     options = _stack_options(request)
     if fleet_backend == "docker":
-        from .docker_fleet import DockerFleet
-
         session = request.getfixturevalue("docker_session")
         request.getfixturevalue("e2e_images")
         return lambda: DockerFleet(history, options, session=session)
-    from .coturn import turnserver_path
-    from .process_fleet import ProcessFleet
-
     if turnserver_path() is None:
         _unavailable("turnserver not installed (Debian package 'coturn'): the process fleet needs it")
     return lambda: ProcessFleet(history, options)
 
 
 @pytest.fixture
-async def stack(request: pytest.FixtureRequest, _fleet_factory, history: History):
+async def stack(
+    request: pytest.FixtureRequest, _fleet_factory: Callable[[], Fleet], history: History
+) -> AsyncIterator[Fleet]:
     """A started stack (portal, relays, gateway, client streaming through a relay)."""
     results = request.config.stash[RESULTS_KEY]
     fleet = _fleet_factory()
@@ -202,7 +204,7 @@ async def stack(request: pytest.FixtureRequest, _fleet_factory, history: History
         await fleet.start()
         yield fleet
     finally:
-        logs = fleet.container_logs() if hasattr(fleet, "container_logs") and not _passed(request.node) else {}
+        logs = fleet.container_logs() if not _passed(request.node) else {}
         try:
             await fleet.stop()
         finally:
@@ -229,7 +231,7 @@ class PeerHandle:
     def known_relays(self) -> set[str]:
         return checks.known_relays(self.fleet.history, self.id)
 
-    def partitioned(self):
+    def partitioned(self) -> contextlib.AbstractAsyncContextManager[None]:
         return self.fleet.partitioned(self.id)
 
     async def partition(self, seconds: float | None = None) -> None:
@@ -245,7 +247,7 @@ class RelayHandle:
     def __init__(self, fleet: Fleet, name: str, rid: str) -> None:
         self.fleet, self.name, self.id = fleet, name, rid
 
-    def __getattr__(self, fault: str):  # restart, stop, start, kill, pause, unpause, udp_loss, ...
+    def __getattr__(self, fault: str) -> Callable[..., Awaitable[Any]]:  # restart, stop, kill, udp_loss, ...
         method = getattr(self.fleet, f"{fault}_relay", None) or getattr(self.fleet, fault)
 
         async def call(*args: Any, **kwargs: Any) -> Any:

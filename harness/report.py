@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import html_report, junit
+from . import checks, html_report, junit
 from .history import History
 
 KEY_FIGURES = ("detect_s", "resumed_s", "gap_s")
@@ -121,3 +121,44 @@ class Results:
         except OSError:
             pass
         return table
+
+
+def aggregate(folders: list[Path]) -> str:
+    """One line per scenario over every run: verdict counts, then p50/p95/max of each numeric figure."""
+    rows: dict[str, list[dict]] = {}
+    runs = 0
+    for folder in folders:
+        path = folder / "summary.json"
+        if not path.exists():
+            continue
+        runs += 1
+        for row in json.loads(path.read_text())["rows"]:
+            rows.setdefault(f"{row['scenario']} [{row['backend']}]", []).append(row)
+    lines = [f"{runs} run(s)"]
+    for scenario, found in rows.items():
+        verdicts: dict[str, int] = {}
+        for row in found:
+            verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
+        stats = []
+        keys = sorted(
+            {
+                k
+                for row in found
+                for k, v in row["figures"].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        for key in keys:
+            values = [row["figures"][key] for row in found if isinstance(row["figures"].get(key), (int, float))]
+            stats.append(
+                f"{key} p50={checks.percentile(values, 50):.2f} p95={checks.p95(values):.2f} max={max(values):.2f}"
+            )
+        lines.append(f"{scenario}: {verdicts}; " + "; ".join(stats))
+    return "\n".join(lines)
+
+
+def write_reports(folder: Path) -> Path:
+    """(Re)write ``junit.xml`` and ``report.html`` of a results folder from its summary and histories."""
+    summary = json.loads((folder / "summary.json").read_text())
+    junit.write(folder, summary.get("rows", []), float(summary.get("wall_s", 0.0)))
+    return html_report.write(folder)

@@ -1,13 +1,15 @@
 """Remove what dead test sessions left behind, so that ``kill -9`` of the runner costs nothing.
 
 Every container and network a session creates carries ``org.connlib-relays.session=<id>`` and
-``org.connlib-relays.session-owner=<host>:<pid>:<start ticks>`` (``harness.docker_fleet``). At the
+``org.connlib-relays.session-owner=<host>:<pid>:<start ticks>`` (``harness.labels``; a harness stack
+and a test's ``make up`` stack alike, through ``docker-compose.yml``'s ``x-labels``). At the
 start of every run the sweep removes the resources of every session whose owner is gone:
 
 - owner on this host: gone when no process with that pid and that start time exists;
 - owner on another host (a shared engine): gone when the session is older than ``max_age``.
 
-Resources without the session label (``make up``'s compose stack, images) are never touched.
+Resources without a session id (a developer's ``make up`` stack, whose session label is empty;
+images) are never touched.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import docker
 import docker.errors
 
-from .docker_fleet import (
+from .labels import (
     CREATED_LABEL,
     OWNER_LABEL,
     PROJECT,
@@ -70,12 +72,12 @@ def owner_alive(
     return process_start_ticks(pid) == ticks  # a reused pid is another process
 
 
-def _session_filter(session: str | None = None) -> dict:
+def _session_filter(session: str | None = None) -> dict[str, list[str]]:
     label = f"{SESSION_LABEL}={session}" if session else SESSION_LABEL
     return {"label": [f"{PROJECT_LABEL}={PROJECT}", label]}
 
 
-def _remove(client: docker.DockerClient, filters: dict) -> int:
+def _remove(client: docker.DockerClient, filters: dict[str, list[str]]) -> int:
     removed = 0
     for container in client.containers.list(all=True, filters=filters):
         try:
@@ -97,10 +99,12 @@ def _remove(client: docker.DockerClient, filters: dict) -> int:
 
 
 def remove_session(client: docker.DockerClient, session: str) -> int:
+    """Remove every container and network of ``session``; returns how many."""
     return _remove(client, _session_filter(session))
 
 
 def remove_stack(client: docker.DockerClient, session: str, stack: str) -> int:
+    """Remove the containers and networks of one stack of ``session``; returns how many."""
     filters = _session_filter(session)
     filters["label"].append(f"{STACK_LABEL}={stack}")
     return _remove(client, filters)

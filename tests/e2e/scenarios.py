@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from harness import checks
-from harness.fleet import CLIENT_ID, GATEWAY_ID, Fleet, wait_for
+from harness.fleet import CLIENT_ID, GATEWAY_ID, Fleet
+from harness.waiting import wait_for
 
 DETECT_BOUND = 1.5  # a dead relay is removed this soon after the re-init
 RESUME_BOUND = 3.0  # stream resumed this soon after the heal / the relays_presence
@@ -32,6 +33,14 @@ LOSS_PROBABILITY = 0.5
 
 class Precondition(Exception):
     """The run did not produce the situation the scenario is about (not a verdict on connlib)."""
+
+
+def fault_at(fleet: Fleet, what: str, target: str, after: float) -> float:
+    """When the harness began fault ``what`` on ``target`` (after ``after``); it must be in the history."""
+    t = checks.fault_time(fleet.history, what, target, after=after)
+    if t is None:
+        raise AssertionError(f"no {what} of {target} in the history after {after:.2f}")
+    return t
 
 
 def _role(peer: str) -> str:
@@ -72,7 +81,7 @@ async def rotation_while_partitioned(fleet: Fleet, figures: dict, peer: str = CL
     t0 = time.monotonic()
     async with fleet.partitioned(peer):
         await fleet.restart_relay(name)  # returns once the relay rejoined the portal with its new secret
-    healed = checks.fault_time(h, "heal", peer, after=t0)
+    healed = fault_at(fleet, "heal", peer, t0)
     init = await wait_event(fleet, "init", peer, healed, 10, f"the {_role(peer)}'s re-init after the heal")
     early_removal(fleet, peer, rid, t0, init.t)
     try:
@@ -119,7 +128,7 @@ async def silent_loss_while_partitioned(fleet: Fleet, figures: dict) -> None:
         await wait_event(
             fleet, "relays_presence", GATEWAY_ID, t0, 5, "the gateway's relays_presence", disconnected_ids=rid
         )
-    healed = checks.fault_time(h, "heal", CLIENT_ID, after=t0)
+    healed = fault_at(fleet, "heal", CLIENT_ID, t0)
     init = await wait_event(fleet, "init", CLIENT_ID, healed, 10, "the client's re-init after the heal")
     if rid in init.data.get("relays", []):
         raise Precondition(f"the re-init still lists the stopped relay {name}")
@@ -300,7 +309,7 @@ async def udp_loss_on_carrying_relay(fleet: Fleet, figures: dict) -> None:
         drops = await fleet.dropped_datagrams(name)
     finally:
         await fleet.clear_udp_loss(name)
-    t1 = checks.fault_time(h, "clear_udp_loss", name, after=t0)
+    t1 = fault_at(fleet, "clear_udp_loss", name, t0)
     # flowing again: either a gap ends after the loss, or the reports show fresh echoes and no gap is open
     before = checks.delivered(h)
 

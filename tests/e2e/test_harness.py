@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from harness import checks
-from harness.docker_fleet import PROJECT_LABEL, SESSION_LABEL, DockerFleet
-from harness.fleet import CLIENT_ID, EventClock, StackOptions, new_history, observe_at, wait_for
-from harness.history import History
+from harness.docker_fleet import DockerFleet
+from harness.fleet import CLIENT_ID, StackOptions
+from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
+from harness.labels import PROJECT_LABEL, SESSION_LABEL
+from harness.waiting import wait_for, wait_until
 
-from .scenarios import RESUME_BOUND, wait_event, wait_resumed
+from .scenarios import RESUME_BOUND, fault_at, wait_event, wait_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,11 +161,12 @@ def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
+
+        def created() -> bool:
             assert victim.poll() is None, "the victim run ended before creating its resources"
-            assert time.monotonic() < deadline, "the victim run did not create its resources within 60s"
-            time.sleep(0.1)
+            return marker.exists()
+
+        wait_until(created, 60, "the victim run to create its resources", 0.1)
         session = marker.read_text()
         assert len(_session_objects(docker_client, session)) == 2
     finally:
@@ -182,7 +185,6 @@ def test_kill_9_of_pytest_leaves_nothing_after_the_next_run_starts(docker_client
 async def test_container_output_reaches_the_history_and_the_error_rule(docker_session, e2e_images, caplog):
     history = new_history()
     fleet = DockerFleet(history, StackOptions(), session=docker_session)
-    fleet._loop = asyncio.get_running_loop()
     script = (
         'echo \'{"event": "probe", "id": "x-1", "ts": 1.5}\'; '
         'echo "2026-01-01 00:00:00,000 WARNING connlib.node: Disconnecting from relay; test" >&2; '
@@ -199,7 +201,12 @@ async def test_container_output_reaches_the_history_and_the_error_rule(docker_se
         await asyncio.to_thread(container.start)
         fleet.follow(container, "echo-1")  # a log stream follows from the container's first line
         await asyncio.to_thread(container.wait, timeout=30)
-        await wait_for(lambda: (fleet.drain(), history.select("error_log"))[1], 10, "the ERROR line")
+
+        def error_logged() -> list[Op]:
+            fleet.drain()
+            return history.select("error_log")
+
+        await wait_for(error_logged, 10, "the ERROR line")
     finally:
         await asyncio.to_thread(container.remove, force=True)
     assert history.first("probe", target="x-1") is not None
@@ -230,7 +237,7 @@ async def test_fault_primitives_kill_start_cut_reconnect(stack, relay, client, g
         await wait_event(stack, "path_lost", CLIENT_ID, t1, 8, "the client to lose its path")
     finally:
         await stack.reconnect(CLIENT_ID, "client-net")
-    back = checks.fault_time(h, "reconnect", CLIENT_ID, after=t1)
+    back = fault_at(stack, "reconnect", CLIENT_ID, t1)
     resumed = await wait_resumed(stack, back, RESUME_BOUND + 10, "the stream after the reconnect")
     figures.update(gap_s=checks.longest_gap(h, t1), resumed_s=resumed - back)
     assert figures["gap_s"] >= 3.5, "the cut did not stop the stream"

@@ -7,10 +7,22 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 
+import docker
+import docker.errors
+import docker.types
 import pytest
+from docker.models.containers import Container
+from docker.models.networks import Network
 
-from relay_images import testsupport as ts
+from harness.docker_session import DockerSession
+from harness.labels import PROJECT, PROJECT_LABEL, STACK_LABEL
+from harness.pytest_plugin import in_ci
+from harness.sweep import remove_stack
+from harness.waiting import wait_until
+
+from . import support as ts
 
 pytestmark = [pytest.mark.docker]
 
@@ -20,76 +32,81 @@ HEALTHY_BOUND_S = 15.0
 
 
 @pytest.fixture(scope="module")
-def docker_env():
-    client = ts.docker_client()
-    ts.sweep_dead(client)
-    ts.build_images()
-    return client
+def docker_env(docker_client: docker.DockerClient) -> docker.DockerClient:
+    """The engine (swept by the harness's ``docker_client``), with ``make images`` done once."""
+    ts.make("images")
+    return docker_client
+
+
+Labels = dict[str, str]
 
 
 @pytest.fixture
-def relay_net(docker_env):
-    """A network of its own (free /24) for one test; everything on it is removed afterwards."""
-    client = docker_env
-    label = ts.session_label("images")
-    (prefix,) = ts.free_prefixes(client, 1, first=240)
-    import docker
-
-    network = client.networks.create(
-        label,
-        driver="bridge",
-        internal=True,
-        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=f"{prefix}.0/24")]),
-        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
-    )
-    yield client, network, label
-    for container in client.containers.list(all=True, filters={"label": f"{ts.STACK_LABEL}={label}"}):
-        container.remove(force=True)
-    network.remove()
+def relay_net(
+    docker_env: docker.DockerClient, docker_session: DockerSession
+) -> Iterator[tuple[docker.DockerClient, Network, Labels]]:
+    """A network of its own (a free /24 of the harness's pool) for one test; everything on it is
+    removed afterwards, and by the next run's sweep if this one is killed."""
+    stack = docker_session.new_stack_name()
+    labels = ts.stack_labels(docker_session.labels, stack)
+    network, _ = docker_session.create_network(stack, internal=True, labels=labels)
+    try:
+        yield docker_env, network, labels
+    finally:
+        remove_stack(docker_env, docker_session.id, stack)
 
 
-def start_relay(client, network, label, **env):
+def start_relay(client: docker.DockerClient, network: Network, labels: Labels, **env: str) -> Container:
     container = client.containers.run(
         ts.image("relay"),
         detach=True,
-        name=f"{label}-relay",
+        name=f"{labels[STACK_LABEL]}-relay",
         network=network.name,
-        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+        labels=labels,
         environment={"RELAY_NAME": "relay-t", "PORTAL_URL": "", **env},
     )
-    ts.wait_for(lambda: _health(container) == "healthy", HEALTHY_BOUND_S, what="the relay's STUN healthcheck")
+    wait_until(
+        lambda: _health(container) == "healthy",
+        HEALTHY_BOUND_S,
+        "the relay's STUN healthcheck",
+        0.2,
+        retry_on=ts.DOCKER_ERRORS,
+    )
     return container
 
 
-def _health(container) -> str:
+def _health(container: Container) -> str:
     container.reload()
-    return container.attrs["State"].get("Health", {}).get("Status", "none")
+    return str(container.attrs["State"].get("Health", {}).get("Status", "none"))
 
 
-def _ip(container, network) -> str:
+def _ip(container: Container, network: Network) -> str:
     container.reload()
-    return container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    return str(container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"])
 
 
-def _secret(container) -> str:
+def _secret(container: Container) -> str:
     def read() -> str:
         code, out = ts.exec_text(container, ["cat", "/run/relay/secret"])
         return out.strip() if code == 0 else ""
 
-    return ts.wait_for(read, 10, what="the relay's secret file")
+    secret: str = wait_until(read, 10, "the relay's secret file", 0.2, retry_on=ts.DOCKER_ERRORS)
+    return secret
 
 
-def _allocate(client, network, label, server: str, secret: str) -> tuple[int, dict]:
-    code, lines = ts.run_probe(client, network.name, ["allocate", "--server", server, "--secret", secret], label)
+def _allocate(
+    client: docker.DockerClient, network: Network, labels: Labels, server: str, secret: str
+) -> tuple[int, dict]:
+    code, lines = ts.run_probe(client, network.name, ["allocate", "--server", server, "--secret", secret], labels)
     return code, lines[-1] if lines else {}
 
 
-def test_images_exist_and_a_second_build_is_cached(docker_env):
+def test_images_exist_and_a_second_build_is_cached(docker_env: docker.DockerClient) -> None:
     client = docker_env
     for name in ("base", "relay", "portal", "peer"):
         ref = "connlib-relays/base:bookworm" if name == "base" else ts.image(name)
         img = client.images.get(ref)
-        assert img.labels.get(ts.PROJECT_LABEL) == "connlib-relays", ref
+        assert img.labels.get(PROJECT_LABEL) == PROJECT, ref
     ts.make("images")  # absorbs a source edit made while the fixture built (a busy work tree)
     started = time.monotonic()
     ts.make("images")
@@ -99,10 +116,10 @@ def test_images_exist_and_a_second_build_is_cached(docker_env):
 
 
 @pytest.mark.skipif(
-    os.environ.get("CI", "").lower() != "true" and os.environ.get("BASE_FROM_SCRATCH") != "1",
+    not in_ci() and os.environ.get("BASE_FROM_SCRATCH") != "1",
     reason="rebuilds the base image from nothing (debootstrap, ~75 s): runs in CI or with BASE_FROM_SCRATCH=1",
 )
-def test_base_image_builds_from_nothing_without_a_registry(docker_env, tmp_path):
+def test_base_image_builds_from_nothing_without_a_registry(docker_env: docker.DockerClient, tmp_path) -> None:
     """The path a machine without a registry takes: pull fails → debootstrap → docker import."""
     client = docker_env
     tag = f"connlib-relays-pytest-{os.getpid()}/base:bookworm"
@@ -110,7 +127,7 @@ def test_base_image_builds_from_nothing_without_a_registry(docker_env, tmp_path)
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            ["bash", str(ts.ROOT / "relay_images" / "base.sh")], env=env, capture_output=True, text=True, timeout=900
+            ["bash", str(ts.ROOT / "images" / "base.sh")], env=env, capture_output=True, text=True, timeout=900
         )
         took = time.monotonic() - started
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,13 +137,13 @@ def test_base_image_builds_from_nothing_without_a_registry(docker_env, tmp_path)
             ["sh", "-c", "turnserver --version; python3 --version; python3 -m venv /tmp/v && echo venv-ok"],
             remove=True,
             network_mode="none",
-            labels={ts.PROJECT_LABEL: "connlib-relays"},
+            labels={PROJECT_LABEL: PROJECT},
         ).decode()
         assert "4.6.1" in out and "Python 3.11" in out and "venv-ok" in out, out
         # a second run reuses the image (seconds, no debootstrap)
         started = time.monotonic()
         again = subprocess.run(
-            ["bash", str(ts.ROOT / "relay_images" / "base.sh")],
+            ["bash", str(ts.ROOT / "images" / "base.sh")],
             env={**env, "BASE_FORCE": "0"},
             capture_output=True,
             text=True,
@@ -137,8 +154,8 @@ def test_base_image_builds_from_nothing_without_a_registry(docker_env, tmp_path)
     finally:
         try:
             client.images.remove(tag, force=True)
-        except Exception:
-            pass
+        except docker.errors.APIError:
+            pass  # the build failed before tagging
         shutil.rmtree(tmp_path, ignore_errors=True)  # the 140 MB root file system tarball
 
 
@@ -191,7 +208,7 @@ def test_relayed_data_flows_between_two_allocations(relay_net):
         entrypoint=["/usr/bin/python3", ts.PROBE],
         command=["echo", "--server", f"{ip}:3478", "--secret", secret, "--permit", ip, "--wait", "15"],
         network=network.name,
-        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+        labels=label,
         detach=True,
     )
 
@@ -199,7 +216,7 @@ def test_relayed_data_flows_between_two_allocations(relay_net):
         lines = ts.json_lines(echo.logs(stdout=True, stderr=False).decode())
         return next((line["relayed"] for line in lines if line.get("event") == "allocated"), "")
 
-    peer = ts.wait_for(echo_address, 10, what="the echo side's allocation")
+    peer = wait_until(echo_address, 10, "the echo side's allocation", 0.2, retry_on=ts.DOCKER_ERRORS)
     code, lines = ts.run_probe(
         client,
         network.name,
@@ -216,7 +233,9 @@ def test_restart_gives_a_new_secret_and_old_credentials_stop_working(relay_net):
     ip = _ip(relay, network)
     old = _secret(relay)
     relay.restart(timeout=5)
-    ts.wait_for(lambda: _health(relay) == "healthy", HEALTHY_BOUND_S, what="healthy after restart")
+    wait_until(
+        lambda: _health(relay) == "healthy", HEALTHY_BOUND_S, "healthy after restart", 0.2, retry_on=ts.DOCKER_ERRORS
+    )
     new = _secret(relay)
     assert new != old
     assert _ip(relay, network) == ip
@@ -248,7 +267,9 @@ def test_container_exits_when_turnserver_dies(relay_net):
         relay.reload()
         return relay.attrs["State"]["Status"] == "exited"
 
-    ts.wait_for(exited, EXIT_BOUND_S, interval=0.1, what="the relay container to exit after turnserver died")
+    wait_until(
+        exited, EXIT_BOUND_S, "the relay container to exit after turnserver died", 0.1, retry_on=ts.DOCKER_ERRORS
+    )
     print(f"\ncontainer exited {time.monotonic() - started:.2f}s after turnserver was killed")
     assert relay.attrs["State"]["ExitCode"] != 0
     assert "turnserver exited on its own" in relay.logs().decode()
@@ -261,7 +282,7 @@ def test_relay_image_carries_the_tools_the_harness_needs(relay_net):
         ts.image("relay"),
         entrypoint=["/bin/sh", "-c"],
         command=["turnserver --version; iptables --version; ip -V; tini --version"],
-        labels={ts.PROJECT_LABEL: "connlib-relays", ts.STACK_LABEL: label},
+        labels=label,
         network=network.name,
         remove=True,
     ).decode()

@@ -13,7 +13,8 @@ import pytest
 
 from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PATH_PROBE, FIX_PROBE
 from harness import checks
-from harness.fleet import CLIENT_ID, GATEWAY_ID, wait_for
+from harness.fleet import CLIENT_ID, GATEWAY_ID
+from harness.waiting import wait_for
 
 from .scenarios import (
     COALESCING_DEBOUNCE,

@@ -2,8 +2,10 @@
 UDP between client and gateway impossible, a relay restart rotates its secret with one bounded gap in
 the client's stream, the dashboard in headless Chromium, `make down` leaves nothing (issue 5).
 
-The stack runs under a compose project of its own (``pytest-<pid>-stack-…``) on free /24 subnets and
-random 127.0.0.1 ports, so it neither collides with a developer's `make up` nor with a parallel run.
+The stack runs under a compose project of its own (a harness stack name) on free /24 subnets of the
+harness's pool and random 127.0.0.1 ports, so it neither collides with a developer's `make up` nor
+with a parallel run; it carries the session's labels (through the compose file's variables), so the
+next run's sweep removes it if this one is killed.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
+import docker
 import pytest
 
-from relay_images import testsupport as ts
+from harness.docker_session import DockerSession
+from harness.labels import STACK_LABEL
+from harness.pytest_plugin import in_ci
+from harness.sweep import remove_stack
+from harness.waiting import wait_until
+
+from . import support as ts
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -30,11 +41,14 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 class Stack:
-    def __init__(self, client, project: str, prefixes: dict[str, str]) -> None:
+    def __init__(
+        self, client: docker.DockerClient, project: str, prefixes: dict[str, str], variables: dict[str, str]
+    ) -> None:
         self.client = client
         self.project = project
         self.prefixes = prefixes
         self.env = {
+            **variables,
             "COMPOSE_PROJECT_NAME": project,
             "CONNLIB_NET_CLIENT": prefixes["client"],
             "CONNLIB_NET_GATEWAY": prefixes["gateway"],
@@ -54,7 +68,7 @@ class Stack:
         assert found, f"no container for service {service}"
         return found[0]
 
-    def api(self, path: str):
+    def api(self, path: str) -> Any:
         with urllib.request.urlopen(self.admin_url + path, timeout=3) as response:
             return json.load(response)
 
@@ -72,7 +86,7 @@ class Stack:
         return streams[-1]["delivered"] if streams else 0
 
     def leftovers(self) -> tuple[list, list]:
-        label = f"{ts.STACK_LABEL}={self.project}"
+        label = f"{STACK_LABEL}={self.project}"
         return (
             self.client.containers.list(all=True, filters={"label": label}),
             self.client.networks.list(filters={"label": label}),
@@ -80,13 +94,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    client = ts.docker_client()
-    ts.sweep_dead(client)
-    ts.build_images()
-    project = ts.session_label("stack")
-    client_p, gateway_p, relay_p = ts.free_prefixes(client, 3, first=200)
-    s = Stack(client, project, {"client": client_p, "gateway": gateway_p, "relay": relay_p})
+def stack(docker_client: docker.DockerClient, docker_session: DockerSession) -> Iterator[Stack]:
+    ts.make("images")
+    project = docker_session.new_stack_name()
+    client_p, gateway_p, relay_p = (str(s.network_address).rsplit(".", 1)[0] for s in docker_session.free_subnets(3))
+    s = Stack(
+        docker_client,
+        project,
+        {"client": client_p, "gateway": gateway_p, "relay": relay_p},
+        docker_session.variables,
+    )
     try:
         started = time.monotonic()
         out = ts.make("up", env=s.env).stdout
@@ -100,16 +117,19 @@ def stack():
         try:
             ts.make("down", env=s.env)
         finally:  # whatever compose missed
-            for container in client.containers.list(all=True, filters={"label": f"{ts.STACK_LABEL}={project}"}):
-                container.remove(force=True)
-            for network in client.networks.list(filters={"label": f"{ts.STACK_LABEL}={project}"}):
-                network.remove()
+            remove_stack(docker_client, docker_session.id, project)
 
 
 def test_make_up_brings_traffic_through_the_relays(stack):
     assert stack.up_seconds < UP_BOUND_S
     before = stack.delivered()
-    ts.wait_for(lambda: stack.delivered() > before + 20, 10, what="the client's stream to keep delivering")
+    wait_until(
+        lambda: stack.delivered() > before + 20,
+        10,
+        "the client's stream to keep delivering",
+        0.2,
+        retry_on=ts.DOCKER_ERRORS,
+    )
     last = stack.streams()[-1]
     assert last["connected"] and last["relay"], last
 
@@ -157,7 +177,7 @@ def test_direct_udp_from_client_to_gateway_fails_while_relayed_stream_flows(stac
     gateway_ip = f"{stack.prefixes['gateway']}.20"
     code, _ = gateway.exec_run(["python3", "-c", LISTENER], detach=True)
     assert code is None or code == 0
-    time.sleep(0.5)
+    wait_until(lambda: ":40000 " in ts.exec_text(gateway, ["ss", "-Huln"])[1], 5, "the gateway's UDP listener", 0.05)
     before = stack.delivered()
     code, out = client.exec_run(["python3", "-c", SENDER, gateway_ip, "from-client"])
     assert code == 0, out
@@ -169,12 +189,20 @@ def test_direct_udp_from_client_to_gateway_fails_while_relayed_stream_flows(stac
         text = out.decode() if code == 0 else ""
         return text if "from-relay" in text else ""
 
-    text = ts.wait_for(received, 5, what="the control datagrams from relay-1 at the gateway's listener")
+    text = wait_until(
+        received, 5, "the control datagrams from relay-1 at the gateway's listener", 0.2, retry_on=ts.DOCKER_ERRORS
+    )
     time.sleep(1.0)  # anything from the client would have arrived by now
     _, out = gateway.exec_run(["cat", "/tmp/udp-received.log"])
     text = out.decode()
     assert "from-client" not in text, f"direct UDP client → gateway got through:\n{text}"
-    ts.wait_for(lambda: stack.delivered() > before + 20, 10, what="the relayed stream to flow meanwhile")
+    wait_until(
+        lambda: stack.delivered() > before + 20,
+        10,
+        "the relayed stream to flow meanwhile",
+        0.2,
+        retry_on=ts.DOCKER_ERRORS,
+    )
     print(
         f"\ndirect: 0/20 datagrams; control via relay-1's leg: {text.count('from-relay')}/20; "
         f"relayed stream +{stack.delivered() - before} meanwhile"
@@ -195,12 +223,20 @@ def test_restarting_the_carrying_relay_rotates_its_secret_with_one_bounded_gap(s
         relay = stack.relays().get(name)
         return relay if relay and relay["online"] and relay["secret_fingerprint"] != old_fp else None
 
-    relay = ts.wait_for(rejoined, REJOIN_BOUND_S, what=f"{name} back online with a new secret")
+    relay = wait_until(
+        rejoined, REJOIN_BOUND_S, f"{name} back online with a new secret", 0.2, retry_on=ts.DOCKER_ERRORS
+    )
     rejoin_s = time.monotonic() - started
     assert relay["id"] == rid, "a restarted relay keeps its id"
     delivered = stack.delivered()
-    ts.wait_for(lambda: stack.delivered() > delivered + 50, 15, what="the stream to resume after the restart")
-    time.sleep(1.0)
+    wait_until(
+        lambda: stack.delivered() > delivered + 50,
+        15,
+        "the stream to resume after the restart",
+        0.2,
+        retry_on=ts.DOCKER_ERRORS,
+    )
+    time.sleep(1.0)  # an observation window, not a synchronisation: a second gap would be reported within it
     gaps = [line for line in stack.client_lines() if line.get("event") == "gap"][gaps_before:]
     print(
         f"\nrestart of {name} ({rid[:8]}): secret {old_fp} → {relay['secret_fingerprint']}, "
@@ -223,7 +259,7 @@ def _browser_available() -> str | None:
 
 def _relay_rows(page) -> dict[str, str]:
     """{relay name: the text of its row} for every table row on the page naming relay-N."""
-    rows = {}
+    rows: dict[str, str] = {}
     for text in page.locator("tr").all_inner_texts():
         match = re.search(r"\brelay-\d+\b", text)
         if match:
@@ -250,12 +286,18 @@ def _delivered_on_page(page) -> int:
 def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(stack):
     missing = _browser_available()
     if missing:
-        if os.environ.get("CI", "").lower() == "true":
+        if in_ci():
             pytest.fail(f"{missing} (CI=true: the dashboard test must run)")
         pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
-    ts.wait_for(lambda: all(r["online"] for r in stack.relays().values()), REJOIN_BOUND_S, what="both relays online")
+    wait_until(
+        lambda: all(r["online"] for r in stack.relays().values()),
+        REJOIN_BOUND_S,
+        "both relays online",
+        0.2,
+        retry_on=ts.DOCKER_ERRORS,
+    )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         try:
@@ -263,10 +305,11 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(stack.admin_url + "/", wait_until="load")
-            rows = ts.wait_for(
+            rows = wait_until(
                 lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None,
                 10,
-                what="both relays on the dashboard",
+                "both relays on the dashboard",
+                0.2,
             )
             assert _online(rows["relay-1"]) and _online(rows["relay-2"]), rows
 
@@ -284,17 +327,23 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
             old_fp = stack.relays()["relay-2"]["secret_fingerprint"]
             restart = threading.Thread(target=lambda: stack.container("relay-2").restart(timeout=5))
             restart.start()
-            seen_offline, deadline = False, time.monotonic() + REJOIN_BOUND_S
-            while time.monotonic() < deadline:
+            seen_offline = False
+
+            def back_with_a_new_secret() -> bool:
                 # Reloading samples the server-rendered state often (the offline window is ~1.5 s,
                 # the page polls every second); the event log below is the page's own record.
+                nonlocal seen_offline
                 page.reload(wait_until="load")
                 row = _relay_rows(page).get("relay-2", "")
                 if _online(row) is False:
                     seen_offline = True
-                elif seen_offline and _online(row) and old_fp not in row:
-                    break
-                time.sleep(0.05)
+                    return False
+                return seen_offline and bool(_online(row)) and old_fp not in row
+
+            try:
+                wait_until(back_with_a_new_secret, REJOIN_BOUND_S, "relay-2 offline, then back", 0.05)
+            except AssertionError:
+                pass  # the assertions below say which half was missing
             restart.join()
             assert seen_offline, "the dashboard never showed relay-2 offline during its restart"
             row = _relay_rows(page).get("relay-2", "")

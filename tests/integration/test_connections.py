@@ -13,8 +13,8 @@ import time
 import pytest
 
 from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
-from harness.fleet import wait_for
 from harness.process_fleet import CLIENT_ID, GATEWAY_ID, ProcessFleet, StackOptions
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.coturn
 

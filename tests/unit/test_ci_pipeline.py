@@ -54,4 +54,4 @@ def test_workflow_runs_the_suite_and_keeps_what_it_needs(needle):
 def test_cache_path_is_where_the_base_bootstrap_writes():
     text = WORKFLOW.read_text()
     assert "BASE_CACHE: ${{ github.workspace }}/.cache/base" in text and "path: .cache/base" in text
-    assert "BASE_CACHE" in (ROOT / "relay_images" / "base.sh").read_text()
+    assert "BASE_CACHE" in (ROOT / "images" / "base.sh").read_text()

@@ -80,3 +80,13 @@ def test_report_draws_bands_stream_gaps_and_relay_events_where_the_history_puts_
     assert page.count('class="lost"') == 1 and page.count('class="delivered"') == 7
     assert "removed relay-1 (no response)" in page and "migrated gateway relay-1 → relay-2" in page
     assert 'class="verdict pass"' in page and 'class="verdict fail"' in page
+
+
+def test_report_command_rewrites_both_files(tmp_path):
+    from harness.__main__ import main
+
+    results = _results(tmp_path)
+    (results.dir / "junit.xml").unlink()
+    (results.dir / "report.html").unlink()
+    assert main(["report", str(results.dir)]) == 0
+    assert (results.dir / "junit.xml").exists() and (results.dir / "report.html").exists()

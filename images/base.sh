@@ -1,21 +1,47 @@
 #!/usr/bin/env bash
-# Build the local base image every relay_images Dockerfile starts FROM.
+# Build the local base image every images/ Dockerfile starts FROM.
 #
 # 1. If the tag already exists: nothing to do (seconds).
 # 2. Try `docker pull debian:bookworm-slim` and install the packages in a Dockerfile (needs a registry
 #    and network inside the build: works on an ordinary machine).
 # 3. Otherwise (no registry, as on CI here): debootstrap a minbase bookworm root file system on the host
-#    with the packages included, tar it (cached under relay_images/.cache/, keyed by the package list) and
+#    with the packages included, tar it (cached under images/.cache/, keyed by the package list) and
 #    `docker import` it under the tag.
 #
-# Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR, BASE_FORCE=1 to rebuild,
-# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default relay_images/.cache) for the tarball.
+# Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR (default: the first
+# Debian mirror of the host's own apt configuration that serves the suite), BASE_FORCE=1 to rebuild,
+# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default images/.cache) for the tarball.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${BASE_CACHE:-$here/.cache}"
 tag="${BASE_IMAGE:-connlib-relays/base:bookworm}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 suite=bookworm
+
+# The Debian mirror this host's apt uses for $suite: deb822 stanzas (*.sources: URIs/Suites/Types,
+# Enabled: no skipped) and one-line entries (*.list, sources.list). This script names no host itself.
+host_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -r "$f" ]] || continue
+    awk -v suite="$suite" '
+      function flush() { if (deb && on && uri != "" && (" " suites " ") ~ (" " suite " ")) { print uri; found = 1; exit } }
+      /^[[:space:]]*$/ { flush(); deb = 0; on = 1; uri = ""; suites = ""; next }
+      /^[[:space:]]*#/ { next }
+      tolower($1) == "types:" { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+      tolower($1) == "uris:" { uri = $2 }
+      tolower($1) == "suites:" { suites = ""; for (i = 2; i <= NF; i++) suites = suites " " $i }
+      tolower($1) == "enabled:" { on = (tolower($2) != "no") }
+      BEGIN { on = 1 }
+      END { if (!found) flush() }
+    ' "$f"
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -r "$f" ]] || continue
+    # deb [options] URI suite components...
+    sed -E 's/\[[^]]*\]//' "$f" | awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2 }'
+  done
+}
+mirror="${DEBIAN_MIRROR:-$(host_mirror | head -n1)}"
 # Everything the images need at run time; no apt inside any Docker build.
 packages=(
   ca-certificates coturn python3 python3-venv iptables iproute2 tini procps iputils-ping
@@ -50,6 +76,7 @@ fi
 
 # --- 3. debootstrap path -------------------------------------------------------------------------------
 if [[ ! -s "$tarball" ]]; then
+  [[ -n "$mirror" ]] || { log "no Debian mirror for $suite in /etc/apt/sources.list{,.d/*}: set DEBIAN_MIRROR"; exit 1; }
   command -v debootstrap >/dev/null || { log "debootstrap is not installed (apt-get install debootstrap)"; exit 1; }
   [[ "$(id -u)" == 0 ]] || { log "debootstrap needs root"; exit 1; }
   mkdir -p "$cache"

@@ -64,7 +64,7 @@ def split_type(t: int) -> tuple[int, int]:
 def xor_addr(ip: str, port: int, txid: bytes) -> bytes:
     packed = socket.inet_aton(ip)
     xport = port ^ (MAGIC >> 16)
-    xip = bytes(a ^ b for a, b in zip(packed, struct.pack("!I", MAGIC)))
+    xip = bytes(a ^ b for a, b in zip(packed, struct.pack("!I", MAGIC), strict=True))
     return struct.pack("!BBH", 0, 1, xport) + xip
 
 
@@ -72,7 +72,7 @@ def parse_xor_addr(value: bytes, txid: bytes) -> tuple[str, int]:
     family, xport = value[1], struct.unpack("!H", value[2:4])[0]
     if family != 1:
         raise ProbeError("only IPv4 is supported by this probe")
-    ip = bytes(a ^ b for a, b in zip(value[4:8], struct.pack("!I", MAGIC)))
+    ip = bytes(a ^ b for a, b in zip(value[4:8], struct.pack("!I", MAGIC), strict=False))
     return socket.inet_ntoa(ip), xport ^ (MAGIC >> 16)
 
 
@@ -98,7 +98,8 @@ def decode(data: bytes) -> tuple[int, int, bytes, dict[int, bytes]]:
     t, length, magic = struct.unpack("!HHI", data[:8])
     if magic != MAGIC or t & 0xC000:
         raise ProbeError("not a STUN message")
-    txid, attrs, pos = data[8:20], {}, 20
+    txid, pos = data[8:20], 20
+    attrs: dict[int, bytes] = {}
     end = 20 + length
     while pos + 4 <= end:
         atype, alen = struct.unpack("!HH", data[pos : pos + 4])

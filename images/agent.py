@@ -49,10 +49,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-try:  # in the image: a sibling module; in the repository: relay_images.turn_probe
-    import turn_probe
-except ImportError:  # pragma: no cover - depends on how the module is loaded
-    from relay_images import turn_probe  # type: ignore[no-redef]
+# turn_probe.py is a sibling file: Python puts this script's folder on sys.path, in the image
+# (/opt/connlib-relays/) as in a checkout (images/). connlib comes from the image's venv.
+import turn_probe
+
+from connlib.aio.portal_client import PortalClient
 
 log = logging.getLogger("relay.agent")
 
@@ -121,7 +122,9 @@ async def wait_turn_ready(port: int, proc: asyncio.subprocess.Process | None, ti
             return
         except (turn_probe.ProbeError, OSError):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"turnserver did not answer a STUN Binding on 127.0.0.1:{port} within {timeout}s")
+                raise RuntimeError(
+                    f"turnserver did not answer a STUN Binding on 127.0.0.1:{port} within {timeout}s"
+                ) from None
             await asyncio.sleep(0.1)
         finally:
             client.sock.close()
@@ -129,7 +132,6 @@ async def wait_turn_ready(port: int, proc: asyncio.subprocess.Process | None, ti
 
 async def presence(url: str, token: str, secret: str, heartbeat_interval: float = 10.0) -> None:
     """Join the portal's ``relay`` topic and stay joined, reconnecting with a capped backoff. Runs until cancelled."""
-    from connlib.aio.portal_client import PortalClient  # the image's venv has connlib; imported late for the docs/tests
 
     def on_message(event: str, payload: dict) -> None:
         log.debug("portal message event=%s payload=%s", event, payload)
@@ -160,10 +162,13 @@ async def presence(url: str, token: str, secret: str, heartbeat_interval: float 
 
 def _install_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("received %s: stopping", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig, lambda s=sig: (log.info("received %s: stopping", signal.Signals(s).name), stop.set())
-        )
+        loop.add_signal_handler(sig, on_signal, sig)
     return stop
 
 

@@ -1,4 +1,4 @@
-# Relay: Debian's coturn 4.6.1 + the presence agent (relay_images/agent.py). Build context: relay_images/.
+# Relay: Debian's coturn 4.6.1 + the presence agent (images/agent.py). Build context: images/ (docker-compose.yml names it; harness/images.py builds it).
 ARG BASE_IMAGE=connlib-relays/base:bookworm
 FROM ${BASE_IMAGE}
 # Layer order matters on this storage driver (every step costs seconds): the shared, rarely changing

@@ -1,4 +1,4 @@
-# Portal: fake_portal (websocket control plane + admin API/dashboard). Build context: relay_images/.
+# Portal: fake_portal (websocket control plane + admin API/dashboard). Build context: images/ (docker-compose.yml names it; harness/images.py builds it).
 ARG BASE_IMAGE=connlib-relays/base:bookworm
 FROM ${BASE_IMAGE}
 # Layer order matters on this storage driver (every step costs seconds): the shared, rarely changing

@@ -1,8 +1,8 @@
-"""Wait until a compose stack of this project is usable, then print where to look.
+"""``make up``'s readiness: wait until a compose stack of this project is usable, then print where to look.
 
-    python relay_images/wait_ready.py --project connlib-relays [--timeout 120] [--no-traffic]
+    python -m harness wait-ready --project connlib-relays [--timeout 120] [--no-traffic]
 
-Phases, each bounded by what is left of ``--timeout`` (tenacity, polling every 0.5 s):
+Phases, each bounded by what is left of ``--timeout`` (``harness.waiting``, polling every 0.5 s):
 
 1. every relay container is ``healthy`` (its STUN Binding healthcheck answers);
 2. the portal's admin API lists every relay as online;
@@ -20,19 +20,20 @@ import json
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import docker
+import docker.errors
 from docker.models.containers import Container
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from .docker_engine import DockerUnavailable, connect
+from .labels import ROLE_LABEL
+from .waiting import NotYet, wait_until
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
-ROLE_LABEL = "org.connlib-relays.role"
-
-
-class NotYet(Exception):
-    """The stack is not ready yet (retried)."""
 
 
 class Broken(Exception):
@@ -98,7 +99,7 @@ def relays_healthy(stack: Stack) -> str:
     return f"{len(relays)} relays healthy"
 
 
-def get_json(url: str) -> object:
+def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=2) as response:  # 127.0.0.1 only: the published admin port
         return json.load(response)
 
@@ -112,17 +113,15 @@ def relays_online(stack: Stack) -> str:
         relays = get_json(stack.admin_url() + "/api/relays")
     except OSError as exc:
         raise NotYet(f"portal admin API not answering: {exc}") from None
-    online = {r.get("name") for r in relays if r.get("online")}  # type: ignore[union-attr]
+    online = {r.get("name") for r in relays if r.get("online")}
     if not expected <= online:
         raise NotYet(f"relays online at the portal: {sorted(online)}, want {sorted(expected)}")
     return "portal lists " + ", ".join(
-        f"{r['name']} ({r['addr']}, secret {r['secret_fingerprint']})"
-        for r in relays
-        if r.get("online")  # type: ignore[union-attr,index]
+        f"{r['name']} ({r['addr']}, secret {r['secret_fingerprint']})" for r in relays if r.get("online")
     )
 
 
-def stream_lines(container: Container) -> list[dict]:
+def stream_lines(container: Container) -> list[dict[str, Any]]:
     out = []
     for raw in container.logs(stdout=True, stderr=False, tail=200).decode(errors="replace").splitlines():
         if raw.startswith("{"):
@@ -152,41 +151,30 @@ def traffic_flows(stack: Stack) -> str:
     return f"client stream: delivered={last['delivered']} lost={last.get('lost')} via relay {last.get('relay')}"
 
 
-def wait(name: str, check, stack: Stack, deadline: float) -> str:
+def wait(name: str, check: Callable[[Stack], str], stack: Stack, deadline: float) -> str:
     started = time.monotonic()
-    last: list[str] = ["(not checked yet)"]
-
-    def attempt() -> str:
-        try:
-            return check(stack)
-        except NotYet as exc:
-            last[0] = str(exc)
-            raise
-
     try:
-        for attempt_ctx in Retrying(
-            retry=retry_if_exception_type(NotYet),
-            stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
-            wait=wait_fixed(0.5),
-            reraise=False,
-        ):
-            with attempt_ctx:
-                result = attempt()
-    except RetryError:
-        raise Broken(f"timed out waiting for {name} after {time.monotonic() - started:.1f}s: {last[0]}") from None
+        result: str = wait_until(lambda: check(stack), max(0.0, deadline - time.monotonic()), name, 0.5, error=Broken)
+    except Broken as exc:
+        raise Broken(f"{exc} ({time.monotonic() - started:.1f}s)") from None
     print(f"  {name}: {result} ({time.monotonic() - started:.1f}s)", flush=True)
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--project", default="connlib-relays")
     ap.add_argument("--timeout", type=float, default=120.0, help="bound for all phases together (seconds)")
     ap.add_argument("--no-traffic", action="store_true", help="do not wait for the client's traffic")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     deadline = started + args.timeout
-    stack = Stack(docker.from_env(), args.project)
+    try:
+        stack = Stack(connect(), args.project)
+    except DockerUnavailable as exc:
+        print(f"wait-ready: {exc}", file=sys.stderr)
+        return 1
     print(f"waiting for stack {args.project!r} (at most {args.timeout:.0f}s)", flush=True)
     try:
         wait("relays healthy", relays_healthy, stack, deadline)
@@ -195,12 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             wait("traffic through the relays", traffic_flows, stack, deadline)
         url = stack.admin_url()
     except Broken as exc:
-        print(f"wait_ready: {exc}", file=sys.stderr)
+        print(f"wait-ready: {exc}", file=sys.stderr)
         return 1
     print(f"stack ready in {time.monotonic() - started:.1f}s")
     print(f"dashboard: {url}/")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-# Peer: connlib as client or gateway (`connlib run --role client|gateway ...`). Build context: relay_images/.
+# Peer: connlib as client or gateway (`connlib run --role client|gateway ...`). Build context: images/ (docker-compose.yml names it; harness/images.py builds it).
 ARG BASE_IMAGE=connlib-relays/base:bookworm
 FROM ${BASE_IMAGE}
 # Layer order matters on this storage driver (every step costs seconds): the shared, rarely changing

@@ -1,0 +1,125 @@
+"""One run's Docker resources: its labels, its stack names and the subnets its networks get.
+
+Every network and container a session creates carries :func:`harness.labels.session_labels`, so
+that a fixture's teardown, or the sweep at the start of the next run (``harness.sweep``), finds and
+removes it even after ``kill -9`` of the runner. Subnets are /24s of ``SUBNET_POOL`` that overlap
+neither a host route nor another Docker network (a developer's ``make up`` stack, another session).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import uuid
+
+import docker
+import docker.errors
+import docker.types
+from docker.models.networks import Network
+
+from .labels import session_labels, session_variables
+from .sweep import remove_session
+
+log = logging.getLogger("harness.docker_session")
+
+SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
+
+
+def host_routes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The IPv4 destinations of the host's routing table (a subnet there is not free)."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    try:
+        with open("/proc/net/route") as routes:
+            next(routes)
+            for line in routes:
+                fields = line.split()
+                dest, mask = (int(fields[1], 16), int(fields[7], 16))
+                if mask:
+                    addr = ipaddress.IPv4Address(socket.ntohl(dest))
+                    nets.append(ipaddress.ip_network(f"{addr}/{bin(mask).count('1')}", strict=False))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return nets
+
+
+def docker_subnets(client: docker.DockerClient) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in client.networks.list():
+        for config in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            try:
+                used.append(ipaddress.ip_network(config.get("Subnet", ""), strict=False))
+            except ValueError:
+                continue
+    return used
+
+
+class DockerSession:
+    """One test session's (or CLI run's) Docker resources."""
+
+    def __init__(self, client: docker.DockerClient, images: dict[str, str], session_id: str | None = None) -> None:
+        self.client = client
+        self.images = images
+        """Image tag per image name (``relay``, ``portal``, ``peer``): what ``harness.images`` built."""
+        self.id = session_id or uuid.uuid4().hex
+        self.labels = session_labels(self.id)
+        self._stacks = 0
+        self._subnet_cursor = int(self.id[:4], 16) % (2 ** (24 - SUBNET_POOL.prefixlen))
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """The session's labels as ``docker-compose.yml`` variables (``CONNLIB_SESSION``, ...)."""
+        return session_variables(self.labels)
+
+    def new_stack_name(self) -> str:
+        self._stacks += 1
+        return f"clr-{self.id[:8]}-{self._stacks}"
+
+    def _used_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [*host_routes(), *docker_subnets(self.client)]
+
+    def _candidates(self) -> list[ipaddress.IPv4Network]:
+        subnets = [ipaddress.IPv4Network(s) for s in SUBNET_POOL.subnets(new_prefix=24)]
+        start = self._subnet_cursor % len(subnets)
+        return subnets[start:] + subnets[:start]
+
+    def free_subnets(self, count: int) -> list[ipaddress.IPv4Network]:
+        """``count`` /24s that are free now (not reserved: for a compose project that creates its own)."""
+        used = self._used_subnets()
+        found = [s for s in self._candidates() if not any(s.overlaps(u) for u in used)][:count]
+        if len(found) < count:
+            raise RuntimeError(f"only {len(found)} free /24 left in {SUBNET_POOL}, want {count}")
+        self._subnet_cursor += count
+        return found
+
+    def create_network(
+        self, name: str, *, internal: bool, labels: dict[str, str]
+    ) -> tuple[Network, ipaddress.IPv4Network]:
+        """A bridge network on the first free /24 of the pool (another session may race us: on an
+        overlap error, try the next one). ``labels`` come on top of the session's."""
+        used = self._used_subnets()
+        for subnet in self._candidates():
+            self._subnet_cursor += 1
+            if any(subnet.overlaps(u) for u in used):
+                continue
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+            try:
+                network = self.client.networks.create(
+                    name,
+                    driver="bridge",
+                    internal=internal,
+                    ipam=ipam,
+                    labels={**self.labels, **labels},
+                    check_duplicate=True,
+                )
+            except docker.errors.APIError as exc:
+                if "overlap" in str(exc).lower():
+                    log.info("Subnet taken meanwhile subnet=%s network=%s", subnet, name)
+                    continue
+                raise
+            return network, subnet
+        raise RuntimeError(f"no free /24 left in {SUBNET_POOL} for network {name}")
+
+    def remove_all(self) -> int:
+        """Remove every container and network of this session; returns how many."""
+        return remove_session(self.client, self.id)
