@@ -29,13 +29,16 @@ class PortalConfig:
     ``secret``: its id derives from the stamp secret, so a reboot means a new id (Firezone today)."""
     relays_per_client: int = 2
     debounce: float = 1.0
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: float = 60.0
+    """Close a socket after this long without any frame from it (a Phoenix server's 60 s)."""
+    max_offline_peers: int = 1000
+    """Offline clients, gateways and relays remembered per role; the oldest beyond are forgotten."""
     client_credentials_ttl: int = 86400
     """Client credentials expire this long after the portal first saw the client, and stay the
     same across its reconnects (like Firezone's token-bound expiry)."""
     gateway_expires_at: int = GATEWAY_EXPIRES_AT
     max_frame_bytes: int = MAX_FRAME_BYTES
-    event_log_size: int = 100_000
+    event_log_size: int = 20_000
     outbox_size: int = 1024
     """Frames queued for one socket before the portal drops it as a slow consumer."""
 
