@@ -19,6 +19,11 @@ class PortalConfig:
     listen_port: int = 0
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
+    admin_token: str | None = None
+    """When set, every admin route but ``/api/health`` needs it (``Authorization: Bearer``, or the
+    dashboard cookie that ``GET /?token=`` sets)."""
+    admin_allowed_hosts: tuple[str, ...] = ()
+    """Host names the admin API answers to besides 127.0.0.1, localhost, ::1 and its bind address."""
     token: str = field(default_factory=lambda: "dev-" + secrets.token_urlsafe(16))
     """Accepted from every role unless a role-specific token below is set."""
     client_token: str | None = None
@@ -47,6 +52,8 @@ class PortalConfig:
             raise ValueError(f"relay_id_from must be one of {RELAY_ID_SOURCES}")
         if self.relays_per_client < 1:
             raise ValueError("relays_per_client must be at least 1")
+        if self.max_offline_peers < 0:
+            raise ValueError("max_offline_peers must be >= 0")
         if self.debounce < 0 or self.heartbeat_timeout <= 0:
             raise ValueError("debounce must be >= 0 and heartbeat_timeout > 0")
 

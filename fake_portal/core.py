@@ -30,6 +30,7 @@ from connlib.core.messages import (
     Init,
     MessageError,
     PayloadError,
+    Relay,
     RelayJoin,
     RelaysPresence,
     ReplyStatus,
@@ -450,7 +451,7 @@ class Portal:
         self._offline[session.role].pop(peer.id, None)
         self._accept_join(session, frame, now)
         relays = self._select(session)
-        init = Init(relays=self._entries(peer, relays), interface=tunnel_interface(peer.id))
+        init = Init(relays=tuple(self._entries(peer, relays)), interface=tunnel_interface(peer.id))
         self._push(session, Event.INIT, init.to_json(), now)
         log.info("Peer joined %s", kv(role=session.role, id=peer.id, relays=",".join(r.id for r in relays) or "-"))
 
@@ -572,7 +573,7 @@ class Portal:
         session.handed_out = {r.id: r.identity for r in relays}
         return relays
 
-    def _entries(self, peer: Peer, relays: list[RelayRecord]) -> list:
+    def _entries(self, peer: Peer, relays: list[RelayRecord]) -> list[Relay]:
         return [entry for relay in relays for entry in relay_entries(relay, peer.expires_at, peer.salt)]
 
     # -- plumbing -----------------------------------------------------------------------------

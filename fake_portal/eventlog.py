@@ -124,7 +124,7 @@ def redact(value: Any) -> Any:
     root = dict(value) if isinstance(value, dict) else list(value)
     stack: list[dict[Any, Any] | list[Any]] = [root]
     while stack:
-        node = stack.pop()
+        node: Any = stack.pop()
         for key, item in list(node.items() if isinstance(node, dict) else enumerate(node)):
             if isinstance(item, str):
                 if isinstance(key, str) and key in SECRET_KEYS:

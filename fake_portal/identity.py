@@ -141,5 +141,5 @@ def parse_endpoint(target: str, headers: object, *, relay_id_from: str) -> Endpo
         format_address((_ip(ip, v, key), port)) for ip, v, key in ((ipv4, 4, "ipv4"), (ipv6, 6, "ipv6")) if ip
     )
     name = name or addrs[0]
-    peer_id = relay_id_from_name(name) if relay_id_from == "name" else None
-    return Endpoint(role, vsn, token, peer_id, name, relay_addrs=addrs)
+    relay_id = relay_id_from_name(name) if relay_id_from == "name" else None
+    return Endpoint(role, vsn, token, relay_id, name, relay_addrs=addrs)

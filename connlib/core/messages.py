@@ -488,7 +488,8 @@ def merge_relays(relays: list[Relay] | tuple[Relay, ...]) -> list[RelayConfig]:
         if getattr(known, slot) is not None:
             log.warning("Duplicate address family for relay; ignoring %s", kv(rid=relay.id, addr=relay.addr))
             continue
-        merged[relay.id] = dataclasses.replace(known, **{slot: (host, port)})
+        addr = (host, port)
+        merged[relay.id] = dataclasses.replace(known, v4=addr) if slot == "v4" else dataclasses.replace(known, v6=addr)
     return [merged[rid] for rid in sorted(merged)]
 
 

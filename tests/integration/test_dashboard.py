@@ -45,7 +45,7 @@ TOKEN = "t"
 BOUND = 10.0
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
-REPORT = {
+REPORT: dict[str, Any] = {
     "sent": 120,
     "delivered": 100,
     "lost": 15,
@@ -260,7 +260,7 @@ def test_the_event_log_shows_fingerprints_not_secrets_while_the_wire_keeps_them(
 
 
 def test_redaction_copies_and_survives_deep_nesting():
-    payload = {"relays": [{"id": "r", "password": "p"}], "stamp_secret": "s", "note": "no secret here"}
+    payload: dict[str, Any] = {"relays": [{"id": "r", "password": "p"}], "stamp_secret": "s", "note": "no secret here"}
     assert redact(payload) == {
         "relays": [{"id": "r", "password": "redacted:" + secret_fingerprint("p")}],
         "stamp_secret": "redacted:" + secret_fingerprint("s"),
@@ -308,7 +308,9 @@ def test_the_page_is_self_contained_and_embeds_the_state_safely():
     assert hostile not in page, "embedded data must not be able to close the script element"
     assert page.count("<script") == 2 and "<script src" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no external asset"
-    embedded = re.search(r'<script id="initial" type="application/json">(.*?)</script>', page, re.S).group(1)
+    match = re.search(r'<script id="initial" type="application/json">(.*?)</script>', page, re.S)
+    assert match is not None
+    embedded = match.group(1)
     assert json.loads(embedded)["overview"]["relays"][0]["name"] == hostile
     assert "&lt;/script&gt;" in page  # the <noscript> snapshot, escaped
 
@@ -320,6 +322,17 @@ async def admin_get(url: str) -> Any:
             return json.loads(body) if response.headers.get_content_type() == "application/json" else body.decode()
 
     return await asyncio.to_thread(get)
+
+
+async def admin_post(url: str, body: Any) -> Any:
+    def post() -> Any:
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    return await asyncio.to_thread(post)
 
 
 # ---------------------------------------------------------------------------- a real client Peer
@@ -359,11 +372,11 @@ async def test_the_client_reports_its_stream_only_while_joined(portal, caplog):
         await eventually(lambda: len(reports()) >= 5, what="stream_stats at the portal")
         assert (await admin_get(portal.admin_url + "/api/streams"))[0]["client_id"] == "client-1"
 
-        portal.admin.dispatch("POST", "/api/partition", json.dumps({"id": "client-1"}).encode())
+        await admin_post(portal.admin_url + "/api/partition", {"id": "client-1"})
         await eventually(lambda: not peer.portal.joined.is_set(), what="the client to notice the partition")
         cut_at = emitted()
         await eventually(lambda: emitted() >= cut_at + 40, what="40 reports while cut off")
-        portal.admin.dispatch("POST", "/api/heal", b"{}")
+        await admin_post(portal.admin_url + "/api/heal", {})
         await eventually(peer.portal.joined.is_set, 15, what="the client back on the portal")
         healed_at = emitted()
         before = len(reports())
@@ -546,4 +559,5 @@ class PortalRelay:
 
     async def stop(self) -> None:
         await self.client.close()
+        assert self.task is not None
         await asyncio.gather(self.task, return_exceptions=True)
