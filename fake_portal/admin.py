@@ -51,6 +51,8 @@ COOKIE = "fake_portal_admin"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 PUBLIC_PATHS = frozenset({"/api/health"})
+QUERY_KEYS = {"/": frozenset({"token"}), "/api/events": frozenset({"since", "limit"})}
+"""Query parameters a route takes; any other is a 400 (all other routes take none)."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -122,7 +124,7 @@ def _uint(request: web.Request, key: str, maximum: int) -> int | None:
     return int(text)
 
 
-async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
+async def _body(request: web.Request, *, required: bool, fields: frozenset[str]) -> dict[str, Any]:
     raw = await request.read()  # aiohttp refuses bodies over client_max_size with 413
     if not raw.strip():
         if required:
@@ -134,6 +136,9 @@ async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
         raise HttpError(400, f"body is not strict JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise HttpError(400, "body must be a JSON object")
+    unknown = sorted(set(obj) - fields)
+    if unknown:
+        raise HttpError(400, f"unknown field {unknown[0][:40]!r}; expected {', '.join(sorted(fields))}")
     return obj
 
 
@@ -226,6 +231,9 @@ class AdminApi:
                 )
                 response: web.StreamResponse = refusal
             else:
+                unknown = sorted(set(request.query) - QUERY_KEYS.get(request.path, frozenset()))
+                if unknown and request.match_info.route.resource is not None:
+                    raise HttpError(400, f"unknown query parameter {unknown[0][:40]!r}")
                 response = await handler(request)
         except HttpError as exc:
             response = _error(exc.status, str(exc))
@@ -309,7 +317,7 @@ class AdminApi:
     # -- POST ---------------------------------------------------------------------------------
 
     async def _partition(self, request: web.Request) -> web.Response:
-        obj = await _body(request, required=True)
+        obj = await _body(request, required=True, fields=frozenset({"id", "seconds"}))
         peer_id = _optional_id(obj, required=True)
         assert peer_id is not None
         seconds = obj.get("seconds")
@@ -325,7 +333,7 @@ class AdminApi:
         return _json(result)
 
     async def _heal(self, request: web.Request) -> web.Response:
-        peer_id = _optional_id(await _body(request, required=False), required=False)
+        peer_id = _optional_id(await _body(request, required=False, fields=frozenset({"id"})), required=False)
         healed = self.core.heal(peer_id, self.clock())
         self.after_command()
         return _json({"healed": healed})

@@ -165,6 +165,7 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
                 {
                     "type": "object",
                     "required": ["id"],
+                    "additionalProperties": False,
                     "properties": {
                         "id": _ID,
                         "seconds": {
@@ -182,7 +183,10 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
         "/api/heal": _post(
             "Heal one partition, or all without an id",
             {"type": "object", "required": ["healed"], "properties": {"healed": {"type": "array"}}},
-            _json_body({"type": "object", "properties": {"id": _ID}}, required=False),
+            _json_body(
+                {"type": "object", "additionalProperties": False, "properties": {"id": {**_ID, "nullable": True}}},
+                required=False,
+            ),
         ),
         "/api/relays/{relay_id}/disconnect": _post(
             "Close an online relay's socket (it leaves presence; its agent may re-join)",
