@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from connlib.core.logfmt import kv
 from connlib.core.messages import ID_PATTERN, MessageError, Topic, is_safe_id, loads_strict
@@ -61,6 +62,21 @@ SECURITY_HEADERS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection-level logger: a request it cannot parse (bad request line, header too
+    long, bad Content-Length…) is the client's fault and gets a WARN line, not an ERROR traceback;
+    anything else aiohttp reports (a handler that raised) stays an ERROR, because it is a bug."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.warning(
+                "Unparseable admin request refused %s",
+                kv(status=exc_info.code, error=repr(str(exc_info.message)[:100])),
+            )
+            return
+        self.error(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class HttpError(Exception):
@@ -204,7 +220,13 @@ class AdminApi:
                 "Admin API on a wildcard address without an admin token %s",
                 kv(host=host or "*", port=port, hint="set --admin-token or FAKE_PORTAL_ADMIN_TOKEN"),
             )
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            logger=_ServerLog(logging.getLogger("fake_portal.admin.http"), {}),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
