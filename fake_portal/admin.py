@@ -64,7 +64,7 @@ SECURITY_HEADERS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _ServerLog(logging.LoggerAdapter):
     """aiohttp's connection-level logger: a request it cannot parse (bad request line, header too
     long, bad Content-Length…) is the client's fault and gets a WARN line, not an ERROR traceback;
     anything else aiohttp reports (a handler that raised) stays an ERROR, because it is a bug."""
@@ -299,13 +299,15 @@ class AdminApi:
     # -- GET ----------------------------------------------------------------------------------
 
     async def _page(self, request: web.Request) -> web.Response:
+        if self._token is not None and "token" in request.query:
+            # Reached only with a valid token (the gate checked it): keep it in a cookie for the
+            # page's own fetches, and take it out of the address bar and the history.
+            response = web.Response(status=303, headers={"Location": "/"})
+            response.set_cookie(COOKIE, request.query["token"], httponly=True, samesite="Strict", path="/")
+            return response
         now = self.clock()
         events = self.core.events.since(max(0, self.core.events.last_seq - DASHBOARD_EVENTS))
-        response = web.Response(text=dashboard.render(self.overview(now), events), content_type="text/html")
-        if self._token is not None and "token" in request.query:
-            # Reached only with a valid token (the gate checked it): keep it for the page's fetches.
-            response.set_cookie(COOKIE, request.query["token"], httponly=True, samesite="Strict", path="/")
-        return response
+        return web.Response(text=dashboard.render(self.overview(now), events), content_type="text/html")
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_document(token=self._token is not None))

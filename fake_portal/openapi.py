@@ -122,7 +122,11 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
                         "description": "the admin token; sets the dashboard's HttpOnly cookie",
                     }
                 ],
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}, "4XX": _ERROR},
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {}}},
+                    "303": {"description": "a valid token: its cookie is set, redirect to /"},
+                    "4XX": _ERROR,
+                },
             }
         },
         "/api/health": _get("Liveness; needs no admin token", {"type": "object", "required": ["ok"]}, security=[]),

@@ -561,3 +561,34 @@ class PortalRelay:
         await self.client.close()
         assert self.task is not None
         await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def test_dashboard_in_chromium_with_the_admin_token_on(browser):
+    """``/?token=`` once: the cookie it sets carries the page's own polling; without it, a 401."""
+    admin_token = "dash-admin-token"
+    portal = FakePortal(PortalConfig(token=TOKEN, admin_token=admin_token))
+    await portal.start()
+    relay = PortalRelay(portal, "relay-t")
+    page = await browser.new_page()
+    try:
+        refused = await page.goto(portal.admin_url + "/", wait_until="load")
+        assert refused is not None and refused.status == 401
+        await relay.start()
+        await page.goto(portal.admin_url + f"/?token={admin_token}", wait_until="load")
+        assert page.url == portal.admin_url + "/", "the token is taken out of the address bar"
+        await page.wait_for_function(
+            """() => /live · updated/.test(document.querySelector('#live').textContent)
+                     && /relay-t/.test(document.querySelector('#relays').textContent)""",
+            timeout=BOUND * 1000,
+        )
+        # The polling itself (fetch, same origin, the HttpOnly cookie) keeps being accepted.
+        seq = portal.core.events.last_seq
+        await relay.stop()
+        await page.wait_for_function(
+            "() => /offline/.test(document.querySelector('#relays').textContent)", timeout=BOUND * 1000
+        )
+        assert portal.core.events.last_seq > seq
+        assert admin_token not in await page.content()
+    finally:
+        await page.close()
+        await portal.stop()

@@ -210,11 +210,13 @@ async def test_without_the_admin_token_every_route_but_health_is_a_401(locked):
 async def test_the_admin_token_as_bearer_or_as_the_dashboard_cookie(locked):
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert (await call(locked, "POST", "/api/heal", "{}", auth))[0] == 200
-    status, head, page = await call(locked, "GET", f"/?token={ADMIN_TOKEN}")
-    assert status == 200 and "<html" in page.lower()
+    status, head, _ = await call(locked, "GET", f"/?token={ADMIN_TOKEN}")
+    assert status == 303 and head["location"] == "/"  # the token leaves the address bar
     cookie = head["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     pair = cookie.split(";", 1)[0]
+    status, _, page = await call(locked, "GET", "/", headers={"Cookie": pair})
+    assert status == 200 and "<html" in page.lower()
     assert (await call(locked, "GET", "/api/overview", headers={"Cookie": pair}))[0] == 200
     assert (await call(locked, "GET", "/api/overview", headers={"Cookie": "fake_portal_admin=nope"}))[0] == 401
     assert (await call(locked, "GET", "/?token=nope"))[0] == 401
