@@ -239,6 +239,17 @@ RAW_HTTP = [
 ]
 
 
+_KEY = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13"
+RAW_WEBSOCKET = [  # to the websocket port, not the admin port
+    b"GARBAGE\r\n\r\n",
+    b"GET /client/websocket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    f"GET /client/websocket?token={TOKEN}&external_id=%ff HTTP/1.1\r\nHost: x\r\n{_KEY}\r\n\r\n".encode(),
+    f"GET /client/websocket?token={TOKEN}&vsn=%00 HTTP/1.1\r\nHost: x\r\n{_KEY}\r\n\r\n".encode(),
+    f"GET /nope/websocket?token={TOKEN} HTTP/1.1\r\nHost: x\r\n{_KEY}\r\n\r\n".encode(),
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+]
+
+
 def _http(target: Target, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> int:
     head = {"Host": f"127.0.0.1:{target.admin_port}", "Connection": "close", **headers}
     if body is not None:
@@ -248,11 +259,16 @@ def _http(target: Target, method: str, path: str, body: bytes | None, headers: d
     return _raw(target, ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
 
 
-def _raw(target: Target, data: bytes) -> int:
-    """Send raw bytes; the status code of the answer, or 0 if the server just closed."""
-    with socket.create_connection(("127.0.0.1", target.admin_port), timeout=BOUND) as sock:
+def _raw(target: Target, data: bytes, port: int | None = None) -> int:
+    """Send raw bytes; the status code of the answer, or 0 if the server just closed.
+
+    To the websocket port the sender then half-closes, so that a server waiting for the rest of an
+    incomplete request sees the end at once (aiohttp, on the admin port, answers without that)."""
+    with socket.create_connection(("127.0.0.1", port or target.admin_port), timeout=BOUND) as sock:
         with contextlib.suppress(OSError):
             sock.sendall(data)
+            if port is not None:
+                sock.shutdown(socket.SHUT_WR)
         answer = b""
         with contextlib.suppress(OSError):
             while chunk := sock.recv(65536):
@@ -268,6 +284,11 @@ async def admin_battery(target: Target, tally: Tally) -> None:
         tally.statuses[status] += 1  # type: ignore[index]
     for data in RAW_HTTP:
         status = await asyncio.to_thread(_raw, target, data)
+        assert status == 0 or 400 <= status < 500, (data[:40], status)
+        tally.statuses[status] += 1  # type: ignore[index]
+    ws_port = int(target.url.rsplit(":", 1)[1])
+    for data in RAW_WEBSOCKET:
+        status = await asyncio.to_thread(_raw, target, data, ws_port)
         assert status == 0 or 400 <= status < 500, (data[:40], status)
         tally.statuses[status] += 1  # type: ignore[index]
 
