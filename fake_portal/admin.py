@@ -300,8 +300,10 @@ class AdminApi:
 
     async def _page(self, request: web.Request) -> web.Response:
         if self._token is not None and "token" in request.query:
-            # Reached only with a valid token (the gate checked it): keep it in a cookie for the
-            # page's own fetches, and take it out of the address bar and the history.
+            # Keep a valid token in a cookie for the page's own fetches, and take it out of the
+            # address bar and the history. (A wrong one is a 401 even with other valid credentials.)
+            if not hmac.compare_digest(request.query["token"].encode("utf-8", "replace"), self._token):
+                return _error(401, "admin token required", **{"WWW-Authenticate": 'Bearer realm="fake_portal admin"'})
             response = web.Response(status=303, headers={"Location": "/"})
             response.set_cookie(COOKIE, request.query["token"], httponly=True, samesite="Strict", path="/")
             return response

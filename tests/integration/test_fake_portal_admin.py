@@ -220,6 +220,9 @@ async def test_the_admin_token_as_bearer_or_as_the_dashboard_cookie(locked):
     assert (await call(locked, "GET", "/api/overview", headers={"Cookie": pair}))[0] == 200
     assert (await call(locked, "GET", "/api/overview", headers={"Cookie": "fake_portal_admin=nope"}))[0] == 401
     assert (await call(locked, "GET", "/?token=nope"))[0] == 401
+    # A wrong token in the URL never becomes a cookie, whatever else the request carries.
+    status, head, _ = await call(locked, "GET", "/?token=nope", headers=auth)
+    assert status == 401 and "set-cookie" not in head
 
 
 def test_the_admin_token_comes_from_a_flag_or_the_environment(monkeypatch):
