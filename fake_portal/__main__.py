@@ -10,11 +10,15 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
 from fake_portal.config import GATEWAY_EXPIRES_AT, RELAY_ID_SOURCES, PortalConfig
 from fake_portal.server import FakePortal
+
+ADMIN_TOKEN_ENV = "FAKE_PORTAL_ADMIN_TOKEN"
+ADMIN_HOSTS_ENV = "FAKE_PORTAL_ADMIN_HOSTS"
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -44,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
         default=("127.0.0.1", 0),
         metavar="HOST:PORT",
         help="admin HTTP API listener (default 127.0.0.1:0)",
+    )
+    p.add_argument(
+        "--admin-token",
+        default=None,
+        metavar="TOKEN",
+        help="require this token on the admin API (Authorization: Bearer TOKEN, or open the dashboard once "
+        f"as /?token=TOKEN); default: ${ADMIN_TOKEN_ENV}, else none",
+    )
+    p.add_argument(
+        "--admin-allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the admin API answers to besides 127.0.0.1, localhost, ::1 and its bind address "
+        f"(repeatable; also ${ADMIN_HOSTS_ENV}, comma-separated)",
     )
     p.add_argument("--token", help="token accepted from every role (default: a random dev token, printed at start-up)")
     p.add_argument("--client-token", help="token for /client/websocket only (overrides --token for clients)")
@@ -75,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.heartbeat_timeout,
         metavar="SECONDS",
-        help="close a socket that sent no heartbeat for this long (a relay then leaves presence) (default %(default)s)",
+        help="close a socket that sent no frame at all for this long (a relay then leaves presence) (default %(default)s)",
     )
     p.add_argument(
         "--client-credentials-ttl",
@@ -104,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PortalConfig:
     extra = {} if args.token is None else {"token": args.token}
+    env_hosts = [h.strip() for h in os.environ.get(ADMIN_HOSTS_ENV, "").split(",") if h.strip()]
     return PortalConfig(
+        admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+        admin_allowed_hosts=tuple([*args.admin_allowed_host, *env_hosts]),
         listen_host=args.listen[0],
         listen_port=args.listen[1],
         admin_host=args.admin[0],

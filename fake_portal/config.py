@@ -19,6 +19,11 @@ class PortalConfig:
     listen_port: int = 0
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
+    admin_token: str | None = None
+    """When set, every admin route but ``/api/health`` needs it (``Authorization: Bearer``, or the
+    dashboard cookie that ``GET /?token=`` sets)."""
+    admin_allowed_hosts: tuple[str, ...] = ()
+    """Host names the admin API answers to besides 127.0.0.1, localhost, ::1 and its bind address."""
     token: str = field(default_factory=lambda: "dev-" + secrets.token_urlsafe(16))
     """Accepted from every role unless a role-specific token below is set."""
     client_token: str | None = None
@@ -29,13 +34,16 @@ class PortalConfig:
     ``secret``: its id derives from the stamp secret, so a reboot means a new id (Firezone today)."""
     relays_per_client: int = 2
     debounce: float = 1.0
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: float = 60.0
+    """Close a socket after this long without any frame from it (a Phoenix server's 60 s)."""
+    max_offline_peers: int = 1000
+    """Offline clients, gateways and relays remembered per role; the oldest beyond are forgotten."""
     client_credentials_ttl: int = 86400
     """Client credentials expire this long after the portal first saw the client, and stay the
     same across its reconnects (like Firezone's token-bound expiry)."""
     gateway_expires_at: int = GATEWAY_EXPIRES_AT
     max_frame_bytes: int = MAX_FRAME_BYTES
-    event_log_size: int = 100_000
+    event_log_size: int = 20_000
     outbox_size: int = 1024
     """Frames queued for one socket before the portal drops it as a slow consumer."""
 
@@ -44,6 +52,8 @@ class PortalConfig:
             raise ValueError(f"relay_id_from must be one of {RELAY_ID_SOURCES}")
         if self.relays_per_client < 1:
             raise ValueError("relays_per_client must be at least 1")
+        if self.max_offline_peers < 0:
+            raise ValueError("max_offline_peers must be >= 0")
         if self.debounce < 0 or self.heartbeat_timeout <= 0:
             raise ValueError("debounce must be >= 0 and heartbeat_timeout > 0")
 

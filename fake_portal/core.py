@@ -29,6 +29,8 @@ from connlib.core.messages import (
     Frame,
     Init,
     MessageError,
+    PayloadError,
+    Relay,
     RelayJoin,
     RelaysPresence,
     ReplyStatus,
@@ -40,7 +42,7 @@ from connlib.core.messages import (
     reply_frame,
 )
 from fake_portal.config import PortalConfig
-from fake_portal.eventlog import EventLog
+from fake_portal.eventlog import EventKind, EventLog
 from fake_portal.identity import Endpoint, relay_id_from_secret, salt_for, secret_fingerprint, tunnel_interface
 from fake_portal.relays import RelayRecord, relay_entries, select_relays
 
@@ -174,6 +176,8 @@ class Portal:
         self._connections: dict[tuple[str, str], ConnectionRecord] = {}
         self._streams: dict[str, StreamRecord] = {}
         self._partitions: dict[str, float] = {}
+        self._offline: dict[Topic, dict[str, None]] = {Topic.CLIENT: {}, Topic.GATEWAY: {}, Topic.RELAY: {}}
+        """Offline peers and relays, oldest first: beyond ``max_offline_peers`` the oldest are forgotten."""
         self._heartbeat_deadlines: list[tuple[float, int]] = []
         self._flush_at: float | None = None
         self._output: deque[Send | Close] = deque()
@@ -204,7 +208,7 @@ class Portal:
             return None
         self.events.record(
             self.unix(now),
-            "rejected",
+            EventKind.REJECTED,
             role=endpoint.role,
             id=endpoint.peer_id,
             status=rejection.status,
@@ -220,7 +224,7 @@ class Portal:
         self._sessions[sid] = Session(sid, endpoint, endpoint.peer_id, deadline)
         heapq.heappush(self._heartbeat_deadlines, (deadline, sid))
         self.events.record(
-            self.unix(now), "connect", sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn
+            self.unix(now), EventKind.CONNECT, sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn
         )
         log.info("Socket opened %s", kv(sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn))
         return sid
@@ -234,19 +238,27 @@ class Portal:
         session = self._sessions.get(sid)
         if session is None:
             return
+        # Any frame is a sign of life, as on a Phoenix server (its socket times out after 60 s of
+        # silence); the heap keeps one entry per socket, re-armed lazily in handle_timeout.
+        session.heartbeat_deadline = now + self.config.heartbeat_timeout
         try:
             frame = decode_frame(data, session.endpoint.vsn)
+        except PayloadError as exc:
+            # A well-formed frame with unexpected content: error the channel, keep the socket.
+            self._record(session, "in", now, frame=exc.request, size=len(data), error=str(exc))
+            log.warning("Frame with unexpected content %s", kv(sid=sid, id=session.peer_id, error=exc))
+            self._send(session, error_reply(exc.request, str(exc)), now)
+            return
         except MessageError as exc:
             excerpt = data[:RAW_EXCERPT_CHARS]
-            self._record(session, "in", now, error=str(exc), raw=excerpt if isinstance(excerpt, str) else excerpt.hex())
-            log.warning("Malformed frame; closing the socket %s", kv(sid=sid, id=session.peer_id, error=exc))
+            raw = excerpt.hex() if isinstance(excerpt, bytes) else excerpt.encode("utf-8", "backslashreplace").decode()
+            self._record(session, "in", now, size=len(data), error=str(exc)[:RAW_EXCERPT_CHARS], raw=raw)
+            log.warning("Malformed frame; closing the socket %s", kv(sid=sid, id=session.peer_id, error=repr(str(exc))))
             self._close(session, CloseCode.MALFORMED, f"malformed frame: {exc}", now)
             return
-        self._record(session, "in", now, frame=frame)
+        self._record(session, "in", now, frame=frame, size=len(data))
         if frame.topic == Topic.PHOENIX:
             if frame.event == Event.HEARTBEAT:
-                session.heartbeat_deadline = now + self.config.heartbeat_timeout
-                heapq.heappush(self._heartbeat_deadlines, (session.heartbeat_deadline, sid))
                 self._send(session, reply_frame(frame, ReplyStatus.OK), now)
             else:
                 self._send(session, error_reply(frame, "unknown event"), now)
@@ -268,10 +280,13 @@ class Portal:
         while self._heartbeat_deadlines and self._heartbeat_deadlines[0][0] <= now:
             _, sid = heapq.heappop(self._heartbeat_deadlines)
             session = self._sessions.get(sid)
-            # Entries are pushed on every heartbeat; only the latest deadline of a live socket counts.
-            if session is not None and session.heartbeat_deadline <= now:
-                log.info("Heartbeat timeout; closing the socket %s", kv(sid=sid, role=session.role, id=session.peer_id))
-                self._close(session, CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", now)
+            if session is None:
+                continue
+            if session.heartbeat_deadline > now:  # it spoke since: wait for its latest deadline
+                heapq.heappush(self._heartbeat_deadlines, (session.heartbeat_deadline, sid))
+                continue
+            log.info("Heartbeat timeout; closing the socket %s", kv(sid=sid, role=session.role, id=session.peer_id))
+            self._close(session, CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", now)
         if self._flush_at is not None and now >= self._flush_at:
             self._flush_presence(now)
 
@@ -295,7 +310,7 @@ class Portal:
         cut = [s for s in list(self._sessions.values()) if s.peer_id == peer_id]
         for session in cut:
             self._close(session, CloseCode.PARTITIONED, "partitioned", now)
-        self.events.record(self.unix(now), "partition", id=peer_id, seconds=seconds, sockets_closed=len(cut))
+        self.events.record(self.unix(now), EventKind.PARTITION, id=peer_id, seconds=seconds, sockets_closed=len(cut))
         log.info("Partitioned %s", kv(id=peer_id, seconds=seconds, sockets_closed=len(cut)))
         return {"id": peer_id, "until": None if seconds is None else self.unix(until), "sockets_closed": len(cut)}
 
@@ -303,7 +318,7 @@ class Portal:
         healed = [peer_id] if peer_id in self._partitions else [] if peer_id else list(self._partitions)
         for pid in healed:
             del self._partitions[pid]
-        self.events.record(self.unix(now), "heal", ids=healed)
+        self.events.record(self.unix(now), EventKind.HEAL, ids=healed)
         log.info("Healed partitions %s", kv(ids=",".join(healed) or "-"))
         return healed
 
@@ -402,6 +417,7 @@ class Portal:
         known = self._relays.get(relay_id)
         if known is not None and known.sid not in (None, session.sid):
             self._close(self._sessions[known.sid], CloseCode.REPLACED, "replaced by a newer socket", now)
+        self._offline[Topic.RELAY].pop(relay_id, None)
         self._relays[relay_id] = RelayRecord(
             relay_id, session.endpoint.name, session.endpoint.relay_addrs, secret, True, self.unix(now), session.sid
         )
@@ -410,7 +426,9 @@ class Portal:
             "Relay online %s",
             kv(rid=relay_id, name=session.endpoint.name, secret=secret_fingerprint(secret), rejoin=known is not None),
         )
-        self.events.record(self.unix(now), "relay_online", id=relay_id, secret_fingerprint=secret_fingerprint(secret))
+        self.events.record(
+            self.unix(now), EventKind.RELAY_ONLINE, id=relay_id, secret_fingerprint=secret_fingerprint(secret)
+        )
         self._presence_changed(now)
 
     def _join_peer(self, session: Session, frame: Frame, now: float) -> None:
@@ -430,9 +448,10 @@ class Portal:
         elif peer.sid not in (None, session.sid):
             self._close(self._sessions[peer.sid], CloseCode.REPLACED, "replaced by a newer socket", now)
         peer.online, peer.since, peer.sid = True, self.unix(now), session.sid
+        self._offline[session.role].pop(peer.id, None)
         self._accept_join(session, frame, now)
         relays = self._select(session)
-        init = Init(relays=self._entries(peer, relays), interface=tunnel_interface(peer.id))
+        init = Init(relays=tuple(self._entries(peer, relays)), interface=tunnel_interface(peer.id))
         self._push(session, Event.INIT, init.to_json(), now)
         log.info("Peer joined %s", kv(role=session.role, id=peer.id, relays=",".join(r.id for r in relays) or "-"))
 
@@ -486,7 +505,7 @@ class Portal:
             record.update(report, self.unix(now), now)
         self.events.record(
             self.unix(now),
-            "stream_stats",
+            EventKind.STREAM_STATS,
             id=session.peer_id,
             peer=report.peer_id,
             sent=report.sent,
@@ -545,7 +564,7 @@ class Portal:
             session.handed_out = selected
             self._push(session, Event.RELAYS_PRESENCE, presence.to_json(), now)
             pushed += 1
-        self.events.record(self.unix(now), "presence_flush", online=sorted(online), pushed=pushed)
+        self.events.record(self.unix(now), EventKind.PRESENCE_FLUSH, online=sorted(online), pushed=pushed)
         log.info("Relay presence flushed %s", kv(online=len(online), pushed=pushed))
 
     def _select(self, session: Session) -> list[RelayRecord]:
@@ -554,7 +573,7 @@ class Portal:
         session.handed_out = {r.id: r.identity for r in relays}
         return relays
 
-    def _entries(self, peer: Peer, relays: list[RelayRecord]) -> list:
+    def _entries(self, peer: Peer, relays: list[RelayRecord]) -> list[Relay]:
         return [entry for relay in relays for entry in relay_entries(relay, peer.expires_at, peer.salt)]
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -569,17 +588,22 @@ class Portal:
         return until - now
 
     def _send(self, session: Session, frame: Frame, now: float) -> None:
-        self._record(session, "out", now, frame=frame)
-        self._output.append(Send(session.sid, encode_frame(frame, session.endpoint.vsn)))
+        text = encode_frame(frame, session.endpoint.vsn)
+        self._record(session, "out", now, frame=frame, size=len(text))
+        self._output.append(Send(session.sid, text))
 
     def _push(self, session: Session, event: str, payload: dict[str, Any], now: float) -> None:
         self._send(session, Frame(session.role, event, payload, None, session.join_ref), now)
 
-    def _record(self, session: Session, direction: str, now: float, frame: Frame | None = None, **extra: Any) -> None:
+    def _record(
+        self, session: Session, direction: str, now: float, frame: Frame | None = None, size: int = 0, **extra: Any
+    ) -> None:
+        # The log summarizes (bounded size); it never keeps the payload itself.
         fields: dict[str, Any] = {"dir": direction, "sid": session.sid, "role": session.role, "id": session.peer_id}
         if frame is not None:
             fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=frame.payload)
-        self.events.record(self.unix(now), "frame", **fields, **extra)
+        fields["payload_bytes"] = size
+        self.events.record(self.unix(now), EventKind.FRAME, **fields, **extra)
 
     def _close(self, session: Session, code: int, reason: str, now: float) -> None:
         self._output.append(Close(session.sid, code, reason))
@@ -589,7 +613,7 @@ class Portal:
         del self._sessions[session.sid]
         self._go_offline(session, now)
         self.events.record(
-            self.unix(now), "disconnect", sid=session.sid, role=session.role, id=session.peer_id, reason=reason
+            self.unix(now), EventKind.DISCONNECT, sid=session.sid, role=session.role, id=session.peer_id, reason=reason
         )
         log.info("Socket gone %s", kv(sid=session.sid, role=session.role, id=session.peer_id, reason=reason))
 
@@ -598,10 +622,33 @@ class Portal:
             relay = self._relays.get(session.peer_id or "")
             if relay is not None and relay.sid == session.sid:
                 relay.online, relay.since, relay.sid = False, self.unix(now), None
-                self.events.record(self.unix(now), "relay_offline", id=relay.id)
+                self.events.record(self.unix(now), EventKind.RELAY_OFFLINE, id=relay.id)
                 log.info("Relay offline %s", kv(rid=relay.id, name=relay.name))
                 self._presence_changed(now)
+                self._went_offline(Topic.RELAY, relay.id, now)
         else:
             peer = self._peers[session.role].get(session.peer_id or "")
             if peer is not None and peer.sid == session.sid:
                 peer.online, peer.since, peer.sid = False, self.unix(now), None
+                self._went_offline(session.role, peer.id, now)
+
+    def _went_offline(self, role: Topic, peer_id: str, now: float) -> None:
+        offline = self._offline[role]
+        offline.pop(peer_id, None)
+        offline[peer_id] = None
+        forgotten = []
+        while len(offline) > self.config.max_offline_peers:
+            old = next(iter(offline))
+            del offline[old]
+            forgotten.append(old)
+            if role is Topic.RELAY:
+                self._relays.pop(old, None)
+                continue
+            self._peers[role].pop(old, None)
+            self._streams.pop(old, None)
+            index = 0 if role is Topic.CLIENT else 1
+            for key in [k for k in self._connections if k[index] == old]:
+                del self._connections[key]
+        if forgotten:
+            self.events.record(self.unix(now), EventKind.FORGOTTEN, role=role, ids=forgotten)
+            log.info("Forgot offline peers %s", kv(role=role, count=len(forgotten)))

@@ -1,5 +1,11 @@
 """A bounded, sequence-numbered log of everything the portal sent, received or decided.
 
+Bounded twice: at most ``maxlen`` entries, and every entry is a *summary* (:func:`summarize`): at
+most :data:`SUMMARY_NODES` values, strings cut at :data:`SUMMARY_STRING_CHARS`, nesting cut at
+:data:`SUMMARY_DEPTH`. A 63 KB frame costs a few hundred bytes, not a deep copy of its payload.
+The kinds an entry can have are the :class:`EventKind` schema; readers (the dashboard, the chaos
+harness) may rely on it.
+
 The log is public (``GET /api/events``, the dashboard), so secrets never enter it: every value
 under a secret key (a relay's ``stamp_secret``, TURN ``password``\\s, ICE ``pwd``\\s), at any
 depth, is replaced by ``"redacted:<fingerprint>"`` (the same sha256 fingerprint the relays view
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from enum import StrEnum
 from itertools import islice
 from typing import Any
 
@@ -19,6 +26,80 @@ SECRET_KEYS = frozenset({"stamp_secret", "password", "pwd"})
 REDACTED_PREFIX = "redacted:"
 # `"key": "value"` inside text (a truncated frame excerpt); the value may lack its closing quote.
 _SECRET_IN_TEXT = re.compile(r'("(?:' + "|".join(sorted(SECRET_KEYS)) + r')"\s*:\s*")((?:[^"\\]|\\.)*)')
+
+
+SUMMARY_NODES = 40
+SUMMARY_STRING_CHARS = 120
+SUMMARY_CHARS = 600
+"""All the string characters one summary keeps (keys and values together)."""
+SUMMARY_DEPTH = 4
+TRUNCATED = "…"
+
+
+class EventKind(StrEnum):
+    """Every ``kind`` the portal's event log (``GET /api/events``) can hold."""
+
+    FRAME = "frame"
+    """A frame in or out (``dir``, ``sid``, ``role``, ``id``, ``topic``, ``event``, ``ref``,
+    ``payload`` summary, ``payload_bytes``), or a malformed one (``error``, ``raw`` excerpt)."""
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    REJECTED = "rejected"
+    RELAY_ONLINE = "relay_online"
+    RELAY_OFFLINE = "relay_offline"
+    PRESENCE_FLUSH = "presence_flush"
+    PARTITION = "partition"
+    HEAL = "heal"
+    STREAM_STATS = "stream_stats"
+    FORGOTTEN = "forgotten"
+    """Offline peers dropped from memory to keep the portal bounded (``role``, ``ids``)."""
+
+
+def summarize(value: Any) -> Any:
+    """A bounded, redacted copy of a JSON-like ``value`` (see the module docstring). Iterative."""
+    budget = SUMMARY_NODES
+    chars = SUMMARY_CHARS
+
+    def leaf(item: Any, key: Any) -> Any:
+        nonlocal chars
+        if isinstance(item, str):
+            if isinstance(key, str) and key in SECRET_KEYS:
+                return mask(item)
+            keep = max(0, min(SUMMARY_STRING_CHARS, chars))
+            chars -= min(len(item), keep) + (len(key) if isinstance(key, str) else 0)
+            text = item if len(item) <= keep else item[:keep] + TRUNCATED
+            return _redact_text(text)
+        return item
+
+    if not isinstance(value, (dict, list)):
+        return leaf(value, None)
+    root: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, dict[Any, Any] | list[Any], int]] = [(value, root, 1)]
+    while stack:
+        source, target, depth = stack.pop()
+        items = list(source.items()) if isinstance(source, dict) else list(enumerate(source))
+        for index, (key, item) in enumerate(items):
+            if budget <= 0:
+                _put(target, "…", f"{len(items) - index} more")
+                break
+            budget -= 1
+            if isinstance(item, (dict, list)):
+                if depth >= SUMMARY_DEPTH:
+                    _put(target, key, TRUNCATED)
+                    continue
+                child: dict[Any, Any] | list[Any] = {} if isinstance(item, dict) else []
+                _put(target, key, child)
+                stack.append((item, child, depth + 1))
+            else:
+                _put(target, key, leaf(item, key))
+    return root
+
+
+def _put(target: dict[Any, Any] | list[Any], key: Any, item: Any) -> None:
+    if isinstance(target, dict):
+        target[str(key)[:SUMMARY_STRING_CHARS]] = item
+    else:
+        target.append(item if key != "…" else f"{TRUNCATED} {item}")
 
 
 def mask(secret: str) -> str:
@@ -43,7 +124,7 @@ def redact(value: Any) -> Any:
     root = dict(value) if isinstance(value, dict) else list(value)
     stack: list[dict[Any, Any] | list[Any]] = [root]
     while stack:
-        node = stack.pop()
+        node: Any = stack.pop()
         for key, item in list(node.items() if isinstance(node, dict) else enumerate(node)):
             if isinstance(item, str):
                 if isinstance(key, str) and key in SECRET_KEYS:
@@ -68,13 +149,17 @@ class EventLog:
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
         self.last_seq = 0
 
-    def record(self, ts: float, kind: str, **fields: Any) -> None:
+    def record(self, ts: float, kind: EventKind | str, **fields: Any) -> None:
+        kind = EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
         self.last_seq += 1
         safe = {
-            key: mask(value) if key in SECRET_KEYS and isinstance(value, str) else redact(value)
+            key: mask(value) if key in SECRET_KEYS and isinstance(value, str) else summarize(value)
             for key, value in fields.items()
         }
-        self._entries.append({"seq": self.last_seq, "ts": round(ts, 6), "kind": kind, **safe})
+        self._entries.append({"seq": self.last_seq, "ts": round(ts, 6), "kind": str(kind), **safe})
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         first = self._entries[0]["seq"] if self._entries else self.last_seq + 1

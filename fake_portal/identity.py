@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from connlib.core.addr import format_address
-from connlib.core.messages import Topic, Vsn
+from connlib.core.messages import ID_PATTERN, Topic, Vsn, is_safe_id
 
 NAMESPACE = uuid.UUID("5f1b7c52-3d8e-4c31-9a57-0e8f7f3c2a10")
 """Namespace of fake_portal's name-derived UUIDs; any fixed value works, it just must not change."""
@@ -82,6 +82,14 @@ def _single(query: dict[str, list[str]], key: str) -> str:
     return values[-1]
 
 
+def _safe(query: dict[str, list[str]], key: str) -> str:
+    """A parameter that becomes an id, a name or a log field: empty or :data:`ID_PATTERN`."""
+    value = _single(query, key)
+    if value and not is_safe_id(value):
+        raise EndpointError(400, f"query parameter {key} must match {ID_PATTERN}")
+    return value
+
+
 def _token(headers: object, query: dict[str, list[str]]) -> str | None:
     header = headers.get("X-Authorization")  # type: ignore[attr-defined]
     if header:
@@ -114,10 +122,10 @@ def parse_endpoint(target: str, headers: object, *, relay_id_from: str) -> Endpo
     except ValueError:
         raise EndpointError(400, f"unsupported serializer vsn={vsn_text[:20]}; use 1.0.0 or 2.0.0") from None
     token = _token(headers, query)
-    name = _single(query, "name")
+    name = _safe(query, "name")
     if role is not Topic.RELAY:
-        external_id = _single(query, "external_id")
-        public_key = _single(query, "public_key")
+        external_id = _safe(query, "external_id")
+        public_key = _safe(query, "public_key")
         peer_id = external_id or (
             str(uuid.uuid5(NAMESPACE, f"{role}:{public_key}")) if public_key else str(uuid.uuid4())
         )
@@ -133,5 +141,5 @@ def parse_endpoint(target: str, headers: object, *, relay_id_from: str) -> Endpo
         format_address((_ip(ip, v, key), port)) for ip, v, key in ((ipv4, 4, "ipv4"), (ipv6, 6, "ipv6")) if ip
     )
     name = name or addrs[0]
-    peer_id = relay_id_from_name(name) if relay_id_from == "name" else None
-    return Endpoint(role, vsn, token, peer_id, name, relay_addrs=addrs)
+    relay_id = relay_id_from_name(name) if relay_id_from == "name" else None
+    return Endpoint(role, vsn, token, relay_id, name, relay_addrs=addrs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from connlib.core.credentials import rest_credentials
@@ -34,7 +35,7 @@ def _rank(peer_id: str, relay_id: str) -> bytes:
 
 
 def select_relays(
-    peer_id: str, online: dict[str, RelayRecord], handed_out: dict[str, object], limit: int
+    peer_id: str, online: dict[str, RelayRecord], handed_out: Mapping[str, object], limit: int
 ) -> list[RelayRecord]:
     """Up to ``limit`` online relays for a peer, keeping the ones it already has.
 

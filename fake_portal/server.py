@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from connlib.core.logfmt import kv
-from fake_portal.admin import AdminApi
+from fake_portal.admin import AdminApi, format_host
 from fake_portal.config import PortalConfig
 from fake_portal.core import Close, CloseCode, Portal, Send
 from fake_portal.identity import Endpoint, EndpointError, parse_endpoint
@@ -55,7 +55,6 @@ class FakePortal:
         self.port = 0
         self.admin_port = 0
         self._server: Server | None = None
-        self._admin_server: asyncio.Server | None = None
         self._sockets: dict[int, _Socket] = {}
         self._endpoints: weakref.WeakKeyDictionary[ServerConnection, Endpoint] = weakref.WeakKeyDictionary()
         self._timer: asyncio.TimerHandle | None = None
@@ -67,7 +66,9 @@ class FakePortal:
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.config.admin_host}:{self.admin_port}"
+        host = self.config.admin_host
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+        return f"http://{format_host(host)}:{self.admin_port}"
 
     async def start(self) -> None:
         self._server = await serve(
@@ -81,15 +82,11 @@ class FakePortal:
             ping_interval=None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._admin_server = await self.admin.serve(self.config.admin_host, self.config.admin_port)
-        self.admin_port = self._admin_server.sockets[0].getsockname()[1]
+        self.admin_port = await self.admin.serve(self.config.admin_host, self.config.admin_port)
         log.info("Fake portal listening %s", kv(url=self.url, admin=self.admin_url))
 
     async def stop(self) -> None:
-        if self._admin_server is not None:
-            self._admin_server.close()
-            await self._admin_server.wait_closed()
-            self._admin_server = None
+        await self.admin.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

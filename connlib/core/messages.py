@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -42,7 +43,16 @@ log = logging.getLogger("connlib.messages")
 MAX_FRAME_BYTES = 64 * 1024
 """Frames above this are refused by both ends; a real init with many relays is a few KiB."""
 
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = 128
+ID_PATTERN = r"[A-Za-z0-9._:@+/=\[\]-]{1,128}"
+"""Ids, names, ufrags and pwds: printable ASCII without spaces, quotes or control characters, so a
+value can never forge a log line or break out of a ``key=value`` field."""
+_ID = re.compile(ID_PATTERN)
+MAX_JSON_DEPTH = 32
+"""Nesting allowed in any JSON the portal or connlib parses; real frames nest 4 deep."""
+MAX_JSON_INT_DIGITS = 19
+JSON_INT_BOUND = 2**63
+JSON_FLOAT_BOUND = 1e18
 MAX_CANDIDATES = 64
 MAX_CANDIDATE_CHARS = 512
 
@@ -130,9 +140,122 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _ident(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not _is_utf8(value):
-        raise MessageError(f"{what} must be a non-empty UTF-8 string of at most {MAX_ID_CHARS} chars")
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:
+        raise MessageError(f"{what} must be 1-{MAX_ID_CHARS} chars of A-Z a-z 0-9 . _ : @ + / = [ ] -")
     return value
+
+
+def is_safe_id(value: object) -> bool:
+    """Whether ``value`` is an id the portal accepts (see :data:`ID_PATTERN`)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict JSON
+
+
+def _reject_constant(name: str) -> Any:
+    raise MessageError(f"{name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise MessageError(f"integer of {len(text)} digits is out of range")
+    value = int(text)
+    if not -JSON_INT_BOUND <= value < JSON_INT_BOUND:
+        raise MessageError("integer out of the 64-bit range")
+    return value
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > 64:
+        raise MessageError("number literal too long")
+    value = float(text)
+    if not math.isfinite(value) or abs(value) > JSON_FLOAT_BOUND:
+        raise MessageError(f"number {text[:20]} is not finite or out of range")
+    return value
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise :class:`MessageError` unless ``value`` nests at most ``max_depth`` deep, has only valid
+    UTF-8 strings (no lone surrogates) and only bounded, finite numbers. Iterative."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _has_lone_surrogate(node):
+                raise MessageError("string holds a lone surrogate (not valid UTF-8)")
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int):
+            if not -JSON_INT_BOUND <= node < JSON_INT_BOUND:
+                raise MessageError("integer out of the 64-bit range")
+        elif isinstance(node, float):
+            if not math.isfinite(node) or abs(node) > JSON_FLOAT_BOUND:
+                raise MessageError("number is not finite or out of range")
+        elif isinstance(node, (dict, list)):
+            if depth >= max_depth:
+                raise MessageError(f"JSON nested too deep (more than {max_depth} levels)")
+            if isinstance(node, dict):
+                for key, item in node.items():
+                    if not isinstance(key, str) or _has_lone_surrogate(key):
+                        raise MessageError("object key holds a lone surrogate (not valid UTF-8)")
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in node)
+        else:
+            raise MessageError(f"{type(node).__name__} is not a JSON value")
+
+
+def loads_strict(data: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for untrusted input: strict UTF-8, no NaN/Infinity, bounded numbers and depth,
+    no lone surrogates. Raises :class:`MessageError` and nothing else."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageError(f"not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    # Cheap pre-check so that a 64 KiB run of brackets never reaches the recursive C parser.
+    if data.count("[") + data.count("{") > max_depth and _bracket_depth(data) > max_depth:
+        raise MessageError(f"JSON nested too deep (more than {max_depth} levels)")
+    try:
+        value = json.loads(data, parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_bounded_float)
+    except MessageError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    check_json(value, max_depth)
+    return value
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest ``[``/``{`` nesting in JSON text, skipping string contents."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _optional_ident(obj: dict[str, Any], key: str, what: str) -> str | None:
@@ -157,44 +280,60 @@ class Frame:
     join_ref: Ref = None
 
 
-def _check_ref(value: Any, what: str) -> Ref:
-    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    raise MessageError(f"{what} must be an integer, a string or null")
+class PayloadError(MessageError):
+    """A well-formed Phoenix frame whose content is unexpected (a payload that is not an object, a
+    bad ref): the receiver errors the channel and keeps the socket. ``request`` carries what could
+    be read (topic, event, refs; an empty payload) so that the error reply can be addressed."""
+
+    def __init__(self, message: str, request: Frame) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 def decode_frame(data: str | bytes, vsn: Vsn = Vsn.V1) -> Frame:
-    """Parse one websocket text message in the given serializer version."""
+    """Parse one websocket text message in the given serializer version.
+
+    Raises :class:`PayloadError` for a well-formed envelope with unexpected content and plain
+    :class:`MessageError` for anything that cannot be decoded as a Phoenix frame.
+    """
     if len(data) > MAX_FRAME_BYTES:
         raise MessageError(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME_BYTES}")
     try:
-        raw = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raw = loads_strict(data)
+    except MessageError as exc:
         raise MessageError(f"frame is not JSON: {exc}") from None
     if vsn is Vsn.V2:
         if not isinstance(raw, list) or len(raw) != 5:
-            raise MessageError("v2 frame must be an array [join_ref, ref, topic, event, payload]")
+            raise MessageError("v2 frame must be an array [join_ref, ref, topic, event, payload] (not a Phoenix frame)")
         join_ref, ref, topic, event, payload = raw
     else:
-        obj = _expect_object(raw, "v1 frame")
-        missing = [k for k in ("topic", "event") if k not in obj]
+        if not isinstance(raw, dict):
+            raise MessageError(f"v1 frame must be a JSON object, got {type(raw).__name__} (not a Phoenix frame)")
+        missing = [k for k in ("topic", "event") if k not in raw]
         if missing:
             raise MessageError(f"v1 frame lacks {', '.join(missing)}")
-        topic, event = obj["topic"], obj["event"]
-        payload, ref, join_ref = obj.get("payload"), obj.get("ref"), obj.get("join_ref")
+        topic, event = raw["topic"], raw["event"]
+        payload, ref, join_ref = raw.get("payload"), raw.get("ref"), raw.get("join_ref")
     if not isinstance(topic, str) or not topic:
         raise MessageError("frame topic must be a non-empty string")
     if not isinstance(event, str) or not event:
         raise MessageError("frame event must be a non-empty string")
+    good_ref = ref if _is_ref(ref) else None
+    good_join_ref = join_ref if _is_ref(join_ref) else None
+    request = Frame(topic=topic, event=event, payload={}, ref=good_ref, join_ref=good_join_ref)
     if payload is None:
         payload = {}
-    return Frame(
-        topic=topic,
-        event=event,
-        payload=_expect_object(payload, "frame payload"),
-        ref=_check_ref(ref, "frame ref"),
-        join_ref=_check_ref(join_ref, "frame join_ref"),
-    )
+    if not isinstance(payload, dict):
+        raise PayloadError(f"frame payload must be a JSON object, got {type(payload).__name__}", request)
+    if not _is_ref(ref):
+        raise PayloadError("frame ref must be an integer, a string or null", request)
+    if not _is_ref(join_ref):
+        raise PayloadError("frame join_ref must be an integer, a string or null", request)
+    return dataclasses.replace(request, payload=payload)
+
+
+def _is_ref(value: Any) -> bool:
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def encode_frame(frame: Frame, vsn: Vsn = Vsn.V1) -> str:
@@ -202,7 +341,7 @@ def encode_frame(frame: Frame, vsn: Vsn = Vsn.V1) -> str:
         raw: Any = [frame.join_ref, frame.ref, frame.topic, frame.event, frame.payload]
     else:
         raw = {"topic": frame.topic, "event": frame.event, "payload": frame.payload, "ref": frame.ref}
-    return json.dumps(raw, separators=(",", ":"))
+    return json.dumps(raw, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -362,8 +501,13 @@ class RelayJoin:
     stamp_secret: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.stamp_secret, str) or not self.stamp_secret or len(self.stamp_secret) > 256:
-            raise MessageError("stamp_secret must be a non-empty string of at most 256 chars")
+        if (
+            not isinstance(self.stamp_secret, str)
+            or not self.stamp_secret
+            or len(self.stamp_secret) > 256
+            or _has_lone_surrogate(self.stamp_secret)
+        ):
+            raise MessageError("stamp_secret must be a non-empty UTF-8 string of at most 256 chars")
 
     @classmethod
     def from_json(cls, raw: Any) -> RelayJoin:
@@ -531,6 +675,8 @@ def _count(obj: dict[str, Any], key: str, what: str) -> int:
     value = _field(obj, key, int, what)
     if value < 0:
         raise MessageError(f"{what} field {key!r} must not be negative")
+    if value >= JSON_INT_BOUND:
+        raise MessageError(f"{what} field {key!r} must be below 2**63")
     return value
 
 

@@ -625,10 +625,11 @@ async def test_admin_refuses_a_non_json_body(portal):
 
 
 async def test_dashboard_page_lists_relays(portal):
-    relay = start_relay(portal, "relay-<b>", "s1")
+    # (Names with markup are refused at the upgrade now; the page's escaping has its own test.)
+    relay = start_relay(portal, "relay-b", "s1")
     await relay.client.wait_joined(BOUND)
     status, page = await admin(portal, "GET", "/")
-    assert status == 200 and "relay-&lt;b&gt;" in page and relay_id_from_name("relay-<b>") in page
+    assert status == 200 and "relay-b" in page and relay_id_from_name("relay-b") in page
     await relay.stop()
 
 

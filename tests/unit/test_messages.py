@@ -19,6 +19,7 @@ from connlib.core.messages import (
     Frame,
     Init,
     MessageError,
+    PayloadError,
     Relay,
     RelayConfig,
     RelayJoin,
@@ -97,6 +98,46 @@ def test_v2_frames_are_arrays_with_join_ref_first():
 def test_bad_frames_raise_message_error_with_a_reason(data, vsn, reason):
     with pytest.raises(MessageError, match=reason):
         decode_frame(data, vsn)
+
+
+@pytest.mark.parametrize(
+    ("data", "vsn", "request_ref"),
+    [
+        ('{"topic":"client","event":"x","payload":7,"ref":3}', Vsn.V1, 3),
+        ('{"topic":"client","event":"x","payload":{},"ref":1.5}', Vsn.V1, None),
+        ('["j","r","client","x",[1]]', Vsn.V2, "r"),
+    ],
+)
+def test_well_formed_frames_with_unexpected_content_raise_payload_error_with_an_addressable_request(
+    data, vsn, request_ref
+):
+    # The receiver errors the channel (a reply to exc.request) and keeps the socket.
+    with pytest.raises(PayloadError) as info:
+        decode_frame(data, vsn)
+    assert info.value.request.topic == "client" and info.value.request.ref == request_ref
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ('{"topic":"client","event":"x","payload":{"n":NaN}}', "NaN"),
+        ('{"topic":"client","event":"x","payload":{"n":' + "1" * 400 + "}}", "digits"),
+        ('{"topic":"client","event":"x","payload":{"p":"\\ud800"}}', "surrogate"),
+        ('{"topic":"client","event":"x","payload":' + "[" * 40 + "]" * 40 + "}", "too deep"),
+    ],
+)
+def test_strict_decoding_refuses_what_json_loads_would_accept(data, reason):
+    json.loads(data)  # the standard library takes all of these
+    with pytest.raises(MessageError, match=reason) as info:
+        decode_frame(data)
+    assert not isinstance(info.value, PayloadError)
+
+
+def test_ids_are_restricted_to_a_safe_charset():
+    for bad in ("g\nlevel=ERROR", "a b", "x" * 129, "\u00e9", ""):
+        with pytest.raises(MessageError, match="chars of"):
+            ConnectionSignal(peer_id=bad, ufrag="u", pwd="p")
+    assert ConnectionSignal(peer_id="gateway-1", ufrag="abc+/", pwd="A1b2+/").peer_id == "gateway-1"
 
 
 def test_frame_size_limit_is_enforced_on_decode():
