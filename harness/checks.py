@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from connlib.app.lines import LineEvent
+
 from .fleet import CLIENT_ID
 from .history import History, Op
 
@@ -64,36 +66,36 @@ def removals(
     """``relay_removed`` ops of ``peer`` for ``relay`` (whose reason starts with ``reason``)."""
     return [
         op
-        for op in peer_events(history, "relay_removed", peer, after)
+        for op in peer_events(history, LineEvent.RELAY_REMOVED, peer, after)
         if op.data.get("relay") == relay and (reason is None or str(op.data.get("reason", "")).startswith(reason))
     ]
 
 
 def carrying_relay(history: History, peer: str) -> str | None:
     """The relay on ``peer``'s side of its connection's latest nominated path."""
-    connected = peer_events(history, "connected", peer)
+    connected = peer_events(history, LineEvent.CONNECTED, peer)
     return connected[-1].data.get("relay") if connected else None
 
 
 def known_relays(history: History, peer: str, before: float | None = None) -> set[str]:
     """The relays ``peer`` holds allocations on, replayed from ``relay_added``/``relay_removed``."""
     known: set[str] = set()
-    for op in peer_events(history, ("relay_added", "relay_removed"), peer):
+    for op in peer_events(history, (LineEvent.RELAY_ADDED, LineEvent.RELAY_REMOVED), peer):
         if before is not None and op.t > before:
             break
-        (known.add if op.what == "relay_added" else known.discard)(op.data["relay"])
+        (known.add if op.what == LineEvent.RELAY_ADDED else known.discard)(op.data["relay"])
     return known
 
 
 def delivered(history: History, peer: str = CLIENT_ID) -> int:
     """Echoes delivered according to the client's latest ``stream`` report."""
-    reports = peer_events(history, "stream", peer)
+    reports = peer_events(history, LineEvent.STREAM, peer)
     return int(reports[-1].data.get("delivered", 0)) if reports else 0
 
 
 def lost_between(history: History, start: float, end: float, peer: str = CLIENT_ID) -> tuple[int, int]:
     """(delivered, lost) counted by the client's reports in ``[start, end]``."""
-    reports = [op for op in peer_events(history, "stream", peer) if start <= op.t <= end]
+    reports = [op for op in peer_events(history, LineEvent.STREAM, peer) if start <= op.t <= end]
     if len(reports) < 2:
         return 0, 0
     first, last = reports[0].data, reports[-1].data
@@ -103,7 +105,7 @@ def lost_between(history: History, start: float, end: float, peer: str = CLIENT_
 # ---------------------------------------------------------------------------- the stream
 def gaps(history: History, peer: str = CLIENT_ID, after: float | None = None) -> list[Gap]:
     """Gaps in the echo stream that ended after ``after``."""
-    return [Gap(op.t - float(op.data["duration_s"]), op.t) for op in peer_events(history, "gap", peer, after)]
+    return [Gap(op.t - float(op.data["duration_s"]), op.t) for op in peer_events(history, LineEvent.GAP, peer, after)]
 
 
 def longest_gap(history: History, after: float, peer: str = CLIENT_ID, before: float | None = None) -> float:

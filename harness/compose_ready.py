@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -99,8 +100,16 @@ def relays_healthy(stack: Stack) -> str:
     return f"{len(relays)} relays healthy"
 
 
+ADMIN_TOKEN_ENV = "PORTAL_ADMIN_TOKEN"  # what the compose file hands the portal (make.mk exports it)
+
+
+def admin_token() -> str:
+    return os.environ.get(ADMIN_TOKEN_ENV) or "connlib-relays-admin"  # the compose file's default
+
+
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=2) as response:  # 127.0.0.1 only: the published admin port
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {admin_token()}"})
+    with urllib.request.urlopen(request, timeout=2) as response:  # 127.0.0.1 only: the published admin port
         return json.load(response)
 
 
@@ -186,5 +195,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"wait-ready: {exc}", file=sys.stderr)
         return 1
     print(f"stack ready in {time.monotonic() - started:.1f}s")
-    print(f"dashboard: {url}/")
+    print(f"dashboard: {url}/?token={admin_token()}")
     return 0

@@ -56,7 +56,9 @@ class StackNotReady(RuntimeError):
     pass
 
 
-def stack_variables(fleet_name: str, token: str, options: StackOptions, session: DockerSession) -> dict[str, str]:
+def stack_variables(
+    fleet_name: str, token: str, options: StackOptions, session: DockerSession, admin_token: str = ""
+) -> dict[str, str]:
     """The compose file's variables for one harness stack (subnets come when the networks exist)."""
     prefix, _, tag = session.images.get("relay", "connlib-relays/relay:e2e").rpartition(":")
     return {
@@ -65,6 +67,7 @@ def stack_variables(fleet_name: str, token: str, options: StackOptions, session:
         "IMAGE_PREFIX": prefix.rpartition("/")[0],
         "IMAGE_TAG": tag,
         "PORTAL_TOKEN": token,
+        "PORTAL_ADMIN_TOKEN": admin_token,
         "PORTAL_DEBOUNCE": str(options.debounce),
         "PORTAL_WS_PUBLISH": "127.0.0.1:",  # "127.0.0.1::4000": a free port on 127.0.0.1
         "PORTAL_ADMIN_PUBLISH": "127.0.0.1:",
@@ -127,7 +130,8 @@ class DockerFleet(DockerFaults):
         self.client = session.client
         self.name = session.new_stack_name()
         self.token = "e2e-" + uuid.uuid4().hex[:16]
-        self.variables = stack_variables(self.name, self.token, self.options, session)
+        self.admin_token = "e2e-admin-" + uuid.uuid4().hex[:16]
+        self.variables = stack_variables(self.name, self.token, self.options, session, self.admin_token)
         self.topology = plan(self.variables, self.options)  # the subnets are the file's until _create
         self.networks: dict[str, Network] = {}
         self.subnets: dict[str, ipaddress.IPv4Network] = {}

@@ -16,22 +16,34 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from fake_portal.eventlog import EventKind
+
 from .history import History, at_own_time
 from .waiting import NotYet, wait_for
 
 log = logging.getLogger("harness.portal_admin")
 
 PORTAL_EVENT_POLL_S = 0.2
-PORTAL_EVENT_KINDS = frozenset(
-    {"relay_online", "relay_offline", "presence_flush", "partition", "heal", "connect", "disconnect", "rejected"}
-)
+# The portal's events the history keeps (frames and stream reports are too many and say nothing
+# the peers' own lines do not).
+PORTAL_EVENT_KINDS = frozenset(EventKind) - {EventKind.FRAME, EventKind.STREAM_STATS}
 ADMIN_ERRORS = (OSError, urllib.error.URLError)
 
 
-def admin_request(url: str, method: str = "GET", body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-    """One blocking JSON request to the admin API; raises ``OSError`` (``URLError``) when it does not answer."""
+def admin_request(
+    url: str,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    timeout: float = 5.0,
+    token: str | None = None,
+) -> Any:
+    """One blocking JSON request to the admin API (with its bearer ``token`` when the portal has one);
+    raises ``OSError`` (``URLError``) when it does not answer."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
@@ -40,6 +52,7 @@ class PortalAdmin:
     """Requests to the portal's admin API, and its events into the history."""
 
     history: History
+    admin_token: str | None = None  # the portal's --admin-token, if it has one
 
     @property
     def admin_url(self) -> str:
@@ -55,7 +68,7 @@ class PortalAdmin:
         return await asyncio.to_thread(self.admin_sync, method, path, body)
 
     def admin_sync(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-        return admin_request(self.admin_url + path, method, body, timeout)
+        return admin_request(self.admin_url + path, method, body, timeout, self.admin_token)
 
     async def portal_relays(self) -> list[dict[str, Any]]:
         """The portal's view of the relays (``GET /api/relays``)."""

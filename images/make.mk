@@ -17,6 +17,11 @@ UP_TIMEOUT ?= 120
 FOLLOW ?= 1
 SERVICE ?=
 export COMPOSE_PROJECT_NAME BASE_IMAGE IMAGE_PREFIX IMAGE_TAG
+# The portal's admin token for `make up`: random, made once per checkout (.admin-token, or set
+# PORTAL_ADMIN_TOKEN), printed with the dashboard URL.
+ADMIN_TOKEN = test -n "$$PORTAL_ADMIN_TOKEN" || { test -s .admin-token || \
+  $(PY) -c 'import secrets; print(secrets.token_urlsafe(18))' > .admin-token; \
+  PORTAL_ADMIN_TOKEN=$$(cat .admin-token); }; export PORTAL_ADMIN_TOKEN
 
 ifndef COMPOSE
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
@@ -36,8 +41,8 @@ images: $(VENV)/.installed
 	@$(PY) -m harness images --tag $(IMAGE_TAG)
 
 up: images $(VENV)/.installed
-	$(COMPOSE_CMD) up -d --no-build --remove-orphans
-	$(PY) -m harness wait-ready --project $(COMPOSE_PROJECT_NAME) --timeout $(UP_TIMEOUT)
+	@$(ADMIN_TOKEN); set -x; $(COMPOSE_CMD) up -d --no-build --remove-orphans
+	@$(ADMIN_TOKEN); $(PY) -m harness wait-ready --project $(COMPOSE_PROJECT_NAME) --timeout $(UP_TIMEOUT)
 
 down:
 	$(COMPOSE_CMD) down --remove-orphans --volumes --timeout 5
