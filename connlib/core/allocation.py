@@ -583,7 +583,7 @@ class Allocation:
                     kv(rid=self.relay_id, method=_method_name(pending.message.method), dst=format_address(pending.dst)),
                 )
                 if pending.provisional is not None:
-                    self._provisional_final(pending.provisional)
+                    self._provisional_final(pending, pending.provisional)
                     continue
                 if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
                     log.info(
@@ -627,12 +627,15 @@ class Allocation:
             if channel.needs_refresh(now) and channel.number not in in_flight:
                 self._send_channel_bind(channel, now)
 
-    def _provisional_final(self, rejection: Rejection) -> None:
+    def _provisional_final(self, pending: _Pending, rejection: Rejection) -> None:
         """A request that got only unsigned errors until its deadline: take them now."""
         log.warning(
             "Request rejected without a signature until its deadline %s",
             kv(rid=self.relay_id, method=rejection.method, code=rejection.code),
         )
+        if pending.message.method == Method.CHANNEL_BIND and rejection.code != 401:
+            self.channels.pop(pending.message.get("CHANNEL-NUMBER"), None)  # that peer only
+            return
         if rejection.code == 401:
             self.credentials_valid = False  # what coturn's unsigned 401 to a signed request means
         else:

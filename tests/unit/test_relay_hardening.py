@@ -295,3 +295,12 @@ def test_item4_a_lingering_relay_after_the_old_credentials_delete_is_waited_for(
     # 401; 437; delete (new username) -> 441; delete (old) -> ok; 437 (lingering); +1 s: 438, ok
     assert after == [(10.0, A), (10.0, A), (10.0, R), (10.0, R), (10.0, A), (11.0, A), (11.0, A)]
     assert node.usable_relays() == ["r0"] and node.allocations["r0"].lifetime == (11.0, 600.0)
+
+
+def test_item1_unsigned_refusal_of_a_channel_bind_drops_that_channel_not_the_relay():
+    alloc, sim, net = allocation()
+    alloc.bind_channel(PEER, 1.0)
+    forge(alloc, Method.CHANNEL_BIND, 403)  # e.g. a peer address the relay forbids, unsigned
+    net.drop = lambda src, dst, p: True  # and nothing authenticated ever comes
+    alloc.handle_timeout(11.0)
+    assert alloc.channels == {} and alloc.has_allocation() and alloc.can_be_freed() is None
