@@ -219,8 +219,9 @@ async def test_item4_new_credentials_on_a_running_relay_allocate_at_once(coturn,
     assert await peer.driver.wait_until(fresh, timeout=NO_ZOMBIE_BOUND)
     elapsed = loop.time() - started
     # 437, 441 to the delete under the new username, the delete under the old one; then coturn
-    # keeps the deleted allocation for a moment (437 again) and the ALLOCATE's retransmit wins.
-    assert elapsed < 2.0, f"allocated under the new credentials after {elapsed:.2f}s"
+    # keeps the deleted allocation for a moment (437 again) and the ALLOCATE's retransmit at 1 s
+    # (2.5 s on a loaded machine) wins. The bound: usable again within 3 s.
+    assert elapsed < 3.0, f"allocated under the new credentials after {elapsed:.2f}s"
     print(f"\nitem 4: allocated under the new credentials {elapsed * 1000:.0f} ms after the update")
 
 
