@@ -20,7 +20,7 @@ from . import stun
 from .addr import Address, format_address
 from .backoff import Backoff
 from .credentials import long_term_key
-from .fixes import FIX_CHANNEL_NUMBER_REUSE, FIX_REFUSAL_RETRY
+from .fixes import FIX_CHANNEL_NUMBER_REUSE, FIX_DELETE_ON_REPLACE, FIX_REFUSAL_RETRY
 from .logfmt import kv
 from .sansio import Transmit
 from .stun import Class, Message, Method
@@ -103,6 +103,10 @@ class Rejection:
     authenticated: bool  # signed with our key (or an answer to an unsigned request)
 
 
+def _is_delete(pending: _Pending) -> bool:
+    return pending.message.method == Method.REFRESH and pending.message.get("LIFETIME") == 0
+
+
 def _family(addr: Address) -> int:
     return ipaddress.ip_address(addr[0]).version
 
@@ -120,6 +124,7 @@ class _Pending:
     # An unsigned error to this signed request (RFC 8489 §9.2.5): not trusted, so the request stays
     # in flight; if nothing authenticated arrives by its deadline, this decides the outcome.
     provisional: Rejection | None = None
+    credentials: tuple[str, bytes] | None = None  # (username, key) other than ours: the predecessor's
 
 
 @dataclass
@@ -160,12 +165,13 @@ class Allocation:
         max_elapsed: float = backoff_mod.MAX_ELAPSED,
         rng: random.Random | None = None,
         disabled_fixes: frozenset[str] = frozenset(),
-        predecessor_deleted: bool = False,
+        predecessor: tuple[str, str] | None = None,
     ) -> None:
         self.server = server
-        # Our predecessor on this 5-tuple just sent REFRESH(LIFETIME=0): coturn answers an ALLOCATE
-        # with 437 for a moment after a delete, so the first one is left to its backoff.
-        self._predecessor_deleted = predecessor_deleted
+        # (username, password) of the allocation we replace on this 5-tuple: if the relay still
+        # holds that one, it refuses our delete under the new username (441) and we delete it
+        # under the old credentials instead (see _handle_error). One use only.
+        self._predecessor = predecessor
         self.disabled_fixes = disabled_fixes
         self.relay_id = relay_id
         self.username = username
@@ -318,8 +324,9 @@ class Allocation:
 
         Signed responses must verify with our long-term key. Unsigned successes are never taken.
         An unsigned error is taken only when our request was unsigned (the relay could not sign
-        it), or when it is a 438 (stale nonce; it may come unsigned, and all it does is make us
-        re-sign with its NONCE under a new transaction id). An unsigned 401 to a signed request is
+        it), when it is a 438 (stale nonce; it may come unsigned, and all it does is make us
+        re-sign with its NONCE under a new transaction id), or a 437 to ALLOCATE (coturn sends it
+        unsigned). An unsigned 401 to a signed request is
         provisional: the request keeps retransmitting and fails as an authentication error only
         if nothing authenticated arrives by its deadline. Any other unsigned error to a signed
         request is discarded (Firezone ignores every non-BINDING response that fails integrity;
@@ -329,8 +336,9 @@ class Allocation:
         code = message.error_code
         reason = message.get("ERROR-CODE")[1] if code is not None else ""
         name = pending.message.method_name  # the response's method equals it (checked)
+        key = pending.credentials[1] if pending.credentials else self._key
         if "MESSAGE-INTEGRITY" in message:
-            if message.verify_integrity(self._key):
+            if message.verify_integrity(key):
                 return True
             log.warning(
                 "Message integrity check failed %s",
@@ -344,6 +352,15 @@ class Allocation:
         if not pending.signed:
             return True
         if code == 438:
+            return True
+        if code == 441 and self._predecessor is not None and _is_delete(pending):
+            # coturn's (unsigned) answer when the 5-tuple holds our predecessor's allocation; a
+            # forged one only makes us delete, under the old credentials, what we want gone.
+            return True
+        if code == 437 and pending.message.method == Method.ALLOCATE:
+            # coturn answers ALLOCATE on a 5-tuple that already has an allocation with an unsigned
+            # 437. We hold no allocation while an ALLOCATE is in flight, so a forged one costs
+            # only a delete and a new ALLOCATE; ignoring coturn's would cost the relay.
             return True
         rejection = Rejection(name, code, reason, authenticated=False)
         self.rejection = rejection
@@ -397,8 +414,7 @@ class Allocation:
             if self.has_allocation():
                 self._send_refresh(now)
             elif not self._in_flight(Method.ALLOCATE):
-                self._send_allocate(now, after_delete=self._predecessor_deleted)
-                self._predecessor_deleted = False
+                self._send_allocate(now)
         elif pending.dst != self.active_socket:
             log.debug("Ignoring BINDING from the other address family %s", kv(rid=self.relay_id))
 
@@ -501,6 +517,23 @@ class Allocation:
                 if pending.peer is not None:
                     self.buffered_channel_bindings.append(pending.peer)
             return
+        if (
+            code == 441
+            and self._predecessor is not None
+            and _is_delete(pending)
+            and FIX_DELETE_ON_REPLACE not in self.disabled_fixes
+        ):
+            # The relay did not reboot: it holds the allocation we replaced, under the old
+            # username, and refuses our delete (and our ALLOCATE, 437) until it expires, up to
+            # 600 s. Firezone has no answer to this; we delete it under the old credentials.
+            username, password = self._predecessor
+            self._predecessor = None
+            log.info("Deleting the replaced allocation under its own credentials %s", kv(rid=self.relay_id))
+            message = Message(Method.REFRESH, Class.REQUEST, self._new_tid(), [("LIFETIME", 0), ("SOFTWARE", SOFTWARE)])
+            renewed = self._send(message, pending.dst, now, pending=False)
+            renewed.credentials = (username, long_term_key(username, self.realm, password))
+            self._transmits.append(Transmit(pending.dst, self._encode(renewed)))
+            return
         if code == 420:
             log.warning("Relay does not understand our request %s", kv(rid=self.relay_id, method=method.name))
             self.explicit_failure = FreeReason.PROTOCOL_FAILURE
@@ -546,7 +579,7 @@ class Allocation:
                     kv(rid=self.relay_id, method=pending.message.method_name, dst=format_address(pending.dst)),
                 )
                 if pending.provisional is not None:
-                    self._provisional_final(pending.provisional)
+                    self._provisional_final(pending, pending.provisional)
                     continue
                 if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
                     log.info(
@@ -590,12 +623,15 @@ class Allocation:
             if channel.needs_refresh(now) and channel.number not in in_flight:
                 self._send_channel_bind(channel, now)
 
-    def _provisional_final(self, rejection: Rejection) -> None:
+    def _provisional_final(self, pending: _Pending, rejection: Rejection) -> None:
         """A request that got only unsigned errors until its deadline: take them now."""
         log.warning(
             "Request rejected without a signature until its deadline %s",
             kv(rid=self.relay_id, method=rejection.method, code=rejection.code),
         )
+        if pending.message.method == Method.CHANNEL_BIND and rejection.code != 401:
+            self.channels.pop(pending.message.get("CHANNEL-NUMBER"), None)  # that peer only
+            return
         if rejection.code == 401:
             self.credentials_valid = False  # what coturn's unsigned 401 to a signed request means
         else:
@@ -625,19 +661,6 @@ class Allocation:
         if not self.credentials_valid or self.active_socket is None:
             return
         self._send_refresh(now, backoff=backoff or backoff_mod.probe(now))
-
-    def delete(self, now: float) -> Transmit | None:
-        """A one-shot REFRESH(LIFETIME=0) under our credentials, for a relay we are leaving (it is
-        being replaced under new credentials: without this, coturn keeps the old allocation on the
-        5-tuple and refuses the new credentials' ALLOCATE with 437, then 441, for up to 600 s).
-        Nothing is kept in flight: the answer goes to whoever owns the 5-tuple next and is ignored."""
-        if not self.has_allocation() or self.active_socket is None or not self.credentials_valid:
-            return None
-        if self.nonce is None:
-            return None
-        message = Message(Method.REFRESH, Class.REQUEST, self._new_tid(), [("LIFETIME", 0), ("SOFTWARE", SOFTWARE)])
-        pending = _Pending(self.active_socket, message, backoff_mod.probe(now), now)
-        return Transmit(self.active_socket, self._encode(pending))
 
     def invalidate_allocation(self) -> None:
         log.info("Invalidating allocation %s", kv(rid=self.relay_id))
@@ -749,8 +772,11 @@ class Allocation:
         backoff: Backoff | None = None,
         peer: Address | None = None,
         after_delete: bool = False,
+        *,
+        pending: bool = True,
     ) -> _Pending:
-        pending = _Pending(
+        """Track ``message`` in flight and queue it (``pending=False``: the caller queues it)."""
+        entry = _Pending(
             dst=dst,
             message=message,
             backoff=backoff or Backoff(now, max_elapsed=self.max_elapsed),
@@ -758,9 +784,10 @@ class Allocation:
             peer=peer,
             after_delete=after_delete,
         )
-        self.sent_requests[message.transaction_id] = pending
-        self._transmits.append(Transmit(dst, self._encode(pending)))
-        return pending
+        self.sent_requests[message.transaction_id] = entry
+        if pending:
+            self._transmits.append(Transmit(dst, self._encode(entry)))
+        return entry
 
     def _encode(self, pending: _Pending) -> bytes:
         message = pending.message
@@ -771,8 +798,9 @@ class Allocation:
         if not signed:
             return message.encode()
         wire = Message(message.method, message.cls, message.transaction_id, list(message.attributes))
-        wire.add("USERNAME", self.username).add("REALM", self.realm).add("NONCE", self.nonce)
-        return wire.encode(self._key)
+        username, key = pending.credentials or (self.username, self._key)
+        wire.add("USERNAME", username).add("REALM", self.realm).add("NONCE", self.nonce)
+        return wire.encode(key)
 
     def _channels_in_flight(self) -> set[int]:
         return {

@@ -16,8 +16,10 @@ Issue 9 (relay handling beyond #6666):
 - ``refusal-retry``: an ALLOCATE/REFRESH refused with an error we cannot act on (486, 508, 5xx,
   441, ...) is retried a bounded number of times and the relay then freed and held off; off, the
   allocation is left without a relay address or a timer (a zombie) and REFRESHes storm;
-- ``delete-on-replace``: a relay replaced under new credentials first gets a REFRESH(LIFETIME=0)
-  under the old ones; off, coturn keeps the old allocation and refuses the new ALLOCATE (437/441);
+- ``delete-on-replace``: a relay replaced under new credentials on the same address that still
+  holds the old allocation on our 5-tuple (it did not reboot: 437 to ALLOCATE, 441 to our delete
+  under the new username) gets the delete under the old credentials; off, the relay is refused
+  until coturn expires the old allocation (up to 600 s);
 - ``probe-listed``: relays an update lists and we skip as known are probed too (a relay that
   restarted with the same secret while we were cut off from the portal); off, their dead
   candidates are offered until the next REFRESH;

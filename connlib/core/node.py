@@ -27,7 +27,6 @@ from .allocation import Allocation, Candidate, FreeReason, Invalid, New, Rejecti
 from .credentials import long_term_key
 from .fixes import (
     FIX_CREDENTIALS_COMPARE,
-    FIX_DELETE_ON_REPLACE,
     FIX_PATH_PROBE_RETRANSMIT,
     FIX_PROBE,
     FIX_PROBE_LISTED,
@@ -175,20 +174,12 @@ class Node:
         self._held_off.pop(relay.id, None)
         self._deferred.pop(relay.id, None)
         existing = self.allocations.get(relay.id)
-        delete: Transmit | None = None
         if existing is not None and self._is_same_relay(existing, relay, server):
             log.info("Skipping known TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
             return "skipped"
         if existing is not None:
             log.info("Replaced TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
             del self.allocations[relay.id]
-            if FIX_DELETE_ON_REPLACE not in self.disabled_fixes:
-                # Firezone just drops the old allocation. Then coturn holds it on our 5-tuple
-                # under the old username and refuses the new one (437, then 441) until it
-                # expires (up to 600 s); deleting it first frees the 5-tuple at once.
-                delete = existing.delete(now)
-                if delete is not None:
-                    self._transmits.append(delete)
             self._forget(relay.id, existing, "replaced (new credentials or address)")
         else:
             log.info("Added new TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
@@ -202,7 +193,11 @@ class Node:
             max_elapsed=self.max_elapsed,
             rng=self._rng,
             disabled_fixes=self.disabled_fixes,
-            predecessor_deleted=existing is not None and delete is not None and existing.server == server,
+            # Same address: the relay may still hold the old allocation on our 5-tuple (it did not
+            # reboot); the new allocation then deletes it under the old credentials (441 path).
+            predecessor=(existing.username, existing.password)
+            if existing is not None and existing.server == server and existing.credentials_valid
+            else None,
         )
         self._no_relays_sent = False
         self._events.append(RelayAdded(relay.id))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE
+from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PROBE_LISTED
 from harness.process_fleet import CLIENT_ID, GATEWAY_ID, ProcessFleet, StackOptions
 from harness.waiting import wait_for
 
@@ -134,7 +134,8 @@ async def test_credential_rotation_while_partitioned_replaces_and_migrates(fleet
 
 
 async def test_mutation_credential_rotation_catches_skipped_compare(fleet_factory):
-    fleet = await fleet_factory(client_disabled_fixes=frozenset({FIX_CREDENTIALS_COMPARE}))
+    # without the compare, the probe of listed relays would catch the reboot too: both off
+    fleet = await fleet_factory(client_disabled_fixes=frozenset({FIX_CREDENTIALS_COMPARE, FIX_PROBE_LISTED}))
     with pytest.raises(AssertionError, match="bug #6648"):
         await scenario_credential_rotation_while_partitioned(fleet)
 

@@ -191,17 +191,19 @@ def invalidations(caplog, rid: str = "relay-a") -> int:
 async def test_item7_relay_restarted_with_the_same_secret_is_reallocated_at_the_init(coturn, peer, caplog):
     """The client was cut off from the portal while the relay restarted with the same secret: the
     re-init lists it with identical credentials. The listed relay is probed: 438, 437, ALLOCATE."""
-    peer.update(connected=[relay_config(coturn)])
+    config = relay_config(coturn)  # once: its username carries an expiry that moves each second
+    peer.update(connected=[config])
     assert await peer.driver.wait_until(peer.allocated, timeout=5)
     coturn.restart()
     loop = asyncio.get_running_loop()
     started = loop.time()
     before = invalidations(caplog)
-    peer.update(connected=[relay_config(coturn)])  # the re-init
+    peer.update(connected=[config])  # the re-init
     recovered = lambda: invalidations(caplog) > before and peer.allocated()  # noqa: E731
     assert await peer.driver.wait_until(recovered, timeout=3)
     elapsed = loop.time() - started
     assert not peer.removed() and elapsed < 1.0, f"re-allocated {elapsed:.3f}s after the init"
+    assert "Skipping known TURN server" in caplog.text  # the probe found it, not the credentials
     print(f"\nitem 7: re-allocated {elapsed * 1000:.0f} ms after the re-init")
 
 
@@ -216,9 +218,10 @@ async def test_item4_new_credentials_on_a_running_relay_allocate_at_once(coturn,
     fresh = lambda: peer.allocated() and peer.allocation().username.endswith(":after")  # noqa: E731
     assert await peer.driver.wait_until(fresh, timeout=NO_ZOMBIE_BOUND)
     elapsed = loop.time() - started
-    # ~1 s: coturn keeps the deleted allocation on the 5-tuple for a moment (437, then 441 to our
-    # REFRESH under the new username, unsigned: provisional), and the retransmit 1 s later wins.
-    assert elapsed < 2.0, f"allocated under the new credentials after {elapsed:.2f}s"
+    # 437, 441 to the delete under the new username, the delete under the old one; then coturn
+    # keeps the deleted allocation for a moment (437 again) and the ALLOCATE's retransmit at 1 s
+    # (2.5 s on a loaded machine) wins. The issue's bound: usable again within 3 s.
+    assert elapsed < 3.0, f"allocated under the new credentials after {elapsed:.2f}s"
     print(f"\nitem 4: allocated under the new credentials {elapsed * 1000:.0f} ms after the update")
 
 
@@ -281,3 +284,18 @@ async def test_item3_lapsed_channel_is_rebound_with_the_same_number(coturn, peer
     assert await peer.driver.wait_until(lambda: not peer.allocation().has_channel_to(addr_b, loop.time()), 4)
     assert await send_until_delivered(b"after", 3.0), "the flow is black-holed after the re-bind"
     assert list(peer.allocation().channels) == [number]
+
+
+async def test_restart_with_same_secret_and_new_credentials_allocates_at_once(coturn, peer):
+    """The relay restarted (same secret) and the portal lists it with fresh credentials: replaced,
+    and coturn's unsigned 437 to ALLOCATE (if any) is acted on, not discarded as unsigned."""
+    peer.update(connected=[relay_config(coturn, salt="before")])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    coturn.restart()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    peer.update(connected=[relay_config(coturn, salt="after")])
+    fresh = lambda: peer.allocated() and peer.allocation().username.endswith(":after")  # noqa: E731
+    assert await peer.driver.wait_until(fresh, timeout=NO_ZOMBIE_BOUND)
+    assert loop.time() - started < 2.0
+    assert [e.reason for e in peer.removed()] == ["replaced (new credentials or address)"]

@@ -124,8 +124,9 @@ def test_known_id_with_different_credentials_or_address_is_replaced(change, capl
 
 
 def test_replaced_relay_on_same_address_recovers_from_the_stale_server_allocation():
-    """Same relay, new credentials that it accepts: the old allocation is deleted under the old
-    credentials first (issue 9 item 4), so the new ALLOCATE succeeds at once."""
+    """Same relay, new credentials that it accepts, old allocation still held (issue 9 item 4):
+    437 to the ALLOCATE, 441 to the delete under the new username, the delete under the old
+    credentials, then the ALLOCATE succeeds, all at once."""
     (a,) = relays(1)
     node, net = setup(a)
     deploy(node, net, {"a": a})
@@ -133,7 +134,13 @@ def test_replaced_relay_on_same_address_recovers_from_the_stale_server_allocatio
     net.run(10.0)
     node.update_relays([], [a.config("a", salt="new-salt")], 10.0)
     net.run(10.0)
-    assert requests_since(a, 10.0) == [Method.REFRESH, Method.ALLOCATE, Method.ALLOCATE]  # delete, 401, ok
+    assert requests_since(a, 10.0) == [
+        Method.ALLOCATE,
+        Method.ALLOCATE,
+        Method.REFRESH,
+        Method.REFRESH,
+        Method.ALLOCATE,
+    ]
     assert node.allocations["a"].has_allocation() and node.relay_candidates("a") != stale
 
 

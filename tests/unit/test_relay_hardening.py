@@ -281,16 +281,26 @@ def test_item8_twin_single_shot_probe_frees_the_healthy_relay():
     assert "r0" not in node.allocations
 
 
-def test_item4_after_the_delete_a_lingering_relay_is_waited_for_not_deleted_again():
-    """coturn keeps a deleted allocation for about a second (437 to a new ALLOCATE): the new
-    allocation leaves its ALLOCATE to the backoff instead of sending its own (441) delete."""
+def test_item4_a_lingering_relay_after_the_old_credentials_delete_is_waited_for():
+    """coturn keeps a deleted allocation for about a second (437 to a new ALLOCATE): after our
+    delete under the old credentials, the ALLOCATE is left to its backoff, not deleted again."""
     sim = TurnSim(RELAY4)
     sim.linger = 1.0
     node, net = node_with(sim)
     net.run(10.0)
     node.update_relays([], [sim.config("r0", salt="rotated")], 10.0)
     net.run(12.0)
-    after = [m for t, m, _ in sim.requests if t >= 10.0 and m != Method.BINDING]
-    # delete; 401; 437 (lingering); at +1 s the retransmit: 438 (session closed with it), ok
-    assert after == [Method.REFRESH] + [Method.ALLOCATE] * 4
+    after = [(t, m) for t, m, _ in sim.requests if t >= 10.0 and m != Method.BINDING]
+    A, R = Method.ALLOCATE, Method.REFRESH
+    # 401; 437; delete (new username) -> 441; delete (old) -> ok; 437 (lingering); +1 s: 438, ok
+    assert after == [(10.0, A), (10.0, A), (10.0, R), (10.0, R), (10.0, A), (11.0, A), (11.0, A)]
     assert node.usable_relays() == ["r0"] and node.allocations["r0"].lifetime == (11.0, 600.0)
+
+
+def test_item1_unsigned_refusal_of_a_channel_bind_drops_that_channel_not_the_relay():
+    alloc, sim, net = allocation()
+    alloc.bind_channel(PEER, 1.0)
+    forge(alloc, Method.CHANNEL_BIND, 403)  # e.g. a peer address the relay forbids, unsigned
+    net.drop = lambda src, dst, p: True  # and nothing authenticated ever comes
+    alloc.handle_timeout(11.0)
+    assert alloc.channels == {} and alloc.has_allocation() and alloc.can_be_freed() is None

@@ -3,7 +3,8 @@
 ``TurnSim.handle(packet, from_addr, now) -> [(dst, bytes)]`` behaves like coturn with
 ``use-auth-secret`` (and like Firezone's relay where they agree): BINDING answers with
 XOR-MAPPED-ADDRESS; an unauthenticated request gets 401 + REALM + NONCE (unsigned); an unknown
-nonce gets 438; a wrong TURN-REST password gets 401 (unsigned, like coturn); successes are signed
+nonce gets 438; a wrong TURN-REST password gets 401 (unsigned, like coturn); so do 437 to ALLOCATE
+and 441 (another username on the 5-tuple); successes are signed
 with the long-term key. ALLOCATE on an existing 5-tuple and REFRESH/CHANNEL-BIND without an
 allocation get 437; REFRESH with LIFETIME=0 deletes. ChannelData is relayed between allocations
 on the same relay. Switches: ``reboot()``, ``black_hole``, ``error_key``, ``sign_successes``,
@@ -149,7 +150,7 @@ class TurnSim:
             return [self._error(from_, msg, self.refuse[msg.method], key)]
         held = self.allocations.get(from_)
         if held is not None and held.username != username and msg.method != Method.ALLOCATE:
-            return [self._error(from_, msg, 441, key)]  # like coturn: the 5-tuple is someone else's
+            return [self._error(from_, msg, 441, None)]  # like coturn (unsigned): the 5-tuple is someone else's
         handler = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -161,7 +162,7 @@ class TurnSim:
 
     def _allocate(self, msg: Message, from_: Address, key: bytes, now: float) -> tuple[Address, bytes]:
         if from_ in self.allocations:
-            return self._error(from_, msg, 437, key)
+            return self._error(from_, msg, 437, None)  # unsigned, like coturn
         if self.quota is not None and len(self.allocations) >= self.quota:
             return self._error(from_, msg, 486, key)
         if msg.get("REQUESTED-TRANSPORT") != stun.TRANSPORT_UDP:
