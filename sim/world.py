@@ -88,6 +88,11 @@ class World:
         for peer in self.peers:
             self.route(peer.ip, peer)
         self.actors: list[ChannelHolder] = [*self.peers, *self.relays]
+        self.active_faults: dict[int, Any] = {}
+        self.last_heal = 0.0
+
+    def new_secret(self) -> str:
+        return self._secret()
 
     def _secret(self) -> str:
         return f"{self.rng.getrandbits(64):016x}"

@@ -1,0 +1,179 @@
+"""What must hold in a ``World`` at all times; ``Checker(world).start()`` checks every second.
+
+Each check compares the peers' state with the world's ground truth (which relay is up, what it
+holds, what the network lets through) and calls ``world.violation(kind, detail)``:
+
+- ``error-log``: a log record at ERROR or above (always a bug);
+- ``traffic-gap``: the world has been *healthy* (portal up, both peers joined, a working relay for
+  each side, reachable from each other) for ``GAP_BOUND`` s, yet no echo came back in that time;
+  this is "traffic back within a bound once the faults heal", checked during faults too;
+- ``zombie-relay``: a relay a peer holds, with no allocation and nothing in flight (no retry), for
+  ``ZOMBIE_BOUND`` s;
+- ``stale-relay``: a relay a peer holds as allocated, reachable, that does not hold that
+  allocation, for ``ZOMBIE_BOUND`` s while the peer is on the portal (it should be re-allocated or
+  removed);
+- ``stale-credentials``: an allocation made with credentials its relay no longer accepts, for
+  ``ZOMBIE_BOUND`` s after the relay re-joined the portal with its secret;
+- ``no-relays``: NoRelays announced while a relay was usable, or no usable relay for
+  ``ZOMBIE_BOUND`` s with no NoRelays;
+- ``request-storm``: more than ``MAX_REQUESTS_PER_S`` STUN requests from a peer to a relay in 1 s;
+- ``channel-mismatch``: a channel a peer holds as bound is bound to another peer on the relay;
+- ``unbounded``: a queue or candidate list past its bound.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from connlib.app import lines
+from connlib.core.allocation import Allocation
+
+from .actors import RelayAgent, SimPeer
+from .world import ErrorRecords, World
+
+GAP_BOUND = 20.0
+ZOMBIE_BOUND = 15.0
+MAX_REQUESTS_PER_S = 10
+BOUNDS = {"transmits": 2000, "events": 2000, "remote_candidates": 32, "local_candidates": 16, "channels": 64}
+
+
+class Checker:
+    def __init__(self, world: World, errors: ErrorRecords) -> None:
+        self.world = world
+        self.errors = errors
+        self.healthy_since: float | None = None
+        self.since: dict[tuple[str, str, str], float] = {}  # (check, peer, rid) → first seen
+        self.last_usable: dict[str, float] = {}
+        self.no_relays_at: dict[str, float] = {}
+        self._bucket = -1
+        self._requests: dict[tuple[str, str], int] = {}
+        world.line_observers.append(self._on_line)
+        world.udp_observers.append(self._on_udp)
+
+    def start(self) -> None:
+        self.world.schedule(1.0, self._tick)
+
+    # ------------------------------------------------------------------ observers
+    def _on_line(self, peer: SimPeer, line: lines.Line, now: float) -> None:
+        if isinstance(line, lines.NoRelaysLine):
+            self.no_relays_at[peer.peer_id] = now
+            usable = peer.tunnel.usable_relays()
+            if usable:
+                self.world.violation("no-relays", f"{peer.peer_id} announced NoRelays holding usable {usable}")
+
+    def _on_udp(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes, now: float) -> None:
+        if dst[1] != 3478 or len(payload) < 20 or payload[0] & 0xC0 or payload[0] & 0x01 or payload[1] & 0x10:
+            return  # not a STUN request to a relay (ChannelData, responses, indications)
+        bucket = int(now)
+        if bucket != self._bucket:
+            self._bucket, self._requests = bucket, {}
+        key = (src[0], dst[0])
+        count = self._requests[key] = self._requests.get(key, 0) + 1
+        if count > MAX_REQUESTS_PER_S:
+            self.world.violation("request-storm", f"{count} requests from {src[0]} to {dst[0]} in second {bucket}")
+
+    # ------------------------------------------------------------------ the periodic check
+    def _tick(self) -> None:
+        world, now = self.world, self.world.now
+        if self.errors.records:
+            record = self.errors.records[0]
+            world.violation("error-log", f"{record.name}: {record.getMessage()}")
+            return
+        self._check_traffic(now)
+        for peer in world.peers:
+            self._check_peer(peer, now)
+        world.schedule(now + 1.0, self._tick)
+
+    def _good_relays(self, peer: SimPeer, now: float) -> list[RelayAgent]:
+        net = self.world.net
+        return [
+            a
+            for a in self.world.relays
+            if a.up
+            and not a.frozen
+            and a.sid is not None
+            and not a.relay.user_quota
+            and not a.relay.total_quota
+            and net.reachable(peer.ip, a.relay.ip, now)
+        ]
+
+    def healthy(self, now: float) -> bool:
+        world = self.world
+        if world.portal is None or now < 20.0 or any(p.joined_since is None for p in world.peers):
+            return False
+        mine, theirs = self._good_relays(world.client, now), self._good_relays(world.gateway, now)
+        return any(a is b or world.net.reachable(a.relay.ip, b.relay.ip, now) for a in mine for b in theirs)
+
+    def _check_traffic(self, now: float) -> None:
+        if not self.healthy(now):
+            self.healthy_since = None
+            return
+        if self.healthy_since is None:
+            self.healthy_since = now
+        last = self.world.client.session.stats.last_delivery
+        if now - self.healthy_since > GAP_BOUND and (last is None or now - last > GAP_BOUND):
+            ago = "never" if last is None else f"{now - last:.1f}s ago"
+            self.world.violation(
+                "traffic-gap", f"healthy since {self.healthy_since:.1f}s but the last echo came {ago}"
+            )
+
+    def _held(self, check: str, peer: str, rid: str, bad: bool, now: float, detail: str) -> None:
+        key = (check, peer, rid)
+        if not bad:
+            self.since.pop(key, None)
+            return
+        first = self.since.setdefault(key, now)
+        if now - first > ZOMBIE_BOUND:
+            self.world.violation(check, f"{peer} relay {rid[:8]}: {detail} for {now - first:.0f}s")
+
+    def _check_peer(self, peer: SimPeer, now: float) -> None:
+        world, node, pid = self.world, peer.tunnel.node, peer.peer_id
+        joined = peer.joined_since is not None
+        usable = False
+        for rid, allocation in sorted(node.allocations.items()):
+            agent = world.agent_by_rid(rid)
+            local = allocation.has_allocation()
+            usable |= local
+            self._held("zombie-relay", pid, rid, not local and not allocation.sent_requests, now, "no allocation, no retry")
+            if agent is None:
+                continue
+            truth = agent.relay.live_allocation(peer.addr, now) if agent.up else None
+            reachable = not agent.frozen and world.net.reachable(peer.ip, agent.relay.ip, now)
+            held = truth is not None and any(c.addr == truth.relayed for c in allocation.relay_candidates())
+            self._held("stale-relay", pid, rid, joined and local and reachable and not held, now, "allocation lost on the relay")
+            current = agent.relay.password_for(allocation.username) == allocation.password
+            told = joined and agent.sid is not None
+            self._held("stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes")
+            if truth is not None and held:
+                self._check_channels(pid, rid, allocation, truth.channels, now)
+            if len(allocation.channels) > BOUNDS["channels"]:
+                world.violation("unbounded", f"{pid} relay {rid[:8]}: {len(allocation.channels)} channels")
+        if usable:
+            self.last_usable[pid] = now
+        last = self.last_usable.get(pid)
+        silent = last is not None and (self.no_relays_at.get(pid, -1.0) < last) and bool(node.allocations)
+        self._held("no-relays", pid, "-", joined and not usable and silent, now, "no usable relay and no NoRelays")
+        for name, size in (("transmits", len(peer.tunnel._transmits)), ("events", len(peer.tunnel._events))):
+            if size > BOUNDS[name]:
+                world.violation("unbounded", f"{pid}: {size} {name} queued")
+        for connection in peer.tunnel.connections.values():
+            if len(connection.remote_candidates) > BOUNDS["remote_candidates"]:
+                world.violation("unbounded", f"{pid}: {len(connection.remote_candidates)} remote candidates")
+            if len(connection.local_candidates) > BOUNDS["local_candidates"]:
+                world.violation("unbounded", f"{pid}: {len(connection.local_candidates)} local candidates")
+
+    def _check_channels(self, pid: str, rid: str, allocation: Allocation, truth: dict, now: float) -> None:
+        for number, channel in allocation.channels.items():
+            if not channel.connected(now):
+                continue
+            bound = truth.get(number)
+            if bound is not None and bound[1] > now and bound[0] != channel.peer:
+                self.world.violation(
+                    "channel-mismatch", f"{pid} relay {rid[:8]}: {hex(number)} is {channel.peer}, relay has {bound[0]}"
+                )
+
+
+def install_error_capture() -> ErrorRecords:
+    handler = ErrorRecords()
+    logging.getLogger().addHandler(handler)
+    return handler
