@@ -57,6 +57,7 @@ class ChannelHolder:
         self.channel = self._new_channel()
         self.frozen = False  # a paused process: no timers, no input
         self.deadline: float | None = None
+        self.joined_since: float | None = None  # joined to the portal since (None: not joined)
 
     def _new_channel(self) -> PhoenixChannel:
         raise NotImplementedError
@@ -66,7 +67,11 @@ class ChannelHolder:
 
     def on_push(self, event: str, payload: dict[str, Any], now: float) -> None: ...
 
-    def on_state(self, state: str, now: float) -> None: ...
+    def on_state(self, state: str, now: float) -> None:
+        if state == "joined":
+            self.joined_since = now
+        elif state in ("disconnected", "closed"):
+            self.joined_since = None
 
     # ------------------------------------------------------------------ transport
     def dial(self, now: float) -> None:
@@ -202,10 +207,7 @@ class SimPeer(ChannelHolder):
 
     def on_state(self, state: str, now: float) -> None:
         self.session.handle_portal_state(state, now)
-        if state == "joined":
-            self.joined_since = now
-        elif state in ("disconnected", "closed"):
-            self.joined_since = None
+        super().on_state(state, now)
         self.flush(now)
 
     # ------------------------------------------------------------------ the driver

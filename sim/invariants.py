@@ -31,7 +31,7 @@ from connlib.core.allocation import Allocation
 from .actors import RelayAgent, SimPeer
 from .world import ErrorRecords, World
 
-GAP_BOUND = 20.0
+GAP_BOUND = 25.0
 ZOMBIE_BOUND = 15.0
 MAX_REQUESTS_PER_S = 10
 BOUNDS = {"transmits": 2000, "events": 2000, "remote_candidates": 32, "local_candidates": 16, "channels": 64}
@@ -97,19 +97,28 @@ class Checker:
             and net.reachable(peer.ip, a.relay.ip, now)
         ]
 
-    def healthy(self, now: float) -> bool:
+    def healthy(self, now: float) -> float | None:
+        """Since when the world can carry the stream (None: it cannot now): both peers joined,
+        and a pair of working relays, one for each, that reach each other."""
         world = self.world
-        if world.portal is None or now < 20.0 or any(p.joined_since is None for p in world.peers):
-            return False
+        joined = [p.joined_since for p in world.peers]
+        if world.portal is None or now < 20.0 or None in joined:
+            return None
         mine, theirs = self._good_relays(world.client, now), self._good_relays(world.gateway, now)
-        return any(a is b or world.net.reachable(a.relay.ip, b.relay.ip, now) for a in mine for b in theirs)
+        starts = [
+            max(a.joined_since or now, b.joined_since or now)
+            for a in mine
+            for b in theirs
+            if a is b or world.net.reachable(a.relay.ip, b.relay.ip, now)
+        ]
+        return max(min(starts), *joined) if starts else None  # type: ignore[type-var]
 
     def _check_traffic(self, now: float) -> None:
-        if not self.healthy(now):
+        since = self.healthy(now)
+        if since is None:
             self.healthy_since = None
             return
-        if self.healthy_since is None:
-            self.healthy_since = now
+        self.healthy_since = max(since, self.healthy_since if self.healthy_since is not None else since)
         last = self.world.client.session.stats.last_delivery
         if now - self.healthy_since > GAP_BOUND and (last is None or now - last > GAP_BOUND):
             ago = "never" if last is None else f"{now - last:.1f}s ago"
@@ -142,7 +151,7 @@ class Checker:
             held = truth is not None and any(c.addr == truth.relayed for c in allocation.relay_candidates())
             self._held("stale-relay", pid, rid, joined and local and reachable and not held, now, "allocation lost on the relay")
             current = agent.relay.password_for(allocation.username) == allocation.password
-            told = joined and agent.sid is not None
+            told = joined and agent.sid is not None and rid in self._handed_out(peer)
             self._held("stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes")
             if truth is not None and held:
                 self._check_channels(pid, rid, allocation, truth.channels, now)
@@ -161,6 +170,12 @@ class Checker:
                 world.violation("unbounded", f"{pid}: {len(connection.remote_candidates)} remote candidates")
             if len(connection.local_candidates) > BOUNDS["local_candidates"]:
                 world.violation("unbounded", f"{pid}: {len(connection.local_candidates)} local candidates")
+
+    def _handed_out(self, peer: SimPeer) -> dict:
+        """The relays the portal currently lists for ``peer`` (only those can it tell about)."""
+        portal = self.world.portal
+        session = portal._sessions.get(peer.sid) if portal is not None and peer.sid is not None else None
+        return session.handed_out if session is not None else {}
 
     def _check_channels(self, pid: str, rid: str, allocation: Allocation, truth: dict, now: float) -> None:
         for number, channel in allocation.channels.items():

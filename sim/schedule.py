@@ -2,7 +2,7 @@
 
 A schedule is a JSON object (``version`` 1)::
 
-    {"version": 1, "seed": 7, "duration_s": 600, "relays": 3, "rate": 1.0,
+    {"version": 1, "seed": 7, "duration_s": 600, "relays": 3, "rate": 0.5,
      "faults": [{"at": 42.5, "kind": "relay_reboot", "target": "relay-2", "duration": 2.0,
                  "new_secret": false}, ...]}
 
@@ -83,7 +83,7 @@ class Schedule:
     seed: int
     duration_s: float
     relays: int = 3
-    rate: float = 1.0
+    rate: float = 0.5
     faults: tuple[Fault, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
@@ -118,7 +118,7 @@ class Schedule:
         return max((f.heals_at for f in self.faults), default=0.0)
 
 
-def random_schedule(seed: int, *, duration_s: float = 600.0, relays: int = 3, rate: float = 1.0) -> Schedule:
+def random_schedule(seed: int, *, duration_s: float = 600.0, relays: int = 3, rate: float = 0.5) -> Schedule:
     """A schedule drawn from ``seed`` alone (its own rng, not the world's)."""
     rng = random.Random(f"schedule-{seed}")
     count = rng.randint(2, 8)
