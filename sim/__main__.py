@@ -32,6 +32,11 @@ def build_parser(prog: str = "python -m sim") -> argparse.ArgumentParser:
     )
     parser.add_argument("--replay", action="store_true", help="run one schedule (--seed or --schedule) with its trace")
     parser.add_argument("--schedule", metavar="FILE", help="a schedule JSON to run instead of random ones")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="with --disable-fix: skip violations the same schedule also shows with every fix on",
+    )
     parser.add_argument("--no-shrink", action="store_true", help="report a violation without shrinking it")
     return parser
 
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
         return 0 if result.ok else 1
     started = time.monotonic()
     cpu = time.process_time()
-    ran, failure = explore(args.seed, args.count, disabled, duration_s=args.duration)
+    ran, failure = explore(args.seed, args.count, disabled, duration_s=args.duration, attribute=args.attribute)
     elapsed = time.monotonic() - started
     if failure is None:
         rate = ran / (time.process_time() - cpu) * 60 if ran else 0.0
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
         )
         return 0
     found_after = round(time.monotonic() - started, 2)
-    minimal = failure if args.no_shrink else shrink(failure, disabled)
+    minimal = failure if args.no_shrink else shrink(failure, disabled, attribute=args.attribute)
     print(
         json.dumps(
             _report(

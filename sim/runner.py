@@ -18,6 +18,8 @@ from .world import Violation, World
 
 log = logging.getLogger("sim")
 
+ATTRIBUTION_MARGIN = 30.0
+
 
 @dataclass(frozen=True)
 class Result:
@@ -48,7 +50,7 @@ def run(schedule: Schedule, disabled_fixes: Iterable[str] = (), *, trace: bool =
     return Result(schedule, violation, world.digest(), time.process_time() - started, world.trace_items)
 
 
-def shrink(result: Result, disabled_fixes: Iterable[str] = (), *, budget: int = 60) -> Result:
+def shrink(result: Result, disabled_fixes: Iterable[str] = (), *, budget: int = 60, attribute: bool = False) -> Result:
     """The smallest schedule (fewest faults, shortest run) that still breaks the same invariant."""
     assert result.violation is not None
     fixes = tuple(disabled_fixes)
@@ -57,7 +59,11 @@ def shrink(result: Result, disabled_fixes: Iterable[str] = (), *, budget: int = 
 
     def fails(candidate: Schedule) -> Result | None:
         attempt = run(candidate, fixes, trace=False)
-        return attempt if attempt.violation is not None and attempt.violation.kind == kind else None
+        if attempt.violation is None or attempt.violation.kind != kind:
+            return None
+        if attribute and fixes and _same_without_fixes(attempt):
+            return None  # shrunk into another bug, one the fixes do not cure
+        return attempt
 
     # Nothing after the violation matters: end the run just after it (the prefix is unchanged).
     cut = replace(best.schedule, duration_s=float(math.ceil(best.violation.at + 1)))  # type: ignore[union-attr]
@@ -83,13 +89,29 @@ def explore(
     *,
     duration_s: float = 600.0,
     on_result: Callable[[int, Result], None] | None = None,
+    attribute: bool = False,
 ) -> tuple[int, Result | None]:
-    """Run ``count`` random schedules from ``seed`` on; stop at the first violation."""
+    """Run ``count`` random schedules from ``seed`` on; stop at the first violation.
+
+    ``attribute``: with fixes disabled, only count a violation that the same schedule with every
+    fix on does not show (the same kind at the same time): the twin's bug, not a bug of its own.
+    """
     fixes = tuple(disabled_fixes)
     for index in range(count):
         result = run(random_schedule(seed + index, duration_s=duration_s), fixes, trace=False)
         if on_result is not None:
             on_result(index, result)
-        if result.violation is not None:
-            return index + 1, result
+        if result.violation is None:
+            continue
+        if attribute and fixes and _same_without_fixes(result):
+            continue
+        return index + 1, result
     return count, None
+
+
+def _same_without_fixes(result: Result) -> bool:
+    """Whether the fixes do not cure this run: with every fix on, something breaks as early."""
+    assert result.violation is not None
+    baseline = run(result.schedule, (), trace=False)
+    v = baseline.violation
+    return v is not None and v.at < result.violation.at + ATTRIBUTION_MARGIN
