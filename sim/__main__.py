@@ -37,6 +37,13 @@ def build_parser(prog: str = "python -m sim") -> argparse.ArgumentParser:
         action="store_true",
         help="with --disable-fix: skip violations the same schedule also shows with every fix on",
     )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="a fault kind never drawn (or relay_reboot:same_secret); e.g. to look past a known bug",
+    )
     parser.add_argument("--no-shrink", action="store_true", help="report a violation without shrinking it")
     return parser
 
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
                 data = json.load(handle)
             schedule = Schedule.from_json(data.get("schedule", data))
         else:
-            schedule = random_schedule(args.seed, duration_s=args.duration)
+            schedule = random_schedule(args.seed, duration_s=args.duration, exclude=args.exclude)
         result = run(schedule, disabled)
         summary = {
             "seed": schedule.seed,
@@ -80,7 +87,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
         return 0 if result.ok else 1
     started = time.monotonic()
     cpu = time.process_time()
-    ran, failure = explore(args.seed, args.count, disabled, duration_s=args.duration, attribute=args.attribute)
+    ran, failure = explore(
+        args.seed, args.count, disabled, duration_s=args.duration, attribute=args.attribute, exclude=args.exclude
+    )
     elapsed = time.monotonic() - started
     if failure is None:
         rate = ran / (time.process_time() - cpu) * 60 if ran else 0.0

@@ -31,8 +31,8 @@ from connlib.core.phoenix import (
     LoginFailed,
     PhoenixChannel,
     Push,
-    ReconnectBackoff,
     Reconnect,
+    ReconnectBackoff,
     ReplyReceived,
 )
 from connlib.core.tunnel import Tunnel

@@ -122,9 +122,7 @@ class Checker:
         last = self.world.client.session.stats.last_delivery
         if now - self.healthy_since > GAP_BOUND and (last is None or now - last > GAP_BOUND):
             ago = "never" if last is None else f"{now - last:.1f}s ago"
-            self.world.violation(
-                "traffic-gap", f"healthy since {self.healthy_since:.1f}s but the last echo came {ago}"
-            )
+            self.world.violation("traffic-gap", f"healthy since {self.healthy_since:.1f}s but the last echo came {ago}")
 
     def _held(self, check: str, peer: str, rid: str, bad: bool, now: float, detail: str) -> None:
         key = (check, peer, rid)
@@ -143,16 +141,27 @@ class Checker:
             agent = world.agent_by_rid(rid)
             local = allocation.has_allocation()
             usable |= local
-            self._held("zombie-relay", pid, rid, not local and not allocation.sent_requests, now, "no allocation, no retry")
+            self._held(
+                "zombie-relay", pid, rid, not local and not allocation.sent_requests, now, "no allocation, no retry"
+            )
             if agent is None:
                 continue
             truth = agent.relay.live_allocation(peer.addr, now) if agent.up else None
             reachable = not agent.frozen and world.net.reachable(peer.ip, agent.relay.ip, now)
             held = truth is not None and any(c.addr == truth.relayed for c in allocation.relay_candidates())
-            self._held("stale-relay", pid, rid, joined and local and reachable and not held, now, "allocation lost on the relay")
+            self._held(
+                "stale-relay",
+                pid,
+                rid,
+                joined and local and reachable and not held,
+                now,
+                "allocation lost on the relay",
+            )
             current = agent.relay.password_for(allocation.username) == allocation.password
             told = joined and agent.sid is not None and rid in self._handed_out(peer)
-            self._held("stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes")
+            self._held(
+                "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
+            )
             if truth is not None and held:
                 self._check_channels(pid, rid, allocation, truth.channels, now)
             if len(allocation.channels) > BOUNDS["channels"]:

@@ -218,7 +218,9 @@ class SimRelay:
             return self._error(message, 400, key=key)
         other = allocation.channel_for(peer, now)
         if other is not None and other != number:
-            return self._error(message, 400, key=key, reason="You cannot use the same peer with different channel number")
+            return self._error(
+                message, 400, key=key, reason="You cannot use the same peer with different channel number"
+            )
         allocation.channels[number] = (peer, now + CHANNEL_LIFETIME)
         allocation.permissions[peer[0]] = now + PERMISSION_LIFETIME
         return Message(Method.CHANNEL_BIND, Class.SUCCESS, message.transaction_id).encode(key)
@@ -263,7 +265,6 @@ class SimRelay:
         if challenge:
             reply.add("REALM", REALM).add("NONCE", self._nonce(self._now))
         return reply.encode(key)
-
 
 
 def _rest_valid(username: str, unix: float) -> bool:

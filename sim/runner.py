@@ -90,6 +90,7 @@ def explore(
     duration_s: float = 600.0,
     on_result: Callable[[int, Result], None] | None = None,
     attribute: bool = False,
+    exclude: Iterable[str] = (),
 ) -> tuple[int, Result | None]:
     """Run ``count`` random schedules from ``seed`` on; stop at the first violation.
 
@@ -98,7 +99,7 @@ def explore(
     """
     fixes = tuple(disabled_fixes)
     for index in range(count):
-        result = run(random_schedule(seed + index, duration_s=duration_s), fixes, trace=False)
+        result = run(random_schedule(seed + index, duration_s=duration_s, exclude=exclude), fixes, trace=False)
         if on_result is not None:
             on_result(index, result)
         if result.violation is None:

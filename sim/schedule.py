@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -51,6 +52,21 @@ KINDS = (
     "portal_restart",
     "peer_restart",
 )
+WEIGHTS = {  # the faults production sees most often come up most often
+    "relay_reboot": 3,
+    "relay_kill": 2,
+    "relay_pause": 2,
+    "peer_portal_cut": 3,
+    "relay_portal_cut": 1,
+    "peer_relay_cut": 1,
+    "relay_relay_cut": 1,
+    "loss": 1,
+    "quota": 1,
+    "rotate_credentials": 1,
+    "address_change": 1,
+    "portal_restart": 1,
+    "peer_restart": 1,
+}
 WARMUP = 30.0  # the first fault comes after the stream is up
 TAIL = 150.0  # after the last heal: time for recovery and for the checks to see it
 
@@ -108,7 +124,9 @@ class Schedule:
             if raw["kind"] not in KINDS:
                 raise ValueError(f"unknown fault kind {raw['kind']!r}")
             faults.append(Fault(**raw))
-        return cls(int(data["seed"]), float(data["duration_s"]), int(data["relays"]), float(data["rate"]), tuple(faults))
+        return cls(
+            int(data["seed"]), float(data["duration_s"]), int(data["relays"]), float(data["rate"]), tuple(faults)
+        )
 
     def without(self, index: int) -> Schedule:
         return replace(self, faults=self.faults[:index] + self.faults[index + 1 :])
@@ -118,25 +136,43 @@ class Schedule:
         return max((f.heals_at for f in self.faults), default=0.0)
 
 
-def random_schedule(seed: int, *, duration_s: float = 600.0, relays: int = 3, rate: float = 0.5) -> Schedule:
-    """A schedule drawn from ``seed`` alone (its own rng, not the world's)."""
+def random_schedule(
+    seed: int,
+    *,
+    duration_s: float = 600.0,
+    relays: int = 3,
+    rate: float = 0.5,
+    exclude: Iterable[str] = (),
+) -> Schedule:
+    """A schedule drawn from ``seed`` alone (its own rng, not the world's); ``exclude``: kinds
+    (or ``relay_reboot:same_secret``) never drawn."""
     rng = random.Random(f"schedule-{seed}")
+    excluded = frozenset(exclude)
+    kinds = [k for k in KINDS if k not in excluded]
+    weights = [WEIGHTS[k] for k in kinds]
+    same_secret = "relay_reboot:same_secret" not in excluded
     count = rng.randint(2, 8)
     end = duration_s - TAIL
-    faults = sorted((_fault(rng, rng.uniform(WARMUP, end), relays) for _ in range(count)), key=lambda f: f.at)
+    faults = sorted(
+        (
+            _fault(rng, rng.uniform(WARMUP, end), relays, rng.choices(kinds, weights)[0], same_secret)
+            for _ in range(count)
+        ),
+        key=lambda f: f.at,
+    )
     faults = [f if f.heals_at <= end + 60 else replace(f, duration=max(0.0, end + 60 - f.at)) for f in faults]
     return Schedule(seed, duration_s, relays, rate, tuple(faults))
 
 
-def _fault(rng: random.Random, at: float, relays: int) -> Fault:
+def _fault(rng: random.Random, at: float, relays: int, kind: str, same_secret: bool) -> Fault:
     relay = f"relay-{rng.randint(1, relays)}"
     other = f"relay-{rng.randint(1, relays)}"
     peer = rng.choice(("client", "gateway"))
-    kind = rng.choice(KINDS)
+    new_secret = rng.random() < 0.7 or not same_secret
     if kind == "relay_reboot":
-        return Fault(at, kind, relay, rng.uniform(0.2, 5.0), new_secret=rng.random() < 0.7)
+        return Fault(at, kind, relay, rng.uniform(0.2, 5.0), new_secret=new_secret)
     if kind == "relay_kill":
-        return Fault(at, kind, relay, rng.uniform(10.0, 120.0), new_secret=rng.random() < 0.7)
+        return Fault(at, kind, relay, rng.uniform(10.0, 120.0), new_secret=new_secret)
     if kind == "relay_pause":
         return Fault(at, kind, relay, rng.uniform(2.0, 60.0))
     if kind == "relay_portal_cut":
