@@ -90,7 +90,6 @@ class Fault:
         full = asdict(self)
         defaults = asdict(Fault(0.0, self.kind))
         out = {k: v for k, v in full.items() if k in ("at", "kind") or v != defaults[k]}
-        out["at"] = round(self.at, 3)
         return out
 
 
@@ -161,6 +160,7 @@ def random_schedule(
         key=lambda f: f.at,
     )
     faults = [f if f.heals_at <= end + 60 else replace(f, duration=max(0.0, end + 60 - f.at)) for f in faults]
+    faults = [replace(f, at=round(f.at, 3), duration=round(f.duration, 3)) for f in faults]  # as JSON has them
     return Schedule(seed, duration_s, relays, rate, tuple(faults))
 
 
