@@ -17,6 +17,7 @@ def _start(world: World, index: int, fault: Fault) -> None:
     now = world.now
     world.trace("fault", fault.kind, fault)
     world.active_faults[index] = fault
+    world.last_disturbance = now
     kind, until = fault.kind, fault.heals_at
     if kind in ("relay_reboot", "relay_kill"):
         world.agent(fault.target).stop(now)
@@ -74,4 +75,4 @@ def _heal(world: World, index: int, fault: Fault) -> None:
         relay.user_quota = relay.total_quota = 0
     elif kind == "portal_restart":
         world.start_portal()
-    world.last_heal = now
+    world.last_heal = world.last_disturbance = now

@@ -5,8 +5,9 @@ holds, what the network lets through) and calls ``world.violation(kind, detail)`
 
 - ``error-log``: a log record at ERROR or above (always a bug);
 - ``traffic-gap``: the world has been *healthy* (portal up, both peers joined, a working relay for
-  each side, reachable from each other) for ``GAP_BOUND`` s, yet no echo came back in that time;
-  this is "traffic back within a bound once the faults heal", checked during faults too;
+  each side, reachable from each other) for ``GAP_BOUND`` s, with no fault starting or healing in
+  that time, yet no echo came back in that time: "traffic back within a bound once the faults
+  heal", checked between faults too;
 - ``zombie-relay``: a relay a peer holds, with no allocation and nothing in flight (no retry), for
   ``ZOMBIE_BOUND`` s;
 - ``stale-relay``: a relay a peer holds as allocated, reachable, that does not hold that
@@ -118,7 +119,10 @@ class Checker:
         if since is None:
             self.healthy_since = None
             return
-        self.healthy_since = max(since, self.healthy_since if self.healthy_since is not None else since)
+        # Traffic is owed GAP_BOUND after the world became healthy, and after every fault that
+        # started or healed since (a new fault may break the path in use: recovery starts again).
+        previous = self.healthy_since if self.healthy_since is not None else since
+        self.healthy_since = max(since, previous, self.world.last_disturbance)
         last = self.world.client.session.stats.last_delivery
         if now - self.healthy_since > GAP_BOUND and (last is None or now - last > GAP_BOUND):
             ago = "never" if last is None else f"{now - last:.1f}s ago"

@@ -15,8 +15,10 @@ What coturn does, as observed (``tests/sim/test_calibration.py`` compares with a
 - ALLOCATE on a 5-tuple that has an allocation gets **437** (unsigned) unless it is a retransmit
   (same transaction id: the cached answer); over the quotas **486** (per username) / **508**
   (total), signed;
-- REFRESH or CHANNEL-BIND without an allocation: **437**, signed; under another username than the
-  allocation's: **441** (unsigned); REFRESH(LIFETIME=0) deletes;
+- REFRESH without an allocation: **437**, signed; CHANNEL-BIND without one: **400**, signed; under
+  another username than the allocation's: **441** (unsigned);
+- REFRESH(LIFETIME=0) deletes, but the allocation lingers ``LINGER`` s (ALLOCATE gets 437, a
+  REFRESH revives it); once it is gone, the nonces of that 5-tuple are stale (438);
 - CHANNEL-BIND: a number bound to another peer, or a peer bound under another number, gets
   **400** ("You cannot use the same peer with different channel number"), signed;
 - lifetimes: allocation min(requested or 600, 3600) s; channel 600 s; permission 300 s.
@@ -37,6 +39,7 @@ from connlib.core.stun import Class, Message, Method
 DEFAULT_LIFETIME, MAX_LIFETIME = 600, 3600
 CHANNEL_LIFETIME, PERMISSION_LIFETIME = 600.0, 300.0
 NONCE_LIFETIME = 600.0
+LINGER = 1.0  # a deleted allocation is kept this long (observed: ALLOCATE gets 437 for ~1 s)
 REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -82,7 +85,7 @@ class SimRelay:
     def _reset(self) -> None:
         self.allocations: dict[Address, RelayAllocation] = {}
         self.by_relayed: dict[Address, RelayAllocation] = {}
-        self._nonces: dict[str, float] = {}
+        self._nonces: dict[tuple[Address, str], float] = {}  # (5-tuple, nonce) → expiry
         self._next_port = 49152
         self._nonce_counter = 0
         self._last_allocate: dict[Address, tuple[bytes, bytes]] = {}  # 5-tuple → (tid, answer)
@@ -112,6 +115,8 @@ class SimRelay:
         allocation = self.allocations.get(client)
         if allocation is not None and allocation.expires_at <= now:
             self._delete(allocation)
+            for key in [k for k in self._nonces if k[0] == client]:
+                del self._nonces[key]  # the session is gone with its allocation
             return None
         return allocation
 
@@ -148,21 +153,23 @@ class SimRelay:
             if self.live_allocation(src, now) is not None:
                 return [self._error(message, 437)]
         if "MESSAGE-INTEGRITY" not in message:
-            return [self._error(message, 401, challenge=True)]
+            return [self._error(message, 401, challenge=True, client=src)]
         username, nonce = message.get("USERNAME"), message.get("NONCE")
         if not isinstance(username, str) or not isinstance(nonce, str):
             return [self._error(message, 400)]
-        if self._nonces.get(nonce, -1.0) <= now:
-            return [self._error(message, 438, challenge=True)]
+        if self.allocations.get(src) is not None:
+            self.live_allocation(src, now)  # expire it (and its session's nonces) first
+        if self._nonces.get((src, nonce), -1.0) <= now:
+            return [self._error(message, 438, challenge=True, client=src)]
         key = long_term_key(username, REALM, self.password_for(username))
         if not _rest_valid(username, unix) or not message.verify_integrity(key):
-            return [self._error(message, 401, challenge=True)]
+            return [self._error(message, 401, challenge=True, client=src)]
         if method == Method.ALLOCATE:
             return [self._allocate(message, src, username, key, now)]
         allocation = self.live_allocation(src, now)
         if method in (Method.REFRESH, Method.CHANNEL_BIND, Method.CREATE_PERMISSION):
             if allocation is None:
-                return [self._error(message, 437, key=key)]
+                return [self._error(message, 437 if method == Method.REFRESH else 400, key=key)]
             if allocation.username != username:
                 return [self._error(message, 441)]
         assert allocation is not None
@@ -202,7 +209,8 @@ class SimRelay:
     def _refresh(self, message: Message, allocation: RelayAllocation, key: bytes, now: float) -> bytes:
         requested = message.get("LIFETIME")
         if requested == 0:
-            self._delete(allocation)
+            allocation.expires_at = min(allocation.expires_at, now + LINGER)
+            allocation.channels.clear()
             lifetime = 0
         else:
             lifetime = min(requested if requested else DEFAULT_LIFETIME, MAX_LIFETIME)
@@ -251,19 +259,26 @@ class SimRelay:
         return [(self.addr, allocation.client, indication.encode())]
 
     # ------------------------------------------------------------------ answers
-    def _nonce(self, now: float) -> str:
+    def _nonce(self, client: Address, now: float) -> str:
         self._nonce_counter += 1
         nonce = f"{self.boots:x}{self._nonce_counter:08x}{self.name}"
-        self._nonces[nonce] = now + self.nonce_lifetime
+        self._nonces[(client, nonce)] = now + self.nonce_lifetime
         return nonce
 
     def _error(
-        self, request: Message, code: int, *, key: bytes | None = None, challenge: bool = False, reason: str = ""
+        self,
+        request: Message,
+        code: int,
+        *,
+        key: bytes | None = None,
+        challenge: bool = False,
+        reason: str = "",
+        client: Address = ("", 0),
     ) -> bytes:
         reply = Message(request.method, Class.ERROR, request.transaction_id)
         reply.add("ERROR-CODE", (code, reason or REASONS.get(code, "Error")))
         if challenge:
-            reply.add("REALM", REALM).add("NONCE", self._nonce(self._now))
+            reply.add("REALM", REALM).add("NONCE", self._nonce(client, self._now))
         return reply.encode(key)
 
 

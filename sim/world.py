@@ -101,6 +101,7 @@ class World:
         self.actors: list[ChannelHolder] = [*self.peers, *self.relays]
         self.active_faults: dict[int, Any] = {}
         self.last_heal = 0.0
+        self.last_disturbance = 0.0  # the last fault start or heal
 
     def new_secret(self) -> str:
         return self._secret()

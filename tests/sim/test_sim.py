@@ -125,13 +125,6 @@ def test_known_bug_reboot_with_the_same_secret():
     assert run(schedule(28, 360.0, Fault(338.213, "relay_reboot", "relay-1", 0.965, new_secret=False))).ok
 
 
-@pytest.mark.xfail(strict=True, reason="one relay per side: a relay-relay cut recovers only by lucky re-sampling")
-def test_known_limitation_relay_to_relay_cut():
-    cut = Fault(423.04, "relay_relay_cut", "relay-3", 57.0, other="relay-1")
-    pause = Fault(180.89, "relay_pause", "relay-2", 46.63)
-    assert run(schedule(5005, 449.0, pause, Fault(411.582, "peer_portal_cut", "gateway", 11.26), cut)).ok
-
-
 @pytest.mark.xfail(strict=True, reason="issue 9 #5: 508 on ALLOCATE leaves a zombie")
 def test_known_bug_quota():
     quota = Fault(242.964, "quota", "relay-3", 91.6, code=508)
