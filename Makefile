@@ -25,6 +25,8 @@ integration: $(VENV)/.installed
 e2e: $(VENV)/.installed
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+sim: $(VENV)/.installed ; $(PY) -m sim --seed $(or $(SEED),1) --count $(or $(COUNT),1000) $(SIM_ARGS)
+
 bench: $(VENV)/.installed
 	$(PY) -m bench
 
