@@ -102,6 +102,13 @@ def test_each_twin_breaks_its_minimal_schedule(switch):
     assert run(minimal, [], trace=False).ok
 
 
+def test_a_shrunk_schedule_replays_to_its_digest():
+    minimal, _ = TWINS[fixes.FIX_PATH_PROBE]
+    found = run(minimal, [fixes.FIX_PATH_PROBE])
+    again = run(Schedule.from_json(json.loads(found.schedule.dumps())), [fixes.FIX_PATH_PROBE])
+    assert (again.digest, again.violation) == (found.digest, found.violation)
+
+
 @pytest.mark.parametrize(("switch", "within"), [("credentials-compare", 30), ("probe", 60), ("path-probe", 30)])
 def test_random_schedules_find_each_twin(switch, within):
     """Not a schedule written for the bug: the seeded random search finds it."""
@@ -123,6 +130,19 @@ def test_known_bug_new_credentials_without_reboot():
 @pytest.mark.xfail(strict=True, reason="issue 9 #7: a relay restarted with the same secret is not noticed")
 def test_known_bug_reboot_with_the_same_secret():
     assert run(schedule(28, 360.0, Fault(338.213, "relay_reboot", "relay-1", 0.965, new_secret=False))).ok
+
+
+@pytest.mark.xfail(strict=True, reason="a relay kept after an init that no longer lists it is never supervised")
+def test_known_bug_unlisted_relay_is_unsupervised():
+    """The gateway's init after a portal cut names two other relays; the probe keeps relay-3 (it
+    answers), but the portal tells this gateway nothing about relay-3 any more: its reboot leaves
+    the gateway on a lost allocation until the next REFRESH or keep-alive fails."""
+    faults = (
+        Fault(66.201, "relay_portal_cut", "relay-2", 47.779),
+        Fault(109.809, "peer_portal_cut", "gateway", 34.89),
+        Fault(449.521, "relay_reboot", "relay-3", 0.602),
+    )
+    assert run(schedule(20, 467.0, *faults)).ok
 
 
 @pytest.mark.xfail(strict=True, reason="issue 9 #5: 508 on ALLOCATE leaves a zombie")
