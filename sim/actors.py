@@ -80,6 +80,9 @@ class ChannelHolder:
         if portal is None:
             self.channel.disconnected(now, reason="connect failed: refused")
             return
+        if self.world.ws_blocked(self):
+            self.channel.disconnected(now, reason="connect failed: TimeoutError")
+            return
         endpoint = self.endpoint()
         rejection = portal.admit(endpoint, now)
         if rejection is not None:

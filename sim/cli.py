@@ -44,6 +44,13 @@ def build_parser(prog: str = "python -m sim") -> argparse.ArgumentParser:
         metavar="KIND",
         help="a fault kind never drawn (or relay_reboot:same_secret); e.g. to look past a known bug",
     )
+    parser.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="CHECK",
+        help="a violation kind that is noted but does not fail the run (a known bug)",
+    )
     parser.add_argument("--no-shrink", action="store_true", help="report a violation without shrinking it")
     return parser
 
@@ -88,7 +95,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
     started = time.monotonic()
     cpu = time.process_time()
     ran, failure = explore(
-        args.seed, args.count, disabled, duration_s=args.duration, attribute=args.attribute, exclude=args.exclude
+        args.seed,
+        args.count,
+        disabled,
+        duration_s=args.duration,
+        attribute=args.attribute,
+        exclude=args.exclude,
+        ignore=args.ignore,
     )
     elapsed = time.monotonic() - started
     if failure is None:

@@ -56,6 +56,8 @@ def _start(world: World, index: int, fault: Fault) -> None:
         world.stop_portal()
     elif kind == "peer_restart":
         world.peer(fault.target).restart(now)
+    elif kind == "portal_blackhole":
+        world.ws_black_holes[fault.target] = until
     world.schedule(until, _heal, world, index, fault)
 
 

@@ -34,14 +34,17 @@ class Result:
         return self.violation is None
 
 
-def run(schedule: Schedule, disabled_fixes: Iterable[str] = (), *, trace: bool = True) -> Result:
+def run(
+    schedule: Schedule, disabled_fixes: Iterable[str] = (), *, trace: bool = True, ignore: Iterable[str] = ()
+) -> Result:
+    """One schedule; ``ignore``: violation kinds of known bugs that are noted but do not stop it."""
     started = time.process_time()
     errors = install_error_capture()
     try:
         world = World(
             schedule.seed, relays=schedule.relays, disabled_fixes=disabled_fixes, rate=schedule.rate, trace=trace
         )
-        Checker(world, errors).start()
+        Checker(world, errors, frozenset(ignore)).start()
         install(world, schedule)
         world.run(schedule.duration_s)
     finally:
@@ -91,6 +94,7 @@ def explore(
     on_result: Callable[[int, Result], None] | None = None,
     attribute: bool = False,
     exclude: Iterable[str] = (),
+    ignore: Iterable[str] = (),
 ) -> tuple[int, Result | None]:
     """Run ``count`` random schedules from ``seed`` on; stop at the first violation.
 
@@ -99,20 +103,21 @@ def explore(
     """
     fixes = tuple(disabled_fixes)
     for index in range(count):
-        result = run(random_schedule(seed + index, duration_s=duration_s, exclude=exclude), fixes, trace=False)
+        schedule = random_schedule(seed + index, duration_s=duration_s, exclude=exclude)
+        result = run(schedule, fixes, trace=False, ignore=ignore)
         if on_result is not None:
             on_result(index, result)
         if result.violation is None:
             continue
-        if attribute and fixes and _same_without_fixes(result):
+        if attribute and fixes and _same_without_fixes(result, ignore):
             continue
         return index + 1, result
     return count, None
 
 
-def _same_without_fixes(result: Result) -> bool:
+def _same_without_fixes(result: Result, ignore: Iterable[str] = ()) -> bool:
     """Whether the fixes do not cure this run: with every fix on, something breaks as early."""
     assert result.violation is not None
-    baseline = run(result.schedule, (), trace=False)
+    baseline = run(result.schedule, (), trace=False, ignore=ignore)
     v = baseline.violation
     return v is not None and v.at < result.violation.at + ATTRIBUTION_MARGIN

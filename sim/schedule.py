@@ -25,6 +25,8 @@ the second end of a partition. Kinds, and what each means on the real stack:
 ``address_change``       relay comes up on a new IP (state lost); its agent re-joins
 ``portal_restart``       portal down ``duration`` s, state lost
 ``peer_restart``         ``target`` (client/gateway) process restarts (new port, state lost)
+``portal_blackhole``     frames between ``target`` (client, gateway or relay) and the portal
+                         vanish silently for ``duration`` s; dials fail (iptables DROP)
 =======================  ==================================================================
 """
 
@@ -51,6 +53,7 @@ KINDS = (
     "address_change",
     "portal_restart",
     "peer_restart",
+    "portal_blackhole",
 )
 WEIGHTS = {  # the faults production sees most often come up most often
     "relay_reboot": 3,
@@ -66,6 +69,7 @@ WEIGHTS = {  # the faults production sees most often come up most often
     "address_change": 1,
     "portal_restart": 1,
     "peer_restart": 1,
+    "portal_blackhole": 2,
 }
 WARMUP = 30.0  # the first fault comes after the stream is up
 TAIL = 150.0  # after the last heal: time for recovery and for the checks to see it
@@ -191,4 +195,6 @@ def _fault(rng: random.Random, at: float, relays: int, kind: str, same_secret: b
         return Fault(at, kind, "portal", rng.uniform(0.5, 10.0))
     if kind == "peer_restart":
         return Fault(at, kind, peer)
+    if kind == "portal_blackhole":
+        return Fault(at, kind, rng.choice((peer, relay)), rng.uniform(5.0, 90.0))
     return Fault(at, kind, relay)  # rotate_credentials, address_change

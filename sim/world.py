@@ -88,6 +88,7 @@ class World:
         self.portal: Portal | None = None
         self.portal_boots = 0
         self.ws_holders: dict[int, ChannelHolder] = {}
+        self.ws_black_holes: dict[str, float] = {}  # holder name → until
         self.routes: dict[str, SimPeer | RelayAgent] = {}
         self._start_portal()
         self.relays = [RelayAgent(self, i + 1, self._secret()) for i in range(relays)]
@@ -174,8 +175,16 @@ class World:
     def start_portal(self) -> None:
         self._start_portal()
 
+    def ws_blocked(self, holder: ChannelHolder) -> bool:
+        """A silent cut between ``holder`` and the portal: frames vanish, dials time out."""
+        until = self.ws_black_holes.get(holder.name)
+        return until is not None and until > self.now
+
     def ws_to_portal(self, sid: int, text: str) -> None:
         self.trace("ws>", str(sid), text)
+        holder = self.ws_holders.get(sid)
+        if holder is not None and self.ws_blocked(holder):
+            return
         self.schedule(self.now + WS_DELAY, self._portal_frame, self.portal_boots, sid, text)
 
     def ws_to_portal_closed(self, sid: int, reason: str) -> None:
@@ -203,6 +212,8 @@ class World:
             match out:
                 case Send(sid=sid, text=text):
                     self.trace("ws<", str(sid), text)
+                    if self.ws_blocked(holder):
+                        continue
                     self.schedule(self.now + WS_DELAY, holder.frame_in, sid, text)
                 case Close(sid=sid, reason=reason):
                     self.ws_holders.pop(sid, None)

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Fault kinds that provoke bugs still open in connlib/core (issue 9, see the xfails below) and
 # one limitation of the design: each side gathers from one sampled relay, so a relay↔relay cut is
 # only escaped when a re-request (every ~11.5 s: ICE timeout + retry) samples a pair that works.
+KNOWN_CHECKS = ("unsupervised-relay",)  # see test_known_bug_unlisted_relay_is_unsupervised
 KNOWN_OPEN = ("portal_restart", "rotate_credentials", "quota", "relay_reboot:same_secret", "relay_relay_cut")
 
 
@@ -112,12 +113,12 @@ def test_a_shrunk_schedule_replays_to_its_digest():
 @pytest.mark.parametrize(("switch", "within"), [("credentials-compare", 30), ("probe", 60), ("path-probe", 30)])
 def test_random_schedules_find_each_twin(switch, within):
     """Not a schedule written for the bug: the seeded random search finds it."""
-    ran, failure = explore(1000, within, [switch], attribute=True)
+    ran, failure = explore(1000, within, [switch], attribute=True, ignore=KNOWN_CHECKS)
     assert failure is not None, f"{switch}: no violation in {ran} random schedules"
 
 
 def test_bounded_random_run_holds():
-    ran, failure = explore(5000, 25, exclude=KNOWN_OPEN)
+    ran, failure = explore(5000, 25, exclude=KNOWN_OPEN, ignore=KNOWN_CHECKS)
     assert failure is None, failure.violation if failure else None
     assert ran == 25
 
