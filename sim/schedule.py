@@ -69,7 +69,7 @@ WEIGHTS = {  # the faults production sees most often come up most often
     "address_change": 1,
     "portal_restart": 1,
     "peer_restart": 1,
-    "portal_blackhole": 2,
+    "portal_blackhole": 1,
 }
 WARMUP = 30.0  # the first fault comes after the stream is up
 TAIL = 150.0  # after the last heal: time for recovery and for the checks to see it
