@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit integration e2e bench lint clean venv system-packages
+.PHONY: test unit integration e2e bench lint sim clean venv system-packages
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# a long simulation run: SEED, COUNT (default 1000 schedules), SIM_ARGS (e.g. --disable-fix probe)
+sim: $(VENV)/.installed
+	$(PY) -m sim --seed $(or $(SEED),1) --count $(or $(COUNT),1000) $(SIM_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

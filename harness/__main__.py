@@ -9,6 +9,7 @@
     python -m harness summary results/2026*        figures of many runs together: per scenario, the
                                                    verdicts and p50/p95/max of each figure
     python -m harness report results/latest        (re)write a results folder's junit.xml and report.html
+    python -m harness sim --seed S --count N ...   the deterministic simulation (``python -m sim``)
 
 Both ``up`` and ``chaos`` take ``--fleet docker|process`` (default docker) and write the history
 and a summary under ``results/`` (``--results``). Ctrl-C (or SIGTERM) tears the stack down; a
@@ -26,6 +27,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from sim import cli as sim_cli
 
 from . import chaos, checks, compose_ready
 from .docker_engine import connect
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:  # its own parser: the same command line as `python -m sim`
+        return sim_cli.main(argv[1:], prog="python -m harness sim")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "docker", "websockets"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("connlib", "fake_portal", "harness", "bench")
+PACKAGES = ("connlib", "fake_portal", "harness", "bench", "sim")
 CORE = ROOT / "connlib" / "core"
 
 FORBIDDEN_IN_CORE = {

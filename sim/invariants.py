@@ -1,0 +1,217 @@
+"""What must hold in a ``World`` at all times; ``Checker(world).start()`` checks every second.
+
+Each check compares the peers' state with the world's ground truth (which relay is up, what it
+holds, what the network lets through) and calls ``world.violation(kind, detail)``:
+
+- ``error-log``: a log record at ERROR or above (always a bug);
+- ``traffic-gap``: the world has been *healthy* (portal up, both peers joined, a working relay for
+  each side, reachable from each other) for ``GAP_BOUND`` s, with no fault starting or healing in
+  that time, yet no echo came back in that time: "traffic back within a bound once the faults
+  heal", checked between faults too;
+- ``zombie-relay``: a relay a peer holds, with no allocation and nothing in flight (no retry), for
+  ``ZOMBIE_BOUND`` s;
+- ``stale-relay``: a relay a peer holds as allocated, reachable, that does not hold that
+  allocation, for ``ZOMBIE_BOUND`` s while the peer is on the portal (it should be re-allocated or
+  removed); ``unsupervised-relay`` when it was lost after the peer's last ``init`` on a relay the
+  portal does not list for the peer (kept because a probe answered: nobody can tell the peer);
+- ``stale-credentials``: an allocation made with credentials its relay no longer accepts, for
+  ``ZOMBIE_BOUND`` s after the relay re-joined the portal with its secret;
+- ``no-relays``: NoRelays announced while a relay was usable, or no usable relay for
+  ``ZOMBIE_BOUND`` s with no NoRelays;
+- ``request-storm``: more than ``MAX_REQUESTS_PER_S`` STUN requests from a peer to a relay in 1 s;
+- ``channel-mismatch``: a channel a peer holds as bound is bound to another peer on the relay;
+- ``unbounded``: a queue or candidate list past its bound.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from connlib.app import lines
+from connlib.core.allocation import Allocation
+
+from .actors import RelayAgent, SimPeer
+from .world import ErrorRecords, World
+
+GAP_BOUND = 25.0
+ZOMBIE_BOUND = 15.0
+MAX_REQUESTS_PER_S = 10
+BOUNDS = {"transmits": 2000, "events": 2000, "remote_candidates": 32, "local_candidates": 16, "channels": 64}
+
+
+class Checker:
+    def __init__(self, world: World, errors: ErrorRecords, ignore: frozenset[str] = frozenset()) -> None:
+        self.world = world
+        self.errors = errors
+        self.ignore = ignore  # kinds of a known bug: noted in ``ignored``, the run goes on
+        self.ignored: dict[str, str] = {}
+        self.healthy_since: float | None = None
+        self.since: dict[tuple[str, str, str], float] = {}  # (check, peer, rid) → first seen
+        self.last_usable: dict[str, float] = {}
+        self.no_relays_at: dict[str, float] = {}
+        self._bucket = -1
+        self._requests: dict[tuple[str, str], int] = {}
+        world.line_observers.append(self._on_line)
+        world.udp_observers.append(self._on_udp)
+
+    def start(self) -> None:
+        self.world.schedule(1.0, self._tick)
+
+    # ------------------------------------------------------------------ observers
+    def _on_line(self, peer: SimPeer, line: lines.Line, now: float) -> None:
+        if isinstance(line, lines.NoRelaysLine):
+            self.no_relays_at[peer.peer_id] = now
+            usable = peer.tunnel.usable_relays()
+            if usable:
+                self.world.violation("no-relays", f"{peer.peer_id} announced NoRelays holding usable {usable}")
+
+    def _on_udp(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes, now: float) -> None:
+        if dst[1] != 3478 or len(payload) < 20 or payload[0] & 0xC0 or payload[0] & 0x01 or payload[1] & 0x10:
+            return  # not a STUN request to a relay (ChannelData, responses, indications)
+        bucket = int(now)
+        if bucket != self._bucket:
+            self._bucket, self._requests = bucket, {}
+        key = (src[0], dst[0])
+        count = self._requests[key] = self._requests.get(key, 0) + 1
+        if count > MAX_REQUESTS_PER_S:
+            self.world.violation("request-storm", f"{count} requests from {src[0]} to {dst[0]} in second {bucket}")
+
+    # ------------------------------------------------------------------ the periodic check
+    def _tick(self) -> None:
+        world, now = self.world, self.world.now
+        if self.errors.records:
+            record = self.errors.records[0]
+            world.violation("error-log", f"{record.name}: {record.getMessage()}")
+            return
+        self._check_traffic(now)
+        for peer in world.peers:
+            self._check_peer(peer, now)
+        world.schedule(now + 1.0, self._tick)
+
+    def _good_relays(self, peer: SimPeer, now: float) -> list[RelayAgent]:
+        net = self.world.net
+        return [
+            a
+            for a in self.world.relays
+            if a.up
+            and not a.frozen
+            and a.sid is not None
+            and not self.world.ws_blocked(a)
+            and not a.relay.user_quota
+            and not a.relay.total_quota
+            and net.reachable(peer.ip, a.relay.ip, now)
+        ]
+
+    def healthy(self, now: float) -> float | None:
+        """Since when the world can carry the stream (None: it cannot now): both peers joined,
+        and a pair of working relays, one for each, that reach each other."""
+        world = self.world
+        joined = [p.joined_since for p in world.peers]
+        if world.portal is None or now < 20.0 or None in joined or any(world.ws_blocked(p) for p in world.peers):
+            return None
+        mine, theirs = self._good_relays(world.client, now), self._good_relays(world.gateway, now)
+        starts = [
+            max(a.joined_since or now, b.joined_since or now)
+            for a in mine
+            for b in theirs
+            if a is b or world.net.reachable(a.relay.ip, b.relay.ip, now)
+        ]
+        return max(min(starts), *joined) if starts else None  # type: ignore[type-var]
+
+    def _check_traffic(self, now: float) -> None:
+        since = self.healthy(now)
+        if since is None:
+            self.healthy_since = None
+            return
+        # Traffic is owed GAP_BOUND after the world became healthy, and after every fault that
+        # started or healed since (a new fault may break the path in use: recovery starts again).
+        previous = self.healthy_since if self.healthy_since is not None else since
+        self.healthy_since = max(since, previous, self.world.last_disturbance)
+        last = self.world.client.session.stats.last_delivery
+        if now - self.healthy_since > GAP_BOUND and (last is None or now - last > GAP_BOUND):
+            ago = "never" if last is None else f"{now - last:.1f}s ago"
+            self.world.violation("traffic-gap", f"healthy since {self.healthy_since:.1f}s but the last echo came {ago}")
+
+    def _held(self, check: str, peer: str, rid: str, bad: bool, now: float, detail: str) -> None:
+        key = (check, peer, rid)
+        if not bad:
+            self.since.pop(key, None)
+            return
+        first = self.since.setdefault(key, now)
+        if now - first > ZOMBIE_BOUND:
+            message = f"{peer} relay {rid[:8]}: {detail} for {now - first:.0f}s"
+            if check in self.ignore:
+                self.ignored.setdefault(check, message)
+                self.since.pop(key, None)
+            else:
+                self.world.violation(check, message)
+
+    def _check_peer(self, peer: SimPeer, now: float) -> None:
+        world, node, pid = self.world, peer.tunnel.node, peer.peer_id
+        joined = peer.joined_since is not None and not world.ws_blocked(peer)  # it can hear the portal
+        usable = False
+        for rid, allocation in sorted(node.allocations.items()):
+            agent = world.agent_by_rid(rid)
+            local = allocation.has_allocation()
+            usable |= local
+            self._held(
+                "zombie-relay", pid, rid, not local and not allocation.sent_requests, now, "no allocation, no retry"
+            )
+            if agent is None:
+                continue
+            truth = agent.relay.live_allocation(peer.addr, now) if agent.up else None
+            reachable = not agent.frozen and world.net.reachable(peer.ip, agent.relay.ip, now)
+            held = truth is not None and any(c.addr == truth.relayed for c in allocation.relay_candidates())
+            stale = joined and local and reachable and not held
+            lost = ("lost", pid, rid)
+            lost_since = self.since.setdefault(lost, now) if local and not held else self.since.pop(lost, None)
+            # Lost after the peer's last init, on a relay the portal does not list for the peer
+            # (kept because a probe answered): nobody can tell the peer.
+            unlisted = rid not in self._handed_out(peer)
+            after_init = stale and peer.joined_since is not None and (lost_since or now) >= peer.joined_since
+            kind = "unsupervised-relay" if unlisted and after_init else "stale-relay"
+            self._held(kind, pid, rid, stale, now, "allocation lost on the relay")
+            current = agent.relay.password_for(allocation.username) == allocation.password
+            told = joined and agent.sid is not None and rid in self._handed_out(peer)
+            self._held(
+                "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
+            )
+            if truth is not None and held:
+                self._check_channels(pid, rid, allocation, truth.channels, now)
+            if len(allocation.channels) > BOUNDS["channels"]:
+                world.violation("unbounded", f"{pid} relay {rid[:8]}: {len(allocation.channels)} channels")
+        if usable:
+            self.last_usable[pid] = now
+        last = self.last_usable.get(pid)
+        silent = last is not None and (self.no_relays_at.get(pid, -1.0) < last) and bool(node.allocations)
+        self._held("no-relays", pid, "-", joined and not usable and silent, now, "no usable relay and no NoRelays")
+        for name, size in (("transmits", len(peer.tunnel._transmits)), ("events", len(peer.tunnel._events))):
+            if size > BOUNDS[name]:
+                world.violation("unbounded", f"{pid}: {size} {name} queued")
+        for connection in peer.tunnel.connections.values():
+            if len(connection.remote_candidates) > BOUNDS["remote_candidates"]:
+                world.violation("unbounded", f"{pid}: {len(connection.remote_candidates)} remote candidates")
+            if len(connection.local_candidates) > BOUNDS["local_candidates"]:
+                world.violation("unbounded", f"{pid}: {len(connection.local_candidates)} local candidates")
+
+    def _handed_out(self, peer: SimPeer) -> dict:
+        """The relays the portal currently lists for ``peer`` (only those can it tell about)."""
+        portal = self.world.portal
+        session = portal._sessions.get(peer.sid) if portal is not None and peer.sid is not None else None
+        return session.handed_out if session is not None else {}
+
+    def _check_channels(self, pid: str, rid: str, allocation: Allocation, truth: dict, now: float) -> None:
+        for number, channel in allocation.channels.items():
+            if not channel.connected(now):
+                continue
+            bound = truth.get(number)
+            if bound is not None and bound[1] > now and bound[0] != channel.peer:
+                self.world.violation(
+                    "channel-mismatch", f"{pid} relay {rid[:8]}: {hex(number)} is {channel.peer}, relay has {bound[0]}"
+                )
+
+
+def install_error_capture() -> ErrorRecords:
+    handler = ErrorRecords()
+    logging.getLogger().addHandler(handler)
+    return handler

@@ -1,0 +1,247 @@
+"""The simulator: replay is byte for byte, every invariant can fire, random schedules find each
+mutation twin's bug, and a bounded random run holds (the known open bugs of issue 9 excepted:
+their reproducers are strict xfails below, so a fix turns them into failures to delete)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connlib.app.session import Phase
+from connlib.core import fixes
+from sim.faults import install
+from sim.invariants import GAP_BOUND, Checker, install_error_capture
+from sim.runner import explore, run
+from sim.schedule import KINDS, Fault, Schedule, random_schedule
+from sim.world import ErrorRecords, World
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Fault kinds that provoke bugs still open in connlib/core (issue 9, see the xfails below) and
+# one limitation of the design: each side gathers from one sampled relay, so a relay↔relay cut is
+# only escaped when a re-request (every ~11.5 s: ICE timeout + retry) samples a pair that works.
+KNOWN_CHECKS = ("unsupervised-relay",)  # see test_known_bug_unlisted_relay_is_unsupervised
+KNOWN_OPEN = ("relay_reboot:same_secret", "relay_relay_cut")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_loggers():
+    """The suite logs at DEBUG; the simulator runs thousands of exchanges: keep WARNING and up."""
+    names = ("connlib", "fake_portal")
+    saved = {n: logging.getLogger(n).level for n in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def schedule(seed: int, duration: float, *faults: Fault) -> Schedule:
+    return Schedule(seed, duration, faults=tuple(faults))
+
+
+# #6666 fix 1's twin turns off the listed-relay probe too: on its own (issue 9) it catches what the
+# compare exists for. Every other twin is its one switch.
+TWIN_SWITCHES = {fixes.FIX_CREDENTIALS_COMPARE: [fixes.FIX_CREDENTIALS_COMPARE, fixes.FIX_PROBE_LISTED]}
+
+
+def _switches(switch: str) -> list[str]:
+    return TWIN_SWITCHES.get(switch, [switch])
+
+
+# The minimal schedules random exploration found for each twin (python -m sim --seed 1000
+# --disable-fix NAME --attribute); each must break with the fix off and hold with it on.
+TWINS = {
+    fixes.FIX_CREDENTIALS_COMPARE: (
+        schedule(1003, 327.0, Fault(309.924, "rotate_credentials", "relay-1")),
+        "stale-credentials",
+    ),
+    fixes.FIX_PROBE: (
+        schedule(
+            1129,
+            369.0,
+            Fault(224.091, "relay_kill", "relay-2", 71.657),
+            Fault(339.246, "peer_portal_cut", "client", 12.393),
+            Fault(347.539, "relay_reboot", "relay-1", 4.724, new_secret=False),
+        ),
+        "stale-relay",
+    ),
+    fixes.FIX_PATH_PROBE: (schedule(1008, 343.0, Fault(316.333, "relay_pause", "relay-2", 57.562)), "traffic-gap"),
+}
+
+
+def test_replay_is_byte_for_byte_across_processes():
+    """Two processes with different hash seeds replay one schedule to the same trace digest."""
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-m", "sim", "--seed", "3", "--replay", "--duration", "200"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode in (0, 1), out.stderr
+        digests.append(json.loads(out.stdout)["digest"])
+    assert digests[0] == digests[1]
+    assert len(digests[0]) == 64
+
+
+def test_a_different_seed_is_a_different_trace():
+    a = run(random_schedule(3, duration_s=120))
+    b = run(random_schedule(3, duration_s=120))
+    c = run(random_schedule(4, duration_s=120))
+    assert a.digest == b.digest and a.trace_items == b.trace_items
+    assert a.digest != c.digest
+
+
+@pytest.mark.parametrize("switch", sorted(TWINS))
+def test_each_twin_breaks_its_minimal_schedule(switch):
+    minimal, kind = TWINS[switch]
+    broken = run(minimal, _switches(switch), trace=False)
+    assert broken.violation is not None and broken.violation.kind.startswith(kind), broken.violation
+    assert run(minimal, [], trace=False).ok
+
+
+def test_a_shrunk_schedule_replays_to_its_digest():
+    minimal, _ = TWINS[fixes.FIX_PATH_PROBE]
+    found = run(minimal, [fixes.FIX_PATH_PROBE])
+    again = run(Schedule.from_json(json.loads(found.schedule.dumps())), [fixes.FIX_PATH_PROBE])
+    assert (again.digest, again.violation) == (found.digest, found.violation)
+
+
+@pytest.mark.parametrize(
+    ("switch", "start", "within"), [("credentials-compare", 1000, 15), ("probe", 1100, 40), ("path-probe", 1000, 20)]
+)
+def test_random_schedules_find_each_twin(switch, start, within):
+    """Not a schedule written for the bug: the seeded random search finds it. (``python -m sim
+    --seed 1000 --disable-fix probe --attribute`` needs 130 schedules, ~60 s: the suite walks the
+    last 40 of them.)"""
+    ran, failure = explore(start, within, _switches(switch), attribute=True, ignore=KNOWN_CHECKS)
+    assert failure is not None, f"{switch}: no violation in {ran} random schedules"
+
+
+def test_bounded_random_run_holds():
+    ran, failure = explore(5000, 25, exclude=KNOWN_OPEN, ignore=KNOWN_CHECKS)
+    assert failure is None, failure.violation if failure else None
+    assert ran == 25
+
+
+def test_fixed_new_credentials_without_reboot():
+    """Issue 9 #4 (437 then 441 under new credentials left a zombie), found here before the fix."""
+    assert run(schedule(4, 400.0, Fault(367.035, "portal_restart", "portal", 5.27))).ok
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 #7: a relay restarted with the same secret is not noticed")
+def test_known_bug_reboot_with_the_same_secret():
+    assert run(schedule(28, 360.0, Fault(338.213, "relay_reboot", "relay-1", 0.965, new_secret=False))).ok
+
+
+@pytest.mark.xfail(strict=True, reason="a relay kept after an init that no longer lists it is never supervised")
+def test_known_bug_unlisted_relay_is_unsupervised():
+    """The gateway's init after a portal cut names two other relays; the probe keeps relay-3 (it
+    answers), but the portal tells this gateway nothing about relay-3 any more: its reboot leaves
+    the gateway on a lost allocation until the next REFRESH or keep-alive fails."""
+    faults = (
+        Fault(66.201, "relay_portal_cut", "relay-2", 47.779),
+        Fault(109.809, "peer_portal_cut", "gateway", 34.89),
+        Fault(449.521, "relay_reboot", "relay-3", 0.602),
+    )
+    assert run(schedule(20, 467.0, *faults)).ok
+
+
+def test_fixed_quota():
+    """Issue 9 #5 (508 on ALLOCATE left a zombie), found here before the fix."""
+    quota = Fault(242.964, "quota", "relay-3", 91.6, code=508)
+    assert run(schedule(2045, 270.0, quota, Fault(249.778, "peer_restart", "client"))).ok
+
+
+# ---------------------------------------------------------------------- every check can fire
+@pytest.fixture(autouse=True)
+def _no_leftover_capture():
+    yield
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, ErrorRecords)]
+
+
+def _world(seed: int = 1) -> tuple[World, Checker]:
+    errors = install_error_capture()
+    world = World(seed)
+    checker = Checker(world, errors)
+    checker.start()
+    return world, checker
+
+
+@pytest.mark.allow_error_logs
+def test_an_error_record_is_a_violation():
+    world, _ = _world()
+    world.schedule(30.0, lambda: logging.getLogger("connlib.test").error("boom"))
+    world.run(40.0)
+    assert [v.kind for v in world.violations] == ["error-log"]
+
+
+def test_a_request_storm_is_a_violation():
+    world, _ = _world()
+    relay = world.relays[0].relay.addr
+    binding = bytes.fromhex("0001000021124442") + b"\x07" * 12
+
+    def storm() -> None:
+        for _ in range(20):
+            world.udp(world.client.addr, relay, binding)
+
+    world.schedule(30.0, storm)
+    world.run(40.0)
+    assert [v.kind for v in world.violations] == ["request-storm"]
+
+
+def test_a_channel_the_relay_binds_elsewhere_is_a_violation():
+    world, _ = _world()
+
+    def corrupt() -> None:
+        for agent in world.relays:
+            for allocation in agent.relay.allocations.values():
+                for number, (_, expiry) in list(allocation.channels.items()):
+                    allocation.channels[number] = (("10.66.0.1", 1), expiry)
+
+    world.schedule(60.0, corrupt)
+    world.run(70.0)
+    kinds = {v.kind for v in world.violations}
+    assert kinds <= {"channel-mismatch"} and kinds, world.violations
+
+
+def test_a_stream_that_stops_in_a_healthy_world_is_a_traffic_gap():
+    world, _ = _world()
+    world.schedule(60.0, lambda: setattr(world.client.session, "phase", Phase.DONE))
+    world.run(200.0)
+    assert [v.kind for v in world.violations] == ["traffic-gap"]
+    assert 60.0 - 2 + GAP_BOUND < world.violations[0].at < 60.0 + GAP_BOUND + 3
+
+
+def test_no_traffic_is_owed_while_the_gateway_is_cut_off():
+    world, _ = _world()
+    world.schedule(60.0, lambda: world.net.lossy("10.0.2.1", 1.0, 1e9))
+    world.run(200.0)
+    assert not world.violations
+
+
+def test_the_schedule_json_round_trips():
+    original = random_schedule(11)
+    assert Schedule.from_json(json.loads(original.dumps())) == original
+
+
+def test_every_fault_kind_runs():
+    """All kinds at once, overlapping: the world survives (whatever connlib makes of it)."""
+    faults = sorted({f for s in range(40) for f in random_schedule(s).faults}, key=lambda f: f.at)
+    assert {f.kind for f in faults} == set(KINDS)
+    world = World(2)
+    install(world, Schedule(2, 600.0, faults=tuple(faults)))
+    world.run(600.0)
+    assert world.now == 600.0
