@@ -1,32 +1,30 @@
 #!/usr/bin/env python3
-"""Peer container healthcheck: healthy while the portal's admin API lists this peer as online.
+"""Peer container healthcheck: healthy while the peer's portal channel is joined.
 
-    peer_health.py ROLE ID [ADMIN_URL]       # e.g. peer_health.py gateway gateway http://portal:8080
+    peer_health.py STATUS_FILE       # e.g. peer_health.py /run/connlib-status.json
 
+``connlib run --status-file`` keeps its portal channel's state there (``{"portal": "joined", ...}``).
+The check needs no access to the portal's admin API, which wants a token the peers do not hold.
 Standard library only (runs with Debian's python3). The compose file lets the client start only once
 its gateway is healthy, so the client's first connection request finds the gateway online.
 """
 
 import json
 import sys
-import urllib.request
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
+    if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    role, peer_id = argv[0], argv[1]
-    admin = argv[2] if len(argv) > 2 else "http://portal:8080"
     try:
-        with urllib.request.urlopen(f"{admin}/api/{role}s", timeout=1.5) as response:
-            peers = json.load(response)
-    except OSError as exc:
-        print(f"portal admin API unreachable: {exc}")
+        with open(argv[0]) as status_file:
+            state = json.load(status_file).get("portal")
+    except (OSError, ValueError) as exc:
+        print(f"no portal state yet: {exc}")
         return 1
-    online = any(p.get("external_id") == peer_id and p.get("online") for p in peers)
-    print(f"{role} {peer_id} {'online' if online else 'not online'} at the portal")
-    return 0 if online else 1
+    print(f"portal channel {state}")
+    return 0 if state == "joined" else 1
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--bind", default="0.0.0.0", help="local IPv4 address for the UDP socket")
     cmd.add_argument("--heartbeat-interval", type=_positive, default=10.0)
     cmd.add_argument("--seed", type=int, default=None, help="seed of the protocol cores (default: from the OS)")
+    cmd.add_argument("--status-file", default=None, help="keep the portal channel's state in this JSON file")
     cmd.set_defaults(handler="connlib.app.run:run", default_log_level="INFO")
     return parser
 

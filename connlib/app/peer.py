@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class PeerConfig:
     seed: int = 0
     heartbeat_interval: float = 10.0
     disabled_fixes: frozenset[str] = frozenset()
+    status_file: str | None = None
+    """Where the portal channel's state is kept as JSON (a container's healthcheck reads it)."""
 
     @property
     def public_key(self) -> str:
@@ -166,6 +169,8 @@ class Peer:
     async def _on_portal_state(self, state: str) -> None:
         self.session.handle_portal_state(state, self.clock())
         self._drain_session()
+        if self.config.status_file:
+            _write_status(self.config.status_file, {"portal": state, "ts": round(time.time(), 3)})
 
     def _on_portal_message(self, event: str, payload: dict[str, Any]) -> None:
         self.driver.call(lambda now: self.session.handle_portal_message(event, payload, now))
@@ -195,6 +200,17 @@ class Peer:
                 await asyncio.sleep(0)
                 continue
             await self.driver.wait_until(lambda: self.session.needs_wakeup or self._session_wake.is_set(), timeout)
+
+
+def _write_status(path: str, status: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file); a failure is only logged."""
+    try:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as out:
+            json.dump(status, out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("Cannot write the status file %s", kv(path=path, error=exc))
 
 
 def _print_json(line: dict) -> None:

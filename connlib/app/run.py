@@ -41,6 +41,7 @@ async def run(args: argparse.Namespace) -> int:
         seed=seed,
         heartbeat_interval=args.heartbeat_interval,
         disabled_fixes=disabled_fixes_from_env(),
+        status_file=args.status_file,
     )
     log.info("Seeded %s", kv(seed=seed))
     if config.disabled_fixes:

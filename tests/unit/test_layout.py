@@ -48,11 +48,18 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _is_type_checking(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id == "TYPE_CHECKING"
+
+
 def _imports(name: str, path: Path, *, top_level: bool) -> list[tuple[str, int]]:
     """Imported module names (absolute), with their line numbers."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    nodes = tree.body if top_level else [n for n in ast.walk(tree) if n not in tree.body]
+    if top_level:
+        nodes = tree.body
+    else:  # everything below the module's own statements; `if TYPE_CHECKING:` imports are types only
+        nodes = [n for stmt in tree.body if not _is_type_checking(stmt) for n in ast.walk(stmt) if n is not stmt]
     found: list[tuple[str, int]] = []
     for node in nodes:
         if isinstance(node, ast.Import):
