@@ -14,9 +14,11 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +49,7 @@ class Stack:
         self.client = client
         self.project = project
         self.prefixes = prefixes
+        self.admin_token = "e2e-stack-" + secrets.token_hex(8)  # what `make up` hands the portal
         self.env = {
             **variables,
             "COMPOSE_PROJECT_NAME": project,
@@ -56,6 +59,7 @@ class Stack:
             "PORTAL_WS_PUBLISH": "127.0.0.1:",  # → "127.0.0.1::4000": a random port on 127.0.0.1
             "PORTAL_ADMIN_PUBLISH": "127.0.0.1:",
             "UP_TIMEOUT": str(int(UP_BOUND_S)),
+            "PORTAL_ADMIN_TOKEN": self.admin_token,
         }
         self.admin_url = ""
         self.up_seconds = 0.0
@@ -69,7 +73,8 @@ class Stack:
         return found[0]
 
     def api(self, path: str) -> Any:
-        with urllib.request.urlopen(self.admin_url + path, timeout=3) as response:
+        request = urllib.request.Request(self.admin_url + path, headers={"Authorization": f"Bearer {self.admin_token}"})
+        with urllib.request.urlopen(request, timeout=3) as response:
             return json.load(response)
 
     def relays(self) -> dict[str, dict]:
@@ -108,8 +113,8 @@ def stack(docker_client: docker.DockerClient, docker_session: DockerSession) -> 
         started = time.monotonic()
         out = ts.make("up", env=s.env).stdout
         s.up_seconds = time.monotonic() - started
-        match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/", out)
-        assert match, out
+        match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/\?token=(\S+)", out)
+        assert match and match.group(2) == s.admin_token, out  # the URL a person opens carries the token
         s.admin_url = match.group(1)
         print(f"\n`make up` (images cached) until relayed traffic: {s.up_seconds:.1f}s\n{out}")
         yield s
@@ -170,6 +175,14 @@ for i in range(20):
         print("send failed:", exc)
     time.sleep(0.02)
 """
+
+
+def test_the_stacks_admin_api_wants_its_token(stack):
+    """Published on 127.0.0.1 and reachable from the portal's networks, so it is locked: no token, 401."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(stack.admin_url + "/api/relays", timeout=3)
+    assert refused.value.code == 401
+    assert stack.api("/api/relays")  # the same request with the token
 
 
 def test_direct_udp_from_client_to_gateway_fails_while_relayed_stream_flows(stack):
@@ -304,7 +317,7 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(stack.admin_url + "/", wait_until="load")
+            page.goto(f"{stack.admin_url}/?token={stack.admin_token}", wait_until="load")
             rows = wait_until(
                 lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None,
                 10,
