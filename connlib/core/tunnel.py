@@ -121,6 +121,7 @@ class Tunnel:
 
     def handle_signal(self, event: str, payload: object, now: float) -> None:
         """A typed payload from the portal (see ``connlib.core.messages``)."""
+        connection: Connection | None
         if event == messages.Event.CONNECTION_REQUEST and self.role == "gateway":
             assert isinstance(payload, messages.ConnectionSignal)
             connection = self._new_connection(payload.peer_id, controlling=False, now=now)

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,7 +104,7 @@ class _RefusingRelay:
             request = stun.decode(data)
             self.requests += 1
             if request.method == stun.Method.BINDING:
-                attrs = [("XOR-MAPPED-ADDRESS", addr)]
+                attrs: list[tuple[str | int, Any]] = [("XOR-MAPPED-ADDRESS", addr)]
                 reply = stun.Message(request.method, stun.Class.SUCCESS, request.transaction_id, attrs)
             elif "MESSAGE-INTEGRITY" not in request:
                 attrs = [("ERROR-CODE", (401, "Unauthorized")), ("REALM", REALM), ("NONCE", "n0nce")]

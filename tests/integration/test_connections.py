@@ -39,6 +39,7 @@ async def fleet_factory():
 
 def delivered_after(fleet: ProcessFleet, t: float) -> float | None:
     """The time of the first echo after ``t``, once there is one (echoes after a gap end it)."""
+    assert fleet.client is not None  # the fleet has started
     last = fleet.client.stats.last_delivery
     if last is None or last <= t:
         return None
@@ -99,6 +100,7 @@ async def test_stopped_carrying_relay_migrates_on_relays_presence(fleet_factory)
 # ---------------------------------------------------------------------------- 3. #6648
 async def scenario_credential_rotation_while_partitioned(fleet: ProcessFleet) -> dict:
     rid = fleet.carrying_relay()
+    assert rid is not None  # the fleet starts with the stream flowing through a relay
     name = await fleet.relay_name(rid)
     fault = time.monotonic()
     await fleet.partition(CLIENT_ID)
@@ -142,6 +144,7 @@ async def test_mutation_credential_rotation_catches_skipped_compare(fleet_factor
 
 # ---------------------------------------------------------------------------- 4. silent loss
 async def scenario_silent_loss_while_partitioned(fleet: ProcessFleet) -> dict:
+    assert fleet.client is not None  # the fleet has started
     used = {fleet.carrying_relay(fleet.client), fleet.carrying_relay(fleet.gateway)}
     idle_rid = next(rid for rid in fleet.client.tunnel.node.allocations if rid not in used)
     name = await fleet.relay_name(idle_rid)

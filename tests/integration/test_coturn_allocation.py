@@ -104,7 +104,7 @@ async def test_channel_data_round_trip_between_two_allocations(coturn, peer, pee
             lambda now, i=i: peer.node.encapsulate("relay-a", addr_b, f"ping {i}".encode(), now)
         )
         peer.driver.send_raw(transmit.payload, transmit.dst)
-    got = []
+    got: list[ChannelData] = []
     while len(got) < 20:
         event = await asyncio.wait_for(received.get(), 3)
         if isinstance(event, ChannelData):

@@ -38,6 +38,7 @@ async def allocate(relay: Relay) -> tuple[int, str, str]:
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None  # communicate() waited for the exit
     return process.returncode, stdout.decode(), stderr.decode()
 
 

@@ -60,7 +60,7 @@ async def test_reconnects_and_rejoins_after_the_portal_restarts(portal):
     await eventually(lambda: not peer.client.joined.is_set(), what="client noticed")
     async with FakePortal(PortalConfig(token=TOKEN, listen_port=port)) as restarted:
         await peer.next("init", timeout=BOUND + 5)
-        assert [c["id"] for c in restarted.core.peers_view("client", 0.0) if c["online"]] == ["c1"]
+        assert [c["id"] for c in restarted.core.peers_view(messages.Topic.CLIENT, 0.0) if c["online"]] == ["c1"]
         await peer.stop()
     assert peer.states[:3] == ["connecting", "connected", "joined"] and "disconnected" in peer.states
 

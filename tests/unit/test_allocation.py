@@ -33,7 +33,7 @@ PEER2 = ("203.0.113.51", 7000)
 PEER3 = ("203.0.113.52", 7000)
 
 
-def setup(*, v6: bool = False, client_v6: bool = False, now: float = 0.0, **kw):
+def setup(*, v6: bool = False, client_v6: bool = False, now: float = 0.0, **kw) -> tuple[Allocation, TurnSim, Net]:
     sim = TurnSim(RELAY4, RELAY6 if v6 else None)
     net = Net(sim, now=now)
     alloc = Allocation(sim.socket, *sim.credentials(), REALM, now, relay_id="r1", **kw)
@@ -41,7 +41,7 @@ def setup(*, v6: bool = False, client_v6: bool = False, now: float = 0.0, **kw):
     return alloc, sim, net
 
 
-def allocated(**kw):
+def allocated(**kw) -> tuple[Allocation, TurnSim, Net]:
     alloc, sim, net = setup(**kw)
     net.run(net.now)
     assert alloc.has_allocation()
@@ -75,7 +75,7 @@ def answer(alloc, sim, now, *, seen_as=CLIENT4, local=CLIENT4, only=None) -> lis
     return replies
 
 
-def methods(sim: TurnSim, since: float = 0.0, *, binding: bool = True) -> list[tuple[Method, bool]]:
+def methods(sim: TurnSim, since: float = 0.0, *, binding: bool = True) -> list[tuple[Method | int, bool]]:
     """What the relay received since ``since``: ``(method, signed)``; keep-alives optional."""
     return [(m, signed) for t, m, signed in sim.requests if t >= since and (binding or m != Method.BINDING)]
 
@@ -173,7 +173,7 @@ def test_retransmits_signed_ones_with_fresh_transaction_ids_bindings_unchanged()
     net.run(299.0)
     sim.black_hole = True
     net.run(309.0)  # the REFRESH at lifetime/2 and the keep-alive, both at 300, both unanswered
-    by_method = {Method.REFRESH: [], Method.BINDING: []}
+    by_method: dict[Method | int, list[tuple[float, Message]]] = {Method.REFRESH: [], Method.BINDING: []}
     for t, _, msg in sent(net):
         if t >= 300.0:
             by_method[msg.method].append((t, msg))
@@ -286,7 +286,7 @@ def test_lost_allocate_response_recovers_through_delete_on_a_lingering_relay():
     """The signed ALLOCATE's success is lost; its retransmit (new transaction id) gets 437."""
     alloc, sim, net = setup()
     sim.linger = 1.0
-    lost = []
+    lost: list[Message] = []
 
     def drop_first_allocate_success(src, dst, payload):
         if src == RELAY4 and stun.is_stun(payload) and not lost:
@@ -512,7 +512,9 @@ def test_channel_data_relayed_between_two_allocations_on_the_same_relay():
     b.bind_channel(ra.addr, 0.0)
     net.run(0.0)
     net.run(1.0)
-    net.transmit(a, a.encapsulate(rb.addr, b"ping", 1.0))
+    ping = a.encapsulate(rb.addr, b"ping", 1.0)
+    assert ping is not None
+    net.transmit(a, ping)
     net.run(1.0)
     assert net.received == [(1.0, b, (ra.addr, b"ping"))]
 

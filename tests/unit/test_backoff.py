@@ -98,7 +98,7 @@ CLIENT = ("10.0.0.2", 40000)
 
 def run_against_black_hole(alloc: Allocation, sim: TurnSim, net: Net, until: float):
     """Step to each ``poll_timeout``; return the send times per method and when it became free."""
-    sends: dict[Method, list[float]] = {}
+    sends: dict[Method | int, list[float]] = {}
     freed_at = None
     now = net.now
     while now <= until:
@@ -134,7 +134,9 @@ def roundtrip(alloc: Allocation, sim: TurnSim, now: float) -> None:
         out.append(t)
     for t in out:
         for dst, data in sim.handle(t.payload, CLIENT, now):
-            alloc.handle_input(data, sim.address_for(dst), CLIENT, now)
+            relay = sim.address_for(dst)
+            assert relay is not None
+            alloc.handle_input(data, relay, CLIENT, now)
 
 
 def test_allocation_allocate_schedule_after_relay_goes_silent():

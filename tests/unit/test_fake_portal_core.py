@@ -107,7 +107,8 @@ def test_partition_expires_on_its_own():
     result = portal.partition("c1", 5.0, 1.0)
     assert result["sockets_closed"] == 1 and result["until"] == 1_700_000_006.0
     assert Close(client, 4001, "partitioned") in outputs(portal)
-    assert portal.admit(peer_endpoint("c1"), 5.9).status == 503
+    rejection = portal.admit(peer_endpoint("c1"), 5.9)
+    assert rejection is not None and rejection.status == 503
     assert portal.admit(peer_endpoint("c1"), 6.0) is None
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,7 @@ def _imports(name: str, path: Path, *, top_level: bool) -> list[tuple[str, int]]
     """Imported module names (absolute), with their line numbers."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes: Sequence[ast.AST]
     if top_level:
         nodes = tree.body
     else:  # everything below the module's own statements; `if TYPE_CHECKING:` imports are types only

@@ -62,7 +62,7 @@ def messages(caplog, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == level]
 
 
-def requests_since(sim: TurnSim, t: float) -> list[Method]:
+def requests_since(sim: TurnSim, t: float) -> list[Method | int]:
     return [m for at, m, _ in sim.requests if at >= t and m != Method.BINDING]
 
 
@@ -283,6 +283,7 @@ def test_peer_traffic_from_another_port_of_a_previous_relay_ip_is_not_swallowed(
     list(iter(node.poll_transmit, None))
     check = stun.Message(Method.BINDING, stun.Class.REQUEST, bytes(12)).encode()  # an ICE connectivity check
     for relay in (a, b):
+        assert relay.v4 is not None
         peer_relayed = (relay.v4[0], 49999)
         assert node.handle_input(check, peer_relayed, CLIENT4, 2.0) is False
         assert node.handle_input(b"\x17app-data", peer_relayed, CLIENT4, 2.0) is False
@@ -301,7 +302,9 @@ def test_channel_data_is_returned_as_channel_data():
     n1.bind_channel("r", r2.addr, 0.0)
     n2.bind_channel("r", r1.addr, 0.0)
     net.run(1.0)
-    net.transmit(n1, n1.encapsulate("r", r2.addr, b"hello", 1.0))
+    hello = n1.encapsulate("r", r2.addr, b"hello", 1.0)
+    assert hello is not None
+    net.transmit(n1, hello)
     net.run(1.0)
     assert net.received == [(1.0, n2, ChannelData("r", r1.addr, b"hello"))]
     assert n1.encapsulate("nope", r2.addr, b"x", 1.0) is None

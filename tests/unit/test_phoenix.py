@@ -32,6 +32,23 @@ def drain_sent(channel: PhoenixChannel) -> list:
     return out
 
 
+def next_sent(channel: PhoenixChannel) -> object:
+    """The next frame ``channel`` sends, decoded; there must be one."""
+    text = channel.poll_transmit()
+    assert text is not None
+    return json.loads(text)
+
+
+def next_delays(backoff: ReconnectBackoff, n: int) -> list[float]:
+    """``n`` delays asked for at t=0 (before any ``max_elapsed``, so none is ``None``)."""
+    delays = []
+    for _ in range(n):
+        delay = backoff.next_delay(0.0)
+        assert delay is not None
+        delays.append(delay)
+    return delays
+
+
 def drain_events(channel: PhoenixChannel) -> list:
     out = []
     while (event := channel.poll_event()) is not None:
@@ -231,16 +248,18 @@ def test_backoff_resets_only_on_a_successful_join():
 def test_v2_join_carries_its_ref_as_join_ref():
     channel = PhoenixChannel("client", vsn=Vsn.V2)
     channel.connected(0.0)
-    assert [json.loads(channel.poll_transmit())] == [[0, 0, "client", "phx_join", {}]]
+    assert [next_sent(channel)] == [[0, 0, "client", "phx_join", {}]]
     channel.handle_input(json.dumps([0, 0, "client", "phx_reply", {"status": "ok", "response": {}}]), 0.0)
     channel.send("no_relays", {})
-    assert json.loads(channel.poll_transmit()) == [0, 1, "client", "no_relays", {}]
+    assert next_sent(channel) == [0, 1, "client", "no_relays", {}]
 
 
 def test_gives_up_after_max_elapsed():
     channel = PhoenixChannel("client", backoff=ReconnectBackoff(max_elapsed=2.0))
     channel.disconnected(0.0)
-    channel.handle_timeout(channel.poll_timeout())
+    deadline = channel.poll_timeout()
+    assert deadline is not None
+    channel.handle_timeout(deadline)
     drain_events(channel)
     channel.disconnected(2.5)
     assert isinstance(drain_events(channel)[-1], GaveUp) and channel.is_closed
@@ -257,8 +276,8 @@ def test_backoff_sequence_is_exponential_and_capped_without_jitter():
 def test_backoff_jitter_stays_within_half_and_is_reproducible_with_a_seed():
     first = ReconnectBackoff(rng=random.Random(7))
     second = ReconnectBackoff(rng=random.Random(7))
-    a = [first.next_delay(0.0) for _ in range(30)]
-    assert a == [second.next_delay(0.0) for _ in range(30)]
+    a = next_delays(first, 30)
+    assert a == next_delays(second, 30)
     interval = 0.5
     for delay in a:
         assert 0.5 * interval <= delay <= 1.5 * interval
@@ -268,7 +287,7 @@ def test_backoff_jitter_stays_within_half_and_is_reproducible_with_a_seed():
 
 def test_default_backoff_caps_at_60_seconds():
     backoff = ReconnectBackoff(jitter=0.0)
-    delays = [backoff.next_delay(0.0) for _ in range(40)]
+    delays = next_delays(backoff, 40)
     assert max(delays) == 60.0 and delays[-1] == 60.0
     backoff.reset()
     assert backoff.next_delay(0.0) == 0.5

@@ -256,7 +256,7 @@ def path_probe_with_one_loss(disabled=()):
     node, net = node_with(sim, disabled=disabled)
     events(node)
     net.run(30.0)
-    lost = []
+    lost: list[bytes] = []
 
     def drop_first_refresh(src, dst, payload):
         if src == CLIENT4 and not lost and stun.is_stun(payload) and stun.decode(payload).method == Method.REFRESH:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from connlib.core import stun
 from connlib.core.addr import Address
@@ -26,6 +28,7 @@ from connlib.core.allocation import Allocation, RelaySocket
 from connlib.core.credentials import REALM, long_term_key, rest_credentials, rest_password
 from connlib.core.messages import RelayConfig
 from connlib.core.node import Node
+from connlib.core.sansio import Transmit
 from connlib.core.stun import Class, Message, Method
 
 DEFAULT_LIFETIME, MAX_LIFETIME, CHANNEL_LIFETIME = 600, 3600, 600.0
@@ -42,6 +45,7 @@ REASONS = {
     500: "Server Error",
 }
 _ids = itertools.count(1)
+Handler = Callable[[Message, Address, bytes, float], tuple[Address, bytes]]
 
 
 def family(addr: Address) -> int:
@@ -76,12 +80,12 @@ class TurnSim:
         self.sign_successes = True
         self.lifetime = DEFAULT_LIFETIME  # granted when the client asks for none
         self.linger = 0.0  # coturn keeps a deleted allocation (437 to ALLOCATE) this long after
-        self.inject: dict[Method, int] = {}  # one-shot error code for the next authenticated request
-        self.refuse: dict[Method, int] = {}  # error code for every authenticated request (until cleared)
+        self.inject: dict[Method | int, int] = {}  # one-shot error code for the next authenticated request
+        self.refuse: dict[Method | int, int] = {}  # error code for every authenticated request (until cleared)
         self.quota: int | None = None  # allocations at once (coturn --total-quota): 486 beyond
         self.allocations: dict[Address, SimAllocation] = {}
         self.nonces: dict[Address, str] = {}
-        self.requests: list[tuple[float, Method, bool]] = []  # (now, method, signed)
+        self.requests: list[tuple[float, Method | int, bool]] = []  # (now, method, signed)
         self._nonce_n = itertools.count(1)
         self._ports = itertools.count(49152)
 
@@ -151,11 +155,12 @@ class TurnSim:
         held = self.allocations.get(from_)
         if held is not None and held.username != username and msg.method != Method.ALLOCATE:
             return [self._error(from_, msg, 441, None)]  # like coturn (unsigned): the 5-tuple is someone else's
-        handler = {
+        handlers: dict[Method | int, Handler] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
             Method.CHANNEL_BIND: self._channel_bind,
-        }.get(msg.method)
+        }
+        handler = handlers.get(msg.method)
         if handler is None:
             return [self._error(from_, msg, 400, key)]
         return [handler(msg, from_, key, now)]
@@ -237,6 +242,18 @@ class TurnSim:
         return dst, message.encode(self.error_key or key, fingerprint=True)
 
 
+class Agent(Protocol):
+    """What ``Net`` drives: a ``Node``, an ``Allocation`` or a ``Tunnel``."""
+
+    def poll_transmit(self) -> Transmit | None: ...
+    def poll_timeout(self) -> float | None: ...
+    def handle_timeout(self, now: float) -> None: ...
+    def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool: ...
+
+
+AgentT = TypeVar("AgentT", bound=Agent)
+
+
 class Net:
     """Delivers datagrams between agents (a ``Node`` or an ``Allocation``) and ``TurnSim`` relays.
 
@@ -247,9 +264,9 @@ class Net:
     def __init__(self, *relays: TurnSim, now: float = 0.0) -> None:
         self.now = now
         self.relays: dict[Address, TurnSim] = {}
-        self.agents: dict[Address, object] = {}
+        self.agents: dict[Address, Agent] = {}
         self.sent: list[tuple[float, Address, Address, bytes]] = []  # every datagram an agent sent
-        self.received: list[tuple[float, object, object]] = []  # (now, agent, ChannelData | (peer, data))
+        self.received: list[tuple[float, Agent, object]] = []  # (now, agent, ChannelData | (peer, data))
         self.drop = lambda src, dst, payload: False
         self._queue: list[tuple[float, int, Address, Address, bytes]] = []
         self._seq = itertools.count()
@@ -260,11 +277,11 @@ class Net:
         self.relays.update({addr: relay for addr in relay.addresses})
         return relay
 
-    def attach(self, agent: object, *addrs: Address) -> object:
+    def attach(self, agent: AgentT, *addrs: Address) -> AgentT:
         self.agents.update({addr: agent for addr in addrs})
         return agent
 
-    def _source(self, agent: object, dst: Address) -> Address | None:
+    def _source(self, agent: Agent, dst: Address) -> Address | None:
         return next((a for a, g in self.agents.items() if g is agent and family(a) == family(dst)), None)
 
     def _send(self, src: Address, dst: Address, payload: bytes, now: float) -> None:
@@ -273,7 +290,7 @@ class Net:
             at = now + (relay.latency if relay else 0.0)
             heapq.heappush(self._queue, (at, next(self._seq), src, dst, payload))
 
-    def transmit(self, agent: object, transmit) -> None:  # a connlib Transmit
+    def transmit(self, agent: Agent, transmit: Transmit) -> None:
         """Send something an agent handed out directly (e.g. ``encapsulate``'s result)."""
         src = self._source(agent, transmit.dst)
         if src is not None:  # no address of that family: the datagram cannot leave the host
@@ -290,8 +307,11 @@ class Net:
         if dst in self.relays:
             relay = self.relays[dst]
             for out_dst, out in relay.handle(payload, src, self.now):
-                self._send(relay.address_for(out_dst), out_dst, out, self.now)
+                out_src = relay.address_for(out_dst)
+                assert out_src is not None  # the relay answers in the family it heard from
+                self._send(out_src, out_dst, out, self.now)
         elif (agent := self.agents.get(dst)) is not None:
+            result: object  # ChannelData or (peer, data) from decapsulate; a bool from handle_input
             if isinstance(agent, Allocation | Node) and stun.is_channel_data(payload):
                 result = agent.decapsulate(src, payload, self.now)
             else:
