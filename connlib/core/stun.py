@@ -377,7 +377,7 @@ class Message:
 MAX_MESSAGE_BYTES = 4096
 
 
-def decode(data: bytes) -> Message:
+def decode(data: bytes | bytearray | memoryview) -> Message:
     """Parse one STUN message occupying all of ``data``. Raises ``StunParseError`` only."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise StunParseError(f"longer than {MAX_MESSAGE_BYTES} bytes: {len(data)}")
@@ -490,7 +490,7 @@ def encode_channel_data(channel: int, payload: bytes) -> bytes:
     return struct.pack("!HH", channel, len(payload)) + payload
 
 
-def decode_channel_data(data: bytes) -> tuple[int, bytes]:
+def decode_channel_data(data: bytes | bytearray | memoryview) -> tuple[int, bytes]:
     """Return ``(channel, payload)``. Up to 3 bytes of padding after the payload are tolerated."""
     if len(data) < 4:
         raise StunParseError("ChannelData shorter than its header")
