@@ -140,9 +140,12 @@ def _uint(request: web.Request, key: str, maximum: int) -> int | None:
     return int(text)
 
 
+JSON_WHITESPACE = b" \t\r\n"  # RFC 8259 §2
+
+
 async def _body(request: web.Request, *, required: bool, fields: frozenset[str]) -> dict[str, Any]:
     raw = await request.read()  # aiohttp refuses bodies over client_max_size with 413
-    if not raw.strip():
+    if not raw.strip(JSON_WHITESPACE):  # bytes.strip() would also take \x0b, \x0c, \x1c-\x1f
         if required:
             raise HttpError(400, "a JSON object body is required")
         return {}

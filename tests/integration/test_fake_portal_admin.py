@@ -131,6 +131,13 @@ async def test_a_hostile_relay_id_in_the_path_is_refused(portal, relay):
     assert status in (400, 404) and body["error"]
 
 
+@pytest.mark.parametrize("body", ["\x0c", "\x0b", " \x0c ", "\x1c"])
+async def test_a_body_of_non_json_whitespace_is_a_400_not_an_empty_body(portal, body):
+    """JSON's whitespace is space, tab, CR and LF: a form feed is not "no body" (schemathesis found it)."""
+    status, _, answer = await call(portal, "POST", "/api/heal", body)
+    assert status == 400 and answer["error"]
+
+
 async def test_a_body_over_the_limit_is_a_413(portal):
     status, _, _ = await call(portal, "POST", "/api/heal", '{"id": "' + "x" * 100_000 + '"}')
     assert status == 413
