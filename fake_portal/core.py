@@ -1,8 +1,8 @@
 """The portal's state machine, sans-IO: sockets in, frames and closes out, time passed in.
 
 The asyncio server (``fake_portal.server``) owns the websockets. It tells the core when a socket
-opens (``open``), what it received (``handle_frame``) and when it ended (``closed``), calls
-``handle_timeout`` at ``poll_timeout()`` and carries out ``poll_output()``: :class:`Send` and
+opens (``open``), what it received (``handle_input``) and when it ended (``closed``), calls
+``handle_timeout`` at ``poll_timeout()`` and carries out ``poll_transmit()``: :class:`Send` and
 :class:`Close`. ``now`` is monotonic seconds; ``unix_offset`` turns it into wall-clock time for
 credentials' expiry and for humans.
 
@@ -103,7 +103,7 @@ class Session:
 
 
 @dataclass
-class Peer:
+class PeerRecord:
     """A client or gateway, remembered across its websocket connections."""
 
     id: str
@@ -172,7 +172,7 @@ class Portal:
         self._sessions: dict[int, Session] = {}
         self._next_sid = 1
         self._relays: dict[str, RelayRecord] = {}
-        self._peers: dict[Topic, dict[str, Peer]] = {Topic.CLIENT: {}, Topic.GATEWAY: {}}
+        self._peers: dict[Topic, dict[str, PeerRecord]] = {Topic.CLIENT: {}, Topic.GATEWAY: {}}
         self._connections: dict[tuple[str, str], ConnectionRecord] = {}
         self._streams: dict[str, StreamRecord] = {}
         self._partitions: dict[str, float] = {}
@@ -234,7 +234,7 @@ class Portal:
         if session is not None:
             self._drop(session, now, reason)
 
-    def handle_frame(self, sid: int, data: str | bytes, now: float) -> None:
+    def handle_input(self, sid: int, data: str | bytes, now: float) -> None:
         session = self._sessions.get(sid)
         if session is None:
             return
@@ -298,7 +298,7 @@ class Portal:
         ]
         return min(deadlines, default=None)
 
-    def poll_output(self) -> Send | Close | None:
+    def poll_transmit(self) -> Send | Close | None:
         return self._output.popleft() if self._output else None
 
     # -- admin commands -----------------------------------------------------------------------
@@ -442,7 +442,7 @@ class Portal:
                 if session.role is Topic.GATEWAY
                 else int(self.unix(now)) + self.config.client_credentials_ttl
             )
-            peer = peers[session.peer_id] = Peer(
+            peer = peers[session.peer_id] = PeerRecord(
                 session.peer_id, session.role, endpoint.name, endpoint.external_id, endpoint.public_key, expires_at
             )
         elif peer.sid not in (None, session.sid):
@@ -573,7 +573,7 @@ class Portal:
         session.handed_out = {r.id: r.identity for r in relays}
         return relays
 
-    def _entries(self, peer: Peer, relays: list[RelayRecord]) -> list[Relay]:
+    def _entries(self, peer: PeerRecord, relays: list[RelayRecord]) -> list[Relay]:
         return [entry for relay in relays for entry in relay_entries(relay, peer.expires_at, peer.salt)]
 
     # -- plumbing -----------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class FakePortal:
         reason = "socket closed"
         try:
             async for message in ws:
-                self.core.handle_frame(sid, message, _now())
+                self.core.handle_input(sid, message, _now())
                 self._pump()
         except ConnectionClosed as exc:
             reason = f"socket closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
@@ -163,7 +163,7 @@ class FakePortal:
 
     def _pump(self) -> None:
         """Carry out everything the core asked for, then re-arm its timer."""
-        while (out := self.core.poll_output()) is not None:
+        while (out := self.core.poll_transmit()) is not None:
             sock = self._sockets.get(out.sid)
             if sock is None:
                 continue

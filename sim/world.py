@@ -193,7 +193,7 @@ class World:
 
     def _portal_frame(self, boot: int, sid: int, text: str) -> None:
         if self.portal is not None and boot == self.portal_boots:
-            self.portal.handle_frame(sid, text, self.now)
+            self.portal.handle_input(sid, text, self.now)
             self.drain_portal()
 
     def _portal_closed(self, boot: int, sid: int, reason: str) -> None:
@@ -205,7 +205,7 @@ class World:
         portal = self.portal
         if portal is None:
             return
-        while (out := portal.poll_output()) is not None:
+        while (out := portal.poll_transmit()) is not None:
             holder = self.ws_holders.get(out.sid)
             if holder is None:
                 continue

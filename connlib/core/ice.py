@@ -11,13 +11,17 @@ the connection says so (``PathLost``) and goes back to checking every pair.
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
 
 from . import stun
-from .addr import Address, format_address, parse_address
+from .addr import Address, format_address
+from .candidate import (
+    RemoteCandidate,
+    candidate_line,
+    candidate_priority,
+)
 from .logfmt import kv
 from .stun import Class, Message, Method, new_transaction_id
 
@@ -29,7 +33,6 @@ MAX_RTO = 1.5
 KEEPALIVE_INTERVAL = 1.0
 MAX_REMOTE_CANDIDATES = 16  # host + srflx + relay of a dual-stack peer, with room for migrations
 PATH_LOST_AFTER = 4.0  # no answer on the nominated pair for this long ⇒ it is lost
-TYPE_PREFERENCE = {"host": 126, "prflx": 110, "srflx": 100, "relay": 0}
 
 
 @dataclass(frozen=True)
@@ -49,53 +52,6 @@ class LocalCandidate:
 
     def to_line(self) -> str:
         return candidate_line(self.kind, self.addr, self.priority, self.related)
-
-
-@dataclass(frozen=True)
-class RemoteCandidate:
-    kind: str
-    addr: Address
-    priority: int
-    line: str = ""
-
-    @property
-    def family(self) -> int:
-        return 6 if ":" in self.addr[0] else 4
-
-
-def candidate_priority(kind: str, local_preference: int = 65535) -> int:
-    return (TYPE_PREFERENCE[kind] << 24) | (local_preference << 8) | (256 - 1)
-
-
-def candidate_line(kind: str, addr: Address, priority: int, related: Address | None = None) -> str:
-    foundation = hashlib.sha1(f"{kind}{addr[0]}".encode()).hexdigest()[:8]
-    line = f"candidate:{foundation} 1 udp {priority} {addr[0]} {addr[1]} typ {kind}"
-    if related is not None and kind != "host":
-        line += f" raddr {related[0]} rport {related[1]}"
-    return line
-
-
-class CandidateError(ValueError):
-    pass
-
-
-def parse_candidate(line: str) -> RemoteCandidate:
-    """Parse ``candidate:<foundation> <component> udp <priority> <ip> <port> typ <type> ...``."""
-    tokens = line.split()
-    try:
-        if not tokens or not tokens[0].startswith("candidate:") or tokens[2].lower() != "udp":
-            raise CandidateError(f"not a UDP ICE candidate: {line!r}")
-        priority = int(tokens[3])
-        host = tokens[4]
-        addr = parse_address(f"[{host}]:{tokens[5]}" if ":" in host else f"{host}:{tokens[5]}")
-        kind = tokens[tokens.index("typ") + 1]
-    except (IndexError, ValueError) as exc:
-        raise CandidateError(f"malformed ICE candidate {line!r}: {exc}") from exc
-    if kind not in TYPE_PREFERENCE:
-        raise CandidateError(f"unknown candidate type {kind!r}")
-    if not 0 < priority < 2**32:
-        raise CandidateError("candidate priority out of range")
-    return RemoteCandidate(kind, addr, priority, line)
 
 
 def pair_priority(controlling: int, controlled: int) -> int:

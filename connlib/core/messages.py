@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import Any
 
 from .addr import family, parse_address
+from .candidate import CandidateError, candidate_kind
 from .logfmt import kv
 from .relay import RelayConfig
 
@@ -579,20 +580,16 @@ class Disconnect:
         return {"reason": self.reason}
 
 
-CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
-
-
 def candidate_type(candidate: Any) -> str:
-    """The ``typ`` of an ICE candidate line ``candidate:<foundation> ... typ <type> ...``."""
+    """The ``typ`` of an ICE candidate line (the grammar is :mod:`connlib.core.candidate`)."""
     if not isinstance(candidate, str) or not candidate.startswith("candidate:"):
         raise MessageError("an ICE candidate must be a string starting with 'candidate:'")
     if len(candidate) > MAX_CANDIDATE_CHARS:
         raise MessageError(f"ICE candidate longer than {MAX_CANDIDATE_CHARS} chars")
-    tokens = candidate.split()
-    for i, token in enumerate(tokens[:-1]):
-        if token == "typ" and tokens[i + 1] in CANDIDATE_TYPES:
-            return tokens[i + 1]
-    raise MessageError(f"ICE candidate {candidate!r} lacks 'typ host|srflx|prflx|relay'")
+    try:
+        return candidate_kind(candidate)
+    except CandidateError as exc:
+        raise MessageError(str(exc)) from None
 
 
 @dataclass(frozen=True)

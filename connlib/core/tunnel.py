@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from . import fixes, messages, stun
 from .addr import Address
 from .allocation import Candidate
+from .candidate import parse_candidate
 from .fixes import FIX_PATH_PROBE
 from .ice import (
     Connected,
@@ -31,7 +32,6 @@ from .ice import (
     PathLost,
     PathTransmit,
     decode_check,
-    parse_candidate,
 )
 from .logfmt import kv
 from .node import CandidateInvalid, CandidateNew, ChannelData, Node, NodeEvent, NoRelays, RelayRemoved

@@ -72,7 +72,7 @@ def frame(topic: str, event: str, payload: Any = None, ref: int = 1) -> str:
 
 def drain(portal: Portal) -> list[Send | Close]:
     out = []
-    while (item := portal.poll_output()) is not None:
+    while (item := portal.poll_transmit()) is not None:
         out.append(item)
     return out
 
@@ -85,7 +85,7 @@ def replies(out: list[Send | Close], sid: int) -> list[dict]:
 def join(portal: Portal, role: Topic, peer_id: str, now: float = 0.0) -> int:
     endpoint = Endpoint(role, Vsn.V1, TOKEN, peer_id, peer_id, peer_id, f"pk-{peer_id}")
     sid = portal.open(endpoint, now)
-    portal.handle_frame(sid, frame(role, "phx_join"), now)
+    portal.handle_input(sid, frame(role, "phx_join"), now)
     drain(portal)
     return sid
 
@@ -93,7 +93,7 @@ def join(portal: Portal, role: Topic, peer_id: str, now: float = 0.0) -> int:
 def join_relay(portal: Portal, name: str, secret: str, now: float = 0.0) -> int:
     endpoint = Endpoint(Topic.RELAY, Vsn.V1, TOKEN, relay_id_from_name(name), name, relay_addrs=("127.0.0.1:3478",))
     sid = portal.open(endpoint, now)
-    portal.handle_frame(sid, frame("relay", "phx_join", {"stamp_secret": secret}), now)
+    portal.handle_input(sid, frame("relay", "phx_join", {"stamp_secret": secret}), now)
     return sid
 
 
@@ -149,7 +149,7 @@ def test_bad_stream_reports_are_refused_with_a_reason(payload, reason):
 def test_stream_stats_is_stored_logged_and_acknowledged():
     portal = make_portal()
     sid = join(portal, Topic.CLIENT, "client-1")
-    portal.handle_frame(sid, frame("client", "stream_stats", REPORT, ref=7), 10.0)
+    portal.handle_input(sid, frame("client", "stream_stats", REPORT, ref=7), 10.0)
     assert replies(drain(portal), sid) == [{"status": "ok", "response": {}}]
 
     (stream,) = portal.streams_view(11.5)
@@ -172,15 +172,15 @@ def test_stream_stats_is_stored_logged_and_acknowledged():
 def test_stream_stats_keeps_the_latest_a_rate_and_a_history_per_client():
     portal = make_portal()
     a, b = join(portal, Topic.CLIENT, "a"), join(portal, Topic.CLIENT, "b")
-    portal.handle_frame(a, frame("client", "stream_stats", _with(sent=100, delivered=80, lost=0, in_flight=20)), 1.0)
-    portal.handle_frame(a, frame("client", "stream_stats", _with(sent=200, delivered=180, lost=0, in_flight=20)), 3.0)
-    portal.handle_frame(b, frame("client", "stream_stats", _with(connected=False, relay=None)), 3.0)
+    portal.handle_input(a, frame("client", "stream_stats", _with(sent=100, delivered=80, lost=0, in_flight=20)), 1.0)
+    portal.handle_input(a, frame("client", "stream_stats", _with(sent=200, delivered=180, lost=0, in_flight=20)), 3.0)
+    portal.handle_input(b, frame("client", "stream_stats", _with(connected=False, relay=None)), 3.0)
     streams = {s["client_id"]: s for s in portal.streams_view(3.0)}
     assert streams["a"]["delivered"] == 180 and streams["a"]["rate_per_s"] == 50.0 and streams["a"]["reports"] == 2
     assert [sample[1] for sample in streams["a"]["history"]] == [80, 180]
     assert streams["b"]["connected"] is False and streams["b"]["relay"] is None and streams["b"]["rate_per_s"] is None
     # A restarted client (counters went back) starts a new chart, with no rate across the restart.
-    portal.handle_frame(a, frame("client", "stream_stats", _with(sent=10, delivered=5, lost=0, in_flight=5)), 4.0)
+    portal.handle_input(a, frame("client", "stream_stats", _with(sent=10, delivered=5, lost=0, in_flight=5)), 4.0)
     restarted = portal.streams_view(4.0)[0]
     assert restarted["rate_per_s"] is None and [s[1] for s in restarted["history"]] == [5]
 
@@ -188,7 +188,7 @@ def test_stream_stats_keeps_the_latest_a_rate_and_a_history_per_client():
 def test_the_stream_outlives_the_clients_socket_and_says_so():
     portal = make_portal()
     sid = join(portal, Topic.CLIENT, "client-1")
-    portal.handle_frame(sid, frame("client", "stream_stats", REPORT), 1.0)
+    portal.handle_input(sid, frame("client", "stream_stats", REPORT), 1.0)
     portal.closed(sid, 2.0)
     (stream,) = portal.streams_view(9.0)
     assert stream["client_online"] is False and stream["age_s"] == 8.0 and stream["delivered"] == 100
@@ -201,9 +201,9 @@ def test_the_stream_outlives_the_clients_socket_and_says_so():
 def test_a_malformed_stream_stats_gets_an_error_reply_and_changes_nothing(payload, reason):
     portal = make_portal()
     sid = join(portal, Topic.CLIENT, "client-1")
-    portal.handle_frame(sid, frame("client", "stream_stats", REPORT), 1.0)
+    portal.handle_input(sid, frame("client", "stream_stats", REPORT), 1.0)
     drain(portal)
-    portal.handle_frame(sid, frame("client", "stream_stats", payload, ref=2), 2.0)
+    portal.handle_input(sid, frame("client", "stream_stats", payload, ref=2), 2.0)
     out = drain(portal)
     # A payload that is not an object is a channel error too (as on a Phoenix server): the socket lives.
     (reply,) = replies(out, sid)
@@ -212,14 +212,14 @@ def test_a_malformed_stream_stats_gets_an_error_reply_and_changes_nothing(payloa
     (stream,) = portal.streams_view(2.0)
     assert stream["delivered"] == 100 and stream["reports"] == 1
     # The socket still works.
-    portal.handle_frame(sid, frame("client", "stream_stats", _with(sent=130, delivered=110), ref=3), 3.0)
+    portal.handle_input(sid, frame("client", "stream_stats", _with(sent=130, delivered=110), ref=3), 3.0)
     assert replies(drain(portal), sid) == [{"status": "ok", "response": {}}]
 
 
 def test_only_clients_report_streams():
     portal = make_portal()
     sid = join(portal, Topic.GATEWAY, "gateway-1")
-    portal.handle_frame(sid, frame("gateway", "stream_stats", REPORT), 1.0)
+    portal.handle_input(sid, frame("gateway", "stream_stats", REPORT), 1.0)
     (reply,) = replies(drain(portal), sid)
     assert reply["status"] == "error" and "unknown event stream_stats" in reply["response"]["reason"]
     assert portal.streams_view(1.0) == []
@@ -234,7 +234,7 @@ def test_the_event_log_shows_fingerprints_not_secrets_while_the_wire_keeps_them(
     client_sid = join(portal, Topic.CLIENT, "client-1")  # its init carries TURN passwords
     endpoint = Endpoint(Topic.CLIENT, Vsn.V1, TOKEN, "client-2", "client-2", "client-2", "pk-client-2")
     sid = portal.open(endpoint, 1.0)
-    portal.handle_frame(sid, frame("client", "phx_join"), 1.0)
+    portal.handle_input(sid, frame("client", "phx_join"), 1.0)
     out = drain(portal)
     init = next(json.loads(o.text) for o in out if isinstance(o, Send) and json.loads(o.text)["event"] == "init")
     password = init["payload"]["relays"][0]["password"]
@@ -243,10 +243,10 @@ def test_the_event_log_shows_fingerprints_not_secrets_while_the_wire_keeps_them(
         and password == rest_credentials(secret, init["payload"]["relays"][0]["expires_at"], salt_for("pk-client-2"))[1]
     )
     # ICE pwd in signalling, and a truncated (malformed) frame that still shows a secret.
-    portal.handle_frame(
+    portal.handle_input(
         client_sid, frame("client", "request_connection", {"peer_id": "g", "ufrag": "u", "pwd": "ice-pwd-xyz"}), 2.0
     )
-    portal.handle_frame(relay_sid, '{"topic":"relay","event":"phx_join","payload":{"stamp_secret":"' + secret, 3.0)
+    portal.handle_input(relay_sid, '{"topic":"relay","event":"phx_join","payload":{"stamp_secret":"' + secret, 3.0)
 
     logged = json.dumps(portal.events.since(0))
     for leaked in (secret, password, "ice-pwd-xyz"):

@@ -32,7 +32,7 @@ def frame(topic: str, event: str, payload: dict | None = None, ref: int = 1) -> 
 
 def outputs(portal: Portal) -> list:
     out = []
-    while (item := portal.poll_output()) is not None:
+    while (item := portal.poll_transmit()) is not None:
         out.append(item)
     return out
 
@@ -47,13 +47,13 @@ def pushes(portal: Portal, sid: int, event: str) -> list[dict]:
 
 def join_relay(portal: Portal, name: str, secret: str, now: float) -> int:
     sid = portal.open(relay_endpoint(name), now)
-    portal.handle_frame(sid, frame("relay", "phx_join", {"stamp_secret": secret}), now)
+    portal.handle_input(sid, frame("relay", "phx_join", {"stamp_secret": secret}), now)
     return sid
 
 
 def join_client(portal: Portal, peer_id: str, now: float) -> int:
     sid = portal.open(peer_endpoint(peer_id), now)
-    portal.handle_frame(sid, frame("client", "phx_join"), now)
+    portal.handle_input(sid, frame("client", "phx_join"), now)
     return sid
 
 
@@ -79,7 +79,7 @@ def test_presence_push_happens_exactly_one_debounce_after_the_first_change():
 def test_heartbeat_timeout_is_measured_from_the_last_heartbeat():
     portal = make_portal(heartbeat_timeout=30.0)
     relay = join_relay(portal, "r1", "s", 0.0)
-    portal.handle_frame(relay, frame("phoenix", "heartbeat", ref=2), 20.0)
+    portal.handle_input(relay, frame("phoenix", "heartbeat", ref=2), 20.0)
     outputs(portal)
     portal.handle_timeout(30.0)
     assert outputs(portal) == [] and portal.relays_view()[0]["online"]
@@ -117,5 +117,5 @@ def test_frames_for_a_closed_socket_are_ignored():
     client = join_client(portal, "c1", 0.0)
     portal.closed(client, 1.0)
     outputs(portal)
-    portal.handle_frame(client, frame("client", "no_relays"), 1.1)
+    portal.handle_input(client, frame("client", "no_relays"), 1.1)
     assert outputs(portal) == []

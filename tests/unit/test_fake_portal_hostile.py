@@ -49,7 +49,7 @@ def test_any_frame_is_a_sign_of_life_not_only_a_heartbeat():
     outputs(portal)
     # A Phoenix client that joins and then only talks on its channel (no heartbeat yet).
     for t in (8.0, 16.0, 24.0):
-        portal.handle_frame(sid, encode_frame(Frame("client", "no_relays", {}, int(t))), t)
+        portal.handle_input(sid, encode_frame(Frame("client", "no_relays", {}, int(t))), t)
         portal.handle_timeout(t)
     portal.handle_timeout(33.9)
     assert closes(outputs(portal), sid) == []
@@ -62,7 +62,7 @@ def test_a_malformed_frame_is_a_sign_of_life_too_but_still_closes():
     portal = make_portal(heartbeat_timeout=10.0)
     sid = join_client(portal, "c1", 0.0)
     outputs(portal)
-    portal.handle_frame(sid, '{"topic":"client","event":"no_relays","payload":7,"ref":1}', 9.0)
+    portal.handle_input(sid, '{"topic":"client","event":"no_relays","payload":7,"ref":1}', 9.0)
     portal.handle_timeout(10.0)
     assert closes(outputs(portal), sid) == []
 
@@ -71,7 +71,7 @@ def test_heartbeat_deadlines_do_not_pile_up_per_frame():
     portal = make_portal(heartbeat_timeout=10.0)
     sid = join_client(portal, "c1", 0.0)
     for i in range(1000):
-        portal.handle_frame(sid, encode_frame(Frame("phoenix", "heartbeat", {}, i)), i / 100)
+        portal.handle_input(sid, encode_frame(Frame("phoenix", "heartbeat", {}, i)), i / 100)
     assert len(portal._heartbeat_deadlines) <= 2
 
 
@@ -92,7 +92,7 @@ def test_a_well_formed_frame_with_unexpected_content_errors_the_channel_and_the_
     sid = join_client(portal, "c1", 0.0)
     outputs(portal)
     before = state(portal)
-    portal.handle_frame(sid, text, 1.0)
+    portal.handle_input(sid, text, 1.0)
     out = outputs(portal)
     assert closes(out, sid) == []
     (reply,) = frames_to(out, sid)
@@ -100,7 +100,7 @@ def test_a_well_formed_frame_with_unexpected_content_errors_the_channel_and_the_
     reason = reply["payload"]["response"]["reason"]
     assert reply["payload"]["status"] == "error" and ("payload" in reason or "join_ref" in reason)
     assert state(portal) == before
-    portal.handle_frame(sid, encode_frame(Frame("phoenix", "heartbeat", {}, 6)), 2.0)
+    portal.handle_input(sid, encode_frame(Frame("phoenix", "heartbeat", {}, 6)), 2.0)
     assert frames_to(outputs(portal), sid)[0]["payload"]["status"] == "ok"
 
 
@@ -112,9 +112,9 @@ def test_v2_array_with_a_non_object_payload_gets_an_error_reply_too():
     from connlib.core.messages import Vsn
 
     sid = portal.open(replace(endpoint, vsn=Vsn.V2), 0.0)
-    portal.handle_frame(sid, '["1","1","client","phx_join",{}]', 0.0)
+    portal.handle_input(sid, '["1","1","client","phx_join",{}]', 0.0)
     outputs(portal)
-    portal.handle_frame(sid, '["1","2","client","no_relays",7]', 1.0)
+    portal.handle_input(sid, '["1","2","client","no_relays",7]', 1.0)
     out = outputs(portal)
     assert closes(out, sid) == []
     (reply,) = [json.loads(o.text) for o in out if isinstance(o, Send)]
@@ -141,7 +141,7 @@ def test_undecodable_frames_close_cleanly_with_a_clear_reason_and_change_nothing
     sid = join_client(portal, "c1", 0.0)
     outputs(portal)
     before = state(portal)
-    portal.handle_frame(sid, text, 1.0)
+    portal.handle_input(sid, text, 1.0)
     (close,) = closes(outputs(portal), sid)
     assert close.code == CloseCode.MALFORMED and why in close.reason and len(close.reason.encode()) <= 123
     after = state(portal)
@@ -162,7 +162,7 @@ def test_a_relay_join_with_a_bad_secret_is_refused_before_it_is_stored(payload):
         __import__("tests.unit.test_fake_portal_core", fromlist=["relay_endpoint"]).relay_endpoint("r1"), 0.0
     )
     text = json.dumps({"topic": "relay", "event": "phx_join", "payload": payload, "ref": 1})
-    portal.handle_frame(sid, text, 0.0)
+    portal.handle_input(sid, text, 0.0)
     assert portal.relays_view() == []
     assert not any(isinstance(o, Close) and o.code != CloseCode.MALFORMED for o in outputs(portal))
 
@@ -176,7 +176,7 @@ def test_a_400_digit_counter_in_stream_stats_is_refused_without_a_traceback():
         '{"topic":"client","event":"stream_stats","ref":3,"payload":{"sent":' + big + ',"delivered":1,"lost":0,'
         '"in_flight":0,"gaps":0,"connected":false}}'
     )
-    portal.handle_frame(sid, text, 1.0)  # must not raise
+    portal.handle_input(sid, text, 1.0)  # must not raise
     assert portal.streams_view(1.0) == []
 
 
@@ -185,7 +185,7 @@ def test_stream_stats_counters_above_2_to_the_63_get_an_error_reply():
     sid = join_client(portal, "c1", 0.0)
     outputs(portal)
     payload = {"sent": 2**64, "delivered": 1, "lost": 0, "in_flight": 0, "gaps": 0, "connected": False}
-    portal.handle_frame(sid, encode_frame(Frame("client", "stream_stats", payload, 3)), 1.0)
+    portal.handle_input(sid, encode_frame(Frame("client", "stream_stats", payload, 3)), 1.0)
     out = outputs(portal)
     assert closes(out, sid) == [] or closes(out, sid)[0].code == CloseCode.MALFORMED
     assert portal.streams_view(1.0) == []
@@ -246,7 +246,7 @@ def test_signalling_peer_ids_with_control_characters_get_an_error_reply():
     sid = join_client(portal, "c1", 0.0)
     outputs(portal)
     payload = {"peer_id": "g\nlevel=ERROR", "ufrag": "u", "pwd": "p"}
-    portal.handle_frame(sid, encode_frame(Frame("client", "request_connection", payload, 4)), 1.0)
+    portal.handle_input(sid, encode_frame(Frame("client", "request_connection", payload, 4)), 1.0)
     (reply,) = frames_to(outputs(portal), sid)
     assert reply["payload"]["status"] == "error" and "peer_id" in reply["payload"]["response"]["reason"]
 
@@ -258,7 +258,7 @@ def test_the_event_log_keeps_a_bounded_summary_not_the_payload():
     portal = make_portal()
     sid = join_client(portal, "c1", 0.0)
     big = {f"k{i}": "x" * 1000 for i in range(60)}
-    portal.handle_frame(sid, encode_frame(Frame("client", "no_such_event", big, 9)), 1.0)
+    portal.handle_input(sid, encode_frame(Frame("client", "no_such_event", big, 9)), 1.0)
     (entry,) = [e for e in portal.events.since(0) if e.get("event") == "no_such_event"]
     assert len(json.dumps(entry)) < 2048
     assert entry["payload_bytes"] > 60_000
@@ -268,7 +268,7 @@ def test_event_kinds_are_a_schema_and_every_recorded_kind_is_in_it():
     portal = make_portal()
     join_relay(portal, "r1", "s1", 0.0)
     sid = join_client(portal, "c1", 0.0)
-    portal.handle_frame(sid, "garbage", 1.0)
+    portal.handle_input(sid, "garbage", 1.0)
     portal.partition("c1", 5.0, 2.0)
     portal.heal(None, 3.0)
     portal.handle_timeout(100.0)

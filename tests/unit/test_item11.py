@@ -7,16 +7,9 @@ import random
 
 from connlib.core import messages, stun
 from connlib.core.allocation import Allocation
+from connlib.core.candidate import RemoteCandidate, candidate_line, candidate_priority
 from connlib.core.credentials import REALM
-from connlib.core.ice import (
-    MAX_REMOTE_CANDIDATES,
-    Connected,
-    Connection,
-    LocalCandidate,
-    RemoteCandidate,
-    candidate_line,
-    candidate_priority,
-)
+from connlib.core.ice import MAX_REMOTE_CANDIDATES, Connected, Connection, LocalCandidate
 from connlib.core.stun import Class, Message, Method
 from connlib.core.tunnel import Tunnel
 
