@@ -54,9 +54,10 @@ class Driver:
         self.bind_v6 = bind_v6
         self._on_event = on_event
         self._transports: dict[int, asyncio.DatagramTransport] = {}
-        self._wake = asyncio.Event()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None  # the core deadline the timer is armed for
         self._subscribers: list[asyncio.Queue] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -78,17 +79,15 @@ class Driver:
                 if sock is not None:
                     sock.close()  # the endpoint never took it over
                 log.info("No IPv6 socket %s", kv(error=exc))
-        self._task = asyncio.create_task(self._run(), name="connlib-driver")
+        self._loop = loop
+        self._schedule()
         log.info("Driver started %s", kv(local=self.local_addresses()))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self._loop = None  # no timer is armed again
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
@@ -144,20 +143,38 @@ class Driver:
             return
         self._flush()
 
-    async def _run(self) -> None:
-        while True:
-            deadline = self.core.poll_timeout()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+    def _schedule(self) -> None:
+        """Arm the one timer for the core's deadline.
+
+        A datagram mostly pushes deadlines later (a keep-alive moves on) or leaves them alone, so
+        the armed timer stays unless the deadline moved *earlier*: one that fires early finds
+        nothing due, and re-arms. That keeps timer work off the data path.
+        """
+        if self._loop is None:
+            return
+        deadline = self.core.poll_timeout()
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_later(max(0.0, deadline - self.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = self.clock()
+        deadline = self.core.poll_timeout()
+        if deadline is not None and now >= deadline:
             try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            now = self.clock()
-            if deadline is not None and now >= deadline:
                 self.core.handle_timeout(now)
-                self._flush()
+            except Exception:  # a bug: log it loudly but keep the timers alive
+                log.exception("Core failed to handle a timeout")
+        self._flush()
 
     def _flush(self) -> None:
         # Until both are empty: an event callback may queue a transmit (the gateway's echo), which
@@ -169,7 +186,7 @@ class Driver:
                 self._emit(event)
             else:
                 break
-        self._wake.set()  # the deadline may have moved
+        self._schedule()  # the deadline may have moved
         for predicate, future in self._waiters:
             if not future.done() and predicate():
                 future.set_result(None)

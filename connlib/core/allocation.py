@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import collections
 import enum
-import ipaddress
 import logging
 import random
 from dataclasses import dataclass
 
 from . import backoff as backoff_mod
 from . import stun
-from .addr import Address, format_address
+from .addr import Address, family, format_address
 from .backoff import Backoff
 from .credentials import long_term_key
 from .fixes import FIX_CHANNEL_NUMBER_REUSE, FIX_DELETE_ON_REPLACE, FIX_REFUSAL_RETRY
@@ -77,7 +76,7 @@ class Candidate:
 
     @property
     def family(self) -> int:
-        return _family(self.addr)
+        return family(self.addr)
 
 
 @dataclass(frozen=True)
@@ -105,10 +104,6 @@ class Rejection:
 
 def _is_delete(pending: _Pending) -> bool:
     return pending.message.method == Method.REFRESH and pending.message.get("LIFETIME") == 0
-
-
-def _family(addr: Address) -> int:
-    return ipaddress.ip_address(addr[0]).version
 
 
 @dataclass
@@ -216,8 +211,8 @@ class Allocation:
     @property
     def host(self) -> Candidate | None:
         """The host candidate of the active socket's family (or the first one learnt)."""
-        if self.active_socket is not None and _family(self.active_socket) in self.hosts:
-            return self.hosts[_family(self.active_socket)]
+        if self.active_socket is not None and family(self.active_socket) in self.hosts:
+            return self.hosts[family(self.active_socket)]
         return next(iter(self.hosts.values()), None)
 
     def matches_credentials(self, username: str, password: str) -> bool:
@@ -581,7 +576,7 @@ class Allocation:
                 if pending.provisional is not None:
                     self._provisional_final(pending, pending.provisional)
                     continue
-                if self.active_socket is not None and _family(self.active_socket) == _family(pending.dst):
+                if self.active_socket is not None and family(self.active_socket) == family(pending.dst):
                     log.info(
                         "Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=format_address(pending.dst))
                     )
@@ -681,7 +676,7 @@ class Allocation:
         if not self.has_allocation():
             self.buffered_channel_bindings.append(peer)
             return
-        if _family(peer) not in self.relayed:
+        if family(peer) not in self.relayed:
             log.debug("No relay address for the peer's family %s", kv(rid=self.relay_id, peer=format_address(peer)))
             return
         lapsed = next((c for c in self.channels.values() if c.peer == peer), None)
