@@ -84,10 +84,16 @@ def _x(t: float, t0: float, span: float) -> float:
     return LEFT + (t - t0) / span * (WIDTH - LEFT - RIGHT)
 
 
+def _stream_peer(ops: Iterable[Op], default: str) -> str:
+    """The peer whose ``stream`` lines the history holds (the client; its id varies by backend)."""
+    return next((o.target for o in ops if o.kind == "observe" and o.what == "stream"), default)
+
+
 def _timeline(scenario: Scenario, client: str) -> str:
     ops = sorted(scenario.ops, key=lambda o: o.t)
     if not ops:
         return "<p class='empty'>no history</p>"
+    client = _stream_peer(ops, client)
     t0, t1 = ops[0].t, ops[-1].t
     span = max(t1 - t0, 1.0)
     bands = fault_bands(ops)
@@ -100,7 +106,7 @@ def _timeline(scenario: Scenario, client: str) -> str:
     peak = max([d + lo for _, d, lo in stream] + [1])
     parts = [f'<svg viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">']
     labels: list[str] = []
-    for band in bands:
+    for number, band in enumerate(bands):
         x0, x1 = _x(band.start, t0, span), _x(band.end, t0, span)
         parts.append(
             f'<rect class="fault" x="{x0:.1f}" y="{chart_top}" width="{max(x1 - x0, 2):.1f}" '
@@ -110,7 +116,7 @@ def _timeline(scenario: Scenario, client: str) -> str:
             f"{band.start - t0:.1f}–{band.end - t0:.1f} s</title></rect>"
         )
         labels.append(
-            f'<text class="band-label" x="{x0 + 2:.1f}" y="{height - 24}">'
+            f'<text class="band-label" x="{x0 + 2:.1f}" y="{height - 24 - 11 * (number % 3)}">'
             f"{html.escape(band.what)} {html.escape(band.target)}</text>"
         )
     previous = t0
@@ -202,6 +208,14 @@ text{font-size:11px;fill:#444} text.band-label{fill:#8d4f00;font-weight:600}
 """
 
 
+def _figure(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 else f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, list):
+        return "[" + ", ".join(_figure(v) for v in value) + "]"
+    return json.dumps(value, default=str) if not isinstance(value, str) else value
+
+
 def _verdict_class(verdict: str) -> str:
     if verdict in ("passed", "xfailed", "recovered"):
         return "pass"
@@ -222,7 +236,7 @@ def render(scenarios: Iterable[Scenario], title: str, client: str = "client") ->
         row = scenario.row
         verdict = str(row.get("verdict", "not run"))
         figures = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v, default=str))}</td></tr>"
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_figure(v))}</td></tr>"
             for k, v in (row.get("figures") or {}).items()
         )
         body.append(

@@ -42,7 +42,7 @@ from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions
 from .history import History, new_history
 from .images import E2E_TAG, MODES, ImagesUnavailable, ensure_images
 from .process_fleet import ProcessFleet
-from .report import Results
+from .report import Results, Row
 from .sweep import sweep
 
 log = logging.getLogger("harness.pytest_plugin")
@@ -292,13 +292,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     row = results.rows.get(item.nodeid)
     if row is None:
         return
+    if report.when == "teardown" and row.verdict == "not run":
+        # A row the fixture's teardown made (it wrote the history): the call's outcome decides.
+        call_report = item.stash[REPORTS_KEY].get("call")
+        if call_report is not None:
+            _verdict(row, call_report)
+    _verdict(row, report)
+    row.duration_s = round(row.duration_s + report.duration, 2)
+
+
+def _verdict(row: Row, report: pytest.TestReport) -> None:
     if report.failed:
         row.verdict = "FAILED" if report.when == "call" else f"ERROR ({report.when})"
     elif report.skipped and report.when != "teardown":
         row.verdict = "xfailed" if hasattr(report, "wasxfail") else "skipped"
     elif report.when == "call" and report.passed:
         row.verdict = "passed"
-    row.duration_s = round(row.duration_s + report.duration, 2)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
