@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +42,6 @@ from fake_portal.identity import Endpoint, relay_id_from_name, salt_for, secret_
 
 TOKEN = "t"
 BOUND = 10.0
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 REPORT: dict[str, Any] = {
     "sent": 120,
@@ -393,35 +391,10 @@ async def test_the_client_reports_its_stream_only_while_joined(portal, caplog):
 
 
 # ---------------------------------------------------------------------------- the page in Chromium
-def _browser_missing() -> str | None:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "the Python package playwright is not installed (pip install -e '.[test]')"
-    if not (shutil.which(CHROMIUM) or os.path.exists(CHROMIUM)):
-        return f"no Chromium at {CHROMIUM} (Debian package chromium)"
-    return None
-
-
-def _require_browser() -> None:
-    missing = _browser_missing()
-    if missing:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"{missing}; CI=true: the dashboard browser tests must run", pytrace=False)
-        pytest.skip(missing)
-
-
 @pytest.fixture
-async def browser():
-    _require_browser()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+async def browser(chromium):
+    """The shared headless Chromium (tests/plugins/browser.py)."""
+    return chromium
 
 
 @pytest.fixture
