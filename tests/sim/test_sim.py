@@ -140,7 +140,10 @@ def test_fixed_new_credentials_without_reboot():
     assert run(schedule(4, 400.0, Fault(367.035, "portal_restart", "portal", 5.27))).ok
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 #7: a relay restarted with the same secret is not noticed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a relay restarted with the same secret inside the portal's debounce: no presence change, no probe",
+)
 def test_known_bug_reboot_with_the_same_secret():
     assert run(schedule(28, 360.0, Fault(338.213, "relay_reboot", "relay-1", 0.965, new_secret=False))).ok
 
