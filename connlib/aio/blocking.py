@@ -17,7 +17,7 @@ from typing import Any
 
 from ..core.addr import Address, family
 from ..core.logfmt import kv
-from ..core.sansio import DatagramCore
+from ..core.sansio import DatagramCore, Transmit, drain
 
 log = logging.getLogger("connlib.driver")
 
@@ -105,24 +105,18 @@ class BlockingDriver:
         self._flush()
 
     def _flush(self) -> None:
-        # Transmits first, then one event at a time: an event handler's command may queue more.
-        while True:
-            transmit = self.core.poll_transmit()
-            if transmit is not None:
-                self._send(transmit.payload, transmit.dst)
-                continue
-            event = self.core.poll_event()
-            if event is None:
-                return
-            if self._on_event is not None:
-                self._on_event(event)
+        drain(self.core, self._send, self._emit)
 
-    def _send(self, payload: bytes, dst: Address) -> None:
-        sock = self._sockets.get(family(dst))
+    def _emit(self, event: object) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _send(self, transmit: Transmit) -> None:
+        sock = self._sockets.get(family(transmit.dst))
         if sock is None:
-            log.debug("No socket for address family %s", kv(dst=dst))
+            log.debug("No socket for address family %s", kv(dst=transmit.dst))
             return
         try:
-            sock.sendto(payload, dst)
+            sock.sendto(transmit.payload, transmit.dst)
         except OSError as exc:
-            log.debug("Send failed %s", kv(dst=dst, error=exc))
+            log.debug("Send failed %s", kv(dst=transmit.dst, error=exc))

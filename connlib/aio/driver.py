@@ -1,4 +1,4 @@
-"""The asyncio driver: the only place with sockets, a clock and tasks.
+"""The asyncio driver: where a long-running peer's sockets, clock and tasks live.
 
 It drives any :class:`~connlib.core.sansio.DatagramCore` (a ``Node``, or a ``Tunnel`` that adds
 connections): *receive or time out → handle → drain transmits and events → sleep until
@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..core.addr import Address
+from ..core.addr import Address, family
 from ..core.logfmt import kv
-from ..core.sansio import DatagramCore
+from ..core.sansio import DatagramCore, Transmit, drain
 
 log = logging.getLogger("connlib.driver")
 
@@ -110,7 +110,7 @@ class Driver:
         return result
 
     def send_raw(self, payload: bytes, dst: Address) -> None:
-        self._send(payload, dst)
+        self._send(Transmit(dst, payload))
 
     def subscribe(self) -> asyncio.Queue:
         """A queue receiving every event of the core from now on."""
@@ -177,15 +177,7 @@ class Driver:
         self._flush()
 
     def _flush(self) -> None:
-        # Until both are empty: an event callback may queue a transmit (the gateway's echo), which
-        # must leave now, not with the next datagram or timer.
-        while True:
-            if (transmit := self.core.poll_transmit()) is not None:
-                self._send(transmit.payload, transmit.dst)
-            elif (event := self.core.poll_event()) is not None:
-                self._emit(event)
-            else:
-                break
+        drain(self.core, self._send, self._emit)
         self._schedule()  # the deadline may have moved
         for predicate, future in self._waiters:
             if not future.done() and predicate():
@@ -197,10 +189,9 @@ class Driver:
         for queue in self._subscribers:
             queue.put_nowait(event)
 
-    def _send(self, payload: bytes, dst: Address) -> None:
-        family = 6 if ":" in dst[0] else 4
-        transport = self._transports.get(family)
+    def _send(self, transmit: Transmit) -> None:
+        transport = self._transports.get(family(transmit.dst))
         if transport is None:
-            log.debug("No socket for address family %s", kv(dst=dst, family=family))
+            log.debug("No socket for address family %s", kv(dst=transmit.dst))
             return
-        transport.sendto(payload, dst)
+        transport.sendto(transmit.payload, transmit.dst)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .addr import Address, parse_address
+from .addr import Address, family, parse_address
 
 TYPE_PREFERENCE = {"host": 126, "prflx": 110, "srflx": 100, "relay": 0}
 CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
@@ -26,7 +26,7 @@ class RemoteCandidate:
 
     @property
     def family(self) -> int:
-        return 6 if ":" in self.addr[0] else 4
+        return family(self.addr)
 
 
 def candidate_priority(kind: str, local_preference: int = 65535) -> int:

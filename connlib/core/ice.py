@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 
 from . import stun
-from .addr import Address, format_address
+from .addr import Address, family, format_address
 from .candidate import (
     RemoteCandidate,
     candidate_line,
@@ -44,7 +44,7 @@ class LocalCandidate:
 
     @property
     def family(self) -> int:
-        return 6 if ":" in self.addr[0] else 4
+        return family(self.addr)
 
     @property
     def priority(self) -> int:

@@ -18,6 +18,7 @@ shape with text frames instead of datagrams: ``handle_input(frame, now)``, ``pol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,3 +39,17 @@ class DatagramCore(Protocol):
     def poll_transmit(self) -> Transmit | None: ...
     def poll_event(self) -> object | None: ...
     def poll_timeout(self) -> float | None: ...
+
+
+def drain(core: DatagramCore, send: Callable[[Transmit], None], emit: Callable[[object], None]) -> None:
+    """Hand out everything ``core`` queued: transmits first, then one event at a time, until both are
+    empty. An event handler's command may queue a transmit (a gateway's echo), which leaves at once,
+    not with the next datagram or timer. What both drivers do after every input, timeout or command.
+    """
+    while True:
+        if (transmit := core.poll_transmit()) is not None:
+            send(transmit)
+        elif (event := core.poll_event()) is not None:
+            emit(event)
+        else:
+            return

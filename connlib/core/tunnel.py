@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import fixes, messages, stun
-from .addr import Address
+from .addr import Address, family
 from .allocation import Candidate
 from .candidate import parse_candidate
 from .fixes import FIX_PATH_PROBE
@@ -343,9 +343,9 @@ class Tunnel:
         return True  # relay traffic, whatever it carried
 
     def _relay_local(self, rid: str, peer: Address) -> LocalCandidate | None:
-        family = 6 if ":" in peer[0] else 4
+        wanted = family(peer)
         for candidate in self.node.relay_candidates(rid):
-            if candidate.family == family:
+            if candidate.family == wanted:
                 return LocalCandidate("relay", candidate.addr, rid, candidate.related)
         return None
 
