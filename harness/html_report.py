@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .history import Op
+from .junit import PASSING
 
 UNDONE_BY = {"pause": "unpause", "stop": "start", "udp_loss": "clear_udp_loss", "cut": "reconnect", "partition": "heal"}
 RELAY_EVENTS = ("relay_added", "relay_removed", "migrating", "path_lost", "no_relays")
@@ -217,7 +218,7 @@ def _figure(value: Any) -> str:
 
 
 def _verdict_class(verdict: str) -> str:
-    if verdict in ("passed", "xfailed", "recovered"):
+    if verdict in PASSING:
         return "pass"
     return "fail" if verdict.startswith(("FAILED", "ERROR")) else "other"
 
