@@ -7,6 +7,10 @@ Sans-IO like ``Allocation``. ``update_relays`` implements the two fixes of Firez
 2. every known relay *not* named in the update is probed with a single-shot REFRESH and dropped
    when the probe fails (a relay that vanished while we were partitioned).
 
+Beyond #6666 (issue 9), relays the update names and we keep as known are probed too, with a short
+retransmitting REFRESH (a relay restarted with the same secret), and a relay that keeps refusing us
+is freed and held off for ``REFUSED_HOLD_OFF``.
+
 Dropped relays are announced with ``RelayRemoved`` so that connections can migrate; when the last
 one goes, ``NoRelays`` asks the portal for a new set.
 """
@@ -267,9 +271,9 @@ class Node:
         if found is None:
             return None
         rid, allocation = found
+        # Unwrapping queues nothing and frees nothing (it only notes when the channel last carried
+        # data), so the data path skips the drain and GC that control input needs.
         unwrapped = allocation.decapsulate(from_, packet, now)
-        self._drain_allocations()
-        self._gc()
         return ChannelData(rid, *unwrapped) if unwrapped is not None else None
 
     def _allocation_at(self, addr: Address) -> tuple[str, Allocation] | None:
