@@ -214,6 +214,7 @@ class AdminApi:
         app.router.add_post("/api/partition", self._partition)
         app.router.add_post("/api/heal", self._heal)
         app.router.add_post("/api/relays/{relay_id}/disconnect", self._disconnect)
+        app.router.add_post("/api/relays/{relay_id}/rotate-credentials", self._rotate)
         return app
 
     async def serve(self, host: str, port: int) -> int:
@@ -375,3 +376,13 @@ class AdminApi:
             raise HttpError(404, f"relay {relay_id} is not online")
         self.after_command()
         return _json({"disconnected": relay_id})
+
+    async def _rotate(self, request: web.Request) -> web.Response:
+        relay_id = request.match_info["relay_id"]
+        if not is_safe_id(relay_id):
+            raise HttpError(400, f"relay id must match {ID_PATTERN}")
+        rotation = self.core.rotate_credentials(relay_id, self.clock())
+        if rotation is None:
+            raise HttpError(404, f"relay {relay_id} is not online")
+        self.after_command()
+        return _json({"rotated": relay_id, "rotation": rotation})

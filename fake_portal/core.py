@@ -94,7 +94,7 @@ class Session:
     heartbeat_deadline: float
     joined: bool = False
     join_ref: Any = None
-    handed_out: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    handed_out: dict[str, tuple[str, tuple[str, ...], int]] = field(default_factory=dict)
     """Relays last sent to this socket, id → identity, to compute ``relays_presence`` diffs."""
 
     @property
@@ -290,6 +290,11 @@ class Portal:
         if self._flush_at is not None and now >= self._flush_at:
             self._flush_presence(now)
 
+    @property
+    def presence_pending(self) -> bool:
+        """A relays_presence push is waiting for its debounce timer."""
+        return self._flush_at is not None
+
     def poll_timeout(self) -> float | None:
         deadlines = [
             d
@@ -330,6 +335,18 @@ class Portal:
         self._close(self._sessions[relay.sid], CloseCode.KICKED, "disconnected by admin", now)
         return True
 
+    def rotate_credentials(self, relay_id: str, now: float) -> int | None:
+        """Hand out new credentials for an online relay that did not reboot (same secret, new
+        usernames), pushed as one relays_presence; the rotation count, None if it is not online."""
+        relay = self._relays.get(relay_id)
+        if relay is None or not relay.online:
+            return None
+        relay.rotation += 1
+        self.events.record(self.unix(now), EventKind.CREDENTIALS_ROTATED, id=relay_id, rotation=relay.rotation)
+        log.info("Relay credentials rotated %s", kv(rid=relay_id, rotation=relay.rotation))
+        self._presence_changed(now)
+        return relay.rotation
+
     # -- views for the admin API --------------------------------------------------------------
 
     def relays_view(self) -> list[dict[str, Any]]:
@@ -342,6 +359,7 @@ class Portal:
                 "online": r.online,
                 "secret_fingerprint": secret_fingerprint(r.secret),
                 "since": r.since,
+                "rotation": r.rotation,
             }
             for r in sorted(self._relays.values(), key=lambda r: r.name)
         ]
@@ -419,7 +437,15 @@ class Portal:
             self._close(self._sessions[known.sid], CloseCode.REPLACED, "replaced by a newer socket", now)
         self._offline[Topic.RELAY].pop(relay_id, None)
         self._relays[relay_id] = RelayRecord(
-            relay_id, session.endpoint.name, session.endpoint.relay_addrs, secret, True, self.unix(now), session.sid
+            relay_id,
+            session.endpoint.name,
+            session.endpoint.relay_addrs,
+            secret,
+            True,
+            self.unix(now),
+            session.sid,
+            # the same secret again (a socket re-join, a restart that kept it): the same credentials
+            known.rotation if known is not None and known.secret == secret else 0,
         )
         self._accept_join(session, frame, now)
         log.info(

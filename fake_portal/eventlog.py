@@ -48,6 +48,8 @@ class EventKind(StrEnum):
     RELAY_ONLINE = "relay_online"
     RELAY_OFFLINE = "relay_offline"
     PRESENCE_FLUSH = "presence_flush"
+    CREDENTIALS_ROTATED = "credentials_rotated"
+    """Admin ``rotate-credentials``: new usernames for a relay that did not reboot (``id``, ``rotation``)."""
     PARTITION = "partition"
     HEAL = "heal"
     STREAM_STATS = "stream_stats"

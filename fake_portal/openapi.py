@@ -198,6 +198,17 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
             None,
             parameters=[{"name": "relay_id", "in": "path", "required": True, "schema": _ID}],
         ),
+        "/api/relays/{relay_id}/rotate-credentials": _post(
+            "New credentials for an online relay that did not reboot (same secret, new usernames), "
+            "pushed to every peer as one relays_presence",
+            {
+                "type": "object",
+                "required": ["rotated", "rotation"],
+                "properties": {"rotated": {"type": "string"}, "rotation": {"type": "integer"}},
+            },
+            None,
+            parameters=[{"name": "relay_id", "in": "path", "required": True, "schema": _ID}],
+        ),
     }
     doc: dict[str, Any] = {
         "openapi": "3.0.3",

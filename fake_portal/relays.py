@@ -22,11 +22,14 @@ class RelayRecord:
     since: float
     """Unix time of the last online/offline change."""
     sid: int | None = None
+    rotation: int = 0
+    """Credentials rotations without a reboot (admin ``rotate-credentials``): each one hands every
+    peer a new username under the same secret, which coturn accepts as it stands."""
 
     @property
-    def identity(self) -> tuple[str, tuple[str, ...]]:
+    def identity(self) -> tuple[str, tuple[str, ...], int]:
         """What a peer's credentials and sockets depend on; a change means "replace the allocation"."""
-        return self.secret, self.addrs
+        return self.secret, self.addrs, self.rotation
 
 
 def _rank(peer_id: str, relay_id: str) -> bytes:
@@ -48,5 +51,9 @@ def select_relays(
 
 def relay_entries(relay: RelayRecord, expires_at: int, salt: str) -> list[Relay]:
     """The wire entries for one relay: one per address family, same id (spec §3.1)."""
-    username, password = rest_credentials(relay.secret, expires_at, salt)
+    # A rotation changes the salt part of the username ("<expiry>:<salt>"): new credentials that the
+    # running relay accepts, since it checks only the HMAC of its secret.
+    username, password = rest_credentials(
+        relay.secret, expires_at, f"{salt}.r{relay.rotation}" if relay.rotation else salt
+    )
     return [Relay(relay.id, "turn", addr, username, password, expires_at) for addr in relay.addrs]

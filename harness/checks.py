@@ -87,6 +87,40 @@ def known_relays(history: History, peer: str, before: float | None = None) -> se
     return known
 
 
+ZOMBIE_BOUND = 15.0
+"""A relay a peer holds must be usable (allocated), or be gone, within this long (issue 9): one
+being retried with the bounded backoff is freed well inside it."""
+
+
+@dataclass(frozen=True)
+class Zombie:
+    peer: str
+    relay: str
+    since: float
+    until: float  # the last report that still showed it held and unusable
+
+    @property
+    def duration(self) -> float:
+        return self.until - self.since
+
+
+def zombies(history: History, peer: str, after: float, bound: float = ZOMBIE_BOUND) -> list[Zombie]:
+    """Relays ``peer``'s periodic ``relays`` reports show held but not usable for longer than
+    ``bound`` (continuously, from the first such report after ``after``)."""
+    since: dict[str, float] = {}
+    found: dict[str, Zombie] = {}
+    for op in peer_events(history, LineEvent.RELAYS, peer, after):
+        unusable = set(op.data.get("held", [])) - set(op.data.get("usable", []))
+        for rid in list(since):
+            if rid not in unusable:
+                del since[rid]
+        for rid in unusable:
+            start = since.setdefault(rid, op.t)
+            if op.t - start > bound:
+                found[rid] = Zombie(peer, rid, start, op.t)
+    return sorted(found.values(), key=lambda z: z.since)
+
+
 def delivered(history: History, peer: str = CLIENT_ID) -> int:
     """Echoes delivered according to the client's latest ``stream`` report."""
     reports = peer_events(history, LineEvent.STREAM, peer)

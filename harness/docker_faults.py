@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
 
@@ -18,7 +19,11 @@ from .fleet import Fleet
 from .topology import Service
 
 REJOIN_TIMEOUT = 45.0
+AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
 LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
+# Counts (no target) the STUN messages that reach the TURN port from outside: the first two bits of
+# the UDP payload are 0 for STUN, 01 for ChannelData (RFC 8656 §12.4), so data is not counted.
+REQUEST_RULE = "INPUT -p udp --dport {port} ! -i lo -m u32 --u32 0>>22&0x3C@8>>30=0"
 
 
 @dataclass
@@ -62,25 +67,22 @@ class DockerFaults(Fleet):
         return round(self._relay(name).service.stop_grace_s)
 
     # ------------------------------------------------------------------ relay faults
-    async def restart_relay(self, name: str, new_secret: bool = True) -> None:
-        if not new_secret:
-            raise ValueError("a relay container always starts with a new secret")
-        await super().restart_relay(name)
-
-    async def _restart_relay(self, name: str) -> None:
-        old = (await self.secret_fingerprints()).get(name)
+    async def _restart_relay(self, name: str, new_secret: bool) -> None:
+        before = await self.relay_joins()
+        if not new_secret:  # the relay image's one-shot switch: its next start reuses the secret
+            await asyncio.to_thread(self._exec, name, [*AGENT, "keep-secret"])
         await asyncio.to_thread(self._container(name).restart, timeout=self._stop_timeout(name))
-        self._loss_rules.pop(name, None)  # a new network namespace: no rules
-        await self.wait_relays_online([name], REJOIN_TIMEOUT, {name: old} if old else None)
+        self._loss_rules.pop(name, None)  # iptables rules do not survive the restart
+        await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=new_secret)
 
     async def _stop_relay(self, name: str) -> None:
         await asyncio.to_thread(self._container(name).stop, timeout=self._stop_timeout(name))
         self._loss_rules.pop(name, None)
 
     async def _start_relay(self, name: str) -> None:
-        old = (await self.secret_fingerprints()).get(name)
+        before = await self.relay_joins()
         await asyncio.to_thread(self._container(name).start)
-        await self.wait_relays_online([name], REJOIN_TIMEOUT, {name: old} if old else None)
+        await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before)
 
     async def _kill_relay(self, name: str) -> None:
         container = self._container(name)
@@ -107,6 +109,26 @@ class DockerFaults(Fleet):
         """Datagrams the loss rules of relay ``name`` dropped so far (iptables counters)."""
         output = await asyncio.to_thread(self._exec, name, ["iptables", "-L", "INPUT", "-v", "-n", "-x"])
         return sum(int(line.split()[0]) for line in output.splitlines() if "statistic" in line)
+
+    async def stun_requests(self, name: str) -> int:
+        """STUN messages that reached relay ``name``'s TURN port since counting began there (an
+        iptables counter, put in place by the first call and again after a restart: then 0)."""
+        return await asyncio.to_thread(self._count_requests, name)
+
+    def _count_requests(self, name: str) -> int:
+        try:
+            return self._read_request_counter(name)
+        except docker.errors.APIError as exc:  # not running (restarting, stopped)
+            raise RuntimeError(f"cannot count {name}'s requests: {exc}") from None
+
+    def _read_request_counter(self, name: str) -> int:
+        member = self._relay(name)
+        rule = REQUEST_RULE.format(port=member.service.environment.get("LISTENING_PORT", "3478")).split()
+        if member.container.exec_run(["iptables", "-C", *rule]).exit_code != 0:
+            self._exec(name, ["iptables", "-I", *rule])
+            return 0
+        output = self._exec(name, ["iptables", "-L", "INPUT", "-v", "-n", "-x"])
+        return sum(int(line.split()[0]) for line in output.splitlines() if " u32 " in line)
 
     def _exec(self, name: str, command: list[str]) -> str:
         result = self.member(name).container.exec_run(command)

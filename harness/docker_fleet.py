@@ -92,7 +92,12 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
         if service.role == "client" and options.count is not None:
             extra += ["--count", str(options.count)]
         if extra:
-            services[name] = replace(service, command=[*(service.command or []), *extra])
+            service = services[name] = replace(service, command=[*(service.command or []), *extra])
+        if service.role == "relay" and name in options.relay_env:
+            services[name] = replace(service, environment={**service.environment, **options.relay_env[name]})
+    unknown = set(options.relay_env) - {n for n, s in services.items() if s.role == "relay"}
+    if unknown:
+        raise ValueError(f"relay_env names relays the stack does not have: {sorted(unknown)}")
     return Topology(topology.networks, services, topology.source)
 
 

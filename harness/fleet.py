@@ -54,6 +54,9 @@ class StackOptions:
     gateway_disabled_fixes: frozenset[str] = frozenset()
     portal: dict[str, Any] = field(default_factory=dict)
     """Other ``PortalConfig`` fields (``relays_per_client``, ``heartbeat_timeout``, ...)."""
+    relay_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Extra environment per relay name, e.g. ``{"relay-1": {"TURN_EXTRA": "total-quota=1"}}``
+    (coturn options through the relay image; Docker backend)."""
     relay_heartbeat: float = 10.0
     """Seconds between a relay's Phoenix heartbeats (the portal drops it after ``heartbeat_timeout``)."""
 
@@ -109,10 +112,11 @@ class Fleet(PortalAdmin, abc.ABC):
         return {}
 
     # ------------------------------------------------------------------ relay faults
-    async def restart_relay(self, name: str) -> None:
-        """A reboot: the relay comes back under the same name (id) with a new secret."""
-        async with self.fault("restart", name):
-            await self._restart_relay(name)
+    async def restart_relay(self, name: str, new_secret: bool = True) -> None:
+        """A reboot: the relay comes back under the same name (id), every allocation lost, with a
+        new secret, or (``new_secret=False``) with the same one: credentials that look unchanged."""
+        async with self.fault("restart", name, new_secret=new_secret):
+            await self._restart_relay(name, new_secret)
 
     async def stop_relay(self, name: str) -> None:
         async with self.fault("stop", name):
@@ -157,7 +161,7 @@ class Fleet(PortalAdmin, abc.ABC):
             await self._reconnect(target, network)
 
     @abc.abstractmethod
-    async def _restart_relay(self, name: str) -> None: ...
+    async def _restart_relay(self, name: str, new_secret: bool) -> None: ...
 
     @abc.abstractmethod
     async def _stop_relay(self, name: str) -> None: ...
@@ -184,6 +188,10 @@ class Fleet(PortalAdmin, abc.ABC):
         """Datagrams the UDP loss on relay ``name`` dropped so far."""
         raise FaultNotSupported(f"the {self.backend} backend cannot drop UDP datagrams")
 
+    async def stun_requests(self, name: str) -> int:
+        """STUN messages (requests, indications) relay ``name`` received since counting began."""
+        raise FaultNotSupported(f"the {self.backend} backend cannot count a relay's requests")
+
     async def _cut(self, target: str, network: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend has no networks to cut")
 
@@ -200,6 +208,13 @@ class Fleet(PortalAdmin, abc.ABC):
     async def heal(self, peer_id: str | None = None) -> None:
         async with self.fault("heal", peer_id or "*"):
             await self.admin("POST", "/api/heal", {"id": peer_id} if peer_id else {})
+
+    async def rotate_credentials(self, name: str) -> None:
+        """New credentials for relay ``name`` without a reboot: the portal hands every peer a new
+        username under the same secret (one relays_presence); the relay keeps its allocations."""
+        rid = await self.relay_id(name)
+        async with self.fault("rotate_credentials", name, relay=rid):
+            await self.admin("POST", f"/api/relays/{rid}/rotate-credentials")
 
     @asynccontextmanager
     async def partitioned(self, peer_id: str, window: float = PARTITION_WINDOW) -> AsyncIterator[None]:

@@ -91,25 +91,43 @@ class PortalAdmin:
     async def secret_fingerprints(self) -> dict[str, str]:
         return {r["name"]: r["secret_fingerprint"] for r in await self.portal_relays()}
 
-    async def wait_relays_online(
-        self, names: list[str], timeout: float, fingerprints: dict[str, str] | None = None
-    ) -> None:
-        """Until the portal lists every relay in ``names`` online (with a secret other than the one in
-        ``fingerprints``, if given: a restarted relay has rejoined)."""
-        old = fingerprints or {}
+    async def relay_joins(self) -> dict[str, tuple[str, float]]:
+        """Per relay name, its secret fingerprint and when it last came online or went offline."""
+        return {r["name"]: (r["secret_fingerprint"], r["since"]) for r in await self.portal_relays()}
 
-        async def all_online() -> bool:
+    async def wait_relays_online(self, names: list[str], timeout: float) -> None:
+        """Until the portal lists every relay in ``names`` online."""
+        await self.wait_relays_rejoined(names, timeout, {})
+
+    async def wait_relays_rejoined(
+        self,
+        names: list[str],
+        timeout: float,
+        before: dict[str, tuple[str, float]],
+        *,
+        new_secret: bool = True,
+    ) -> None:
+        """Until the portal lists every relay in ``names`` online again since ``before``
+        (``relay_joins()``): a later ``since``, and a fingerprint other than the old one when
+        ``new_secret`` (the same one otherwise). A name not in ``before`` need only be online."""
+
+        async def all_back() -> bool:
             relays = {r["name"]: r for r in await self.portal_relays()}
-            missing = [
-                n
-                for n in names
-                if not (n in relays and relays[n]["online"] and relays[n]["secret_fingerprint"] != old.get(n))
-            ]
+            missing = []
+            for n in names:
+                relay = relays.get(n)
+                old = before.get(n)
+                if relay is None or not relay["online"]:
+                    missing.append(n)
+                elif old is not None and (
+                    relay["since"] <= old[1] or (relay["secret_fingerprint"] != old[0]) is not new_secret
+                ):
+                    missing.append(n)
             if missing:
-                raise NotYet(f"not online (with a new secret): {missing}")
+                raise NotYet(f"not back online{' with a new secret' if new_secret else ''}: {missing}")
             return True
 
-        await wait_for(all_online, timeout, f"relays {names} online at the portal", 0.1, retry_on=ADMIN_ERRORS)
+        await wait_for(all_back, timeout, f"relays {names} online at the portal", 0.1, retry_on=ADMIN_ERRORS)
 
     async def wait_presence_settled(self, timeout: float = 15.0) -> None:
         """Until the portal has no relays_presence push pending (its debounce timer is idle): every

@@ -124,12 +124,8 @@ class ProcessFleet(Fleet):
         return next(iter(peer.tunnel.carrying_relays().values()), None)
 
     # ------------------------------------------------------------------ faults
-    async def restart_relay(self, name: str, new_secret: bool = True) -> None:
-        async with self.fault("restart", name, new_secret=new_secret):
-            await self.relays[name].restart(new_secret=new_secret)
-
-    async def _restart_relay(self, name: str) -> None:
-        await self.relays[name].restart(new_secret=True)
+    async def _restart_relay(self, name: str, new_secret: bool) -> None:
+        await self.relays[name].restart(new_secret=new_secret)
 
     async def _stop_relay(self, name: str) -> None:
         await self.relays[name].stop()

@@ -2,7 +2,10 @@
 
 ``agent.py relay`` is what the relay image runs (under tini) at every start:
 
-1. a fresh random secret (32 random bytes, hex) — a restarted container is a relay with a new secret;
+1. a fresh random secret (32 random bytes, hex) — a restarted container is a relay with a new secret —
+   unless the secret was kept (``RELAY_KEEP_SECRET=1``, or ``agent.py keep-secret`` run in the
+   container before a restart, once): then a relay that lost every allocation, with credentials
+   that look the same (what issue 9's same-secret scenario restarts);
 2. ``turnserver.conf`` rendered from ``turnserver.conf.tmpl`` (realm ``firezone``, ``use-auth-secret``,
    ``static-auth-secret`` = the secret, 3478/udp, ``relay-ip`` = the relay's address on the
    relay-to-relay network, …);
@@ -28,6 +31,8 @@ RELAY_PUBLIC_IP    address announced to the portal (default RELAY_IP)
 LISTENING_PORT     3478
 MIN_PORT/MAX_PORT  relay port range (49160–49200)
 TURN_EXTRA         extra turnserver.conf lines (``;``-separated), e.g. ``verbose``
+RELAY_KEEP_SECRET  ``1``: every start reuses the secret of the first (default ``0``: a new one)
+RELAY_STATE_DIR    where a kept secret survives a restart (``/var/lib/connlib-relay``)
 =================  ====================================================================
 """
 
@@ -63,6 +68,45 @@ STOP_GRACE_S = 3.0
 READY_TIMEOUT_S = 10.0
 LEAVE_TIMEOUT_S = 2.0
 RECONNECT_MAX_S = 5.0
+
+
+KEPT_SECRET = "kept-secret"
+
+
+def choose_secret(state_dir: Path, keep: bool) -> tuple[str, bool]:
+    """This start's secret and whether it is a kept one. A secret kept for one restart
+    (``keep-secret``) is used once; with ``keep`` every start reuses the first one."""
+    kept = state_dir / KEPT_SECRET
+    try:
+        secret = kept.read_text().strip()
+    except FileNotFoundError:
+        secret = ""
+    if secret and not keep:
+        kept.unlink()
+    if secret:
+        return secret, True
+    secret = secrets.token_hex(32)
+    if keep:
+        write_private(kept, secret)
+    return secret, False
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+
+
+def keep_secret(run_dir: Path, state_dir: Path) -> int:
+    """``agent.py keep-secret``: the running relay's next start reuses its secret (once)."""
+    try:
+        secret = (run_dir / "secret").read_text().strip()
+    except FileNotFoundError:
+        print(f"keep-secret: no running relay secret in {run_dir}", file=sys.stderr)
+        return 1
+    write_private(state_dir / KEPT_SECRET, secret)
+    print(f"keep-secret: the next start reuses secret_fingerprint={fingerprint(secret)}")
+    return 0
 
 
 def fingerprint(secret: str) -> str:
@@ -187,7 +231,7 @@ async def _cancel(task: asyncio.Task | None) -> None:
 async def run_relay(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = _install_stop(loop)
-    secret = secrets.token_hex(32)
+    secret, kept = choose_secret(Path(args.state_dir), args.keep_secret)
     relay_ip = pick_relay_ip(args.relay_ip, args.relay_subnet)
     public_ip = args.public_ip or relay_ip
     run_dir = Path(args.run_dir)
@@ -206,11 +250,10 @@ async def run_relay(args: argparse.Namespace) -> int:
     conf_path = run_dir / "turnserver.conf"
     conf_path.write_text(config)
     conf_path.chmod(0o600)
-    secret_path = run_dir / "secret"  # for diagnostics and tests (docker exec); never logged
-    secret_path.write_text(secret + "\n")
-    secret_path.chmod(0o600)
+    secret_path = run_dir / "secret"  # for diagnostics, tests and keep-secret (docker exec); never logged
+    write_private(secret_path, secret)
     log.info(
-        "relay starting name=%s relay_ip=%s announce=%s:%d ports=%d-%d secret_fingerprint=%s",
+        "relay starting name=%s relay_ip=%s announce=%s:%d ports=%d-%d secret_fingerprint=%s kept=%s",
         args.name,
         relay_ip,
         public_ip,
@@ -218,6 +261,7 @@ async def run_relay(args: argparse.Namespace) -> int:
         args.min_port,
         args.max_port,
         fingerprint(secret),
+        kept,
     )
 
     proc = await asyncio.create_subprocess_exec(args.turnserver, "-c", str(conf_path))
@@ -311,6 +355,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--run-dir", default=env("RELAY_RUN_DIR", "/run/relay"))
     r.add_argument("--turnserver", default=env("TURNSERVER", "turnserver"))
     r.add_argument("--extra", default=env("TURN_EXTRA", ""))
+    r.add_argument("--keep-secret", action="store_true", default=env("RELAY_KEEP_SECRET", "0") == "1")
+    r.add_argument("--state-dir", default=env("RELAY_STATE_DIR", "/var/lib/connlib-relay"))
+    k = sub.add_parser("keep-secret", help="make the running relay's next start reuse its secret (once)")
+    k.add_argument("--run-dir", default=env("RELAY_RUN_DIR", "/run/relay"))
+    k.add_argument("--state-dir", default=env("RELAY_STATE_DIR", "/var/lib/connlib-relay"))
     p = sub.add_parser("presence", parents=[common], help="only the agent, for a turnserver run elsewhere")
     p.add_argument("--public-ip", required=True)
     p.add_argument("--secret")
@@ -325,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     args = parse_args(argv)
+    if args.cmd == "keep-secret":
+        return keep_secret(Path(args.run_dir), Path(args.state_dir))
     runner = run_relay if args.cmd == "relay" else run_presence
     return asyncio.run(runner(args))
 

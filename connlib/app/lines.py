@@ -27,6 +27,7 @@ class LineEvent(StrEnum):
     STREAM = "stream"
     GAP = "gap"
     STATUS = "status"
+    RELAYS = "relays"
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,16 @@ class Status(Line):
     relays: list[str]
 
 
+@dataclass(frozen=True)
+class Relays(Line):
+    """Both roles' periodic report of the relays the node holds and which of them are usable
+    (allocated): what the harness's no-zombie check reads."""
+
+    EVENT = LineEvent.RELAYS
+    held: list[str]
+    usable: list[str]
+
+
 LINE_TYPES: dict[str, type[Line]] = {
     str(cls.EVENT): cls
     for cls in (
@@ -158,6 +169,7 @@ LINE_TYPES: dict[str, type[Line]] = {
         Stream,
         Gap,
         Status,
+        Relays,
     )
 }
 

@@ -212,6 +212,7 @@ class PeerSession:
             self.tunnel.connect(gateway, now)
 
     def _report(self, now: float) -> None:
+        self._lines.append(lines.Relays(self.tunnel.held_relays(), self.tunnel.usable_relays()))
         if self.config.role != "client":
             self._lines.append(lines.Status(self.tunnel.connected_peers(), self.tunnel.usable_relays()))
             return

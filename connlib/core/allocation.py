@@ -32,6 +32,7 @@ CHANNEL_LIFETIME = 600.0
 CHANNEL_REFRESH_AGE = 300.0  # re-bind a channel in use once it is this old
 CHANNEL_REBIND_TIMEOUT = 300.0  # cool-down before an expired channel number is handed out again
 MAX_BUFFERED_CHANNEL_BINDINGS = 100
+LINGER_RETRY = 0.25  # ALLOCATE again this often while coturn lingers on our deleted allocation (437)
 # A relay that refuses ALLOCATE/REFRESH with an error we cannot act on (486 quota, 508, 5xx,
 # 441, ...) is asked again after each of these delays, then freed: about 7 s after the first
 # refusal, well inside the 15 s no-zombie bound. Firezone logs such errors and keeps the
@@ -496,9 +497,16 @@ class Allocation:
             renewed.provisional = pending.provisional
             return
         if code == 437 and method == Method.ALLOCATE and pending.after_delete:
-            # coturn keeps a deleted allocation on the 5-tuple for a moment and answers 437 again;
-            # deleting again would loop at RTT speed. Leave the ALLOCATE to its backoff instead.
-            log.debug("Relay still holds the deleted allocation; retrying later %s", kv(rid=self.relay_id))
+            # coturn keeps a deleted allocation on the 5-tuple for a moment (a little over a
+            # second, to its next timer tick) and answers 437 again; deleting again would loop at
+            # RTT speed. Ask again at a short fixed interval until the request's own deadline:
+            # the backoff's next step (1 s, then 1.5 s) would land up to 1.5 s after the linger.
+            log.debug("Relay still holds the deleted allocation; retrying shortly %s", kv(rid=self.relay_id))
+            remaining = pending.backoff.deadline - now
+            if remaining > 0:
+                pending.backoff = backoff_mod.Backoff(
+                    now, interval=min(LINGER_RETRY, remaining), max_elapsed=remaining, multiplier=1.0
+                )
             self.sent_requests[message.transaction_id] = pending
             return
         if code == 437:

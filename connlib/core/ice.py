@@ -202,9 +202,19 @@ class Connection:
 
     def _drop_pairs(self, predicate) -> None:
         self.pairs = [p for p in self.pairs if not predicate(p)]
-        if self.nominated is not None and self.nominated not in self.pairs:
+        nominated = self.nominated
+        if nominated is not None and nominated not in self.pairs:
             log.info("Nominated path removed %s", kv(peer=self.peer_id))
             self.nominated = None
+            # A lost path, as if it had gone quiet: when the peer invalidates its end (its relay
+            # rebooted), ours may be on the same relay and dead too, while the portal tells us
+            # nothing (a reboot with the same secret inside its debounce). The tunnel then probes
+            # our relay, which a quiet path would only get PATH_LOST_AFTER later.
+            self._events.append(PathLost(self.peer_id, nominated.local.rid))
+            nominated.nominated = False
+            for pair in self.pairs:  # check every pair left again, at once
+                pair.state, pair.rto, pair.next_check = "waiting", INITIAL_RTO, 0.0
+            self.checking_since = None  # the ICE clock restarts at the next timeout, not back then
 
     def _start_checking(self, now: float) -> None:
         # New candidates (a migration, a late answer) restart the ICE clock.
@@ -354,6 +364,8 @@ class Connection:
                 nominated.next_check = now + KEEPALIVE_INTERVAL
                 nominated.rto = INITIAL_RTO
             return
+        if self.checking_since is None and (self.pairs or (self.local_candidates and self.remote_candidates)):
+            self.checking_since = now
         if self.checking_since is not None and self.local_candidates and self.remote_candidates:
             if now - self.checking_since >= ICE_TIMEOUT:
                 self.fail("ICE timeout", now)

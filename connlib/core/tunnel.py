@@ -447,6 +447,10 @@ class Tunnel:
         """A relay that a new connection can be placed on (allocated, RTT measured)."""
         return self.node.can_sample_relay()
 
+    def held_relays(self) -> list[str]:
+        """Every relay the node holds, usable or not (allocating, retrying, refused)."""
+        return self.node.relay_ids()
+
     def usable_relays(self) -> list[str]:
         return self.node.usable_relays()
 

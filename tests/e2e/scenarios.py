@@ -55,6 +55,23 @@ async def wait_resumed(fleet: Fleet, after: float, timeout: float, describe: str
     return await wait_for(lambda: checks.resumed_at(fleet.history, after), timeout, describe)
 
 
+async def wait_flowing(fleet: Fleet, since: float, timeout: float, describe: str) -> float:
+    """When the stream flows again after ``since``: the end of a gap that ends after it, or
+    ``since`` itself when the reports show fresh echoes after it and no gap is open (a fault
+    the stream rode through)."""
+    h = fleet.history
+    before = checks.delivered(h)
+
+    def flowing() -> float | None:
+        end = checks.resumed_at(h, since)
+        if end is not None:
+            return end
+        fresh = [op for op in checks.peer_events(h, "stream", CLIENT_ID, since + 1.0) if op.data["delivered"] > before]
+        return since if fresh and checks.outage_at(h, since) is None and fresh[-1].data.get("connected") else None
+
+    return await wait_for(flowing, timeout, describe)
+
+
 async def carrying(fleet: Fleet, peer: str) -> tuple[str, str]:
     rid = checks.carrying_relay(fleet.history, peer)
     if rid is None:
@@ -310,17 +327,7 @@ async def udp_loss_on_carrying_relay(fleet: Fleet, figures: dict) -> None:
     finally:
         await fleet.clear_udp_loss(name)
     t1 = fault_at(fleet, "clear_udp_loss", name, t0)
-    # flowing again: either a gap ends after the loss, or the reports show fresh echoes and no gap is open
-    before = checks.delivered(h)
-
-    def flowing() -> float | None:
-        end = checks.resumed_at(h, t1)
-        if end is not None:
-            return end
-        fresh = [op for op in checks.peer_events(h, "stream", CLIENT_ID, t1 + 1.0) if op.data["delivered"] > before]
-        return t1 if fresh and checks.outage_at(h, t1) is None and fresh[-1].data.get("connected") else None
-
-    resumed = await wait_for(flowing, RESUME_BOUND + 3, "the stream to flow again after the loss")
+    resumed = await wait_flowing(fleet, t1, RESUME_BOUND + 3, "the stream to flow again after the loss")
     delivered, lost = checks.lost_between(h, t0, t1)
     migrated = checks.first_event(h, "migrating", CLIENT_ID, t0) is not None
     failed = checks.peer_events(h, "connection_failed", CLIENT_ID, t0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from connlib.core.credentials import rest_credentials
 from connlib.core.messages import Frame, RelaysPresence, Topic, Vsn, encode_frame
 from fake_portal.config import PortalConfig
 from fake_portal.core import Close, Portal, Send
@@ -119,3 +120,27 @@ def test_frames_for_a_closed_socket_are_ignored():
     outputs(portal)
     portal.handle_input(client, frame("client", "no_relays"), 1.1)
     assert outputs(portal) == []
+
+
+def test_rotated_credentials_reach_every_peer_as_one_push_under_the_same_secret():
+    portal = make_portal(debounce=1.0)
+    join_relay(portal, "r1", "s1", 0.0)
+    client = join_client(portal, "c1", 0.0)
+    portal.handle_timeout(1.0)
+    outputs(portal)
+    rid = relay_id_from_name("r1")
+    assert portal.rotate_credentials("unknown", 2.0) is None
+    assert portal.rotate_credentials(rid, 2.0) == 1
+    portal.handle_timeout(3.0)
+    (payload,) = pushes(portal, client, "relays_presence")
+    presence = RelaysPresence.from_json(payload)
+    assert presence.disconnected_ids == ()
+    (entry,) = presence.connected
+    assert entry.id == rid and entry.username.endswith(".r1")
+    expiry, _, salt = entry.username.partition(":")
+    assert rest_credentials("s1", int(expiry), salt) == (entry.username, entry.password)  # what coturn checks
+    # the relay's socket re-joins with the same secret: the rotation holds, nothing is pushed
+    join_relay(portal, "r1", "s1", 4.0)
+    portal.handle_timeout(5.0)
+    assert pushes(portal, client, "relays_presence") == []
+    assert portal.relays_view()[0]["rotation"] == 1

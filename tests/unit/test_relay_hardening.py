@@ -7,11 +7,15 @@ its switch in ``connlib.core.fixes`` and shows the bug comes back.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from connlib.core import stun
 from connlib.core.allocation import Allocation, FreeReason
+from connlib.core.candidate import RemoteCandidate, candidate_priority
 from connlib.core.credentials import REALM
+from connlib.core.ice import Connected, Connection, LocalCandidate, PathLost
 from connlib.core.node import Node, NoRelays, RelayRemoved
 from connlib.core.stun import Class, Message, Method
 
@@ -250,6 +254,28 @@ def test_item7_twin_without_probe_listed_dead_candidates_are_offered():
     assert node.relay_candidates("r0") == old and CLIENT4 not in sim.allocations
 
 
+def test_item7_path_removed_by_the_peer_is_a_lost_path_and_our_relay_is_probed():
+    """Both sides on one relay that rebooted with the same secret inside the portal's debounce: the
+    side that learns it (a probe) invalidates its candidate; the other side is told nothing else,
+    so losing its nominated path that way must count as a lost path (our relay is probed: the
+    same reboot may have taken our allocation too)."""
+    local = LocalCandidate("relay", ("192.0.2.1", 50000), "r1")
+    remote = ("192.0.2.1", 50001)
+    conn = Connection.new("client", controlling=False, now=0.0, rng=random.Random(1))
+    conn.set_remote_credentials("peer", "peer-password-0123456789", 0.0)
+    conn.add_local_candidate(local, 0.0)
+    conn.add_remote_candidate(RemoteCandidate("relay", remote, candidate_priority("relay")), 0.0)
+    msg = Message(Method.BINDING, Class.REQUEST, (1).to_bytes(12, "big"))
+    msg.add("USERNAME", f"{conn.local_ufrag}:peer")
+    msg.add("PRIORITY", candidate_priority("prflx"))
+    msg.add("ICE-CONTROLLING", 1)
+    msg.add("USE-CANDIDATE")
+    conn.handle_stun(stun.decode(msg.encode(conn.local_pwd.encode(), fingerprint=True)), local, remote, 0.5)
+    assert any(isinstance(e, Connected) for e in iter(conn.poll_event, None))
+    conn.remove_remote_candidate(remote)  # the peer's invalidation arrives through the portal
+    assert [e for e in iter(conn.poll_event, None) if isinstance(e, PathLost)] == [PathLost("client", "r1")]
+
+
 # --------------------------------------------------------------------------- item 8: path probe
 def path_probe_with_one_loss(disabled=()):
     sim = TurnSim(RELAY4)
@@ -283,7 +309,7 @@ def test_item8_twin_single_shot_probe_frees_the_healthy_relay():
 
 def test_item4_a_lingering_relay_after_the_old_credentials_delete_is_waited_for():
     """coturn keeps a deleted allocation for about a second (437 to a new ALLOCATE): after our
-    delete under the old credentials, the ALLOCATE is left to its backoff, not deleted again."""
+    delete under the old credentials, the ALLOCATE is asked again, not deleted again."""
     sim = TurnSim(RELAY4)
     sim.linger = 1.0
     node, net = node_with(sim)
@@ -292,9 +318,27 @@ def test_item4_a_lingering_relay_after_the_old_credentials_delete_is_waited_for(
     net.run(12.0)
     after = [(t, m) for t, m, _ in sim.requests if t >= 10.0 and m != Method.BINDING]
     A, R = Method.ALLOCATE, Method.REFRESH
-    # 401; 437; delete (new username) -> 441; delete (old) -> ok; 437 (lingering); +1 s: 438, ok
-    assert after == [(10.0, A), (10.0, A), (10.0, R), (10.0, R), (10.0, A), (11.0, A), (11.0, A)]
+    # 401; 437; delete (new username) -> 441; delete (old) -> ok; 437 (lingering) every 0.25 s;
+    # at 1 s: 438, ok
+    lingering = [(10.25, A), (10.5, A), (10.75, A)]
+    assert after == [(10.0, A), (10.0, A), (10.0, R), (10.0, R), (10.0, A), *lingering, (11.0, A), (11.0, A)]
     assert node.usable_relays() == ["r0"] and node.allocations["r0"].lifetime == (11.0, 600.0)
+
+
+def test_item4_a_relay_lingering_a_little_over_a_second_is_allocated_on_soon_after():
+    """coturn's linger ends on its own timer tick, a little after a second (seen: re-allocated
+    1.6-3.5 s after the rotation on Docker): the ALLOCATE is asked again every 0.25 s, so the
+    allocation is back within a quarter second of the linger's end, not a backoff step later."""
+    sim = TurnSim(RELAY4)
+    sim.linger = 1.1
+    node, net = node_with(sim)
+    net.run(10.0)
+    node.update_relays([], [sim.config("r0", salt="rotated")], 10.0)
+    net.run(13.0)
+    received_at, _ = node.allocations["r0"].lifetime
+    assert 11.1 <= received_at <= 11.1 + 0.25 + 1e-9
+    lingering = [t for t, m, _ in sim.requests if 10.0 < t < 11.1 and m == Method.ALLOCATE]
+    assert len(lingering) <= 5  # a bounded rate while it lingers (4/s)
 
 
 def test_item1_unsigned_refusal_of_a_channel_bind_drops_that_channel_not_the_relay():
