@@ -24,7 +24,7 @@ def test_a_relay_held_without_an_allocation_past_the_bound_is_a_zombie():
 
 def test_a_relay_allocated_or_given_up_within_the_bound_is_not_a_zombie():
     allocated = [(float(t), ["r1"], [] if t < 10 else ["r1"]) for t in range(0, 30)]
-    freed = [(float(t), ["r1"] if t < 14 else [], []) for t in range(0, 30)]
+    freed: list[tuple[float, list[str], list[str]]] = [(float(t), ["r1"] if t < 14 else [], []) for t in range(30)]
     flapping = [(float(t), ["r1"], ["r1"] if t % 10 == 0 else []) for t in range(0, 30)]
     for reports in (allocated, freed, flapping):
         assert checks.zombies(history_of(reports), "client-1", after=-1.0) == []
