@@ -145,8 +145,9 @@ class Status(Line):
 
 @dataclass(frozen=True)
 class Relays(Line):
-    """Both roles' periodic report of the relays the node holds and which of them are usable
-    (allocated): what the harness's no-zombie check reads."""
+    """The relays the node holds and which of them are usable (allocated), from both roles: every
+    report interval, and at once when a relay is added, removed or allocated (what the harness's
+    no-zombie check and its re-allocation times read)."""
 
     EVENT = LineEvent.RELAYS
     held: list[str]

@@ -34,7 +34,7 @@ from ..core import messages
 from ..core.addr import format_address
 from ..core.ice import Connected, Failed, PathLost
 from ..core.logfmt import kv
-from ..core.node import NoRelays, RelayAdded, RelayRemoved
+from ..core.node import CandidateNew, NoRelays, RelayAdded, RelayRemoved
 from ..core.tunnel import Migrating, Received, Signal, Tunnel
 from . import lines
 from .stream import StreamStats
@@ -137,8 +137,12 @@ class PeerSession:
                 self._lines.append(lines.Migrating(peer, old, new))
             case RelayAdded(rid=rid):
                 self._lines.append(lines.RelayAdded(rid))
+                self._report_relays()
             case RelayRemoved(rid=rid, reason=reason):
                 self._lines.append(lines.RelayRemoved(rid, reason))
+                self._report_relays()
+            case CandidateNew(candidate=candidate) if candidate.kind == "relay":
+                self._report_relays()  # allocated: the relay is usable from now on
             case NoRelays():
                 pass  # reported with its no_relays signal
 
@@ -211,8 +215,11 @@ class PeerSession:
             self._connect_requested_at = now
             self.tunnel.connect(gateway, now)
 
-    def _report(self, now: float) -> None:
+    def _report_relays(self) -> None:
         self._lines.append(lines.Relays(self.tunnel.held_relays(), self.tunnel.usable_relays()))
+
+    def _report(self, now: float) -> None:
+        self._report_relays()
         if self.config.role != "client":
             self._lines.append(lines.Status(self.tunnel.connected_peers(), self.tunnel.usable_relays()))
             return
