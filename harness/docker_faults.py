@@ -96,6 +96,12 @@ class DockerFaults(Fleet):
     async def _unpause_relay(self, name: str) -> None:
         await asyncio.to_thread(self._container(name).unpause)
 
+    async def _pause_peer(self, peer_id: str) -> None:
+        await asyncio.to_thread(self.member(peer_id).container.pause)
+
+    async def _unpause_peer(self, peer_id: str) -> None:
+        await asyncio.to_thread(self.member(peer_id).container.unpause)
+
     async def _udp_loss(self, name: str, probability: float) -> None:
         rule = LOSS_RULE.format(probability=probability)
         await asyncio.to_thread(self._exec, name, ["iptables", "-I", *rule.split()])

@@ -91,6 +91,8 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
                 extra += [f"--{key.replace('_', '-')}", str(value)]
         if service.role == "client" and options.count is not None:
             extra += ["--count", str(options.count)]
+        if service.role in PEER_ROLES:
+            extra += list(options.peer_args)
         if extra:
             service = services[name] = replace(service, command=[*(service.command or []), *extra])
         if service.role == "relay" and name in options.relay_env:

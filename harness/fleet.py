@@ -57,6 +57,8 @@ class StackOptions:
     relay_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra environment per relay name, e.g. ``{"relay-1": {"TURN_EXTRA": "total-quota=1"}}``
     (coturn options through the relay image; Docker backend)."""
+    peer_args: tuple[str, ...] = ()
+    """Extra ``connlib run`` arguments of both peers, e.g. ``("--channel-lifetime", "10")``."""
     relay_heartbeat: float = 10.0
     """Seconds between a relay's Phoenix heartbeats (the portal drops it after ``heartbeat_timeout``)."""
 
@@ -139,6 +141,21 @@ class Fleet(PortalAdmin, abc.ABC):
     async def unpause_relay(self, name: str) -> None:
         async with self.fault("unpause", name):
             await self._unpause_relay(name)
+
+    async def pause_peer(self, peer_id: str) -> None:
+        """Freeze a peer (SIGSTOP/cgroup freeze): it sends nothing and its timers stand still."""
+        async with self.fault("pause", peer_id):
+            await self._pause_peer(peer_id)
+
+    async def unpause_peer(self, peer_id: str) -> None:
+        async with self.fault("unpause", peer_id):
+            await self._unpause_peer(peer_id)
+
+    async def _pause_peer(self, peer_id: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot freeze a peer")
+
+    async def _unpause_peer(self, peer_id: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot freeze a peer")
 
     async def udp_loss(self, name: str, probability: float) -> None:
         """Drop this share of the UDP datagrams arriving at relay ``name``, until ``clear_udp_loss``."""

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--rate", type=_positive, default=50.0, help="client: datagrams per second (default 50)")
     cmd.add_argument("--count", type=int, default=None, help="client: stop after this many datagrams")
     cmd.add_argument("--report-interval", type=_positive, default=1.0, help="seconds between stream lines")
+    cmd.add_argument(
+        "--channel-lifetime",
+        type=_positive,
+        default=None,
+        help="seconds a TURN channel binding lasts: the relay's (coturn --channel-lifetime); default RFC 8656's 600",
+    )
     cmd.add_argument("--bind", default="0.0.0.0", help="local IPv4 address for the UDP socket")
     cmd.add_argument("--heartbeat-interval", type=_positive, default=10.0)
     cmd.add_argument("--seed", type=int, default=None, help="seed of the protocol cores (default: from the OS)")

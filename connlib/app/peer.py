@@ -24,6 +24,7 @@ from typing import Any
 from ..aio.driver import Driver
 from ..aio.portal_client import PortalClient, PortalError, portal_url
 from ..core.addr import format_address
+from ..core.allocation import CHANNEL_LIFETIME, ChannelTimes
 from ..core.logfmt import kv
 from ..core.phoenix import ChannelClosed
 from ..core.tunnel import POLICY_RELAY_ONLY, Signal, Tunnel
@@ -52,6 +53,7 @@ class PeerConfig:
     seed: int = 0
     heartbeat_interval: float = 10.0
     disabled_fixes: frozenset[str] = frozenset()
+    channel_lifetime: float = CHANNEL_LIFETIME
     status_file: str | None = None
     """Where the portal channel's state is kept as JSON (a container's healthcheck reads it)."""
 
@@ -70,7 +72,12 @@ class Peer:
         loop = asyncio.get_running_loop()
         self.clock = loop.time
         self.tunnel = Tunnel(
-            config.role, self.clock(), seed=config.seed, policy=config.policy, disabled_fixes=config.disabled_fixes
+            config.role,
+            self.clock(),
+            seed=config.seed,
+            policy=config.policy,
+            disabled_fixes=config.disabled_fixes,
+            channel_times=ChannelTimes(config.channel_lifetime),
         )
         self.session = PeerSession(
             SessionConfig(

@@ -8,6 +8,7 @@ import os
 import secrets
 
 from ..core import fixes
+from ..core.allocation import CHANNEL_LIFETIME
 from ..core.logfmt import kv
 from .errors import UsageError
 from .peer import Peer, PeerConfig
@@ -42,6 +43,7 @@ async def run(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         disabled_fixes=disabled_fixes_from_env(),
         status_file=args.status_file,
+        channel_lifetime=args.channel_lifetime if args.channel_lifetime is not None else CHANNEL_LIFETIME,
     )
     log.info("Seeded %s", kv(seed=seed))
     if config.disabled_fixes:

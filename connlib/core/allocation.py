@@ -28,9 +28,7 @@ log = logging.getLogger("connlib.allocation")
 
 SOFTWARE = "snownet"
 BINDING_INTERVAL = 25.0
-CHANNEL_LIFETIME = 600.0
-CHANNEL_REFRESH_AGE = 300.0  # re-bind a channel in use once it is this old
-CHANNEL_REBIND_TIMEOUT = 300.0  # cool-down before an expired channel number is handed out again
+CHANNEL_LIFETIME = 600.0  # RFC 8656 §12; a relay may be configured shorter (coturn --channel-lifetime)
 MAX_BUFFERED_CHANNEL_BINDINGS = 100
 LINGER_RETRY = 0.25  # ALLOCATE again this often while coturn lingers on our deleted allocation (437)
 # A relay that refuses ALLOCATE/REFRESH with an error we cannot act on (486 quota, 508, 5xx,
@@ -123,6 +121,30 @@ class _Pending:
     credentials: tuple[str, bytes] | None = None  # (username, key) other than ours: the predecessor's
 
 
+@dataclass(frozen=True)
+class ChannelTimes:
+    """A channel's lifetime and what follows from it: a channel in use is re-bound at half its
+    lifetime, and an expired number waits half a lifetime more before it is handed out again
+    (300 s each for the RFC's 600 s)."""
+
+    lifetime: float = CHANNEL_LIFETIME
+
+    def __post_init__(self) -> None:
+        if not self.lifetime > 0:
+            raise ValueError("a channel lifetime must be positive")
+
+    @property
+    def refresh_age(self) -> float:
+        return self.lifetime / 2
+
+    @property
+    def rebind_timeout(self) -> float:
+        return self.lifetime / 2
+
+
+DEFAULT_CHANNEL_TIMES = ChannelTimes()
+
+
 @dataclass
 class Channel:
     number: int
@@ -130,22 +152,23 @@ class Channel:
     bound_at: float  # when the (re)bind was sent
     bound: bool = False
     last_received: float | None = None
+    times: ChannelTimes = DEFAULT_CHANNEL_TIMES
 
     def connected(self, now: float) -> bool:
-        return self.bound and now - self.bound_at < CHANNEL_LIFETIME
+        return self.bound and now - self.bound_at < self.times.lifetime
 
     def alive(self, now: float) -> bool:
         """Bound or in flight, and not expired: data may be sent on it (optimistically)."""
-        return now - self.bound_at < CHANNEL_LIFETIME
+        return now - self.bound_at < self.times.lifetime
 
     def needs_refresh(self, now: float) -> bool:
         # Idle channels are allowed to lapse; only ones that carried data since the bind are kept.
         active = self.last_received is not None and self.last_received > self.bound_at
-        return self.bound and active and now - self.bound_at >= CHANNEL_REFRESH_AGE
+        return self.bound and active and now - self.bound_at >= self.times.refresh_age
 
     def reusable(self, now: float) -> bool:
         last = max(self.bound_at, self.last_received or self.bound_at)
-        return now - last >= CHANNEL_LIFETIME + CHANNEL_REBIND_TIMEOUT
+        return now - last >= self.times.lifetime + self.times.rebind_timeout
 
 
 class Allocation:
@@ -162,8 +185,10 @@ class Allocation:
         rng: random.Random | None = None,
         disabled_fixes: frozenset[str] = frozenset(),
         predecessor: tuple[str, str] | None = None,
+        channel_times: ChannelTimes = DEFAULT_CHANNEL_TIMES,
     ) -> None:
         self.server = server
+        self.channel_times = channel_times
         # (username, password) of the allocation we replace on this 5-tuple: if the relay still
         # holds that one, it refuses our delete under the new username (441) and we delete it
         # under the old credentials instead (see _handle_error). One use only.
@@ -274,7 +299,7 @@ class Allocation:
         for channel in self.channels.values():
             if channel.bound and channel.number not in in_flight_channels:
                 if channel.last_received is not None and channel.last_received > channel.bound_at:
-                    deadlines.append(channel.bound_at + CHANNEL_REFRESH_AGE)
+                    deadlines.append(channel.bound_at + channel.times.refresh_age)
         return min(deadlines) if deadlines else None
 
     # ------------------------------------------------------------------ input
@@ -700,7 +725,7 @@ class Allocation:
         if number is None:
             log.warning("No free channel number %s", kv(rid=self.relay_id))
             return
-        channel = Channel(number, peer, bound_at=now)
+        channel = Channel(number, peer, bound_at=now, times=self.channel_times)
         self.channels[number] = channel
         self._send_channel_bind(channel, now)
 

@@ -27,7 +27,17 @@ from dataclasses import dataclass
 from . import backoff as backoff_mod
 from . import fixes, stun
 from .addr import Address, format_address
-from .allocation import Allocation, Candidate, FreeReason, Invalid, New, Rejection, RelaySocket
+from .allocation import (
+    DEFAULT_CHANNEL_TIMES,
+    Allocation,
+    Candidate,
+    ChannelTimes,
+    FreeReason,
+    Invalid,
+    New,
+    Rejection,
+    RelaySocket,
+)
 from .credentials import long_term_key
 from .fixes import (
     FIX_CREDENTIALS_COMPARE,
@@ -112,8 +122,10 @@ class Node:
         seed: int = 0,
         max_elapsed: float = backoff_mod.MAX_ELAPSED,
         disabled_fixes: Iterable[str] = (),
+        channel_times: ChannelTimes = DEFAULT_CHANNEL_TIMES,
     ) -> None:
         self.allocations: dict[str, Allocation] = {}
+        self.channel_times = channel_times
         # The relay *sockets* behind those IPs: only traffic from a relay's port is relay traffic
         # (spec §1.8); a peer may well send from another port of the same IP (its relayed address).
         self._previous_relay_addrs: collections.deque[Address] = collections.deque(maxlen=MAX_PREVIOUS_RELAY_IPS)
@@ -197,6 +209,7 @@ class Node:
             max_elapsed=self.max_elapsed,
             rng=self._rng,
             disabled_fixes=self.disabled_fixes,
+            channel_times=self.channel_times,
             # Same address: the relay may still hold the old allocation on our 5-tuple (it did not
             # reboot); the new allocation then deletes it under the old credentials (441 path).
             predecessor=(existing.username, existing.password)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import fixes, messages, stun
 from .addr import Address, family
-from .allocation import Candidate
+from .allocation import DEFAULT_CHANNEL_TIMES, Candidate, ChannelTimes
 from .candidate import parse_candidate
 from .fixes import FIX_PATH_PROBE
 from .ice import (
@@ -89,6 +89,7 @@ class Tunnel:
         policy: str = POLICY_RELAY_ONLY,
         node: Node | None = None,
         disabled_fixes: Iterable[str] = (),
+        channel_times: ChannelTimes = DEFAULT_CHANNEL_TIMES,
     ) -> None:
         if role not in ("client", "gateway"):
             raise ValueError(f"role must be client or gateway, not {role!r}")
@@ -97,7 +98,7 @@ class Tunnel:
         self.role = role
         self.policy = policy
         self._disabled_fixes = fixes.checked(disabled_fixes)
-        self.node = node or Node(now, seed=seed, disabled_fixes=self._disabled_fixes)
+        self.node = node or Node(now, seed=seed, disabled_fixes=self._disabled_fixes, channel_times=channel_times)
         self.connections: dict[str, Connection] = {}
         self._rng = random.Random(seed + 1)
         self._events: collections.deque[TunnelEvent] = collections.deque()

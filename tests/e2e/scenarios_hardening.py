@@ -13,6 +13,7 @@ bounds on every one of them:
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from connlib.core.allocation import FreeReason
@@ -40,6 +41,16 @@ QUOTA_RELAY = "relay-1"
 QUOTA = {"relay_env": {QUOTA_RELAY: {"TURN_EXTRA": "total-quota=1"}}, "debounce": COALESCING_DEBOUNCE}
 """coturn's ``total-quota``: one allocation on relay-1, so of the two peers the second is refused (486)."""
 PEERS = (CLIENT_ID, GATEWAY_ID)
+CHANNEL_LIFETIME = 10  # seconds, coturn's --channel-lifetime and connlib's alike
+CHANNEL = {
+    "relays": 1,  # the connection after the pause is on the relay that remembers the old binding
+    "relay_env": {"relay-1": {"TURN_EXTRA": f"channel-lifetime={CHANNEL_LIFETIME}"}},
+    "peer_args": ("--channel-lifetime", str(CHANNEL_LIFETIME)),
+    "portal": {"relays_per_client": 1},
+}
+IDLE_S = CHANNEL_LIFETIME + 6.0
+"""How long the gateway is frozen: past the channels' lifetime (our side lets an idle channel
+lapse), and past the client's ICE timeout, so the connection is made anew afterwards."""
 
 
 def check_bounds(fleet: Fleet, figures: dict, meter: RequestMeter, since: float) -> None:
@@ -191,4 +202,43 @@ async def rotation_without_reboot(fleet: Fleet, figures: dict, peer: str = CLIEN
     )
     assert figures["resumed_after_presence_s"] <= RESUME_BOUND, (
         f"stream back {figures['resumed_after_presence_s']:.2f}s after the new credentials"
+    )
+
+
+# ---------------------------------------------------------------------------- 10
+async def channel_idle_past_its_lifetime(fleet: Fleet, figures: dict) -> None:
+    """Item 3: the gateway freezes for longer than the channels' (shortened) lifetime: the
+    client's channel to it carries nothing back and lapses on our side, while coturn keeps the
+    binding (it still refuses another number for that peer). When the gateway thaws, traffic
+    starts again in both directions: the re-binds must reuse the numbers, or coturn refuses them
+    (400) and the flow is black-holed."""
+    h = fleet.history
+    if (await carrying(fleet, CLIENT_ID))[1] != "relay-1":
+        raise Precondition("the connection is not on relay-1")
+    t0 = time.monotonic()
+    async with RequestMeter(fleet, fleet.relay_names) as meter:
+        await fleet.pause_peer(GATEWAY_ID)
+        try:
+            await asyncio.sleep(IDLE_S)  # the fault's duration, not a synchronisation
+        finally:
+            await fleet.unpause_peer(GATEWAY_ID)
+        thawed = fault_at(fleet, "unpause", GATEWAY_ID, t0)
+        try:
+            resumed = await wait_flowing(fleet, thawed, RESUME_BOUND + 4, "the stream after the gateway thawed")
+        except AssertionError:
+            raise AssertionError(
+                f"bug (channel number): the gateway was frozen {IDLE_S:.0f}s, past the {CHANNEL_LIFETIME}s channel "
+                f"lifetime; {RESUME_BOUND + 4:.0f}s after it thawed no echo has come back (the re-bound channels "
+                "were refused: a new number for a peer coturn still binds to the old one)"
+            ) from None
+        await settle(fleet, meter, resumed)
+    figures.update(
+        resumed_after_thaw_s=round(max(0.0, resumed - thawed), 2),
+        gap_s=round(checks.longest_gap(h, t0), 2),
+        idle_s=IDLE_S,
+        reconnected=checks.first_event(h, "connected", CLIENT_ID, thawed) is not None,
+    )
+    check_bounds(fleet, figures, meter, t0)
+    assert figures["resumed_after_thaw_s"] <= RESUME_BOUND, (
+        f"stream back {figures['resumed_after_thaw_s']:.2f}s after the gateway thawed"
     )

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from connlib.core import stun
-from connlib.core.allocation import Allocation, FreeReason
+from connlib.core.allocation import Allocation, ChannelTimes, FreeReason
 from connlib.core.candidate import RemoteCandidate, candidate_priority
 from connlib.core.credentials import REALM
 from connlib.core.ice import Connected, Connection, LocalCandidate, PathLost
@@ -159,6 +159,25 @@ def test_item3_lapsed_channel_is_rebound_with_the_same_number():
 def test_item3_twin_without_channel_number_reuse_the_relay_refuses_the_new_number():
     alloc, sim, net, number, transmit = channel_lapse(disabled={"channel-number-reuse"})
     assert not alloc.has_channel_to(PEER, 700.0)  # 400: "same peer with different channel number"
+
+
+def test_item3_a_shortened_channel_lifetime_scales_the_lapse_and_the_refresh():
+    """``connlib run --channel-lifetime`` (a relay configured with coturn's --channel-lifetime):
+    a channel in use is re-bound at half of it, an idle one lapses after it, and re-binds keep
+    the number."""
+    alloc, sim, net = allocation(channel_times=ChannelTimes(10.0))
+    alloc.bind_channel(PEER, 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    (number,) = alloc.channels
+    alloc.decapsulate(RELAY4, stun.encode_channel_data(number, b"in"), 2.0)  # in use
+    net.run(6.5)
+    assert sim.count(Method.CHANNEL_BIND) == 2 and alloc.has_channel_to(PEER, 6.5)  # refreshed at 6 s
+    net.run(17.0)  # idle since: lapsed 10 s after the refresh
+    assert not alloc.has_channel_to(PEER, 17.0)
+    assert alloc.encapsulate(PEER, b"x", 17.0) is None  # re-bind started ...
+    net.run(17.0)
+    assert alloc.has_channel_to(PEER, 17.0) and list(alloc.channels) == [number]  # ... with the same number
 
 
 # --------------------------------------------------------------------------- item 4: new credentials
