@@ -1,5 +1,6 @@
 """The faults of the Docker backend: relay containers (restart, stop, start, kill, pause, UDP loss
-with iptables inside the relay) and networks (cut a container off one, reconnect it).
+with iptables inside the relay: the calls of :mod:`harness.container_faults`) and networks (cut a
+container off one, reconnect it).
 
 A mixin of :class:`harness.docker_fleet.DockerFleet` over :class:`harness.fleet.Fleet`, whose fault
 template records each fault in the history. It needs the fleet's ``member()``, ``networks`` and
@@ -14,11 +15,11 @@ from dataclasses import dataclass, field
 from docker.models.containers import Container
 from docker.models.networks import Network
 
+from . import container_faults as cf
 from .fleet import Fleet
 from .topology import Service
 
 REJOIN_TIMEOUT = 45.0
-LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
 
 
 @dataclass
@@ -69,51 +70,41 @@ class DockerFaults(Fleet):
 
     async def _restart_relay(self, name: str) -> None:
         old = (await self.secret_fingerprints()).get(name)
-        await asyncio.to_thread(self._container(name).restart, timeout=self._stop_timeout(name))
+        await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)  # a new network namespace: no rules
         await self.wait_relays_online([name], REJOIN_TIMEOUT, {name: old} if old else None)
 
     async def _stop_relay(self, name: str) -> None:
-        await asyncio.to_thread(self._container(name).stop, timeout=self._stop_timeout(name))
+        await asyncio.to_thread(cf.stop, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)
 
     async def _start_relay(self, name: str) -> None:
         old = (await self.secret_fingerprints()).get(name)
-        await asyncio.to_thread(self._container(name).start)
+        await asyncio.to_thread(cf.start, self._container(name))
         await self.wait_relays_online([name], REJOIN_TIMEOUT, {name: old} if old else None)
 
     async def _kill_relay(self, name: str) -> None:
-        container = self._container(name)
-        await asyncio.to_thread(container.kill)
-        await asyncio.to_thread(container.wait, timeout=self._stop_timeout(name))
+        await asyncio.to_thread(cf.kill, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)
 
     async def _pause_relay(self, name: str) -> None:
-        await asyncio.to_thread(self._container(name).pause)
+        await asyncio.to_thread(cf.pause, self._container(name))
 
     async def _unpause_relay(self, name: str) -> None:
-        await asyncio.to_thread(self._container(name).unpause)
+        await asyncio.to_thread(cf.unpause, self._container(name))
 
     async def _udp_loss(self, name: str, probability: float) -> None:
-        rule = LOSS_RULE.format(probability=probability)
-        await asyncio.to_thread(self._exec, name, ["iptables", "-I", *rule.split()])
+        rule = cf.loss_rule(probability)
+        await asyncio.to_thread(cf.add_rule, self._container(name), rule, name)
         self._loss_rules.setdefault(name, []).append(rule)
 
     async def _clear_udp_loss(self, name: str) -> None:
         for rule in self._loss_rules.pop(name, []):
-            await asyncio.to_thread(self._exec, name, ["iptables", "-D", *rule.split()])
+            await asyncio.to_thread(cf.delete_rule, self._container(name), rule, name)
 
     async def dropped_datagrams(self, name: str) -> int:
         """Datagrams the loss rules of relay ``name`` dropped so far (iptables counters)."""
-        output = await asyncio.to_thread(self._exec, name, ["iptables", "-L", "INPUT", "-v", "-n", "-x"])
-        return sum(int(line.split()[0]) for line in output.splitlines() if "statistic" in line)
-
-    def _exec(self, name: str, command: list[str]) -> str:
-        result = self.member(name).container.exec_run(command)
-        output = result.output.decode(errors="replace")
-        if result.exit_code != 0:
-            raise RuntimeError(f"{' '.join(command)} in {name} exited {result.exit_code}: {output.strip()}")
-        return output
+        return await asyncio.to_thread(cf.dropped_by_loss, self._container(name), name)
 
     # ------------------------------------------------------------------ network faults
     async def _cut(self, target: str, network: str) -> None:
@@ -131,4 +122,6 @@ class DockerFaults(Fleet):
             aliases=[member.name],
         )
         for route in member.routes:  # the host routes went with the interface
-            await asyncio.to_thread(self._exec, member.name, ["ip", "route", "replace", *route.split()])
+            await asyncio.to_thread(
+                cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
+            )
