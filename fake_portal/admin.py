@@ -8,6 +8,8 @@ Routes (``GET /openapi.json`` is the authoritative list, see :mod:`fake_portal.o
   ``GET /api/events?since=<seq>&limit=<n>`` → ``{"last_seq", "events"}``; ``GET /api/health``
 - ``POST /api/partition`` ``{"id", "seconds"?}``; ``POST /api/heal`` ``{"id"?}`` (no id: heal all);
   ``POST /api/relays/<id>/disconnect``
+- ``GET``/``POST /api/chaos/<path>``: passed to the stack's chaos control service
+  (:mod:`fake_portal.chaos_proxy`; 404 without ``chaos_url``)
 
 Every request passes the three checks of :mod:`fake_portal.gate` (the README's security model):
 Host (``127.0.0.1``, ``localhost``, ``::1``, the bound address, or a name in ``admin_allowed_hosts``),
@@ -30,6 +32,8 @@ from aiohttp import web
 from connlib.core.logfmt import kv
 from connlib.core.messages import ID_PATTERN, Topic, is_safe_id
 from fake_portal import dashboard
+from fake_portal.chaos_proxy import PREFIX as CHAOS_PREFIX
+from fake_portal.chaos_proxy import ChaosProxy
 from fake_portal.config import PortalConfig
 from fake_portal.core import Portal
 from fake_portal.gate import (
@@ -54,7 +58,11 @@ MAX_BODY_BYTES = 64 * 1024
 DASHBOARD_EVENTS = 300  # events the dashboard page arrives with; it polls for the rest
 COOKIE = "fake_portal_admin"
 PUBLIC_PATHS = frozenset({"/api/health"})
-QUERY_KEYS = {"/": frozenset({"token"}), "/api/events": frozenset({"since", "limit"})}
+QUERY_KEYS = {
+    "/": frozenset({"token"}),
+    "/api/events": frozenset({"since", "limit"}),
+    "/api/chaos/history": frozenset({"since", "limit"}),
+}
 """Query parameters a route takes; any other is a 400 (all other routes take none)."""
 
 
@@ -83,6 +91,7 @@ class AdminApi:
         self.after_command = after_command
         self.config = config or core.config
         self._runner: web.AppRunner | None = None
+        self.chaos = ChaosProxy(self.config.chaos_url, self.config.admin_token)
         self.gate = Gate(
             token=self.config.admin_token,
             hosts=self.allowed_hosts(),
@@ -118,6 +127,8 @@ class AdminApi:
         app.router.add_post("/api/partition", self._partition)
         app.router.add_post("/api/heal", self._heal)
         app.router.add_post("/api/relays/{relay_id}/disconnect", self._disconnect)
+        app.router.add_get(CHAOS_PREFIX + "{path:.*}", self.chaos.forward, allow_head=False)
+        app.router.add_post(CHAOS_PREFIX + "{path:.*}", self.chaos.forward)
         return app
 
     async def serve(self, host: str, port: int) -> int:
@@ -140,6 +151,7 @@ class AdminApi:
         return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
+        await self.chaos.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -160,7 +172,10 @@ class AdminApi:
             return response
         now = self.clock()
         events = self.core.events.since(max(0, self.core.events.last_seq - DASHBOARD_EVENTS))
-        return web.Response(text=dashboard.render(self.overview(now), events), content_type="text/html")
+        return web.Response(
+            text=dashboard.render(self.overview(now), events, chaos=self.chaos.url is not None),
+            content_type="text/html",
+        )
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return json_response(openapi_document(token=self.gate.token is not None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from connlib.core.messages import ID_PATTERN
+from fake_portal.chaos_proxy import PATH as CHAOS_PATH
 
 MAX_SEQ = 2**53
 MAX_EVENTS_LIMIT = 10_000
@@ -198,6 +199,33 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
             None,
             parameters=[{"name": "relay_id", "in": "path", "required": True, "schema": _ID}],
         ),
+    }
+    chaos_path = [
+        {
+            "name": "path",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": f"^{CHAOS_PATH.pattern}$"},
+            "description": "a route of the chaos service under /api/ (its own /openapi.json lists them)",
+        }
+    ]
+    chaos_responses = {
+        "200": _ok(_OBJECT, "the chaos service's answer"),
+        "4XX": _ERROR,
+        "502": {**_ERROR, "description": "the chaos service did not answer"},
+    }
+    paths["/api/chaos/{path}"] = {
+        "get": {
+            "summary": "Passed to the stack's chaos control service (GET /api/<path>); 404 without one",
+            "parameters": chaos_path,
+            "responses": chaos_responses,
+        },
+        "post": {
+            "summary": "Passed to the stack's chaos control service (POST /api/<path>); 404 without one",
+            "parameters": chaos_path,
+            "requestBody": _json_body(_OBJECT, required=False),
+            "responses": chaos_responses,
+        },
     }
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
