@@ -381,8 +381,7 @@ async function chaosClick(ev) {
   try {
     const response = await fetch(`/api/chaos/${path}`, { method: "POST", cache: "no-store", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     const answer = await response.json().catch(() => ({}));
-    const entry = answer.action || answer;
-    if (response.ok) { status.className = "good"; status.textContent = `${entry.action} ${entry.target}: ok (${entry.took_s} s)`; }
+    if (response.ok) { status.className = "good"; status.textContent = `${answer.action} ${answer.target}: ok (${answer.took_s} s)`; }
     else { status.className = "bad"; status.textContent = `${btn.getAttribute("aria-label")}: ${answer.error || `HTTP ${response.status}`}`; }
   } catch (err) {
     status.className = "bad"; status.textContent = `${btn.getAttribute("aria-label")}: ${err}`;
