@@ -368,3 +368,43 @@ def test_the_history_is_bounded_and_keeps_the_newest():
     assert lasting["end"] is None and lasting["until"] == 102.0
     journal.ended(lasting)
     assert lasting["end"] == 100.0
+
+
+# ---------------------------------------------------------------------------- through the portal
+async def test_the_portal_passes_the_dashboards_requests_to_the_chaos_service(
+    service: Service, containers: dict[str, Container], unused_tcp_port: int
+):
+    portal = FakePortal(PortalConfig(token="t", admin_token=TOKEN, chaos_url=service.url))
+    down = FakePortal(PortalConfig(token="t", admin_token=TOKEN, chaos_url=f"http://127.0.0.1:{unused_tcp_port}"))
+    await portal.start()
+    await down.start()
+    try:
+        via = Service(portal.admin_url + "/api/chaos", service.api, service.journal, portal, service.http)
+        status, answer = await via.call("GET", "/targets")
+        assert status == 200 and [t["name"] for t in answer["relays"]] == ["relay-1"], answer
+        _, started = state(containers["relay"])
+        status, entry = await via.post("/relays/relay-1/restart")
+        assert status == 200 and entry["action"] == "restart" and state(containers["relay"])[1] != started, entry
+        status, answer = await via.call("GET", "/history?since=0&limit=5")
+        assert status == 200 and answer["last_seq"] == 1
+        status, answer = await via.post("/relays/relay-1/loss", {"probability": 2})  # the chaos service's 400
+        assert status == 400 and "probability" in answer["error"]
+        status, answer = await via.post(f"/relays/{containers['unlabelled'].name}/kill")  # and its 403
+        assert status == 403 and "does not carry this stack's labels" in answer["error"]
+        # the portal's own gate comes first: no token, a foreign origin
+        status, _ = await via.call("POST", "/relays/relay-1/restart", headers={"Authorization": ""})
+        assert status == 401
+        status, _ = await via.call("POST", "/relays/relay-1/restart", headers={"Origin": "http://evil.example"})
+        assert status == 403
+        status, _ = await via.call("GET", "/relays/../../api/health")
+        assert status in (400, 404)
+        # no chaos service configured; one that does not answer
+        no_chaos = Service(service.portal.admin_url + "/api/chaos", service.api, service.journal, portal, service.http)
+        assert (await no_chaos.call("GET", "/targets"))[0] == 404
+        gone = Service(down.admin_url + "/api/chaos", service.api, service.journal, down, service.http)
+        status, answer = await gone.call("GET", "/targets")
+        assert status == 502 and "did not answer" in answer["error"]
+        assert service.journal.last_seq == 1, "only the restart was an action"
+    finally:
+        await portal.stop()
+        await down.stop()
