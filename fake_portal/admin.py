@@ -41,12 +41,12 @@ from fake_portal.gate import (
     Gate,
     Handler,
     HttpError,
-    ServerLog,
     allowed_hosts,
     format_host,
     json_body,
     json_response,
     query_uint,
+    start_server,
 )
 from fake_portal.openapi import MAX_EVENTS_LIMIT, MAX_PARTITION_SECONDS, MAX_SEQ, openapi_document
 
@@ -138,17 +138,8 @@ class AdminApi:
                 "Admin API on a wildcard address without an admin token %s",
                 kv(host=host or "*", port=port, hint="set --admin-token or FAKE_PORTAL_ADMIN_TOKEN"),
             )
-        self._runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=1.0,
-            logger=ServerLog(logging.getLogger("fake_portal.admin.http"), {}),
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        return int(self._runner.addresses[0][1])
+        self._runner, bound = await start_server(self.app(), host, port, "fake_portal.admin.http")
+        return bound
 
     async def stop(self) -> None:
         await self.chaos.close()

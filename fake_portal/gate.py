@@ -152,6 +152,21 @@ async def json_body(request: web.Request, *, required: bool, fields: frozenset[s
     return obj
 
 
+async def start_server(app: web.Application, host: str, port: int, logger: str) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port (no access log, no signal handling; parse errors as WARN through
+    :class:`ServerLog` on ``logger``); the runner and the bound port."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        logger=ServerLog(logging.getLogger(logger), {}),
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner, int(runner.addresses[0][1])
+
+
 class Gate:
     """The checks above as an aiohttp middleware (:meth:`middleware`).
 

@@ -227,12 +227,14 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
             "responses": chaos_responses,
         },
     }
-    doc: dict[str, Any] = {
-        "openapi": "3.0.3",
-        "info": {"title": "fake_portal admin API", "version": "1"},
-        "paths": paths,
-    }
-    if token:
-        doc["components"] = {"securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}}
-        doc["security"] = [{"adminToken": []}]
+    return envelope("fake_portal admin API", paths, bearer="adminToken" if token else None)
+
+
+def envelope(title: str, paths: dict[str, Any], *, bearer: str | None) -> dict[str, Any]:
+    """An OpenAPI 3.0 document of ``paths``; with ``bearer``, every operation but those that say
+    ``security: []`` needs that bearer token scheme."""
+    doc: dict[str, Any] = {"openapi": "3.0.3", "info": {"title": title, "version": "1"}, "paths": paths}
+    if bearer:
+        doc["components"] = {"securitySchemes": {bearer: {"type": "http", "scheme": "bearer"}}}
+        doc["security"] = [{bearer: []}]
     return doc

@@ -26,12 +26,12 @@ from aiohttp import web
 from fake_portal.gate import (
     Gate,
     HttpError,
-    ServerLog,
     allowed_hosts,
     error_response,
     json_body,
     json_response,
     query_uint,
+    start_server,
 )
 
 from .actions import FROM_PORTAL, RELAY_ACTIONS, UNDO, ActionFailed, Controller
@@ -101,16 +101,8 @@ class ControlApi:
 
     async def serve(self, host: str, port: int) -> int:
         """Start listening; returns the bound port."""
-        self._runner = web.AppRunner(
-            self.app(),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=1.0,
-            logger=ServerLog(logging.getLogger("harness.control.http"), {}),
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        return int(self._runner.addresses[0][1])
+        self._runner, bound = await start_server(self.app(), host, port, "harness.control.http")
+        return bound
 
     async def stop(self) -> None:
         if self._runner is not None:

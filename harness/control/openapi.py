@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fake_portal.openapi import MAX_SEQ
+from fake_portal.openapi import MAX_SEQ, envelope
 
 from .actions import FROM_PORTAL, RELAY_ACTIONS, UNDO
 from .journal import CAPACITY
@@ -172,12 +172,4 @@ def openapi_document(*, token: bool = True) -> dict[str, Any]:
     paths["/api/peers/{peer}/heal"] = _action(
         "End a peer's partition from the portal or from a relay", "peer", _body({"from": _FROM}, [])
     )
-    doc: dict[str, Any] = {
-        "openapi": "3.0.3",
-        "info": {"title": "connlib-relays chaos control", "version": "1"},
-        "paths": paths,
-    }
-    if token:
-        doc["components"] = {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}}
-        doc["security"] = [{"token": []}]
-    return doc
+    return envelope("connlib-relays chaos control", paths, bearer="token" if token else None)
