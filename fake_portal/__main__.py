@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         f"as /?token=TOKEN); default: ${ADMIN_TOKEN_ENV}, else none",
     )
     p.add_argument(
+        "--chaos-url",
+        default=None,
+        metavar="URL",
+        help="the stack's chaos control service (e.g. http://chaos:8081): the dashboard gets fault buttons",
+    )
+    p.add_argument(
         "--admin-allowed-host",
         action="append",
         default=[],
@@ -127,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> PortalConfig:
     return PortalConfig(
         admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
         admin_allowed_hosts=tuple([*args.admin_allowed_host, *env_hosts]),
+        chaos_url=args.chaos_url,
         listen_host=args.listen[0],
         listen_port=args.listen[1],
         admin_host=args.admin[0],

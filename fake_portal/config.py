@@ -24,6 +24,9 @@ class PortalConfig:
     dashboard cookie that ``GET /?token=`` sets)."""
     admin_allowed_hosts: tuple[str, ...] = ()
     """Host names the admin API answers to besides 127.0.0.1, localhost, ::1 and its bind address."""
+    chaos_url: str | None = None
+    """The stack's chaos control service (``http://chaos:8081``): the dashboard's fault buttons reach
+    it through the admin API's ``/api/chaos/`` (:mod:`fake_portal.chaos_proxy`)."""
     token: str = field(default_factory=lambda: "dev-" + secrets.token_urlsafe(16))
     """Accepted from every role unless a role-specific token below is set."""
     client_token: str | None = None

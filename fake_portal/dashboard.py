@@ -7,6 +7,15 @@ address, secret fingerprint, since, who uses them), the client's live traffic st
 (``stream_stats``: sent/delivered/lost, current relay, a rate chart, recent gaps), connections and
 the relay on each side, clients and gateways, and the portal's event log (chatter hidden by
 default). Kept apart from the API so routing never changes with the page.
+
+With a chaos service (the portal's ``chaos_url``) the page also has **fault buttons** (per relay:
+restart, stop, start, kill, pause, unpause, UDP loss, clear loss; per peer: partition and heal, from
+the portal or from one relay; an optional duration after which the chaos service undoes the fault)
+and polls the chaos history: the stream chart marks each fault as an amber band (from its start to
+when it was undone, or a thin line for a restart) named after it, and each gap of the stream as a red
+band. The buttons call the chaos service **through the portal** (``POST /api/chaos/...``, same origin,
+the admin cookie): the page never holds a token and never calls another origin
+(:mod:`fake_portal.chaos_proxy` says why).
 """
 
 from __future__ import annotations
@@ -45,8 +54,9 @@ def _snapshot(overview: dict[str, Any]) -> str:
     )
 
 
-def render(overview: dict[str, Any], events: list[dict[str, Any]]) -> str:
-    initial = _embed({"overview": overview, "events": events})
+def render(overview: dict[str, Any], events: list[dict[str, Any]], *, chaos: bool = False) -> str:
+    """The page, with the state it arrives with; ``chaos``: the portal reaches a chaos service."""
+    initial = _embed({"overview": overview, "events": events, "chaos": chaos})
     return (
         PAGE.replace("__NOSCRIPT__", _snapshot(overview))
         .replace("__INITIAL__", initial)
@@ -155,6 +165,17 @@ tr.is-off td { color: #94a3b8; }
 .tag.info { color: var(--blue); background: var(--blue-bg); border-color: transparent; }
 .tag.violet { color: var(--violet); background: var(--violet-bg); border-color: transparent; }
 .dir { color: var(--muted); }
+/* chaos */
+.chaos-row { display: flex; align-items: center; gap: 6px; flex-wrap: wrap; padding: 6px 0; border-bottom: 1px solid rgba(35,48,77,.6); }
+.chaos-row .who { min-width: 72px; font-weight: 600; }
+.chaos-row button, .chaos-row select { background: var(--panel2); color: var(--text); border: 1px solid var(--line); border-radius: 6px;
+  padding: 2px 8px; font: inherit; font-size: 12px; cursor: pointer; }
+.chaos-row button:hover { border-color: var(--amber); color: #fde68a; }
+.chaos-row button.bad { border-color: rgba(244,63,94,.5); }
+.chaos-opts input { width: 64px; background: var(--panel2); color: var(--text); border: 1px solid var(--line); border-radius: 6px; padding: 2px 6px; font: inherit; }
+#chaos-status { min-height: 18px; margin: 8px 0 4px; font-size: 12px; }
+#chaos-status.bad { color: var(--red); } #chaos-status.good { color: var(--green); }
+#chaos-log td { padding: 3px 8px; font-size: 12px; }
 footer { grid-column: 1 / -1; color: var(--muted); font-size: 12px; }
 footer a { color: var(--blue); text-decoration: none; margin-right: 12px; }
 </style>
@@ -189,6 +210,17 @@ footer a { color: var(--blue); text-decoration: none; margin-right: 12px; }
     <h2>Live traffic <span class="count" id="streams-count">0</span></h2>
     <div id="streams"></div>
   </section>
+  <section id="chaos-section" hidden>
+    <h2>Chaos <span class="count" id="chaos-count">0</span>
+      <span class="logbar chaos-opts">
+        <label>duration <input type="number" id="chaos-duration" min="0" step="any" placeholder="until undone" aria-label="fault duration in seconds"> s</label>
+        <label>loss <input type="number" id="chaos-loss" min="1" max="100" value="50" aria-label="UDP loss in percent"> %</label>
+      </span>
+    </h2>
+    <div id="chaos-targets"></div>
+    <div id="chaos-status" role="status" aria-live="polite"></div>
+    <table id="chaos-log"><thead><tr><th>Time</th><th>Action</th><th>Target</th><th>Outcome</th><th>Until</th></tr></thead><tbody></tbody></table>
+  </section>
   </div>
   <section class="span12" id="events-section">
     <h2>Portal event log <span class="count" id="events-count">0</span>
@@ -216,7 +248,7 @@ const ESC = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ESC[c]);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const S = { ov: null, skew: 0, lastSeq: 0, events: [], chatterRefs: new Set(), lastStream: {}, names: {},
-            up: true, lastOk: Date.now(), filter: "", hideChatter: true };
+            up: true, lastOk: Date.now(), filter: "", hideChatter: true, chaos: false, chaosKey: "", faults: [] };
 
 const short = (id) => (id && UUID.test(id) ? id.slice(0, 8) : id ?? "");
 const relayName = (id) => (id ? S.names[id] || short(id) : "—");
@@ -281,7 +313,7 @@ function renderRelays(ov) {
   $("relays-count").textContent = ov.relays.length;
 }
 
-function chart(history) {
+function chart(history, gaps) {
   const W = 600, H = 74, P = 4;
   if (history.length < 2) return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none"><text x="${W / 2}" y="${H / 2}" fill="#8b9bb8" font-size="12" text-anchor="middle">collecting samples…</text></svg>`;
   const pts = [];
@@ -299,8 +331,84 @@ function chart(history) {
   const area = shown.length ? `${x(shown[0].t).toFixed(1)},${H - P} ${line} ${x(shown[shown.length - 1].t).toFixed(1)},${H - P}` : "";
   const lost = shown.filter((p) => p.l > 0).map((p) => `<rect x="${(x(p.t) - 2).toFixed(1)}" y="${y(p.l).toFixed(1)}" width="4" height="${(H - P - y(p.l)).toFixed(1)}" fill="#f43f5e"/>`).join("");
   const grid = [0.5, 1].map((f) => `<line x1="0" x2="${W}" y1="${y(max / 1.15 * f).toFixed(1)}" y2="${y(max / 1.15 * f).toFixed(1)}" stroke="#23304d" stroke-dasharray="3 4"/>`).join("");
+  // Each gap of the stream as a red band; each chaos fault as an amber band (a line for an instant one), named.
+  const band = (t0, t1) => { const a = Math.max(P, x(t0)), b = Math.min(W - P, x(t1)); return b >= P && a <= W - P ? [a, Math.max(2, b - a)] : null; };
+  const gapBands = gaps.map((g) => [g, band(g.start, g.end)]).filter(([, b]) => b).map(([g, [a, w]]) =>
+    `<rect class="gap" data-gap="${g.duration_s.toFixed(3)}" x="${a.toFixed(1)}" y="${P}" width="${w.toFixed(1)}" height="${H - 2 * P}" fill="rgba(244,63,94,.22)"><title>gap ${g.duration_s.toFixed(3)} s</title></rect>`).join("");
+  const faults = S.faults.filter((f) => f.undo_of == null && !String(f.outcome).startsWith("failed"));
+  const faultMarks = faults.map((f, i) => {
+    const b = band(f.ts, f.end ?? tEnd);
+    if (!b) return "";
+    const name = `${f.action} ${f.target}`;
+    return `<g class="fault" data-fault="${esc(name)}"><rect x="${b[0].toFixed(1)}" y="0" width="${b[1].toFixed(1)}" height="${H}" fill="rgba(245,158,11,.16)" stroke="#f59e0b" stroke-width="1" vector-effect="non-scaling-stroke"/>
+      <text x="${(b[0] + 3).toFixed(1)}" y="${11 + 10 * (i % 3)}" fill="#fde68a" font-size="10">${esc(name)}</text><title>${esc(name)}</title></g>`;
+  }).join("");
   return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img" aria-label="delivered per second">
-    ${grid}<polygon points="${area}" fill="rgba(34,197,94,.15)"/><polyline points="${line}" fill="none" stroke="#22c55e" stroke-width="2" vector-effect="non-scaling-stroke"/>${lost}</svg>`;
+    ${gapBands}${faultMarks}${grid}<polygon points="${area}" fill="rgba(34,197,94,.15)"/><polyline points="${line}" fill="none" stroke="#22c55e" stroke-width="2" vector-effect="non-scaling-stroke"/>${lost}</svg>`;
+}
+
+// ------------------------------------------------------------------ chaos
+const RELAY_ACTIONS = ["restart", "stop", "start", "kill", "pause", "unpause", "loss", "clear-loss"];
+const TIMED = new Set(["stop", "kill", "pause", "loss"]);
+function renderChaosTargets(ov) {
+  const relays = ov.relays.map((r) => r.name).sort(), peers = [...ov.clients, ...ov.gateways].map((p) => p.id).sort();
+  const key = JSON.stringify([relays, peers]);
+  if (key === S.chaosKey) return;  // buttons are re-made only when the targets change: a click never hits a stale one
+  S.chaosKey = key;
+  const button = (act, label, target, cls = "") => `<button type="button" class="${cls}" data-act="${esc(act)}" data-target="${esc(target)}" aria-label="${esc(label)} ${esc(target)}">${esc(label)}</button>`;
+  const relayRows = relays.map((name) => `<div class="chaos-row" data-chaos-relay="${esc(name)}"><span class="who">${esc(name)}</span>
+    ${RELAY_ACTIONS.map((a) => button(a, a, name, a === "kill" || a === "stop" ? "bad" : "")).join("")}</div>`);
+  const sources = ["portal", ...relays].map((n) => `<option value="${esc(n)}">${n === "portal" ? "from the portal" : `from ${esc(n)}`}</option>`).join("");
+  const peerRows = peers.map((id) => `<div class="chaos-row" data-chaos-peer="${esc(id)}"><span class="who">${esc(id)}</span>
+    ${button("partition", "partition", id, "bad")}${button("heal", "heal", id)}<select aria-label="partition ${esc(id)} from">${sources}</select></div>`);
+  $("chaos-targets").innerHTML = [...relayRows, ...peerRows].join("") || `<div class="empty">No relay or peer to act on yet.</div>`;
+}
+function chaosRequest(act, target, row) {
+  const duration = parseFloat($("chaos-duration").value);
+  const body = {};
+  if (TIMED.has(act) || act === "partition") { if (duration > 0) body.duration_s = duration; }
+  if (act === "loss") body.probability = Math.min(100, Math.max(1, parseFloat($("chaos-loss").value) || 50)) / 100;
+  if (act === "partition" || act === "heal") return [`peers/${encodeURIComponent(target)}/${act}`, { ...body, from: row.querySelector("select").value }];
+  return [`relays/${encodeURIComponent(target)}/${act}`, body];
+}
+async function chaosClick(ev) {
+  const btn = ev.target.closest("button[data-act]");
+  if (!btn) return;
+  const [path, body] = chaosRequest(btn.dataset.act, btn.dataset.target, btn.closest(".chaos-row"));
+  const status = $("chaos-status");
+  status.className = ""; status.textContent = `${btn.getAttribute("aria-label")}…`;
+  btn.disabled = true;
+  try {
+    const response = await fetch(`/api/chaos/${path}`, { method: "POST", cache: "no-store", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const answer = await response.json().catch(() => ({}));
+    if (response.ok) { status.className = "good"; status.textContent = `${answer.action} ${answer.target}: ok (${answer.took_s} s)`; }
+    else { status.className = "bad"; status.textContent = `${btn.getAttribute("aria-label")}: ${answer.error || `HTTP ${response.status}`}`; }
+  } catch (err) {
+    status.className = "bad"; status.textContent = `${btn.getAttribute("aria-label")}: ${err}`;
+  } finally {
+    btn.disabled = false;
+    pollChaos();
+  }
+}
+function renderChaosLog() {
+  const rows = [...S.faults].reverse().slice(0, 12).map((f) => `<tr data-seq="${f.seq}"><td class="mono">${clock(f.ts, true)}</td>
+    <td><span class="tag ${f.undo_of == null ? "warn" : "good"}">${esc(f.action)}</span>${f.undo_of == null ? "" : ` <span class="muted">undo of #${f.undo_of}</span>`}</td>
+    <td>${esc(f.target)}${f.params?.from && f.params.from !== "portal" ? ` <span class="muted">from ${esc(f.params.from)}</span>` : ""}</td>
+    <td class="${String(f.outcome).startsWith("failed") ? "bad" : ""}">${esc(f.outcome)}</td><td class="mono">${f.until && f.end == null ? clock(f.until) : f.end == null && f.outcome === "ok" ? "until undone" : ""}</td></tr>`);
+  $("chaos-log").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="5" class="empty">No fault injected yet.</td></tr>`;
+  $("chaos-count").textContent = S.faults.length;
+}
+async function pollChaos() {
+  if (!S.chaos) return;
+  try {
+    const answer = await getJSON("/api/chaos/history?limit=200");
+    S.faults = answer.actions;
+    renderChaosLog();
+    if (S.ov) renderStreams(S.ov);
+  } catch (err) {
+    $("chaos-status").className = "bad";
+    $("chaos-status").textContent = `chaos service: ${err.message}`;
+  }
 }
 
 function renderStreams(ov) {
@@ -327,7 +435,7 @@ function renderStreams(ov) {
         <div class="num"><div class="k">Rate /s</div><div class="v">${s.rate_per_s == null ? "—" : s.rate_per_s.toFixed(0)}</div></div>
         <div class="num ${s.lost ? "lost bad" : ""}"><div class="k">Loss</div><div class="v">${lossPct}%</div></div>
       </div>
-      ${chart(s.history || [])}
+      ${chart(s.history || [], s.recent_gaps || [])}
       <div class="chart-legend"><span><i style="background:#22c55e"></i>delivered / s</span><span><i style="background:#f43f5e"></i>lost / s</span><span>last ${dur(Math.min(120, Math.max(20, (s.history?.length ? s.history[s.history.length - 1][0] - s.history[0][0] : 0))))}</span></div>
       <div class="gaps"><h3>Gaps: ${num(s.gaps)} in total${s.gaps ? `, the ${gaps.length} most recent` : ""}</h3>
         ${gapRows ? `<table><thead><tr><th>Start</th><th>End</th><th></th><th style="text-align:right">Duration</th></tr></thead><tbody>${gapRows}</tbody></table>` : `<div class="muted">No gap in the stream so far.</div>`}
@@ -369,6 +477,7 @@ function renderOverview(ov) {
   S.skew = ov.now - Date.now() / 1000;
   for (const r of ov.relays) S.names[r.id] = r.name;
   renderTiles(ov); renderRelays(ov); renderStreams(ov); renderConnections(ov); renderPeers(ov);
+  if (S.chaos) renderChaosTargets(ov);
 }
 
 // ------------------------------------------------------------------ event log
@@ -467,6 +576,7 @@ async function getJSON(path) {
 async function poll() {
   try {
     const [ov, ev] = await Promise.all([getJSON("/api/overview"), getJSON(`/api/events?since=${S.lastSeq}&limit=1000`)]);
+    await pollChaos();
     renderOverview(ov);
     const before = S.lastSeq;
     addEvents(ev.events);
@@ -483,7 +593,11 @@ $("filter").addEventListener("input", (ev) => { S.filter = ev.target.value; rend
 $("chatter").addEventListener("change", (ev) => { S.hideChatter = ev.target.checked; renderEvents(); });
 
 const initial = JSON.parse($("initial").textContent);
+S.chaos = initial.chaos;
+$("chaos-section").hidden = !S.chaos;
+$("chaos-targets").addEventListener("click", chaosClick);
 renderOverview(initial.overview);
+pollChaos();
 addEvents(initial.events);
 renderEvents();
 setLive(true, `live · updated ${clock(Date.now() / 1000)}`);

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from connlib.core.messages import ID_PATTERN
+from fake_portal.chaos_proxy import PATH as CHAOS_PATH
 
 MAX_SEQ = 2**53
 MAX_EVENTS_LIMIT = 10_000
@@ -210,12 +211,41 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
             parameters=[{"name": "relay_id", "in": "path", "required": True, "schema": _ID}],
         ),
     }
-    doc: dict[str, Any] = {
-        "openapi": "3.0.3",
-        "info": {"title": "fake_portal admin API", "version": "1"},
-        "paths": paths,
+    chaos_path = [
+        {
+            "name": "path",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": f"^{CHAOS_PATH.pattern}$"},
+            "description": "a route of the chaos service under /api/ (its own /openapi.json lists them)",
+        }
+    ]
+    chaos_responses = {
+        "200": _ok(_OBJECT, "the chaos service's answer"),
+        "4XX": _ERROR,
+        "502": {**_ERROR, "description": "the chaos service did not answer"},
     }
-    if token:
-        doc["components"] = {"securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}}
-        doc["security"] = [{"adminToken": []}]
+    paths["/api/chaos/{path}"] = {
+        "get": {
+            "summary": "Passed to the stack's chaos control service (GET /api/<path>); 404 without one",
+            "parameters": chaos_path,
+            "responses": chaos_responses,
+        },
+        "post": {
+            "summary": "Passed to the stack's chaos control service (POST /api/<path>); 404 without one",
+            "parameters": chaos_path,
+            "requestBody": _json_body(_OBJECT, required=False),
+            "responses": chaos_responses,
+        },
+    }
+    return envelope("fake_portal admin API", paths, bearer="adminToken" if token else None)
+
+
+def envelope(title: str, paths: dict[str, Any], *, bearer: str | None) -> dict[str, Any]:
+    """An OpenAPI 3.0 document of ``paths``; with ``bearer``, every operation but those that say
+    ``security: []`` needs that bearer token scheme."""
+    doc: dict[str, Any] = {"openapi": "3.0.3", "info": {"title": title, "version": "1"}, "paths": paths}
+    if bearer:
+        doc["components"] = {"securitySchemes": {bearer: {"type": "http", "scheme": "bearer"}}}
+        doc["security"] = [{bearer: []}]
     return doc

@@ -7,10 +7,11 @@ Phases, each bounded by what is left of ``--timeout`` (``harness.waiting``, poll
 1. every relay container is ``healthy`` (its STUN Binding healthcheck answers);
 2. the portal's admin API lists every relay as online;
 3. the client's traffic probe reports datagrams delivered through the relays (its JSON lines on
-   stdout); skipped with a warning when the peer image is a placeholder without ``connlib run``.
+   stdout); skipped with a warning when the peer image is a placeholder without ``connlib run``;
+4. the chaos control service answers (when the stack has one).
 
-A container that exited is a failure at once, with its last log lines. Prints the time each phase took
-and the dashboard URL; exits 1 with a clear message on failure or timeout.
+A container that exited is a failure at once, with its last log lines. Prints the time each phase took,
+the dashboard URL and the chaos API's; exits 1 with a clear message on failure or timeout.
 """
 
 from __future__ import annotations
@@ -57,13 +58,17 @@ class Stack:
         return found[0] if found else None
 
     def admin_url(self) -> str:
-        portal = self.service("portal")
-        if portal is None:
-            raise Broken(f"no portal container in project {self.project!r} (is the stack up?)")
-        portal.reload()
-        bindings = (portal.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp") or []
+        return self.published("portal", "8080/tcp")
+
+    def published(self, service: str, port: str) -> str:
+        """``http://127.0.0.1:<host port>`` of a service's published ``port``."""
+        container = self.service(service)
+        if container is None:
+            raise Broken(f"no {service} container in project {self.project!r} (is the stack up?)")
+        container.reload()
+        bindings = (container.attrs["NetworkSettings"]["Ports"] or {}).get(port) or []
         if not bindings:
-            raise NotYet("the portal's admin port is not published yet")
+            raise NotYet(f"the {service}'s port {port} is not published yet")
         host = bindings[0]["HostIp"] or "127.0.0.1"
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         return f"http://{host}:{bindings[0]['HostPort']}"
@@ -196,4 +201,25 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"stack ready in {time.monotonic() - started:.1f}s")
     print(f"dashboard: {url}/?token={admin_token()}")
+    if stack.service("chaos") is not None:
+        try:
+            chaos = wait_until(lambda: chaos_answers(stack), max(1.0, deadline - time.monotonic()), "chaos", 0.5)
+        except (AssertionError, Broken) as exc:
+            print(f"wait-ready: the chaos service: {exc}", file=sys.stderr)
+            return 1
+        print(f"chaos API: {chaos} (Authorization: Bearer <the token above>; {chaos}/openapi.json)")
     return 0
+
+
+def chaos_answers(stack: Stack) -> str:
+    """The chaos control service's URL, once it answers (its health needs no token)."""
+    chaos = stack.service("chaos")
+    assert chaos is not None
+    check_running(chaos)
+    url = stack.published("chaos", "8081/tcp")
+    try:
+        with urllib.request.urlopen(url + "/api/health", timeout=2) as response:
+            json.load(response)
+    except OSError as exc:
+        raise NotYet(f"not answering: {exc}") from None
+    return url

@@ -1,5 +1,6 @@
 """The faults of the Docker backend: relay containers (restart, stop, start, kill, pause, UDP loss
-with iptables inside the relay) and networks (cut a container off one, reconnect it).
+with iptables inside the relay: the calls of :mod:`harness.container_faults`) and networks (cut a
+container off one, reconnect it).
 
 A mixin of :class:`harness.docker_fleet.DockerFleet` over :class:`harness.fleet.Fleet`, whose fault
 template records each fault in the history. It needs the fleet's ``member()``, ``networks`` and
@@ -15,15 +16,12 @@ import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
 
+from . import container_faults as cf
 from .fleet import Fleet
 from .topology import Service
 
 REJOIN_TIMEOUT = 45.0
 AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
-LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
-# Counts (no target) the STUN messages that reach the TURN port from outside: the first two bits of
-# the UDP payload are 0 for STUN, 01 for ChannelData (RFC 8656 §12.4), so data is not counted.
-REQUEST_RULE = "INPUT -p udp --dport {port} ! -i lo -m u32 --u32 0>>22&0x3C@8>>30=0"
 
 
 @dataclass
@@ -70,31 +68,29 @@ class DockerFaults(Fleet):
     async def _restart_relay(self, name: str, new_secret: bool) -> None:
         before = await self.relay_joins()
         if not new_secret:  # the relay image's one-shot switch: its next start reuses the secret
-            await asyncio.to_thread(self._exec, name, [*AGENT, "keep-secret"])
-        await asyncio.to_thread(self._container(name).restart, timeout=self._stop_timeout(name))
+            await asyncio.to_thread(cf.exec_checked, self._container(name), [*AGENT, "keep-secret"], name)
+        await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)  # iptables rules do not survive the restart
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=new_secret)
 
     async def _stop_relay(self, name: str) -> None:
-        await asyncio.to_thread(self._container(name).stop, timeout=self._stop_timeout(name))
+        await asyncio.to_thread(cf.stop, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)
 
     async def _start_relay(self, name: str) -> None:
         before = await self.relay_joins()
-        await asyncio.to_thread(self._container(name).start)
+        await asyncio.to_thread(cf.start, self._container(name))
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before)
 
     async def _kill_relay(self, name: str) -> None:
-        container = self._container(name)
-        await asyncio.to_thread(container.kill)
-        await asyncio.to_thread(container.wait, timeout=self._stop_timeout(name))
+        await asyncio.to_thread(cf.kill, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)
 
     async def _pause_relay(self, name: str) -> None:
-        await asyncio.to_thread(self._container(name).pause)
+        await asyncio.to_thread(cf.pause, self._container(name))
 
     async def _unpause_relay(self, name: str) -> None:
-        await asyncio.to_thread(self._container(name).unpause)
+        await asyncio.to_thread(cf.unpause, self._container(name))
 
     async def _pause_peer(self, peer_id: str) -> None:
         await asyncio.to_thread(self.member(peer_id).container.pause)
@@ -103,45 +99,27 @@ class DockerFaults(Fleet):
         await asyncio.to_thread(self.member(peer_id).container.unpause)
 
     async def _udp_loss(self, name: str, probability: float) -> None:
-        rule = LOSS_RULE.format(probability=probability)
-        await asyncio.to_thread(self._exec, name, ["iptables", "-I", *rule.split()])
+        rule = cf.loss_rule(probability)
+        await asyncio.to_thread(cf.add_rule, self._container(name), rule, name)
         self._loss_rules.setdefault(name, []).append(rule)
 
     async def _clear_udp_loss(self, name: str) -> None:
         for rule in self._loss_rules.pop(name, []):
-            await asyncio.to_thread(self._exec, name, ["iptables", "-D", *rule.split()])
+            await asyncio.to_thread(cf.delete_rule, self._container(name), rule, name)
 
     async def dropped_datagrams(self, name: str) -> int:
         """Datagrams the loss rules of relay ``name`` dropped so far (iptables counters)."""
-        output = await asyncio.to_thread(self._exec, name, ["iptables", "-L", "INPUT", "-v", "-n", "-x"])
-        return sum(int(line.split()[0]) for line in output.splitlines() if "statistic" in line)
+        return await asyncio.to_thread(cf.dropped_by_loss, self._container(name), name)
 
     async def stun_requests(self, name: str) -> int:
         """STUN messages that reached relay ``name``'s TURN port since counting began there (an
         iptables counter, put in place by the first call and again after a restart: then 0)."""
-        return await asyncio.to_thread(self._count_requests, name)
-
-    def _count_requests(self, name: str) -> int:
+        member = self._relay(name)
+        port = int(member.service.environment.get("LISTENING_PORT", "3478"))
         try:
-            return self._read_request_counter(name)
+            return await asyncio.to_thread(cf.stun_requests, member.container, port, name)
         except docker.errors.APIError as exc:  # not running (restarting, stopped)
             raise RuntimeError(f"cannot count {name}'s requests: {exc}") from None
-
-    def _read_request_counter(self, name: str) -> int:
-        member = self._relay(name)
-        rule = REQUEST_RULE.format(port=member.service.environment.get("LISTENING_PORT", "3478")).split()
-        if member.container.exec_run(["iptables", "-C", *rule]).exit_code != 0:
-            self._exec(name, ["iptables", "-I", *rule])
-            return 0
-        output = self._exec(name, ["iptables", "-L", "INPUT", "-v", "-n", "-x"])
-        return sum(int(line.split()[0]) for line in output.splitlines() if " u32 " in line)
-
-    def _exec(self, name: str, command: list[str]) -> str:
-        result = self.member(name).container.exec_run(command)
-        output = result.output.decode(errors="replace")
-        if result.exit_code != 0:
-            raise RuntimeError(f"{' '.join(command)} in {name} exited {result.exit_code}: {output.strip()}")
-        return output
 
     # ------------------------------------------------------------------ network faults
     async def _cut(self, target: str, network: str) -> None:
@@ -159,4 +137,6 @@ class DockerFaults(Fleet):
             aliases=[member.name],
         )
         for route in member.routes:  # the host routes went with the interface
-            await asyncio.to_thread(self._exec, member.name, ["ip", "route", "replace", *route.split()])
+            await asyncio.to_thread(
+                cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
+            )

@@ -6,7 +6,8 @@ from the session's pool (so that a stack clashes neither with a running ``make u
 another session), the stack's name and session labels, the image tag, a fresh token, the peer ids,
 the options (debounce, heartbeat, rate, disabled fixes). Options the file has no variable for are
 added on top: the portal's extra settings, the client's ``--count``, more relays than the file's.
-Two parts of the file are compose's own and not used here: ``depends_on`` (the start order below,
+The chaos control service is left out (``LEFT_OUT_ROLES``). Two parts of the file are compose's
+own and not used here: ``depends_on`` (the start order below,
 with stronger readiness gates, replaces it) and the services' health checks (compose's input to
 ``depends_on``; left out so that their processes, one per container every 2 s, take no CPU from the
 system under test, as before; the relay image's own HEALTHCHECK still runs).
@@ -50,6 +51,9 @@ log = logging.getLogger("harness.docker_fleet")
 
 READY_TIMEOUT = 45.0
 PEER_ROLES = ("client", "gateway")
+LEFT_OUT_ROLES = frozenset({"chaos"})
+"""Services of the file the backend does not create: the chaos control service is for people (the
+harness injects its faults itself, and needs no container holding the Docker socket)."""
 
 
 class StackNotReady(RuntimeError):
@@ -83,7 +87,7 @@ def stack_variables(
 def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_FILE) -> Topology:
     """What a stack with these variables and options is: the file's topology, scaled and extended."""
     topology = load(variables, path).with_relays(options.relays)
-    services = dict(topology.services)
+    services = {name: s for name, s in topology.services.items() if s.role not in LEFT_OUT_ROLES}
     for name, service in services.items():
         extra: list[str] = []
         if service.role == "portal":

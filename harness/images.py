@@ -8,12 +8,13 @@ What to build comes from the topology's definition, ``docker-compose.yml``: ever
 1. the base image: ``images/base.sh`` (docker pull, else debootstrap + import, cached; a second
    or so when it is current);
 2. the wheels the Dockerfiles copy, in ``images/.cache/wheels/`` (``deps/``: ``pip download`` of
-   pyproject's dependencies, redone when that list changes; ``project/``: ``pip wheel --no-deps .``,
+   pyproject's dependencies (``requirements.txt``) and of its ``control`` extra, which only the chaos
+   image installs (``requirements-control.txt``), redone when those lists change; ``project/``: ``pip wheel --no-deps .``,
    redone when a source file changes). They are made on the host because pip inside a
    ``docker build`` cannot verify PyPI's certificate here (the host trusts a proxy's CA the images
    do not); each directory is replaced atomically;
 3. one docker-py build per image, labelled with a digest of everything that goes into it (the files
-   of ``images/``, the ``connlib`` and ``fake_portal`` sources, ``pyproject.toml``, the base image's
+   of ``images/``, the sources of the wheel's packages, ``pyproject.toml``, the base image's
    id): when every image of the tag carries the current digest, nothing is built (``mode="auto"``).
 
 ``mode``: ``auto`` (build what is stale), ``build`` (always), ``existing`` (use the tag as it is; fail
@@ -50,6 +51,10 @@ PREFIX = os.environ.get("IMAGE_PREFIX", PROJECT)
 BASE_IMAGE = os.environ.get("BASE_IMAGE", f"{PROJECT}/base:bookworm")
 E2E_TAG = "e2e"
 MODES = ("auto", "build", "existing")
+PACKAGES = ("connlib", "fake_portal", "harness")
+"""What the project wheel holds (pyproject's packages.find)."""
+REQUIREMENTS = {"requirements.txt": None, "requirements-control.txt": "control"}
+"""The requirement files of ``deps/``: pyproject's dependencies, or one of its extras."""
 
 
 class ImagesUnavailable(RuntimeError):
@@ -77,7 +82,7 @@ def image_specs(tag: str, path: Path = topology.COMPOSE_FILE) -> list[ImageSpec]
 
 def _sources() -> list[Path]:
     files = [p for p in sorted(IMAGES_DIR.iterdir()) if p.is_file() and p.suffix != ".md"]  # docs are not built
-    for package in ("connlib", "fake_portal"):
+    for package in PACKAGES:
         files += sorted((ROOT / package).rglob("*.py"))
     return [*files, ROOT / "pyproject.toml"]
 
@@ -143,16 +148,20 @@ def bootstrap_base(client: docker.DockerClient) -> Image:
     return image
 
 
-def _requirements() -> str:
+def _requirements() -> dict[str, str]:
+    """Each requirement file's text (self-references of the project's extras left out)."""
     with open(ROOT / "pyproject.toml", "rb") as project:
-        return "\n".join(tomllib.load(project)["project"]["dependencies"]) + "\n"
+        meta = tomllib.load(project)["project"]
+    files = {}
+    for name, extra in REQUIREMENTS.items():
+        listed = meta["dependencies"] if extra is None else meta["optional-dependencies"][extra]
+        files[name] = "\n".join(r for r in listed if not r.startswith(meta["name"] + "[")) + "\n"
+    return files
 
 
 def _project_digest() -> str:
     digest = hashlib.sha256()
-    for path in [ROOT / "pyproject.toml"] + [
-        p for package in ("connlib", "fake_portal") for p in sorted((ROOT / package).rglob("*.py"))
-    ]:
+    for path in [ROOT / "pyproject.toml"] + [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:20]
 
@@ -161,10 +170,11 @@ def prepare_wheels() -> None:
     """``images/.cache/wheels/{deps,project}``, each redone only when what goes into it changed."""
     requirements = _requirements()
     deps = WHEELS / "deps"
-    if not (deps / "requirements.txt").exists() or (deps / "requirements.txt").read_text() != requirements:
+    if any(not (deps / n).exists() or (deps / n).read_text() != text for n, text in requirements.items()):
         with _replacing(deps) as tmp:
-            (tmp / "requirements.txt").write_text(requirements)
-            _pip("download", "--only-binary=:all:", "-d", str(tmp), "-r", str(tmp / "requirements.txt"))
+            for name, text in requirements.items():
+                (tmp / name).write_text(text)
+                _pip("download", "--only-binary=:all:", "-d", str(tmp), "-r", str(tmp / name))
     project = WHEELS / "project"
     digest = _project_digest()
     stamp = project / ".digest"

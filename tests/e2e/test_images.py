@@ -103,7 +103,7 @@ def _allocate(
 
 def test_images_exist_and_a_second_build_is_cached(docker_env: docker.DockerClient) -> None:
     client = docker_env
-    for name in ("base", "relay", "portal", "peer"):
+    for name in ("base", "relay", "portal", "peer", "chaos"):
         ref = "connlib-relays/base:bookworm" if name == "base" else ts.image(name)
         img = client.images.get(ref)
         assert img.labels.get(PROJECT_LABEL) == PROJECT, ref

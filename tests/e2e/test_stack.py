@@ -10,6 +10,7 @@ next run's sweep removes it if this one is killed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -58,10 +59,12 @@ class Stack:
             "CONNLIB_NET_RELAY": prefixes["relay"],
             "PORTAL_WS_PUBLISH": "127.0.0.1:",  # → "127.0.0.1::4000": a random port on 127.0.0.1
             "PORTAL_ADMIN_PUBLISH": "127.0.0.1:",
+            "CHAOS_PUBLISH": "127.0.0.1:",
             "UP_TIMEOUT": str(int(UP_BOUND_S)),
             "PORTAL_ADMIN_TOKEN": self.admin_token,
         }
         self.admin_url = ""
+        self.chaos_url = ""
         self.up_seconds = 0.0
 
     def container(self, service: str):
@@ -116,6 +119,9 @@ def stack(docker_client: docker.DockerClient, docker_session: DockerSession) -> 
         match = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/\?token=(\S+)", out)
         assert match and match.group(2) == s.admin_token, out  # the URL a person opens carries the token
         s.admin_url = match.group(1)
+        chaos = re.search(r"chaos API: (http://127\.0\.0\.1:\d+)", out)
+        assert chaos, out  # `make up` prints where the chaos service is
+        s.chaos_url = chaos.group(1)
         print(f"\n`make up` (images cached) until relayed traffic: {s.up_seconds:.1f}s\n{out}")
         yield s
     finally:
@@ -296,14 +302,7 @@ def _delivered_on_page(page) -> int:
     return int(page.locator(DELIVERED).inner_text().replace(",", ""))
 
 
-def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(stack):
-    missing = _browser_available()
-    if missing:
-        if in_ci():
-            pytest.fail(f"{missing} (CI=true: the dashboard test must run)")
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
+def _wait_all_online(stack: Stack) -> None:
     wait_until(
         lambda: all(r["online"] for r in stack.relays().values()),
         REJOIN_BOUND_S,
@@ -311,70 +310,173 @@ def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(
         0.2,
         retry_on=ts.DOCKER_ERRORS,
     )
+
+
+@contextlib.contextmanager
+def _dashboard(stack: Stack, what: str) -> Iterator[tuple[Any, list[str]]]:
+    """The make-up stack's dashboard in headless Chromium once both relays are online, and the page's
+    errors and console errors so far."""
+    missing = _browser_available()
+    if missing:
+        if in_ci():
+            pytest.fail(f"{missing} (CI=true: {what} must run)")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    _wait_all_online(stack)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.goto(f"{stack.admin_url}/?token={stack.admin_token}", wait_until="load")
-            rows = wait_until(
-                lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None,
-                10,
-                "both relays on the dashboard",
-                0.2,
-            )
-            assert _online(rows["relay-1"]) and _online(rows["relay-2"]), rows
-
-            # The client's stream, live: the page's counters climb without a reload.
-            page.wait_for_selector(DELIVERED, timeout=10_000)
-            first = _delivered_on_page(page)
-            page.wait_for_function(
-                f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 100",
-                arg=first,
-                timeout=10_000,
-            )
-            card = page.locator('[data-client="client"]').inner_text()
-            assert "connected" in card and re.search(r"\brelay-[12]\b", card), card
-
-            old_fp = stack.relays()["relay-2"]["secret_fingerprint"]
-            restart = threading.Thread(target=lambda: stack.container("relay-2").restart(timeout=5))
-            restart.start()
-            seen_offline = False
-
-            def back_with_a_new_secret() -> bool:
-                # Reloading samples the server-rendered state often (the offline window is ~1.5 s,
-                # the page polls every second); the event log below is the page's own record.
-                nonlocal seen_offline
-                page.reload(wait_until="load")
-                row = _relay_rows(page).get("relay-2", "")
-                if _online(row) is False:
-                    seen_offline = True
-                    return False
-                return seen_offline and bool(_online(row)) and old_fp not in row
-
-            try:
-                wait_until(back_with_a_new_secret, REJOIN_BOUND_S, "relay-2 offline, then back", 0.05)
-            except AssertionError:
-                pass  # the assertions below say which half was missing
-            restart.join()
-            assert seen_offline, "the dashboard never showed relay-2 offline during its restart"
-            row = _relay_rows(page).get("relay-2", "")
-            assert _online(row) and old_fp not in row, f"relay-2 not back online with a new secret: {row}"
-            events = page.locator("#events").inner_text()
-            new_fp = stack.relays()["relay-2"]["secret_fingerprint"]
-            assert "relay-2 went offline" in events and f"relay-2 online with secret {new_fp}" in events, events[:2000]
-            # ... and the stream goes on, live.
-            after = _delivered_on_page(page)
-            page.wait_for_function(
-                f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 50",
-                arg=after,
-                timeout=15_000,
-            )
-            page.screenshot(path=os.environ.get("DASHBOARD_SCREENSHOT", "/tmp/connlib-dashboard.png"), full_page=True)
-            assert not errors, errors
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_dashboard_in_headless_chromium_shows_relays_live_traffic_and_a_restart(stack):
+    with _dashboard(stack, "the dashboard test") as (page, errors):
+        rows = wait_until(
+            lambda: _relay_rows(page) if len(_relay_rows(page)) >= 2 else None,
+            10,
+            "both relays on the dashboard",
+            0.2,
+        )
+        assert _online(rows["relay-1"]) and _online(rows["relay-2"]), rows
+
+        # The client's stream, live: the page's counters climb without a reload.
+        page.wait_for_selector(DELIVERED, timeout=10_000)
+        first = _delivered_on_page(page)
+        page.wait_for_function(
+            f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 100",
+            arg=first,
+            timeout=10_000,
+        )
+        card = page.locator('[data-client="client"]').inner_text()
+        assert "connected" in card and re.search(r"\brelay-[12]\b", card), card
+
+        old_fp = stack.relays()["relay-2"]["secret_fingerprint"]
+        restart = threading.Thread(target=lambda: stack.container("relay-2").restart(timeout=5))
+        restart.start()
+        seen_offline = False
+
+        def back_with_a_new_secret() -> bool:
+            # Reloading samples the server-rendered state often (the offline window is ~1.5 s,
+            # the page polls every second); the event log below is the page's own record.
+            nonlocal seen_offline
+            page.reload(wait_until="load")
+            row = _relay_rows(page).get("relay-2", "")
+            if _online(row) is False:
+                seen_offline = True
+                return False
+            return seen_offline and bool(_online(row)) and old_fp not in row
+
+        try:
+            wait_until(back_with_a_new_secret, REJOIN_BOUND_S, "relay-2 offline, then back", 0.05)
+        except AssertionError:
+            pass  # the assertions below say which half was missing
+        restart.join()
+        assert seen_offline, "the dashboard never showed relay-2 offline during its restart"
+        row = _relay_rows(page).get("relay-2", "")
+        assert _online(row) and old_fp not in row, f"relay-2 not back online with a new secret: {row}"
+        events = page.locator("#events").inner_text()
+        new_fp = stack.relays()["relay-2"]["secret_fingerprint"]
+        assert "relay-2 went offline" in events and f"relay-2 online with secret {new_fp}" in events, events[:2000]
+        # ... and the stream goes on, live.
+        after = _delivered_on_page(page)
+        page.wait_for_function(
+            f"(n) => parseInt(document.querySelector('{DELIVERED}').textContent.replace(/,/g, '')) >= n + 50",
+            arg=after,
+            timeout=15_000,
+        )
+        page.screenshot(path=os.environ.get("DASHBOARD_SCREENSHOT", "/tmp/connlib-dashboard.png"), full_page=True)
+        assert not errors, errors
+
+
+CHAOS_BOUND_S = 20.0  # a button's restart until the relay is back online with a new secret (measured ≈ 3 s)
+
+
+def _path_relays(stack: Stack) -> set[str]:
+    """The relays (names) on the client → gateway connection's path, as the portal sees it."""
+    names = {r["id"]: name for name, r in stack.relays().items()}
+    connections = stack.api("/api/connections")
+    return {names.get(c.get(k), "?") for c in connections for k in ("client_relay_id", "gateway_relay_id")}
+
+
+def test_the_dashboards_restart_button_restarts_relay_1_with_a_fault_mark_and_a_gap(stack):
+    """Click "restart relay-1" in headless Chromium: relay-1 goes offline, comes back with a new secret
+    fingerprint, the stream chart marks the fault and shows the gap; no console errors. So that the
+    restart cuts the stream, relay-1 is first made the path's only relay: by restarting relay-2 with its
+    own button (the connection migrates to relay-1 and stays there)."""
+    with _dashboard(stack, "the chaos dashboard test") as (page, errors):
+        page.wait_for_selector('button[aria-label="restart relay-1"]', timeout=10_000)
+
+        if _path_relays(stack) != {"relay-1"}:
+            old = stack.relays()["relay-2"]["secret_fingerprint"]
+            page.get_by_role("button", name="restart relay-2").click()
+            wait_until(
+                lambda: _path_relays(stack) == {"relay-1"} and stack.relays()["relay-2"]["secret_fingerprint"] != old,
+                CHAOS_BOUND_S,
+                "the connection on relay-1 only, relay-2 back",
+                0.2,
+                retry_on=ts.DOCKER_ERRORS,
+            )
+            _wait_all_online(stack)
+        gaps_before = sum(1 for line in stack.client_lines() if line.get("event") == "gap")
+        old_fp = stack.relays()["relay-1"]["secret_fingerprint"]
+        clicked_at = time.time()
+        started = time.monotonic()
+        page.get_by_role("button", name="restart relay-1").click()
+        seen_offline_s: float | None = None
+
+        def back_with_a_new_secret() -> bool:
+            nonlocal seen_offline_s
+            row = _relay_rows(page).get("relay-1", "")
+            if _online(row) is False and seen_offline_s is None:
+                seen_offline_s = time.monotonic() - started
+            return seen_offline_s is not None and bool(_online(row)) and old_fp not in row
+
+        wait_until(back_with_a_new_secret, CHAOS_BOUND_S, "relay-1 offline, then back on the page", 0.05)
+        back_s = time.monotonic() - started
+        row = _relay_rows(page)["relay-1"]
+        new_fp = stack.relays()["relay-1"]["secret_fingerprint"]
+        assert new_fp != old_fp and new_fp in row, row
+        events = page.locator("#events").inner_text()
+        assert "relay-1 went offline" in events and f"relay-1 online with secret {new_fp}" in events
+        assert "restart relay-1: ok" in page.locator("#chaos-status").inner_text()
+
+        # The fault's mark and the stream's gap on the live chart.
+        chart = '[data-client="client"] svg.chart'
+        page.wait_for_selector(f'{chart} .fault[data-fault="restart relay-1"]', timeout=5_000)
+        wait_until(
+            lambda: sum(1 for line in stack.client_lines() if line.get("event") == "gap") > gaps_before,
+            15,
+            "the client's gap after the restart",
+            0.2,
+            retry_on=ts.DOCKER_ERRORS,
+        )
+        gap = [line for line in stack.client_lines() if line.get("event") == "gap"][gaps_before]
+        assert gap["end"] >= clicked_at - 1, gap
+        page.wait_for_selector(f'{chart} .gap[data-gap="{gap["duration_s"]:.3f}"]', timeout=5_000)
+        history = json.load(
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    stack.chaos_url + "/api/history",
+                    headers={"Authorization": f"Bearer {stack.admin_token}"},
+                ),
+                timeout=3,
+            )
+        )["actions"]
+        assert [(e["action"], e["target"], e["outcome"]) for e in history][-1] == ("restart", "relay-1", "ok")
+        page.screenshot(path=os.environ.get("CHAOS_SCREENSHOT", "/tmp/connlib-chaos-dashboard.png"), full_page=True)
+        print(
+            f"\nrestart relay-1 from the dashboard: offline on the page after {seen_offline_s:.1f}s, back online "
+            f"with secret {old_fp} → {new_fp} after {back_s:.1f}s; the stream's gap {gap['duration_s']:.3f}s"
+        )
+        assert not errors, errors
 
 
 def test_peers_logged_no_errors(stack):

@@ -1,0 +1,89 @@
+"""The faults one container can be given, as blocking docker-py calls: restart, stop, start, kill,
+pause, unpause, and iptables rules inside it (UDP loss, a cut from one address).
+
+The one place for these facts: the harness's Docker backend (:mod:`harness.docker_faults`) and the
+chaos control service (:mod:`harness.control`) both call them. No harness import: the chaos image
+runs this with only docker-py installed. Rules go in with ``iptables -I`` and out with ``-D`` of the
+same text; a container's rules die with its network namespace (a stop, kill or restart).
+"""
+
+from __future__ import annotations
+
+from docker.models.containers import Container
+
+LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
+# Counts (no target) the STUN messages that reach the TURN port from outside: the first two bits of
+# the UDP payload are 0 for STUN, 01 for ChannelData (RFC 8656 §12.4), so data is not counted.
+REQUEST_RULE = "INPUT -p udp --dport {port} ! -i lo -m u32 --u32 0>>22&0x3C@8>>30=0"
+CUT_RULES = ("INPUT -s {addr} -j DROP", "OUTPUT -d {addr} -j DROP")
+"""Every packet from and to one address (a peer cut off from a relay)."""
+
+
+def loss_rule(probability: float) -> str:
+    return LOSS_RULE.format(probability=probability)
+
+
+def cut_rules(addr: str) -> list[str]:
+    return [rule.format(addr=addr) for rule in CUT_RULES]
+
+
+def exec_checked(container: Container, command: list[str], name: str | None = None) -> str:
+    """Run ``command`` in the container; its output, or RuntimeError naming it when it exits non-zero."""
+    result = container.exec_run(command)
+    output = result.output.decode(errors="replace")
+    if result.exit_code != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} in {name or container.name} exited {result.exit_code}: {output.strip()}"
+        )
+    return output
+
+
+def add_rule(container: Container, rule: str, name: str | None = None) -> None:
+    exec_checked(container, ["iptables", "-I", *rule.split()], name)
+
+
+def delete_rule(container: Container, rule: str, name: str | None = None) -> None:
+    exec_checked(container, ["iptables", "-D", *rule.split()], name)
+
+
+def dropped_by_loss(container: Container, name: str | None = None) -> int:
+    """Datagrams the container's loss rules dropped so far (iptables counters)."""
+    output = exec_checked(container, ["iptables", "-L", "INPUT", "-v", "-n", "-x"], name)
+    return sum(int(line.split()[0]) for line in output.splitlines() if "statistic" in line)
+
+
+def stun_requests(container: Container, port: int, name: str | None = None) -> int:
+    """STUN messages that reached the container's TURN ``port`` since the counting rule went in;
+    the first call (and the first after a restart) puts it in and returns 0."""
+    rule = REQUEST_RULE.format(port=port).split()
+    if container.exec_run(["iptables", "-C", *rule]).exit_code != 0:
+        exec_checked(container, ["iptables", "-I", *rule], name)
+        return 0
+    output = exec_checked(container, ["iptables", "-L", "INPUT", "-v", "-n", "-x"], name)
+    return sum(int(line.split()[0]) for line in output.splitlines() if " u32 " in line)
+
+
+def restart(container: Container, stop_timeout: int) -> None:
+    container.restart(timeout=stop_timeout)
+
+
+def stop(container: Container, stop_timeout: int) -> None:
+    container.stop(timeout=stop_timeout)
+
+
+def start(container: Container) -> None:
+    container.start()
+
+
+def kill(container: Container, wait_timeout: int) -> None:
+    """SIGKILL, then until the container has exited (bounded by ``wait_timeout``)."""
+    container.kill()
+    container.wait(timeout=wait_timeout)
+
+
+def pause(container: Container) -> None:
+    container.pause()
+
+
+def unpause(container: Container) -> None:
+    container.unpause()
