@@ -80,6 +80,7 @@ class SimRelay:
         self.user_quota = 0
         self.total_quota = 0
         self.boots = 0
+        self._passwords: dict[tuple[str, str], str] = {}  # (secret, username) → password: HMAC once
         self._reset()
 
     def _reset(self) -> None:
@@ -109,7 +110,14 @@ class SimRelay:
         self.reboot()
 
     def password_for(self, username: str) -> str:
-        return base64.b64encode(hmac.new(self.secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+        key = (self.secret, username)
+        password = self._passwords.get(key)
+        if password is None:
+            if len(self._passwords) > 256:
+                self._passwords.clear()
+            digest = hmac.new(self.secret.encode(), username.encode(), hashlib.sha1).digest()
+            password = self._passwords[key] = base64.b64encode(digest).decode()
+        return password
 
     def live_allocation(self, client: Address, now: float) -> RelayAllocation | None:
         allocation = self.allocations.get(client)
