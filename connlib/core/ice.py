@@ -22,7 +22,7 @@ from .candidate import (
     candidate_line,
     candidate_priority,
 )
-from .logfmt import kv
+from .logfmt import Fields, kv
 from .stun import Class, Message, Method, new_transaction_id
 
 log = logging.getLogger("connlib.ice")
@@ -245,16 +245,13 @@ class Connection:
         pair.rto = min(pair.rto * 2, MAX_RTO)
         payload = request.encode(self.remote_pwd.encode(), fingerprint=True)
         if log.isEnabledFor(logging.DEBUG):  # the hot path: no formatting for a record nobody takes
-            log.debug(
-                "Check sent %s",
-                kv(
-                    peer=self.peer_id,
-                    local=format_address(pair.local.addr),
-                    remote=format_address(pair.remote.addr),
-                    state=pair.state,
-                ),
-            )
+            log.debug("Check sent %s", self._pair_fields(pair, state=pair.state))
         self._transmits.append(PathTransmit(pair.local, pair.remote.addr, payload))
+
+    def _pair_fields(self, pair: Pair, **extra: object) -> Fields:
+        return kv(
+            peer=self.peer_id, local=format_address(pair.local.addr), remote=format_address(pair.remote.addr), **extra
+        )
 
     def handle_stun(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
         """A STUN message that arrived on ``local`` from ``from_``. False if not for us."""
@@ -331,15 +328,7 @@ class Connection:
         self.nominated = pair
         self.checking_since = None
         pair.next_check = now + self.keepalive
-        log.info(
-            "Connection established %s",
-            kv(
-                peer=self.peer_id,
-                local=format_address(pair.local.addr),
-                remote=format_address(pair.remote.addr),
-                relay=pair.local.rid or "-",
-            ),
-        )
+        log.info("Connection established %s", self._pair_fields(pair, relay=pair.local.rid or "-"))
         self._events.append(Connected(self.peer_id, pair.local, pair.remote.addr))
 
     def note_data_received(self, local: LocalCandidate, from_: Address, now: float) -> None:
