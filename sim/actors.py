@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 TOKEN = "sim-token"
 WS_DELAY = 0.015
+REPORT_INTERVAL = 10.0  # the peers' stream reports (lines, stream_stats): no invariant reads them
 
 
 class ChannelHolder:
@@ -188,9 +189,11 @@ class SimPeer(ChannelHolder):
     def _boot(self, now: float) -> None:
         world = self.world
         seed = world.rng.getrandbits(32)
-        self.tunnel = Tunnel(self.role, now, seed=seed, disabled_fixes=world.disabled_fixes)
+        self.tunnel = Tunnel(self.role, now, seed=seed, disabled_fixes=world.disabled_fixes, keepalive=world.keepalive)
         self.tunnel.set_host_candidates([self.addr])
-        config = SessionConfig(self.role, self.peer_id, self.connect_to, rate=self.rate, report_interval=1.0)
+        config = SessionConfig(
+            self.role, self.peer_id, self.connect_to, rate=self.rate, report_interval=REPORT_INTERVAL
+        )
         self.session = PeerSession(config, self.tunnel, now)
         self.joined_since: float | None = None
         world.schedule(now, self.start_dial)

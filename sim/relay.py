@@ -21,7 +21,12 @@ What coturn does, as observed (``tests/sim/test_calibration.py`` compares with a
   REFRESH revives it); once it is gone, the nonces of that 5-tuple are stale (438);
 - CHANNEL-BIND: a number bound to another peer, or a peer bound under another number, gets
   **400** ("You cannot use the same peer with different channel number"), signed;
-- lifetimes: allocation min(requested or 600, 3600) s; channel 600 s; permission 300 s.
+- a channel binding outlives its lifetime: coturn 4.6.1 started with ``--channel-lifetime 3
+  --permission-lifetime 5`` still refused another number for the peer (and the number for another
+  peer) 22 s after the last bind, and still relayed ChannelData on it after 8 s. So the model keeps
+  every binding (number ↔ peer) for the allocation's life; a re-bind of the same pair refreshes it;
+- lifetimes: allocation min(requested or 600, 3600) s; permission 300 s (the channel's 600 s is
+  what a client plans with; the relay does not end a binding by it).
 """
 
 from __future__ import annotations
@@ -58,12 +63,13 @@ class RelayAllocation:
     relayed: Address
     username: str
     expires_at: float
-    channels: dict[int, tuple[Address, float]] = field(default_factory=dict)  # number → (peer, expiry)
+    channels: dict[int, tuple[Address, float]] = field(default_factory=dict)  # number → (peer, nominal expiry)
     permissions: dict[str, float] = field(default_factory=dict)  # peer IP → expiry
 
-    def channel_for(self, peer: Address, now: float) -> int | None:
-        for number, (bound, expiry) in self.channels.items():
-            if bound == peer and expiry > now:
+    def channel_for(self, peer: Address) -> int | None:
+        """The number ``peer`` is bound under (bindings do not lapse; see the module docstring)."""
+        for number, (bound, _) in self.channels.items():
+            if bound == peer:
                 return number
         return None
 
@@ -71,15 +77,26 @@ class RelayAllocation:
 class SimRelay:
     """See the module docstring. ``user_quota``/``total_quota`` 0 means unlimited."""
 
-    def __init__(self, name: str, ip: str, secret: str, *, port: int = 3478, nonce_lifetime: float = NONCE_LIFETIME):
+    def __init__(
+        self,
+        name: str,
+        ip: str,
+        secret: str,
+        *,
+        port: int = 3478,
+        nonce_lifetime: float = NONCE_LIFETIME,
+        channel_lifetime: float = CHANNEL_LIFETIME,
+    ):
         self.name = name
         self.ip = ip
         self.port = port
         self.secret = secret
         self.nonce_lifetime = nonce_lifetime
+        self.channel_lifetime = channel_lifetime  # nominal (coturn's --channel-lifetime): no binding ends by it
         self.user_quota = 0
         self.total_quota = 0
         self.boots = 0
+        self._passwords: dict[tuple[str, str], str] = {}  # (secret, username) → password: HMAC once
         self._reset()
 
     def _reset(self) -> None:
@@ -109,7 +126,14 @@ class SimRelay:
         self.reboot()
 
     def password_for(self, username: str) -> str:
-        return base64.b64encode(hmac.new(self.secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+        key = (self.secret, username)
+        password = self._passwords.get(key)
+        if password is None:
+            if len(self._passwords) > 256:
+                self._passwords.clear()
+            digest = hmac.new(self.secret.encode(), username.encode(), hashlib.sha1).digest()
+            password = self._passwords[key] = base64.b64encode(digest).decode()
+        return password
 
     def live_allocation(self, client: Address, now: float) -> RelayAllocation | None:
         allocation = self.allocations.get(client)
@@ -222,14 +246,14 @@ class SimRelay:
         if number is None or peer is None or not stun.CHANNEL_MIN <= number <= stun.CHANNEL_MAX:
             return self._error(message, 400, key=key)
         bound = allocation.channels.get(number)
-        if bound is not None and bound[1] > now and bound[0] != peer:
+        if bound is not None and bound[0] != peer:
             return self._error(message, 400, key=key)
-        other = allocation.channel_for(peer, now)
+        other = allocation.channel_for(peer)
         if other is not None and other != number:
             return self._error(
                 message, 400, key=key, reason="You cannot use the same peer with different channel number"
             )
-        allocation.channels[number] = (peer, now + CHANNEL_LIFETIME)
+        allocation.channels[number] = (peer, now + self.channel_lifetime)
         allocation.permissions[peer[0]] = now + PERMISSION_LIFETIME
         return Message(Method.CHANNEL_BIND, Class.SUCCESS, message.transaction_id).encode(key)
 
@@ -242,7 +266,7 @@ class SimRelay:
         except stun.StunParseError:
             return []
         bound = allocation.channels.get(number)
-        if bound is None or bound[1] <= now:
+        if bound is None:
             return []
         return [(allocation.relayed, bound[0], payload)]
 
@@ -252,7 +276,7 @@ class SimRelay:
             return []
         if allocation.permissions.get(src[0], -1.0) <= now:
             return []
-        number = allocation.channel_for(src, now)
+        number = allocation.channel_for(src)
         if number is not None:
             return [(self.addr, allocation.client, stun.encode_channel_data(number, packet))]
         indication = Message(Method.DATA, Class.INDICATION, b"\x00" * 12, [("XOR-PEER-ADDRESS", src), ("DATA", packet)])

@@ -42,7 +42,12 @@ def run(
     errors = install_error_capture()
     try:
         world = World(
-            schedule.seed, relays=schedule.relays, disabled_fixes=disabled_fixes, rate=schedule.rate, trace=trace
+            schedule.seed,
+            relays=schedule.relays,
+            disabled_fixes=disabled_fixes,
+            rate=schedule.rate,
+            keepalive=schedule.keepalive_s,
+            trace=trace,
         )
         Checker(world, errors, frozenset(ignore)).start()
         install(world, schedule)

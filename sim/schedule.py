@@ -2,11 +2,14 @@
 
 A schedule is a JSON object (``version`` 1)::
 
-    {"version": 1, "seed": 7, "duration_s": 600, "relays": 3, "rate": 0.5,
+    {"version": 1, "seed": 7, "duration_s": 600, "relays": 3, "rate": 0.25, "keepalive_s": 2.0,
      "faults": [{"at": 42.5, "kind": "relay_reboot", "target": "relay-2", "duration": 2.0,
                  "new_secret": false}, ...]}
 
-``at`` and ``duration`` are seconds from the start of the run (the stack's "traffic flows"
+``rate`` is the echo stream's datagrams per second; ``keepalive_s`` the peers' ICE keep-alive
+interval (the path is declared lost after four unanswered ones; connlib's default is 1 s, the
+simulator's 2 s halves the datagrams per simulated second; a schedule without it is read as 1 s,
+what it was found with). ``at`` and ``duration`` are seconds from the start of the run (the stack's "traffic flows"
 moment on Docker). Targets are ``relay-<n>`` (1-based), ``client`` or ``gateway``; ``other`` is
 the second end of a partition. Kinds, and what each means on the real stack:
 
@@ -73,6 +76,8 @@ WEIGHTS = {  # the faults production sees most often come up most often
 }
 WARMUP = 30.0  # the first fault comes after the stream is up
 TAIL = 150.0  # after the last heal: time for recovery and for the checks to see it
+RATE = 0.25  # echo datagrams per second, each way
+KEEPALIVE = 2.0  # the peers' ICE keep-alive interval in the simulator (connlib's default: 1 s)
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,9 @@ class Schedule:
     seed: int
     duration_s: float
     relays: int = 3
-    rate: float = 0.5
+    rate: float = RATE
     faults: tuple[Fault, ...] = field(default_factory=tuple)
+    keepalive_s: float = KEEPALIVE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +118,7 @@ class Schedule:
             "duration_s": self.duration_s,
             "relays": self.relays,
             "rate": self.rate,
+            "keepalive_s": self.keepalive_s,
             "faults": [f.to_json() for f in self.faults],
         }
 
@@ -128,7 +135,12 @@ class Schedule:
                 raise ValueError(f"unknown fault kind {raw['kind']!r}")
             faults.append(Fault(**raw))
         return cls(
-            int(data["seed"]), float(data["duration_s"]), int(data["relays"]), float(data["rate"]), tuple(faults)
+            int(data["seed"]),
+            float(data["duration_s"]),
+            int(data["relays"]),
+            float(data["rate"]),
+            tuple(faults),
+            float(data.get("keepalive_s", 1.0)),
         )
 
     def without(self, index: int) -> Schedule:
@@ -144,7 +156,7 @@ def random_schedule(
     *,
     duration_s: float = 600.0,
     relays: int = 3,
-    rate: float = 0.5,
+    rate: float = RATE,
     exclude: Iterable[str] = (),
 ) -> Schedule:
     """A schedule drawn from ``seed`` alone (its own rng, not the world's); ``exclude``: kinds

@@ -30,6 +30,7 @@ from fake_portal.eventlog import EventLog
 
 from .actors import TOKEN, WS_DELAY, ChannelHolder, RelayAgent, SimPeer
 from .net import Network
+from .schedule import KEEPALIVE, RATE
 
 UNIX_OFFSET = 1_800_000_000.0  # 2027-01-15: the wall clock credentials' expiry is read against
 CLIENT_ID, GATEWAY_ID = "client", "gateway"
@@ -69,12 +70,20 @@ class _NullEventLog(EventLog):
 
 class World:
     def __init__(
-        self, seed: int, *, relays: int = 3, disabled_fixes: Iterable[str] = (), rate: float = 0.5, trace: bool = True
+        self,
+        seed: int,
+        *,
+        relays: int = 3,
+        disabled_fixes: Iterable[str] = (),
+        rate: float = RATE,
+        keepalive: float = KEEPALIVE,
+        trace: bool = True,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.now = 0.0
         self.disabled_fixes = frozenset(disabled_fixes)
+        self.keepalive = keepalive
         self.net = Network(self.rng)
         self._heap: list[tuple[float, int, Callable[..., None], tuple]] = []
         self._seq = itertools.count()

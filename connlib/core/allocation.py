@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -285,22 +286,33 @@ class Allocation:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        deadlines = [p.backoff.poll_timeout() for p in self.sent_requests.values()]
+        # Called after every input by the driver: one pass, no intermediate lists.
+        best = math.inf
+        refresh_in_flight = False
+        binding: set[int] | None = None
+        for pending in self.sent_requests.values():
+            best = min(best, pending.backoff.poll_timeout())
+            method = pending.message.method
+            if method == Method.REFRESH:
+                refresh_in_flight = True
+            elif method == Method.CHANNEL_BIND:
+                if binding is None:
+                    binding = set()
+                binding.add(pending.message.get("CHANNEL-NUMBER"))
         if self.lifetime is not None:
             received_at, lifetime = self.lifetime
-            deadlines.append(received_at + lifetime)
-            if not self._in_flight(Method.REFRESH) and self._retry is None:
-                deadlines.append(received_at + lifetime / 2)
-        if self.has_allocation() and self.next_binding is not None:
-            deadlines.append(self.next_binding)
+            best = min(best, received_at + lifetime)
+            if not refresh_in_flight and self._retry is None:
+                best = min(best, received_at + lifetime / 2)
+        if self.relayed and self.next_binding is not None:
+            best = min(best, self.next_binding)
         if self._retry is not None:
-            deadlines.append(self._retry[0])
-        in_flight_channels = self._channels_in_flight()
+            best = min(best, self._retry[0])
         for channel in self.channels.values():
-            if channel.bound and channel.number not in in_flight_channels:
+            if channel.bound and (binding is None or channel.number not in binding):
                 if channel.last_received is not None and channel.last_received > channel.bound_at:
-                    deadlines.append(channel.bound_at + channel.times.refresh_age)
-        return min(deadlines) if deadlines else None
+                    best = min(best, channel.bound_at + channel.times.refresh_age)
+        return best if best != math.inf else None
 
     # ------------------------------------------------------------------ input
     def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:

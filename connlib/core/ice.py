@@ -22,7 +22,7 @@ from .candidate import (
     candidate_line,
     candidate_priority,
 )
-from .logfmt import kv
+from .logfmt import Fields, kv
 from .stun import Class, Message, Method, new_transaction_id
 
 log = logging.getLogger("connlib.ice")
@@ -30,9 +30,10 @@ log = logging.getLogger("connlib.ice")
 ICE_TIMEOUT = 10.0  # aligned with the relay request backoff (#6666)
 INITIAL_RTO = 0.25
 MAX_RTO = 1.5
-KEEPALIVE_INTERVAL = 1.0
+KEEPALIVE_INTERVAL = 1.0  # the default; a Connection takes its own (``keepalive``)
 MAX_REMOTE_CANDIDATES = 16  # host + srflx + relay of a dual-stack peer, with room for migrations
 PATH_LOST_AFTER = 4.0  # no answer on the nominated pair for this long ⇒ it is lost
+KEEPALIVES_BEFORE_LOST = PATH_LOST_AFTER / KEEPALIVE_INTERVAL  # the ratio is kept when ``keepalive`` differs
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,14 @@ class Connection:
     checking_since: float | None = None
     failed: bool = False
     rng: random.Random = field(kw_only=True, repr=False)  # the Tunnel's seeded rng: check ids
+    keepalive: float = field(default=KEEPALIVE_INTERVAL, kw_only=True)  # the nominated pair's check interval
     _events: collections.deque = field(default_factory=collections.deque)
     _transmits: collections.deque = field(default_factory=collections.deque)
 
     @classmethod
-    def new(cls, peer_id: str, controlling: bool, now: float, rng: random.Random) -> Connection:
+    def new(
+        cls, peer_id: str, controlling: bool, now: float, rng: random.Random, keepalive: float = KEEPALIVE_INTERVAL
+    ) -> Connection:
         return cls(
             peer_id=peer_id,
             controlling=controlling,
@@ -141,9 +145,15 @@ class Connection:
             created_at=now,
             tie_breaker=rng.getrandbits(64),
             rng=rng,
+            keepalive=keepalive,
         )
 
     # ------------------------------------------------------------------ state
+    @property
+    def path_lost_after(self) -> float:
+        """No answer on the nominated pair for this long: the path is lost (``PATH_LOST_AFTER`` by default)."""
+        return self.keepalive * KEEPALIVES_BEFORE_LOST
+
     @property
     def connected(self) -> bool:
         return self.nominated is not None and not self.failed
@@ -244,16 +254,14 @@ class Connection:
         pair.next_check = now + pair.rto
         pair.rto = min(pair.rto * 2, MAX_RTO)
         payload = request.encode(self.remote_pwd.encode(), fingerprint=True)
-        log.debug(
-            "Check sent %s",
-            kv(
-                peer=self.peer_id,
-                local=format_address(pair.local.addr),
-                remote=format_address(pair.remote.addr),
-                state=pair.state,
-            ),
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the hot path: no formatting for a record nobody takes
+            log.debug("Check sent %s", self._pair_fields(pair, state=pair.state))
         self._transmits.append(PathTransmit(pair.local, pair.remote.addr, payload))
+
+    def _pair_fields(self, pair: Pair, **extra: object) -> Fields:
+        return kv(
+            peer=self.peer_id, local=format_address(pair.local.addr), remote=format_address(pair.remote.addr), **extra
+        )
 
     def handle_stun(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
         """A STUN message that arrived on ``local`` from ``from_``. False if not for us."""
@@ -272,9 +280,11 @@ class Connection:
     def _handle_check(self, message: Message, local: LocalCandidate, from_: Address, now: float) -> bool:
         if not self.owns_request(message):
             return False
-        log.debug(
-            "Check received %s", kv(peer=self.peer_id, local=format_address(local.addr), remote=format_address(from_))
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Check received %s",
+                kv(peer=self.peer_id, local=format_address(local.addr), remote=format_address(from_)),
+            )
         if not message.verify_integrity(self.local_pwd.encode()):
             log.debug("Connectivity check with bad integrity %s", kv(peer=self.peer_id))
             return True
@@ -291,7 +301,7 @@ class Connection:
         if pair is None:
             return True
         current = self.nominated
-        quiet = current is not None and now - (current.last_response or current.next_check) > 2 * KEEPALIVE_INTERVAL
+        quiet = current is not None and now - (current.last_response or current.next_check) > 2 * self.keepalive
         pair.last_response = now  # the peer reaches us on this pair: it is alive
         if pair.state == "waiting" and self._credentials_ready():
             self._send_check(pair, now)  # triggered check
@@ -327,16 +337,8 @@ class Connection:
         pair.nominated = True
         self.nominated = pair
         self.checking_since = None
-        pair.next_check = now + KEEPALIVE_INTERVAL
-        log.info(
-            "Connection established %s",
-            kv(
-                peer=self.peer_id,
-                local=format_address(pair.local.addr),
-                remote=format_address(pair.remote.addr),
-                relay=pair.local.rid or "-",
-            ),
-        )
+        pair.next_check = now + self.keepalive
+        log.info("Connection established %s", self._pair_fields(pair, relay=pair.local.rid or "-"))
         self._events.append(Connected(self.peer_id, pair.local, pair.remote.addr))
 
     def note_data_received(self, local: LocalCandidate, from_: Address, now: float) -> None:
@@ -351,7 +353,7 @@ class Connection:
         nominated = self.nominated
         if nominated is not None:
             last = nominated.last_response or now
-            if now - last >= PATH_LOST_AFTER:
+            if now - last >= self.path_lost_after:
                 log.info("Nominated path lost %s", kv(peer=self.peer_id, relay=nominated.local.rid or "-"))
                 self._events.append(PathLost(self.peer_id, nominated.local.rid))
                 self.nominated = None
@@ -361,7 +363,7 @@ class Connection:
                 self.checking_since = now
             elif now >= nominated.next_check:
                 self._send_check(nominated, now)
-                nominated.next_check = now + KEEPALIVE_INTERVAL
+                nominated.next_check = now + self.keepalive
                 nominated.rto = INITIAL_RTO
             return
         if self.checking_since is None and (self.pairs or (self.local_candidates and self.remote_candidates)):
@@ -387,7 +389,7 @@ class Connection:
             return None
         if self.nominated is not None:
             last = self.nominated.last_response or self.nominated.next_check
-            return min(self.nominated.next_check, last + PATH_LOST_AFTER)
+            return min(self.nominated.next_check, last + self.path_lost_after)
         deadlines = [p.next_check for p in self.pairs]
         if self.checking_since is not None and self.local_candidates and self.remote_candidates:
             deadlines.append(self.checking_since + ICE_TIMEOUT)

@@ -24,6 +24,7 @@ from .allocation import DEFAULT_CHANNEL_TIMES, Candidate, ChannelTimes
 from .candidate import parse_candidate
 from .fixes import FIX_PATH_PROBE
 from .ice import (
+    KEEPALIVE_INTERVAL,
     Connected,
     Connection,
     ConnectionEvent,
@@ -90,6 +91,7 @@ class Tunnel:
         node: Node | None = None,
         disabled_fixes: Iterable[str] = (),
         channel_times: ChannelTimes = DEFAULT_CHANNEL_TIMES,
+        keepalive: float = KEEPALIVE_INTERVAL,
     ) -> None:
         if role not in ("client", "gateway"):
             raise ValueError(f"role must be client or gateway, not {role!r}")
@@ -104,6 +106,7 @@ class Tunnel:
         self._events: collections.deque[TunnelEvent] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
         self._host_candidates: list[LocalCandidate] = []
+        self._keepalive = keepalive  # each connection's keep-alive interval (the path is lost after 4)
 
     # ------------------------------------------------------------------ portal inputs
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable, now: float) -> None:
@@ -193,7 +196,7 @@ class Tunnel:
         old = self.connections.pop(peer_id, None)
         if old is not None:
             log.info("Replacing connection %s", kv(peer=peer_id))
-        connection = Connection.new(peer_id, controlling, now, self._rng)
+        connection = Connection.new(peer_id, controlling, now, self._rng, self._keepalive)
         self.connections[peer_id] = connection
         if self.policy == POLICY_ALL:
             for candidate in self._host_candidates:

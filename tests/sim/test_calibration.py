@@ -54,7 +54,19 @@ SEQUENCES: dict[str, list[Step]] = {
         (2, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_B)]),
         (2, Method.CHANNEL_BIND, "other-user", [("CHANNEL-NUMBER", 0x4002), ("XOR-PEER-ADDRESS", PEER_B)]),
     ],
+    # coturn keeps a binding past its lifetime: run against a coturn with 3 s channels and 5 s
+    # permissions (LIFETIMES), the model (which never ends a binding) must answer alike.
+    "channels-after-lifetime": [
+        (3, Method.ALLOCATE, None, []),
+        (3, Method.ALLOCATE, "good", []),
+        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
+        ("wait", 7.0),
+        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4001), ("XOR-PEER-ADDRESS", PEER_A)]),
+        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_B)]),
+        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
+    ],
 }
+LIFETIMES = {"channels-after-lifetime": 3.0}  # coturn's --channel-lifetime (its permissions: 5 s)
 
 
 class Target:
@@ -112,9 +124,9 @@ class Real(Target):
 
 
 class Model(Target):
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, channel_lifetime: float = 600.0) -> None:
         super().__init__(secret)
-        self.relay = SimRelay("calib", "127.0.0.1", secret)
+        self.relay = SimRelay("calib", "127.0.0.1", secret, channel_lifetime=channel_lifetime)
         self.now = 1.0
 
     def wait(self, seconds: float) -> None:
@@ -130,8 +142,11 @@ _RNG = random.Random(0)  # transaction ids only need to be unique here
 
 
 @pytest.mark.parametrize("name", sorted(SEQUENCES))
-def test_the_relay_model_answers_like_coturn(coturn, name):
-    real, model = Real(coturn), Model(coturn.secret)
+def test_the_relay_model_answers_like_coturn(coturn_factory, name):
+    lifetime = LIFETIMES.get(name)
+    args = ("--channel-lifetime", f"{lifetime:.0f}", "--permission-lifetime", "5") if lifetime else ()
+    coturn = coturn_factory(name="relay-a", extra_args=args)
+    real, model = Real(coturn), Model(coturn.secret, lifetime or 600.0)
     try:
         observed = []
         for step in SEQUENCES[name]:

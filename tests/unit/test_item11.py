@@ -9,7 +9,7 @@ from connlib.core import messages, stun
 from connlib.core.allocation import Allocation
 from connlib.core.candidate import RemoteCandidate, candidate_line, candidate_priority
 from connlib.core.credentials import REALM
-from connlib.core.ice import MAX_REMOTE_CANDIDATES, Connected, Connection, LocalCandidate
+from connlib.core.ice import MAX_REMOTE_CANDIDATES, Connected, Connection, LocalCandidate, PathLost
 from connlib.core.stun import Class, Message, Method
 from connlib.core.tunnel import Tunnel
 
@@ -109,3 +109,33 @@ def test_dual_stack_relay_gives_a_host_candidate_per_family():
     net.run(0.0)
     hosts = [c.addr for c in alloc.candidates() if c.kind == "host"]
     assert sorted(hosts) == [("10.0.0.2", 40000), ("2001:db8:c::2", 40000)]
+
+
+T0 = 100.0  # the checks' time base (not 0: a last answer at 0.0 would read as none)
+
+
+def _nominated(keepalive: float) -> Connection:
+    conn = Connection.new("peer", controlling=False, now=T0, rng=random.Random(2), keepalive=keepalive)
+    conn.set_remote_credentials("peer", "peer-password-0123456789", T0)
+    conn.add_local_candidate(LOCAL, T0)
+    conn.add_remote_candidate(RemoteCandidate("relay", R1, candidate_priority("relay")), T0)
+    conn.handle_stun(check(conn, 1), LOCAL, R1, T0)
+    assert conn.nominated is not None
+    list(iter(conn.poll_transmit, None))
+    return conn
+
+
+def test_keepalive_interval_sets_the_check_pace_and_the_path_lost_bound():
+    """A connection's ``keepalive`` paces the nominated pair's checks; the path is lost after
+    four unanswered intervals (connlib's default: 1 s and 4 s; the simulator runs 2 s)."""
+    for keepalive, lost_after in ((1.0, 4.0), (2.0, 8.0)):
+        conn = _nominated(keepalive)
+        assert conn.poll_timeout() == T0 + keepalive
+        sent = 0
+        now = T0
+        while conn.nominated is not None and now < T0 + 20.0:
+            now = conn.poll_timeout() or T0 + 20.0
+            conn.handle_timeout(now)
+            sent += len(list(iter(conn.poll_transmit, None)))
+        assert now == T0 + lost_after and sent == lost_after / keepalive - 1
+        assert any(isinstance(e, PathLost) for e in iter(conn.poll_event, None))
