@@ -193,6 +193,7 @@ def _event_label(op: Op) -> str:
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#1d2330;background:#fafbfc}
 h1{font-size:20px} h2{font-size:16px;margin:28px 0 6px}
+.reason{white-space:pre-wrap;color:#a00}
 .verdict{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-weight:600}
 .pass{background:#2e7d32} .fail{background:#c62828} .other{background:#6d6d6d}
 table.figures{border-collapse:collapse;margin:6px 0} table.figures td{border:1px solid #ddd;padding:2px 8px}
@@ -245,7 +246,8 @@ def render(scenarios: Iterable[Scenario], title: str, client: str = "client") ->
             f'<span class="verdict {_verdict_class(verdict)}">{html.escape(verdict)}</span></h2>'
             f"<div>{html.escape(str(row.get('nodeid', '')))} · {html.escape(str(row.get('backend', '')))} · "
             f"{float(row.get('duration_s') or 0):.1f} s</div>"
-            f'<table class="figures">{figures}</table>{_timeline(scenario, client)}</section>'
+            + (f'<pre class="reason">{html.escape(str(row["reason"]))}</pre>' if row.get("reason") else "")
+            + f'<table class="figures">{figures}</table>{_timeline(scenario, client)}</section>'
         )
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"

@@ -52,7 +52,9 @@ def junit_xml(rows: Iterable[Mapping[str, Any]], wall_s: float = 0.0) -> bytes:
             ET.SubElement(case, "skipped", message=verdict)
         else:
             counts["failures"] += 1
-            ET.SubElement(case, "failure", message=verdict[:500], type="verdict").text = verdict
+            reason = str(row.get("reason") or "")
+            failure = ET.SubElement(case, "failure", message=(reason or verdict)[:500], type="verdict")
+            failure.text = f"{verdict}: {reason}" if reason else verdict
     for key, value in counts.items():
         suite.set(key, str(value))
     suite.set("time", f"{wall_s:.3f}")

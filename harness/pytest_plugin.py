@@ -304,6 +304,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def _verdict(row: Row, report: pytest.TestReport) -> None:
     if report.failed:
         row.verdict = "FAILED" if report.when == "call" else f"ERROR ({report.when})"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        row.reason = str(crash.message if crash is not None else report.longrepr or "")[:2000]
     elif report.skipped and report.when != "teardown":
         row.verdict = "xfailed" if hasattr(report, "wasxfail") else "skipped"
     elif report.when == "call" and report.passed:

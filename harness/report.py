@@ -34,6 +34,7 @@ class Row:
     backend: str
     figures: dict[str, Any] = field(default_factory=dict)
     verdict: str = "not run"
+    reason: str = ""  # what failed: the assertion's message (naming the bug, for a twin's scenario)
     duration_s: float = 0.0
     history: str = ""  # the stem of its file under history/
 

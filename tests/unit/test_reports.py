@@ -35,7 +35,8 @@ def _results(tmp_path, verdict="passed"):
     row.figures.update(resumed_s=5.3, gap_s=5.0)
     row.verdict, row.duration_s = verdict, 12.5
     results.write_history(row.nodeid, _scenario_history())
-    results.row("tests/e2e/test_harness.py::test_selftest", "", "docker").verdict = "FAILED"
+    failed = results.row("tests/e2e/test_harness.py::test_selftest", "", "docker")
+    failed.verdict, failed.reason = "FAILED", "AssertionError: bug (no probe): relay-2 still held"
     results.finish()
     return results
 
@@ -51,7 +52,8 @@ def test_junit_has_one_testcase_per_scenario_with_its_figures(tmp_path):
     assert props == {"backend": "docker", "resumed_s": "5.300", "gap_s": "5.000"}
     assert pause.find("failure") is None
     failure = cases["test_selftest"].find("failure")
-    assert failure is not None and failure.get("message") == "FAILED"
+    assert failure is not None and failure.get("message") == "AssertionError: bug (no probe): relay-2 still held"
+    assert failure.text == "FAILED: AssertionError: bug (no probe): relay-2 still held"  # what broke, not just that
 
 
 def test_fault_bands_pair_a_fault_with_the_one_that_undoes_it():
