@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from connlib.aio.driver import Driver
-from connlib.core.allocation import FreeReason
+from connlib.core.allocation import DEFAULT_CHANNEL_TIMES, ChannelTimes, FreeReason
 from connlib.core.messages import RelayConfig
 from connlib.core.node import ChannelData, Node, NoRelays, RelayRemoved
 
@@ -25,9 +25,9 @@ def relay_config(coturn, rid: str = "relay-a", salt: str = "client") -> RelayCon
 class Peer:
     """One Node driven by the real asyncio driver, with its events recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel_times: ChannelTimes = DEFAULT_CHANNEL_TIMES) -> None:
         loop = asyncio.get_running_loop()
-        self.node = Node(loop.time())
+        self.node = Node(loop.time(), channel_times=channel_times)
         self.events: list = []
         self.driver = Driver(
             self.node, clock=loop.time, bind_v4=("127.0.0.1", 0), bind_v6=None, on_event=self.events.append
@@ -242,13 +242,19 @@ async def test_item5_quota_exhausted_frees_the_relay_and_asks_for_new_ones(cotur
     print(f"\nitem 5: refused relay freed {elapsed:.2f}s after the update (NoRelays sent)")
 
 
-async def test_item3_lapsed_channel_is_rebound_with_the_same_number(coturn, peer, peer_b, monkeypatch):
+@pytest.fixture
+async def short_channels_peer():
+    """A peer whose channels last 2 s (``connlib run --channel-lifetime 2``) while coturn's last 600 s."""
+    p = Peer(ChannelTimes(2.0))
+    async with p.driver:
+        yield p
+
+
+async def test_item3_lapsed_channel_is_rebound_with_the_same_number(coturn, short_channels_peer, peer_b):
     """A send-mostly flow: A sends, never receives, so A's channel is not refreshed and lapses on
     our side while coturn still holds the binding. The re-bind must reuse the number (coturn:
     "400 You cannot use the same peer with different channel number")."""
-    from connlib.core import allocation as allocation_mod
-
-    monkeypatch.setattr(allocation_mod, "CHANNEL_LIFETIME", 2.0)  # ours lapses; coturn's is 600 s
+    peer = short_channels_peer  # ours lapses; coturn's is 600 s
     peer.update(connected=[relay_config(coturn, salt="a")])
     peer_b.update(connected=[relay_config(coturn, salt="b")])
     assert await peer.driver.wait_until(peer.allocated, timeout=5)
