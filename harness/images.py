@@ -7,13 +7,9 @@ What to build comes from the topology's definition, ``docker-compose.yml``: ever
 
 1. the base image: ``images/base.sh`` (docker pull, else debootstrap + import, cached; a second
    or so when it is current);
-2. the wheels the Dockerfiles copy, in ``images/.cache/wheels/`` (``deps/``: ``pip download`` of
-   pyproject's dependencies (``requirements.txt``) and of its ``control`` extra, which only the chaos
-   image installs (``requirements-control.txt``), redone when those lists change; ``project/``: ``pip wheel --no-deps .``,
-   redone when a source file changes). They are made on the host because pip inside a
-   ``docker build`` cannot verify PyPI's certificate here (the host trusts a proxy's CA the images
-   do not); each directory is replaced atomically;
-3. one docker-py build per image, labelled with a digest of everything that goes into it (the files
+2. nothing on the host: ``images/Dockerfile`` builds the project and its dependencies inside the
+   build (multi-stage, context the repository root), as ``docker compose build`` does;
+3. one docker-py build per image (its target of ``images/Dockerfile``), labelled with a digest of everything that goes into it (the files
    of ``images/``, the sources of the wheel's packages, ``pyproject.toml``, the base image's
    id): when every image of the tag carries the current digest, nothing is built (``mode="auto"``).
 
@@ -26,12 +22,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,14 +38,12 @@ log = logging.getLogger("harness.images")
 
 ROOT = topology.ROOT
 IMAGES_DIR = ROOT / "images"
-WHEELS = IMAGES_DIR / ".cache" / "wheels"
 PREFIX = os.environ.get("IMAGE_PREFIX", PROJECT)
 BASE_IMAGE = os.environ.get("BASE_IMAGE", f"{PROJECT}/base:bookworm")
 E2E_TAG = "e2e"
 MODES = ("auto", "build", "existing")
 PACKAGES = ("connlib", "fake_portal", "harness")
 """What the project wheel holds (pyproject's packages.find)."""
-REQUIREMENTS = {"requirements.txt": None, "requirements-control.txt": "control"}
 """The requirement files of ``deps/``: pyproject's dependencies, or one of its extras."""
 
 
@@ -81,10 +71,11 @@ def image_specs(tag: str, path: Path = topology.COMPOSE_FILE) -> list[ImageSpec]
 
 
 def _sources() -> list[Path]:
+    """Everything the build context gives the images (``.dockerignore``'s allowlist)."""
     files = [p for p in sorted(IMAGES_DIR.iterdir()) if p.is_file() and p.suffix != ".md"]  # docs are not built
     for package in PACKAGES:
         files += sorted((ROOT / package).rglob("*.py"))
-    return [*files, ROOT / "pyproject.toml"]
+    return [*files, ROOT / "pyproject.toml", ROOT / "README.md", ROOT / ".dockerignore"]
 
 
 def source_digest(base_id: str) -> str:
@@ -119,7 +110,6 @@ def ensure_images(client: docker.DockerClient, tag: str = E2E_TAG, mode: str = "
     if mode == "auto" and all(img is not None and img.labels.get(DIGEST_LABEL) == digest for img in current):
         log.info("Images current tag=%s digest=%s took_s=%.1f", tag, digest, time.monotonic() - started)
         return tags
-    prepare_wheels()
     for spec in specs:
         built = time.monotonic()
         _build(client, spec, digest)
@@ -146,71 +136,6 @@ def bootstrap_base(client: docker.DockerClient) -> Image:
     if image is None:
         raise ImagesUnavailable(f"images/base.sh succeeded but {BASE_IMAGE} does not exist")
     return image
-
-
-def _requirements() -> dict[str, str]:
-    """Each requirement file's text (self-references of the project's extras left out)."""
-    with open(ROOT / "pyproject.toml", "rb") as project:
-        meta = tomllib.load(project)["project"]
-    files = {}
-    for name, extra in REQUIREMENTS.items():
-        listed = meta["dependencies"] if extra is None else meta["optional-dependencies"][extra]
-        files[name] = "\n".join(r for r in listed if not r.startswith(meta["name"] + "[")) + "\n"
-    return files
-
-
-def _project_digest() -> str:
-    digest = hashlib.sha256()
-    for path in [ROOT / "pyproject.toml"] + [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]:
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:20]
-
-
-def prepare_wheels() -> None:
-    """``images/.cache/wheels/{deps,project}``, each redone only when what goes into it changed."""
-    requirements = _requirements()
-    deps = WHEELS / "deps"
-    if any(not (deps / n).exists() or (deps / n).read_text() != text for n, text in requirements.items()):
-        with _replacing(deps) as tmp:
-            for name, text in requirements.items():
-                (tmp / name).write_text(text)
-                _pip("download", "--only-binary=:all:", "-d", str(tmp), "-r", str(tmp / name))
-    project = WHEELS / "project"
-    digest = _project_digest()
-    stamp = project / ".digest"
-    if not stamp.exists() or stamp.read_text() != digest:
-        with _replacing(project) as tmp:
-            _pip("wheel", "--no-deps", "-w", str(tmp), str(ROOT))
-            (tmp / ".digest").write_text(digest)
-
-
-class _replacing:
-    """A temporary directory that replaces ``target`` when the block succeeds (and is removed otherwise)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = self.target.with_name(self.tmp.name + "-old")
-        if self.target.exists():
-            self.target.rename(old)
-        self.tmp.rename(self.target)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _pip(*args: str) -> None:
-    command = [sys.executable, "-m", "pip", *args[:1], "-q", "--disable-pip-version-check", *args[1:]]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise ImagesUnavailable(f"pip {args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 
 def _build(client: docker.DockerClient, spec: ImageSpec, digest: str) -> None:

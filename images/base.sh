@@ -7,6 +7,8 @@
 # 3. Otherwise (no registry, as on CI here): debootstrap a minbase bookworm root file system on the host
 #    with the packages included, tar it (cached under images/.cache/, keyed by the package list) and
 #    `docker import` it under the tag.
+# 4. Either way, last: one layer with the host's package-index trust (see host_trust), so that pip inside
+#    `docker build` (images/Dockerfile builds the project there) trusts the index as the host does.
 #
 # Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR (default: the first
 # Debian mirror of the host's own apt configuration that serves the suite), BASE_FORCE=1 to rebuild,
@@ -42,21 +44,59 @@ host_mirror() {
   done
 }
 mirror="${DEBIAN_MIRROR:-$(host_mirror | head -n1)}"
+
+# The host's own pip settings that decide how the package index is reached: its CA bundle (a host behind
+# a TLS-inspecting proxy trusts that proxy's CA; the debootstrapped system bundle does not) and index
+# URLs, from `pip config` (PIP_* environment variables first). This script names no host itself.
+pip_setting() {
+  local env_name="$1" key="$2" value="${!1:-}"
+  [[ -n "$value" ]] || value="$(python3 -m pip config get "global.$key" 2>/dev/null || true)"
+  printf '%s' "$value"
+}
+ca_bundle="$(pip_setting PIP_CERT cert)"; ca_bundle="${ca_bundle:-/etc/ssl/certs/ca-certificates.crt}"
+index_url="$(pip_setting PIP_INDEX_URL index-url)"
+extra_index_url="$(pip_setting PIP_EXTRA_INDEX_URL extra-index-url)"
+trusted_host="$(pip_setting PIP_TRUSTED_HOST trusted-host)"
+trust_key="$( { [[ -r "$ca_bundle" ]] && cat "$ca_bundle"; printf '|%s|%s|%s' "$index_url" "$extra_index_url" "$trusted_host"; } \
+  | sha256sum | cut -c1-12)"
 # Everything the images need at run time; no apt inside any Docker build.
 packages=(
   ca-certificates coturn python3 python3-venv iptables iproute2 tini procps iputils-ping
 )
 pkglist="$(printf '%s,' "${packages[@]}")"; pkglist="${pkglist%,}"
-key="$(printf '%s|%s|%s' "$suite" "$pkglist" "v1" | sha256sum | cut -c1-12)"
-tarball="$cache/base-$suite-$key.tar"
+rootfs_key="$(printf '%s|%s|%s' "$suite" "$pkglist" "v1" | sha256sum | cut -c1-12)"
+tarball="$cache/base-$suite-$rootfs_key.tar"
+key="$rootfs_key-$trust_key"  # the image's: a new host CA or index rebuilds only the last layer
 label="org.connlib-relays.project=connlib-relays"
 
 log() { printf 'base.sh: %s\n' "$*" >&2; }
+
+# The last layer: $tag-os plus the host's CA bundle and index settings as pip's (PIP_* variables of the
+# image, so that they hold in every build stage and nowhere else is configured).
+add_trust() {
+  local ctx envs="PIP_CERT=/etc/connlib-relays/index-ca.crt"
+  ctx="$(mktemp -d)"
+  if [[ -r "$ca_bundle" ]]; then cp "$ca_bundle" "$ctx/index-ca.crt"; else cp /dev/null "$ctx/index-ca.crt"; envs=""; fi
+  [[ -n "$index_url" ]] && envs+=" PIP_INDEX_URL=$index_url"
+  [[ -n "$extra_index_url" ]] && envs+=" PIP_EXTRA_INDEX_URL=$extra_index_url"
+  [[ -n "$trusted_host" ]] && envs+=" PIP_TRUSTED_HOST=$trusted_host"
+  {
+    printf 'FROM %s\nCOPY index-ca.crt /etc/connlib-relays/index-ca.crt\n' "$tag-os"
+    [[ -n "${envs// /}" ]] && printf 'ENV %s\n' "$envs"
+  } >"$ctx/Dockerfile"
+  docker build -q -t "$tag" --label "$label" --label "org.connlib-relays.base-key=$key" "$ctx" >/dev/null 2>"$ctx/log" \
+    || { cat "$ctx/log" >&2; rm -rf "$ctx"; log "adding the host's index trust to $tag failed"; exit 1; }
+  rm -rf "$ctx"
+  log "$tag: the host's CA bundle ($ca_bundle)${index_url:+ and index $index_url} for pip"
+}
 
 if [[ "${BASE_FORCE:-0}" != 1 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
   have="$(docker image inspect -f '{{ index .Config.Labels "org.connlib-relays.base-key" }}' "$tag" 2>/dev/null || true)"
   if [[ "$have" == "$key" ]]; then
     log "$tag is up to date ($key)"; exit 0
+  fi
+  if [[ "${have%-*}" == "$rootfs_key" ]] && docker image inspect "$tag-os" >/dev/null 2>&1; then
+    log "$tag: the host's index trust changed"; add_trust; exit 0
   fi
   log "$tag has key '$have', want $key: rebuilding"
 fi
@@ -65,12 +105,13 @@ start=$(date +%s)
 # --- 2. registry path ---------------------------------------------------------------------------------
 if [[ "${BASE_NO_PULL:-0}" != 1 ]] && timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
   log "pulled debian:bookworm-slim; installing packages in a build"
-  docker build -t "$tag" --label "$label" --label "org.connlib-relays.base-key=$key" - <<DOCKERFILE
+  docker build -t "$tag-os" --label "$label" - <<DOCKERFILE
 FROM debian:bookworm-slim
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${packages[*]} \
  && rm -rf /var/lib/apt/lists/*
 DOCKERFILE
-  log "built $tag from debian:bookworm-slim in $(( $(date +%s) - start ))s"
+  log "built $tag-os from debian:bookworm-slim in $(( $(date +%s) - start ))s"
+  add_trust
   exit 0
 fi
 
@@ -101,6 +142,8 @@ t0=$(date +%s)
 docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
   -c 'CMD ["/bin/bash"]' \
-  -c "LABEL $label" -c "LABEL org.connlib-relays.base-key=$key" \
-  "$tarball" "$tag" >/dev/null
-log "imported $tag in $(( $(date +%s) - t0 ))s (total $(( $(date +%s) - start ))s)"
+  -c "LABEL $label" \
+  "$tarball" "$tag-os" >/dev/null
+log "imported $tag-os in $(( $(date +%s) - t0 ))s"
+add_trust
+log "total $(( $(date +%s) - start ))s"

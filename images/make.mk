@@ -1,7 +1,7 @@
 # Docker images and the compose stack. Included by the top-level Makefile, which defines VENV, PY and
 # the $(VENV)/.installed target.
 #
-#   make images   base image (pull or debootstrap, cached) + wheels + relay/portal/peer images (python -m harness images)
+#   make images   base image (pull or debootstrap, cached) + the images (images/Dockerfile's targets) (python -m harness images)
 #   make up       images, `compose up -d`, wait until relays are healthy and traffic flows, print the URL
 #   make down     remove every container, network and volume of the stack
 #   make logs     compose logs (FOLLOW=0 to print and return; SERVICE=relay-1 for one service)
@@ -36,7 +36,7 @@ base-image:
 	@bash images/base.sh
 
 # The one image build path (harness/images.py, docker-py), also what the e2e suite runs: base image,
-# wheels, then the images docker-compose.yml names, each only when what goes into it changed.
+# then the images docker-compose.yml names, each only when what goes into it changed.
 images: $(VENV)/.installed
 	@$(PY) -m harness images --tag $(IMAGE_TAG)
 
