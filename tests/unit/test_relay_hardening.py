@@ -326,15 +326,21 @@ def test_item8_twin_single_shot_probe_frees_the_healthy_relay():
     assert "r0" not in node.allocations
 
 
-def test_item4_a_lingering_relay_after_the_old_credentials_delete_is_waited_for():
-    """coturn keeps a deleted allocation for about a second (437 to a new ALLOCATE): after our
-    delete under the old credentials, the ALLOCATE is asked again, not deleted again."""
+def rotated_on_a_lingering_relay(linger: float, until: float):
+    """New credentials at t=10 for a relay that did not reboot and lingers ``linger`` s on a delete."""
     sim = TurnSim(RELAY4)
-    sim.linger = 1.0
+    sim.linger = linger
     node, net = node_with(sim)
     net.run(10.0)
     node.update_relays([], [sim.config("r0", salt="rotated")], 10.0)
-    net.run(12.0)
+    net.run(until)
+    return node, sim
+
+
+def test_item4_a_lingering_relay_after_the_old_credentials_delete_is_waited_for():
+    """coturn keeps a deleted allocation for about a second (437 to a new ALLOCATE): after our
+    delete under the old credentials, the ALLOCATE is asked again, not deleted again."""
+    node, sim = rotated_on_a_lingering_relay(1.0, until=12.0)
     after = [(t, m) for t, m, _ in sim.requests if t >= 10.0 and m != Method.BINDING]
     A, R = Method.ALLOCATE, Method.REFRESH
     # 401; 437; delete (new username) -> 441; delete (old) -> ok; 437 (lingering) every 0.25 s;
@@ -348,12 +354,7 @@ def test_item4_a_relay_lingering_a_little_over_a_second_is_allocated_on_soon_aft
     """coturn's linger ends on its own timer tick, a little after a second (seen: re-allocated
     1.6-3.5 s after the rotation on Docker): the ALLOCATE is asked again every 0.25 s, so the
     allocation is back within a quarter second of the linger's end, not a backoff step later."""
-    sim = TurnSim(RELAY4)
-    sim.linger = 1.1
-    node, net = node_with(sim)
-    net.run(10.0)
-    node.update_relays([], [sim.config("r0", salt="rotated")], 10.0)
-    net.run(13.0)
+    node, sim = rotated_on_a_lingering_relay(1.1, until=13.0)
     received_at, _ = node.allocations["r0"].lifetime
     assert 11.1 <= received_at <= 11.1 + 0.25 + 1e-9
     lingering = [t for t, m, _ in sim.requests if 10.0 < t < 11.1 and m == Method.ALLOCATE]
