@@ -6,6 +6,7 @@
     python -m harness up [--relays N] ...          start a stack, print where it is, follow its history
     python -m harness chaos [--duration 60] ...    random relay faults against a live stream; exit 1 if
                                                    the stream did not come back after one, or on ERROR lines
+    python -m harness chaos --schedule FILE        play a simulator schedule (its JSON) on the real stack
     python -m harness summary results/2026*        figures of many runs together: per scenario, the
                                                    verdicts and p50/p95/max of each figure
     python -m harness report results/latest        (re)write a results folder's junit.xml and report.html
@@ -29,8 +30,9 @@ import uuid
 from pathlib import Path
 
 from sim import cli as sim_cli
+from sim.schedule import Schedule
 
-from . import chaos, checks, compose_ready
+from . import chaos, checks, compose_ready, schedule_runner
 from .docker_engine import connect
 from .docker_fleet import DockerFleet
 from .docker_session import DockerSession
@@ -76,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     chaos_args.add_argument(
         "--faults", default=",".join(chaos.FAULTS), help=f"comma-separated subset of {','.join(chaos.FAULTS)}"
     )
+    chaos_args.add_argument(
+        "--schedule",
+        type=Path,
+        default=None,
+        help="play a simulator schedule (JSON, as `python -m sim` prints a failing one) instead of random faults",
+    )
     return p
 
 
@@ -112,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    schedule = None
+    if getattr(args, "schedule", None) is not None:
+        try:
+            schedule = Schedule.from_json(json.loads(args.schedule.read_text()))
+            schedule_runner.check_playable(schedule)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"--schedule {args.schedule}: {exc}", file=sys.stderr)
+            return 2
+        args.relays = schedule.relays
     options = StackOptions(
         relays=args.relays, debounce=args.debounce, rate=args.rate, client_disabled_fixes=frozenset(args.disable_fix)
     )
@@ -141,7 +158,12 @@ async def _run(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        code = await (_follow(fleet) if args.command == "up" else chaos.run(fleet, args, results))
+        if args.command == "up":
+            code = await _follow(fleet)
+        elif schedule is not None:
+            code = await schedule_runner.run_schedule(fleet, schedule, results)
+        else:
+            code = await chaos.run(fleet, args, results)
     finally:
         errors = fleet.collect_errors()
         await fleet.stop()
