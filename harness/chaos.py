@@ -12,7 +12,6 @@ import time
 
 from . import checks
 from .fleet import CLIENT_ID, FaultNotSupported, Fleet
-from .history import History
 from .report import Results
 from .waiting import wait_for
 
@@ -48,7 +47,7 @@ async def run(fleet: Fleet, args: argparse.Namespace, results: Results) -> int:
         try:
 
             def back(t0: float = t0) -> float | None:
-                return checks.resumed_at(h, t0) or _flowing(h, t0)
+                return checks.resumed_at(h, t0) or checks.flowing_since(h, t0)
 
             resumed = await wait_for(back, RECOVERY_BOUND, "the stream to come back")
             row.figures.update(resumed_s=max(0.0, resumed - t0), gap_s=checks.longest_gap(h, t0))
@@ -71,12 +70,6 @@ async def run(fleet: Fleet, args: argparse.Namespace, results: Results) -> int:
         )
         await fleet.wait_relays_online(fleet.relay_names, 30)
     return 1 if failures else 0
-
-
-def _flowing(history: History, since: float) -> float | None:
-    """No gap in progress and fresh echoes reported at least 2 s after ``since``."""
-    reports = [op for op in checks.peer_events(history, "stream", CLIENT_ID, since + 2.0) if op.data.get("connected")]
-    return since if len(reports) >= 2 and reports[-1].data["delivered"] > reports[0].data["delivered"] else None
 
 
 async def _inject(fleet: Fleet, kind: str, name: str, rng: random.Random) -> None:

@@ -155,6 +155,13 @@ def resumed_at(history: History, after: float, peer: str = CLIENT_ID) -> float |
     return ended[0].end if ended else None
 
 
+def flowing_since(history: History, since: float) -> float | None:
+    """``since`` when no gap is open and fresh echoes came at least 2 s after it (a fault the stream
+    rode through, with no gap to end); None otherwise."""
+    reports = [op for op in peer_events(history, "stream", CLIENT_ID, since + 2.0) if op.data.get("connected")]
+    return since if len(reports) >= 2 and reports[-1].data["delivered"] > reports[0].data["delivered"] else None
+
+
 def outage_at(history: History, t: float, peer: str = CLIENT_ID) -> Gap | None:
     """The (ended) gap that covers time ``t``, if any."""
     for gap in gaps(history, peer):

@@ -60,7 +60,7 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
     healed = start + max((f.heals_at for f in schedule.faults), default=0.0)
     try:
         resumed = await wait_for(
-            lambda: checks.resumed_at(h, healed) or _flowing(fleet, healed), RECOVERY_BOUND, "the stream"
+            lambda: checks.resumed_at(h, healed) or checks.flowing_since(h, healed), RECOVERY_BOUND, "the stream"
         )
     except AssertionError:
         row.verdict = "FAILED"
@@ -82,14 +82,6 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
         json.dumps({"event": "schedule_done", "verdict": row.verdict, "reason": row.reason, **row.figures}), flush=True
     )
     return 0 if row.verdict == "passed" else 1
-
-
-def _flowing(fleet: Fleet, since: float) -> float | None:
-    """No gap open and fresh echoes at least 2 s after ``since`` (a fault the stream rode through)."""
-    reports = [
-        op for op in checks.peer_events(fleet.history, "stream", CLIENT_ID, since + 2.0) if op.data.get("connected")
-    ]
-    return since if len(reports) >= 2 and reports[-1].data["delivered"] > reports[0].data["delivered"] else None
 
 
 async def _play(fleet: Fleet, fault: Fault, start: float) -> None:
