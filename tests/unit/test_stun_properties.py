@@ -243,3 +243,18 @@ def test_channel_data_decode_any_bytes(data):
     assert stun.CHANNEL_MIN <= channel <= stun.CHANNEL_MAX
     assert payload == data[4 : 4 + len(payload)]
     assert len(data) - 4 - len(payload) in range(4)
+
+
+# Groups drawn mostly from zero so that runs of zeros (the "::" cases) of every length and place occur.
+hextets = st.lists(st.one_of(st.just(0), st.just(0), st.integers(0, 0xFFFF)), min_size=8, max_size=8)
+
+
+@FAST
+@given(hextets)
+@example([0] * 8)
+@example([0, 0, 1, 0, 0, 0, 1, 0])
+@example([1, 0, 0, 1, 0, 0, 1, 1])
+@example([0, 0, 0, 0, 0, 0xFFFF, 0x0102, 0x0304])  # IPv4-mapped: Python-version dependent form
+def test_ipv6_text_is_what_ipaddress_writes(groups):
+    raw = struct.pack("!8H", *groups)
+    assert stun._format_ipv6(raw) == str(ipaddress.IPv6Address(raw))
