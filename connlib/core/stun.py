@@ -301,9 +301,10 @@ def _hmac_sha1(key: bytes, data: bytes) -> bytes:
         block = hashlib.sha1(key).digest() if len(key) > _SHA1_BLOCK else key
         block = block.ljust(_SHA1_BLOCK, b"\x00")
         states = _HMAC_STATES[key] = (hashlib.sha1(block.translate(_IPAD)), hashlib.sha1(block.translate(_OPAD)))
-    inner = states[0].copy()
+    inner, outer = states
+    inner = inner.copy()
     inner.update(data)
-    outer = states[1].copy()
+    outer = outer.copy()
     outer.update(inner.digest())
     return outer.digest()
 
@@ -405,16 +406,15 @@ class Message:
     # -- integrity ------------------------------------------------------------------------------
     def verify_integrity(self, key: bytes) -> bool:
         """Check a decoded message's MESSAGE-INTEGRITY against ``key`` (False if it has none)."""
-        if self.raw is None or self.integrity_offset is None:
-            return False
         offset, raw = self.integrity_offset, self.raw
+        if offset is None or raw is None:
+            return False
         end = offset + 24
         if end == len(raw):
             signed = raw[:offset]  # MI is last: the header's length already covers it, as signed
         else:  # the length the signer wrote: up to the end of MESSAGE-INTEGRITY (RFC 8489 §14.5)
             signed = raw[:2] + (end - HEADER_LENGTH).to_bytes(2, "big") + raw[4:offset]
-        expected = _hmac_sha1(key, signed)
-        return hmac.compare_digest(expected, self.raw[offset + 4 : offset + 24])
+        return hmac.compare_digest(_hmac_sha1(key, signed), raw[offset + 4 : end])
 
 
 # Nothing we exchange comes near this (an ALLOCATE success is ~150 bytes, an ICE check ~100);
