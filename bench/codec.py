@@ -217,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [f for f in figures if f.op == op]
         ours = len(chosen) / sum(1 / Figure._median(f.ours) for f in chosen)
         theirs = len(chosen) / sum(1 / Figure._median(f.theirs) for f in chosen)
-        print(f"{op} mix (one of each): connlib {ours:,.0f}/s, aioice {theirs:,.0f}/s, ratio {ours / theirs:.2f}")
+        # The same per repeat (repeat i of each message), for the ratio's spread.
+        spread = sorted(
+            sum(1 / f.theirs[i] for f in chosen) / sum(1 / f.ours[i] for f in chosen)
+            for i in range(len(chosen[0].ours))
+        )
+        print(
+            f"{op} mix (one of each): connlib {ours:,.0f}/s, aioice {theirs:,.0f}/s, ratio {ours / theirs:.2f}"
+            f" (per repeat min / median / max {spread[0]:.2f} / {spread[len(spread) // 2]:.2f} / {spread[-1]:.2f}x)"
+        )
     return 0
 
 

@@ -19,9 +19,14 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from .addr import Address
+
+# ``typing`` only for the type checker: its import is ~4 % of ``python -m connlib allocate``'s start-up
+# (mypy treats a module's own ``TYPE_CHECKING`` like ``typing.TYPE_CHECKING``).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAGIC_COOKIE = 0x2112A442
 HEADER_LENGTH = 20
