@@ -6,6 +6,11 @@ STUN BINDING that opens every allocation), then kills the process. The floor, in
 same run: ``python -c`` sending one datagram with the standard library (the interpreter's own
 start-up plus a socket).
 
+``allocate`` runs twice per repeat: as this environment runs it (where ``PYTHONDONTWRITEBYTECODE``
+is set and the checkout has no ``__pycache__``, every project module is compiled from source at each
+start: ~28 % of the instructions), and with bytecode cached, as an installed package runs (pip
+compiles at install): ``PYTHONPYCACHEPREFIX`` names a temporary directory that one warm-up run fills.
+
     python -m bench.allocate_startup [--repeats 15]
 """
 
@@ -17,18 +22,20 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 FLOOR = (
     "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', int(sys.argv[1])))"
 )
 TIMEOUT = 10.0
+GOAL_MS = 60.0  # issue 14, on a quiet machine (the floor then is ~15 ms)
 
 
-def _first_datagram(command: list[str], sock: socket.socket) -> float:
+def _first_datagram(command: list[str], sock: socket.socket, env: dict[str, str] | None = None) -> float:
     """Seconds from spawn to the first datagram on ``sock``; the process is killed after."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         sock.settimeout(TIMEOUT)
         sock.recvfrom(2048)
@@ -39,15 +46,19 @@ def _first_datagram(command: list[str], sock: socket.socket) -> float:
 
 
 def run(repeats: int) -> dict[str, list[float]]:
-    figures: dict[str, list[float]] = {"allocate": [], "python floor": []}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    figures: dict[str, list[float]] = {"allocate": [], "allocate, bytecode cached": [], "python floor": []}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, tempfile.TemporaryDirectory() as cache:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         allocate = [sys.executable, "-m", "connlib", "allocate", "--relay", f"127.0.0.1:{port}"]
         allocate += ["--username", "1:bench", "--password", "x"]
         floor = [sys.executable, "-c", FLOOR, str(port)]
+        cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        cached["PYTHONPYCACHEPREFIX"] = cache
+        _first_datagram(allocate, sock, cached)  # the warm-up that writes the bytecode
         for _ in range(repeats):
             figures["allocate"].append(_first_datagram(allocate, sock))
+            figures["allocate, bytecode cached"].append(_first_datagram(allocate, sock, cached))
             figures["python floor"].append(_first_datagram(floor, sock))
     return figures
 
@@ -62,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"process start to first datagram, ms, {args.repeats} interleaved repeats (cwd {os.getcwd()})")
     for name, values in figures.items():
         ms = sorted(v * 1000 for v in values)
-        print(f"  {name:<14} min {ms[0]:6.1f}  median {statistics.median(ms):6.1f}  max {ms[-1]:6.1f}")
+        print(f"  {name:<26} min {ms[0]:6.1f}  median {statistics.median(ms):6.1f}  max {ms[-1]:6.1f}")
+    cached = statistics.median(figures["allocate, bytecode cached"]) * 1000
+    print(
+        f"goal (issue 14): <= {GOAL_MS:g} ms, bytecode cached, median {cached:.1f} ms: {'met' if cached <= GOAL_MS else 'NOT met'}"
+    )
     return 0
 
 

@@ -12,11 +12,14 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.addr import Address, family
 from ..core.logfmt import kv
-from ..core.sansio import DatagramCore, Transmit, drain
+from ..core.sansio import Transmit, drain
+
+if TYPE_CHECKING:
+    from ..core.sansio import DatagramCore  # defined for the type checker only
 
 log = logging.getLogger("connlib.driver")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import logging
 import random
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -112,6 +111,14 @@ class ChannelData:
 
 
 NodeEvent = CandidateNew | CandidateInvalid | RelayAdded | RelayRemoved | NoRelays | ChannelData
+
+
+def _median(values: list[float]) -> float:
+    """``statistics.median``, which is not imported for this: ``statistics`` (with ``fractions`` and
+    ``decimal``) is ~5 % of ``python -m connlib allocate``'s start-up."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 class Node:
@@ -418,8 +425,8 @@ class Node:
         if len(rtts) <= 2:
             threshold = 1.5 * min(rtts)
         else:
-            median = statistics.median(rtts)
-            mad = max(statistics.median(abs(r - median) for r in rtts), 0.002)
+            median = _median(rtts)
+            mad = max(_median([abs(r - median) for r in rtts]), 0.002)
             threshold = median + 3 * mad
         return [rid for rid, rtt in measured.items() if rtt <= threshold]
 

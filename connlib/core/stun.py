@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import binascii
 import enum
+import hashlib
 import hmac
 import ipaddress
 import random
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from .addr import Address
+
+# ``typing`` only for the type checker: its import is ~4 % of ``python -m connlib allocate``'s start-up
+# (mypy treats a module's own ``TYPE_CHECKING`` like ``typing.TYPE_CHECKING``).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAGIC_COOKIE = 0x2112A442
 HEADER_LENGTH = 20
@@ -48,34 +55,62 @@ class Class(enum.IntEnum):
     ERROR = 0x110
 
 
-# --- attribute value codecs: unpack(data, tid) -> value, pack(value, tid) -> bytes -------------
+# --- attribute value codecs: unpack(data, start, end, tid) -> value, pack(value, tid) -> bytes ------
+#
+# ``unpack`` reads the value at ``data[start:end]`` in place: the decoder passes offsets rather
+# than a slice, so that only the codecs that keep bytes (or text) pay for a copy.
 
 
-_ADDRESS_HEADER = struct.Struct("!xBH")
 _COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
+# family, port, then the four octets of an IPv4 address: one call instead of eight indexings.
+_ADDRESS_V4 = struct.Struct("!xBH4B")
+_ADDRESS_HEADER = struct.Struct("!xBH")
+_U16X8 = struct.Struct("!8H")
+# Zero groups of an IPv6 address in "%x:..." form, with the colons that "::" replaces; a single zero
+# group never matches (RFC 5952 §4.2.2, as ``ipaddress`` does).
+_ZERO_RUN = re.compile(r"(?:^|:)0(?::0)+(?::|$)")
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
-def _unpack_address(data: bytes, tid: bytes, xor: bool = False) -> Address:
-    if len(data) < 4:
+def _format_ipv6(raw: bytes) -> str:
+    """``str(ipaddress.IPv6Address(raw))`` at a quarter of the cost: the longest (first) run of at
+    least two zero groups becomes "::"."""
+    if raw[:12] == _V4_MAPPED_PREFIX:
+        return str(ipaddress.IPv6Address(raw))  # Python 3.13 writes these with a dotted quad: follow it
+    text = "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}".format(*_U16X8.unpack(raw))
+    best, zeros = None, 0
+    for run in _ZERO_RUN.finditer(text):
+        count = run.group().count("0")  # each zero group is one "0"; the colons vary with the place
+        if count > zeros:
+            best, zeros = run, count
+    if best is None:
+        return text
+    return f"{text[: best.start()]}::{text[best.end() :]}"
+
+
+def _unpack_address(data: bytes, start: int, end: int, tid: bytes, xor: bool = False) -> Address:
+    size = end - start
+    if size < 4:
         raise StunParseError("address attribute too short")
-    family, port = _ADDRESS_HEADER.unpack_from(data)
-    if xor:
-        port ^= MAGIC_COOKIE >> 16
+    family = data[start + 1]
     if family == 0x01:
-        if len(data) != 8:
+        if size != 8:
             raise StunParseError("IPv4 address attribute must be 8 bytes")
         # Dotted quad by hand: an ipaddress object per address costs ~5x more (hot on every BINDING).
+        _, port, a, b, c, d = _ADDRESS_V4.unpack_from(data, start)
         if xor:
-            return f"{data[4] ^ 0x21}.{data[5] ^ 0x12}.{data[6] ^ 0xA4}.{data[7] ^ 0x42}", port
-        return f"{data[4]}.{data[5]}.{data[6]}.{data[7]}", port
+            return f"{a ^ 0x21}.{b ^ 0x12}.{c ^ 0xA4}.{d ^ 0x42}", port ^ (MAGIC_COOKIE >> 16)
+        return f"{a}.{b}.{c}.{d}", port
     if family == 0x02:
-        if len(data) != 20:
+        if size != 20:
             raise StunParseError("IPv6 address attribute must be 20 bytes")
-        raw = data[4:]
+        _, port = _ADDRESS_HEADER.unpack_from(data, start)
+        raw = data[start + 4 : end]
         if xor:
+            port ^= MAGIC_COOKIE >> 16
             key = int.from_bytes(_COOKIE_BYTES + tid, "big")
             raw = (int.from_bytes(raw, "big") ^ key).to_bytes(16, "big")
-        return str(ipaddress.IPv6Address(raw)), port
+        return _format_ipv6(raw), port
     raise StunParseError(f"unknown address family {family:#x}")
 
 
@@ -90,41 +125,41 @@ def _pack_address(value: Address, tid: bytes, xor: bool = False) -> bytes:
     return struct.pack("!xBH", 0x01 if ip.version == 4 else 0x02, port) + raw
 
 
-def _unpack_xor_address(data: bytes, tid: bytes) -> Address:
-    return _unpack_address(data, tid, xor=True)
+def _unpack_xor_address(data: bytes, start: int, end: int, tid: bytes) -> Address:
+    return _unpack_address(data, start, end, tid, xor=True)
 
 
 def _pack_xor_address(value: Address, tid: bytes) -> bytes:
     return _pack_address(value, tid, xor=True)
 
 
-def _unpack_text(data: bytes, tid: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StunParseError("text attribute is not UTF-8") from exc
+def _unpack_text(data: bytes, start: int, end: int, tid: bytes) -> str:
+    # Text that is not UTF-8 raises UnicodeDecodeError, which ``decode`` turns into its one error (a
+    # try here costs a frame per attribute: ``decode`` inlines this function).
+    return data[start:end].decode()
 
 
 def _pack_text(value: str, tid: bytes) -> bytes:
     return value.encode("utf-8")
 
 
-def _unpack_bytes(data: bytes, tid: bytes) -> bytes:
-    return bytes(data)
+def _unpack_bytes(data: bytes, start: int, end: int, tid: bytes) -> bytes:
+    return data[start:end]
 
 
 def _pack_bytes(value: bytes, tid: bytes) -> bytes:
     return bytes(value)
 
 
-def _fixed(fmt: str) -> tuple[Callable[[bytes, bytes], Any], Callable[[Any, bytes], bytes]]:
+def _fixed(fmt: str) -> tuple[Callable[[bytes, int, int, bytes], Any], Callable[[Any, bytes], bytes]]:
     codec = struct.Struct(fmt)
     size = codec.size
+    unpack_from = codec.unpack_from
 
-    def unpack(data: bytes, tid: bytes) -> int:
-        if len(data) != size:
-            raise StunParseError(f"attribute must be {size} bytes, got {len(data)}")
-        return codec.unpack(data)[0]
+    def unpack(data: bytes, start: int, end: int, tid: bytes) -> int:
+        if end - start != size:
+            raise StunParseError(f"attribute must be {size} bytes, got {end - start}")
+        return unpack_from(data, start)[0]
 
     def pack(value: int, tid: bytes) -> bytes:
         return codec.pack(value)
@@ -132,13 +167,13 @@ def _fixed(fmt: str) -> tuple[Callable[[bytes, bytes], Any], Callable[[Any, byte
     return unpack, pack
 
 
-def _unpack_error_code(data: bytes, tid: bytes) -> tuple[int, str]:
-    if len(data) < 4:
+def _unpack_error_code(data: bytes, start: int, end: int, tid: bytes) -> tuple[int, str]:
+    if end - start < 4:
         raise StunParseError("ERROR-CODE too short")
-    klass, number = data[2] & 0x07, data[3]
+    klass, number = data[start + 2] & 0x07, data[start + 3]
     if not 3 <= klass <= 6 or number > 99:
         raise StunParseError("ERROR-CODE out of range")
-    return klass * 100 + number, _unpack_text(data[4:], tid)
+    return klass * 100 + number, data[start + 4 : end].decode()  # see _unpack_text
 
 
 def _pack_error_code(value: tuple[int, str], tid: bytes) -> bytes:
@@ -146,29 +181,29 @@ def _pack_error_code(value: tuple[int, str], tid: bytes) -> bytes:
     return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
 
 
-def _unpack_first_byte(data: bytes, tid: bytes) -> int:
+def _unpack_first_byte(data: bytes, start: int, end: int, tid: bytes) -> int:
     """REQUESTED-TRANSPORT, ADDITIONAL-ADDRESS-FAMILY: one byte then three RFFU bytes."""
-    if len(data) != 4:
+    if end - start != 4:
         raise StunParseError("attribute must be 4 bytes")
-    return data[0]
+    return data[start]
 
 
 def _pack_first_byte(value: int, tid: bytes) -> bytes:
     return struct.pack("!B3x", value)
 
 
-def _unpack_channel_number(data: bytes, tid: bytes) -> int:
-    if len(data) != 4:
+def _unpack_channel_number(data: bytes, start: int, end: int, tid: bytes) -> int:
+    if end - start != 4:
         raise StunParseError("CHANNEL-NUMBER must be 4 bytes")
-    return struct.unpack("!H2x", data)[0]
+    return struct.unpack_from("!H2x", data, start)[0]
 
 
 def _pack_channel_number(value: int, tid: bytes) -> bytes:
     return struct.pack("!H2x", value)
 
 
-def _unpack_empty(data: bytes, tid: bytes) -> None:
-    if data:
+def _unpack_empty(data: bytes, start: int, end: int, tid: bytes) -> None:
+    if end != start:
         raise StunParseError("flag attribute must be empty")
     return None
 
@@ -177,10 +212,10 @@ def _pack_empty(value: None, tid: bytes) -> bytes:
     return b""
 
 
-def _unpack_unknown_attributes(data: bytes, tid: bytes) -> list[int]:
-    if len(data) % 2:
+def _unpack_unknown_attributes(data: bytes, start: int, end: int, tid: bytes) -> list[int]:
+    if (end - start) % 2:
         raise StunParseError("UNKNOWN-ATTRIBUTES length must be even")
-    return list(struct.unpack(f"!{len(data) // 2}H", data))
+    return list(struct.unpack_from(f"!{(end - start) // 2}H", data, start))
 
 
 def _pack_unknown_attributes(value: list[int], tid: bytes) -> bytes:
@@ -199,7 +234,7 @@ _BYTES = (_unpack_bytes, _pack_bytes)
 class AttributeCodec:
     type: int
     name: str
-    unpack: Callable[[bytes, bytes], Any]
+    unpack: Callable[[bytes, int, int, bytes], Any]
     pack: Callable[[Any, bytes], bytes]
 
 
@@ -232,14 +267,14 @@ ATTRIBUTES: dict[int, AttributeCodec] = _table(
     (0x802A, "ICE-CONTROLLING", _U64),
 )
 ATTRIBUTE_TYPES: dict[str, int] = {codec.name: t for t, codec in ATTRIBUTES.items()}
-# The decoder's view of the table: type -> (name, unpack), one lookup per attribute.
-_DECODERS: dict[int, tuple[str, Callable[[bytes, bytes], Any]]] = {
-    t: (codec.name, codec.unpack) for t, codec in ATTRIBUTES.items()
-}
-
 # Computed by ``Message.encode``; never carried in ``Message.attributes`` when encoding.
 _INTEGRITY = 0x0008
 _FINGERPRINT = 0x8028
+# The decoder's view of the table: type -> (name, unpack), one lookup per attribute; no unpack for
+# the two attributes that end the signed part (``_decode_trailer``).
+_DECODERS: dict[int, tuple[str, Callable[[bytes, int, int, bytes], Any] | None]] = {
+    t: (codec.name, None if t in (_INTEGRITY, _FINGERPRINT) else codec.unpack) for t, codec in ATTRIBUTES.items()
+}
 
 ADDRESS_FAMILY_IPV4 = 0x01
 ADDRESS_FAMILY_IPV6 = 0x02
@@ -253,19 +288,30 @@ def new_transaction_id(rng: random.Random) -> bytes:
 
 # HMAC-SHA1 with its key schedule computed once per key: a relay's long-term key or an ICE
 # password signs every message of a session, and the key setup is a third of a short message's MAC.
-_HMAC_BASES: dict[bytes, hmac.HMAC] = {}
+# The two padded-key SHA-1 states are kept as hashlib objects: copying those is cheaper than copying
+# an ``hmac.HMAC`` (a Python-level copy around OpenSSL's HMAC context, ~40 % more instructions).
+_HMAC_STATES: dict[bytes, tuple[Any, Any]] = {}
 _MAX_HMAC_KEYS = 256
+_SHA1_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def _hmac_sha1(key: bytes, data: bytes) -> bytes:
-    base = _HMAC_BASES.get(key)
-    if base is None:
-        if len(_HMAC_BASES) >= _MAX_HMAC_KEYS:
-            _HMAC_BASES.clear()
-        base = _HMAC_BASES[key] = hmac.new(key, digestmod="sha1")
-    mac = base.copy()
-    mac.update(data)
-    return mac.digest()
+    """RFC 2104 HMAC-SHA1 (what ``hmac.digest(key, data, "sha1")`` returns)."""
+    states = _HMAC_STATES.get(key)
+    if states is None:
+        if len(_HMAC_STATES) >= _MAX_HMAC_KEYS:
+            _HMAC_STATES.clear()
+        block = hashlib.sha1(key).digest() if len(key) > _SHA1_BLOCK else key
+        block = block.ljust(_SHA1_BLOCK, b"\x00")
+        states = _HMAC_STATES[key] = (hashlib.sha1(block.translate(_IPAD)), hashlib.sha1(block.translate(_OPAD)))
+    inner, outer = states
+    inner = inner.copy()
+    inner.update(data)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def _pad(length: int) -> int:
@@ -280,7 +326,7 @@ def _with_length(header_and_body: bytes, length: int) -> bytes:
     return header_and_body[:2] + struct.pack("!H", length) + header_and_body[4:]
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     method: Method | int
     cls: Class
@@ -321,8 +367,10 @@ class Message:
 
     @property
     def error_code(self) -> int | None:
-        value = self.get("ERROR-CODE")
-        return value[0] if value else None
+        for key, value in self.attributes:  # not ``get``: read on every response, one call less
+            if key == "ERROR-CODE":
+                return value[0]
+        return None
 
     # -- encoding ------------------------------------------------------------------------------
     def encode(self, integrity_key: bytes | None = None, fingerprint: bool = False, padding: bytes = b"\x00") -> bytes:
@@ -363,12 +411,15 @@ class Message:
     # -- integrity ------------------------------------------------------------------------------
     def verify_integrity(self, key: bytes) -> bool:
         """Check a decoded message's MESSAGE-INTEGRITY against ``key`` (False if it has none)."""
-        if self.raw is None or self.integrity_offset is None:
-            return False
         offset, raw = self.integrity_offset, self.raw
-        signed = raw[:2] + (offset - HEADER_LENGTH + 24).to_bytes(2, "big") + raw[4:offset]
-        expected = _hmac_sha1(key, signed)
-        return hmac.compare_digest(expected, self.raw[offset + 4 : offset + 24])
+        if offset is None or raw is None:
+            return False
+        end = offset + 24
+        if end == len(raw):
+            signed = raw[:offset]  # MI is last: the header's length already covers it, as signed
+        else:  # the length the signer wrote: up to the end of MESSAGE-INTEGRITY (RFC 8489 §14.5)
+            signed = raw[:2] + (end - HEADER_LENGTH).to_bytes(2, "big") + raw[4:offset]
+        return hmac.compare_digest(_hmac_sha1(key, signed), raw[offset + 4 : end])
 
 
 # Nothing we exchange comes near this (an ALLOCATE success is ~150 bytes, an ICE check ~100);
@@ -379,12 +430,78 @@ MAX_MESSAGE_BYTES = 4096
 
 def decode(data: bytes | bytearray | memoryview) -> Message:
     """Parse one STUN message occupying all of ``data``. Raises ``StunParseError`` only."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise StunParseError(f"longer than {MAX_MESSAGE_BYTES} bytes: {len(data)}")
+    size = len(data)
+    if size > MAX_MESSAGE_BYTES:
+        raise StunParseError(f"longer than {MAX_MESSAGE_BYTES} bytes: {size}")
+    if type(data) is not bytes:
+        data = bytes(data)
+    # One function, no helper per message: at ~100 bytes a message, calls are a good part of the cost.
     try:
-        return _decode(bytes(data))
+        if size < HEADER_LENGTH:
+            raise StunParseError("shorter than a STUN header")
+        msg_type, length, cookie = _HEADER.unpack_from(data)
+        if msg_type & 0xC000:
+            raise StunParseError("first two bits must be zero")
+        if cookie != MAGIC_COOKIE:
+            raise StunParseError("bad magic cookie")
+        if length % 4 or HEADER_LENGTH + length != size:
+            raise StunParseError("length field does not match the datagram")
+        tid = data[8:20]
+        kind = _MESSAGE_TYPES.get(msg_type)
+        if kind is None:  # a method the codec does not know: kept as its number
+            number = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
+            kind = number, _CLASSES[msg_type & 0x0110]
+        attributes: list[tuple[str | int, Any]] = []
+        message = Message(kind[0], kind[1], tid, attributes, data)
+        pos = HEADER_LENGTH
+        after_integrity = False
+        # ``size`` and ``pos`` are multiples of 4 (checked above; every step rounds up), so while
+        # ``pos < size`` a whole 4-byte attribute header is there.
+        while pos < size:
+            attr_type, attr_len = _ATTRIBUTE_HEADER.unpack_from(data, pos)
+            start = pos + 4
+            end = start + attr_len
+            next_pos = (end + 3) & ~3
+            if next_pos > size:
+                if end > size:
+                    raise StunParseError("attribute runs past the end of the message")
+                raise StunParseError("attribute padding runs past the end of the message")
+            decoder = _DECODERS.get(attr_type)
+            if decoder is None:
+                if not after_integrity:
+                    attributes.append((attr_type, data[start:end]))
+            else:
+                name, unpack = decoder
+                if unpack is _unpack_text:
+                    # Inline: text attributes are the commonest; a bad one is caught below.
+                    if not after_integrity:
+                        attributes.append((name, data[start:end].decode()))
+                elif unpack is not None:
+                    if not after_integrity:
+                        attributes.append((name, unpack(data, start, end, tid)))
+                elif attr_type == _FINGERPRINT:
+                    if next_pos != size:
+                        raise StunParseError("FINGERPRINT must be the last attribute")
+                    if attr_len != 4:
+                        raise StunParseError("FINGERPRINT must be 4 bytes")
+                    received = _U32_CODEC.unpack_from(data, start)[0]
+                    # FINGERPRINT is last, so the header's length already covers it: CRC the bytes as
+                    # they are (no copy of the header with another length).
+                    if received != binascii.crc32(data[:pos]) ^ FINGERPRINT_XOR:
+                        raise StunParseError("FINGERPRINT mismatch")
+                    attributes.append((name, received))
+                elif not after_integrity:  # the first MESSAGE-INTEGRITY; RFC 8489 §14.5 ignores the rest
+                    if attr_len != 20:
+                        raise StunParseError("MESSAGE-INTEGRITY must be 20 bytes")
+                    message.integrity_offset = pos
+                    attributes.append((name, data[start:end]))
+                    after_integrity = True
+            pos = next_pos
+        return message
     except StunParseError:
         raise
+    except UnicodeDecodeError as exc:  # text attributes (``_unpack_text``) and ERROR-CODE's reason
+        raise StunParseError("text attribute is not UTF-8") from exc
     except (ValueError, struct.error, TypeError, IndexError) as exc:  # belt and braces
         raise StunParseError(f"malformed STUN message: {exc}") from exc
 
@@ -393,81 +510,11 @@ _HEADER = struct.Struct("!HHI")
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _U32_CODEC = struct.Struct("!I")
 # Enum lookups by value: calling the enum class per message costs more than the rest of a header.
-_METHODS: dict[int, Method] = {int(m): m for m in Method}
 _CLASSES: dict[int, Class] = {int(c): c for c in Class}
-
-
-def _decode(data: bytes) -> Message:
-    size = len(data)
-    if size < HEADER_LENGTH:
-        raise StunParseError("shorter than a STUN header")
-    msg_type, length, cookie = _HEADER.unpack_from(data)
-    if msg_type & 0xC000:
-        raise StunParseError("first two bits must be zero")
-    if cookie != MAGIC_COOKIE:
-        raise StunParseError("bad magic cookie")
-    if length % 4 or HEADER_LENGTH + length != size:
-        raise StunParseError("length field does not match the datagram")
-    tid = data[8:20]
-    number = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
-    attributes: list[tuple[str | int, Any]] = []
-    message = Message(_METHODS.get(number, number), _CLASSES[msg_type & 0x0110], tid, attributes, raw=data)
-    decoders = _DECODERS
-    unpack_header = _ATTRIBUTE_HEADER.unpack_from
-    append = attributes.append
-    pos = HEADER_LENGTH
-    after_integrity = False
-    # ``size`` and ``pos`` are multiples of 4 (checked above; every step rounds up), so while
-    # ``pos < size`` a whole 4-byte attribute header is there.
-    while pos < size:
-        attr_type, attr_len = unpack_header(data, pos)
-        start = pos + 4
-        end = start + attr_len
-        next_pos = (end + 3) & ~3
-        if next_pos > size:
-            if end > size:
-                raise StunParseError("attribute runs past the end of the message")
-            raise StunParseError("attribute padding runs past the end of the message")
-        if after_integrity or attr_type == _INTEGRITY or attr_type == _FINGERPRINT:
-            after_integrity = _decode_trailer(message, data, attr_type, pos, start, end, next_pos, after_integrity)
-        elif (decoder := decoders.get(attr_type)) is not None:
-            append((decoder[0], decoder[1](data[start:end], tid)))
-        else:
-            append((attr_type, data[start:end]))
-        pos = next_pos
-    return message
-
-
-def _decode_trailer(
-    message: Message, data: bytes, attr_type: int, pos: int, start: int, end: int, next_pos: int, after: bool
-) -> bool:
-    """MESSAGE-INTEGRITY, FINGERPRINT and what follows MESSAGE-INTEGRITY; True once past it."""
-    if attr_type == _FINGERPRINT:
-        if next_pos != len(data):
-            raise StunParseError("FINGERPRINT must be the last attribute")
-        if end - start != 4:
-            raise StunParseError("FINGERPRINT must be 4 bytes")
-        received = _U32_CODEC.unpack_from(data, start)[0]
-        if received != _fingerprint_at(data, pos):
-            raise StunParseError("FINGERPRINT mismatch")
-        message.attributes.append(("FINGERPRINT", received))
-    elif after:
-        pass  # RFC 8489 §14.5: attributes after MESSAGE-INTEGRITY are ignored
-    else:  # MESSAGE-INTEGRITY
-        if end - start != 20:
-            raise StunParseError("MESSAGE-INTEGRITY must be 20 bytes")
-        message.integrity_offset = pos
-        message.attributes.append(("MESSAGE-INTEGRITY", data[start:end]))
-        return True
-    return after
-
-
-def _fingerprint_at(data: bytes, pos: int) -> int:
-    """The FINGERPRINT of ``data[:pos]`` with the header's length covering the FINGERPRINT itself."""
-    crc = binascii.crc32(data[:2])
-    crc = binascii.crc32((pos - HEADER_LENGTH + 8).to_bytes(2, "big"), crc)
-    crc = binascii.crc32(memoryview(data)[4:pos], crc)
-    return (crc ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+# Message type (the method's bits interleaved with the class's) -> (method, class), known methods.
+_MESSAGE_TYPES: dict[int, tuple[Method, Class]] = {
+    Message(m, c, bytes(12))._message_type(): (m, c) for m in Method for c in Class
+}
 
 
 def is_stun(data: bytes) -> bool:

@@ -7,10 +7,14 @@ use really exhibits the seed's bug, so those tests would catch a regression.
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from connlib.core import node as node_mod
 from connlib.core import stun
 from connlib.core.allocation import Candidate, FreeReason
 from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PROBE, FIX_PROBE_LISTED
@@ -409,3 +413,10 @@ def test_candidate_invalid_for_a_relay_freed_by_gc():
     assert evs[:2] == [CandidateInvalid("a", relay), RelayRemoved("a", NO_RESPONSE)]
     assert evs[2:] == [NoRelays()]
     assert isinstance(relay, Candidate) and node.poll_timeout() is None
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=200)
+@given(st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=9))
+def test_median_is_statistics_median(values):
+    # node.py has its own median so that `python -m connlib allocate` need not import statistics.
+    assert node_mod._median(values) == statistics.median(values)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import struct
 
@@ -243,3 +244,28 @@ def test_channel_data_decode_any_bytes(data):
     assert stun.CHANNEL_MIN <= channel <= stun.CHANNEL_MAX
     assert payload == data[4 : 4 + len(payload)]
     assert len(data) - 4 - len(payload) in range(4)
+
+
+# Groups drawn mostly from zero so that runs of zeros (the "::" cases) of every length and place occur.
+hextets = st.lists(st.one_of(st.just(0), st.just(0), st.integers(0, 0xFFFF)), min_size=8, max_size=8)
+
+
+@FAST
+@given(hextets)
+@example([0] * 8)
+@example([0, 0, 1, 0, 0, 0, 1, 0])
+@example([1, 0, 0, 1, 0, 0, 1, 1])
+@example([0, 0, 0, 0, 0, 0xFFFF, 0x0102, 0x0304])  # IPv4-mapped: Python-version dependent form
+def test_ipv6_text_is_what_ipaddress_writes(groups):
+    raw = struct.pack("!8H", *groups)
+    assert stun._format_ipv6(raw) == str(ipaddress.IPv6Address(raw))
+
+
+@FAST
+@given(st.binary(max_size=100), st.binary(max_size=200))
+@example(b"", b"")
+@example(b"k" * 64, b"exactly one block of key")
+@example(b"k" * 65, b"a key longer than SHA-1's block is hashed first")
+def test_cached_hmac_is_rfc_2104_hmac_sha1(key, data):
+    assert stun._hmac_sha1(key, data) == hmac.digest(key, data, "sha1")
+    assert stun._hmac_sha1(key, data) == hmac.digest(key, data, "sha1")  # again, from the cached states
