@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test unit integration e2e bench lint sim clean venv system-packages
+.PHONY: test unit integration e2e bench lint sim mutation clean venv system-packages
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -40,10 +40,17 @@ lint: $(VENV)/.installed
 sim: $(VENV)/.installed
 	$(PY) -m sim --seed $(or $(SEED),1) --count $(or $(COUNT),1000) $(SIM_ARGS)
 
+# mutation testing of connlib/core/node.py against its unit tests ([tool.mutmut] in pyproject.toml);
+# mutmut is a development tool, installed into the venv on first use
+mutation: $(VENV)/.installed
+	$(PY) -m pip install -q 'mutmut>=3.3'
+	$(VENV)/bin/mutmut run --max-children $(or $(JOBS),1)
+	$(VENV)/bin/mutmut results
+
 bench: $(VENV)/.installed
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info mutants
 
 include images/make.mk
