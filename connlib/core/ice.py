@@ -215,16 +215,22 @@ class Connection:
         nominated = self.nominated
         if nominated is not None and nominated not in self.pairs:
             log.info("Nominated path removed %s", kv(peer=self.peer_id))
-            self.nominated = None
             # A lost path, as if it had gone quiet: when the peer invalidates its end (its relay
             # rebooted), ours may be on the same relay and dead too, while the portal tells us
             # nothing (a reboot with the same secret inside its debounce). The tunnel then probes
             # our relay, which a quiet path would only get PATH_LOST_AFTER later.
-            self._events.append(PathLost(self.peer_id, nominated.local.rid))
-            nominated.nominated = False
-            for pair in self.pairs:  # check every pair left again, at once
-                pair.state, pair.rto, pair.next_check = "waiting", INITIAL_RTO, 0.0
-            self.checking_since = None  # the ICE clock restarts at the next timeout, not back then
+            # No ``now`` here: every pair is due at once and the ICE clock restarts at the next
+            # timeout (not at the connection's start, which would fail it at once).
+            self._lose_path(nominated, next_check=0.0, checking_since=None)
+
+    def _lose_path(self, nominated: Pair, next_check: float, checking_since: float | None) -> None:
+        """The nominated pair is gone (quiet, or removed): say so, and check every pair left again."""
+        self._events.append(PathLost(self.peer_id, nominated.local.rid))
+        self.nominated = None
+        nominated.nominated = False
+        for pair in self.pairs:
+            pair.state, pair.rto, pair.next_check = "waiting", INITIAL_RTO, next_check
+        self.checking_since = checking_since
 
     def _start_checking(self, now: float) -> None:
         # New candidates (a migration, a late answer) restart the ICE clock.
@@ -355,12 +361,7 @@ class Connection:
             last = nominated.last_response or now
             if now - last >= self.path_lost_after:
                 log.info("Nominated path lost %s", kv(peer=self.peer_id, relay=nominated.local.rid or "-"))
-                self._events.append(PathLost(self.peer_id, nominated.local.rid))
-                self.nominated = None
-                nominated.nominated = False
-                for pair in self.pairs:
-                    pair.state, pair.rto, pair.next_check = "waiting", INITIAL_RTO, now
-                self.checking_since = now
+                self._lose_path(nominated, next_check=now, checking_since=now)
             elif now >= nominated.next_check:
                 self._send_check(nominated, now)
                 nominated.next_check = now + self.keepalive
