@@ -57,7 +57,7 @@ class RequestMeter:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RequestMeter:
-        await self._sample_all(first=True)
+        await self._sample_all()
         self._task = asyncio.create_task(self._run(), name="request-meter")
         return self
 
@@ -76,21 +76,20 @@ class RequestMeter:
             await asyncio.sleep(self.interval)
             await self._sample_all()
 
-    async def _sample_all(self, first: bool = False) -> None:
+    async def _sample_all(self) -> None:
         for name, rate in self.relays.items():
             try:
                 count = await self.fleet.stun_requests(name)
             except RuntimeError:  # the relay is restarting (exec refused): the next sample counts it
                 continue
-            t = time.monotonic()
-            last = self._last.get(name)
-            delta = 0 if first or last is None else (count - last if count >= last else count)
+            t, last = time.monotonic(), self._last.get(name)
             self._last[name] = count
-            if not first:
-                rate.samples.append((t, delta))
-                self.fleet.history.observe("stun_requests", name, requests=delta)
-            else:
+            if last is None:  # the baseline: counting starts here
                 rate.samples.append((t, 0))
+                continue
+            delta = count - last if count >= last else count
+            rate.samples.append((t, delta))
+            self.fleet.history.observe("stun_requests", name, requests=delta)
 
     async def wait_samples(self, n: int, timeout: float) -> None:
         """Until every relay has ``n`` samples more than now (bounded by ``timeout``)."""

@@ -58,26 +58,24 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
     start = time.monotonic()
     await asyncio.gather(*(_play(fleet, fault, start) for fault in schedule.faults))
     healed = start + max((f.heals_at for f in schedule.faults), default=0.0)
+    failures = []
     try:
         resumed = await wait_for(
             lambda: checks.resumed_at(h, healed) or checks.flowing_since(h, healed), RECOVERY_BOUND, "the stream"
         )
     except AssertionError:
-        row.verdict = "FAILED"
-        row.reason = f"the stream is not back {RECOVERY_BOUND:.0f}s after the last fault healed"
+        failures.append(f"the stream is not back {RECOVERY_BOUND:.0f}s after the last fault healed")
         resumed = None
     zombies = [z for peer in PEERS.values() for z in checks.zombies(h, peer, start)]
-    if zombies and row.verdict != "FAILED":
-        row.verdict = "FAILED"
-        row.reason = "zombie relays: " + ", ".join(f"{z.peer} {z.relay[:8]} {z.duration:.1f}s" for z in zombies)
+    if zombies:
+        failures.append("zombie relays: " + ", ".join(f"{z.peer} {z.relay[:8]} {z.duration:.1f}s" for z in zombies))
     row.figures.update(
         faults=len(schedule.faults),
         resumed_after_heal_s=None if resumed is None else round(max(0.0, resumed - healed), 2),
         gap_s=round(checks.longest_gap(h, start), 2),
         zombies=len(zombies),
     )
-    if row.verdict != "FAILED":
-        row.verdict = "passed"
+    row.verdict, row.reason = ("FAILED", "; ".join(failures)) if failures else ("passed", "")
     print(
         json.dumps({"event": "schedule_done", "verdict": row.verdict, "reason": row.reason, **row.figures}), flush=True
     )
