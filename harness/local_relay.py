@@ -23,11 +23,20 @@ JOIN_TIMEOUT = 5.0
 
 
 class LocalRelay:
-    def __init__(self, portal: str, token: str, name: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        portal: str,
+        token: str,
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        relay_ports: tuple[int, int] | None = None,
+    ) -> None:
         self.portal = portal
         self.token = token
         self.name = name
-        self.coturn = Coturn(name=name, host=host)
+        # relay_ports: coturn's allocation port range (its default 64 ports hold 64 allocations).
+        self.coturn = Coturn(name=name, host=host, relay_ports=relay_ports)
         self._presence: PortalClient | None = None
         self._task: asyncio.Task | None = None
 

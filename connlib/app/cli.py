@@ -20,7 +20,8 @@ from ..core import backoff
 from ..core.credentials import REALM
 from .errors import EXIT_USAGE, UsageError
 
-POLICIES = ("relay-only", "all")  # connlib.core.tunnel's POLICY_RELAY_ONLY and POLICY_ALL
+POLICIES = ("relay-only", "all")
+DEFAULT_SPAWN_RATE = 100.0  # virtual clients started per second (connlib.app.virtual)  # connlib.core.tunnel's POLICY_RELAY_ONLY and POLICY_ALL
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +42,20 @@ def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
     return value
 
 
@@ -82,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--bind", default="0.0.0.0", help="local IPv4 address for the UDP socket")
     cmd.add_argument("--heartbeat-interval", type=_positive, default=10.0)
     cmd.add_argument("--seed", type=int, default=None, help="seed of the protocol cores (default: from the OS)")
+    cmd.add_argument(
+        "--clients",
+        type=_at_least_one,
+        default=1,
+        help="client: host this many virtual clients in this process (ids <id>-1 .. <id>-N, seeds seed+k)",
+    )
+    cmd.add_argument(
+        "--spawn-rate",
+        type=_non_negative,
+        default=DEFAULT_SPAWN_RATE,
+        help=f"with --clients: start this many clients per second, 0 = all at once (default {DEFAULT_SPAWN_RATE:g})",
+    )
     cmd.add_argument("--status-file", default=None, help="keep the portal channel's state in this JSON file")
     cmd.set_defaults(handler="connlib.app.run:run", default_log_level="INFO")
     return parser

@@ -144,17 +144,24 @@ class Peer:
     async def run_forever(self) -> int:
         await self.start()
         try:
-            portal_task = self._tasks[0]
-            waiters = [portal_task, asyncio.create_task(self.done.wait())]
-            finished, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if portal_task in finished and (exc := portal_task.exception()) is not None:
-                if isinstance(exc, PortalError):
-                    print(f"error: {exc}", file=sys.stderr)
-                    return 2
-                raise exc
-            return 0 if self.stats.lost == 0 else 1
+            return await self.wait_finished()
         finally:
             await self.stop()
+
+    async def wait_finished(self) -> int:
+        """Wait (after ``start``) until the stream is done or the portal failed; the exit code."""
+        portal_task = self._tasks[0]
+        done = asyncio.create_task(self.done.wait())
+        try:
+            finished, _ = await asyncio.wait([portal_task, done], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+        if portal_task in finished and (exc := portal_task.exception()) is not None:
+            if isinstance(exc, PortalError):
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            raise exc
+        return 0 if self.stats.lost == 0 else 1
 
     def emit(self, line: lines.Line) -> None:
         record = {"ts": round(time.time(), 3), "role": self.config.role, "id": self.config.peer_id, **line.to_json()}

@@ -12,6 +12,7 @@ from ..core.allocation import CHANNEL_LIFETIME
 from ..core.logfmt import kv
 from .errors import UsageError
 from .peer import Peer, PeerConfig
+from .virtual import BufferedLines, client_configs, run_clients
 
 log = logging.getLogger("connlib.run")
 
@@ -26,6 +27,8 @@ def disabled_fixes_from_env() -> frozenset[str]:
 
 
 async def run(args: argparse.Namespace) -> int:
+    if args.clients > 1 and args.role != "client":
+        raise UsageError("--clients: only a client can be virtualised")
     seed = args.seed if args.seed is not None else secrets.randbits(64)
     config = PeerConfig(
         role=args.role,
@@ -48,4 +51,7 @@ async def run(args: argparse.Namespace) -> int:
     log.info("Seeded %s", kv(seed=seed))
     if config.disabled_fixes:
         log.warning("TEST BUILD: fixes disabled %s", kv(fixes=",".join(sorted(config.disabled_fixes))))
-    return await Peer(config).run_forever()
+    if args.clients == 1:
+        return await Peer(config).run_forever()
+    log.info("Virtual clients %s", kv(clients=args.clients, spawn_rate=args.spawn_rate, base_id=config.peer_id))
+    return await run_clients(client_configs(config, args.clients), BufferedLines(), spawn_rate=args.spawn_rate)
