@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from harness.local_relay import LocalRelay
 
@@ -42,7 +43,8 @@ GATEWAY = "bench-gw"
 LOSS_GOAL = 0.01
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-RELAY_PORTS = ((20000, 23999), (24000, 27999))  # room for thousands of allocations on each relay
+RELAYS = 2
+RELAY_PORT_COUNT = 4000  # coturn's allocation ports: room for thousands of clients on each relay
 STREAM_WAIT = 30.0  # beyond the spawn ramp: every client streams by then, or the step fails
 GATEWAY_READY = 30.0  # seconds for the gateway to join the portal and allocate on both relays
 SETTLE = 2.0  # seconds after every client streams before the steady window starts
@@ -76,6 +78,7 @@ class Step:
     cpu: dict[str, float] = field(default_factory=dict)  # cores, per part, in the steady window
     rss: int = 0  # bytes, the clients' processes together, at the end of the window
     warnings: int = 0
+    load: float = 0.0  # the machine's 1-minute load average at the end of the window (2 cores)
 
     @property
     def worst(self) -> float:
@@ -111,8 +114,8 @@ class Stack:
         )
         assert self.portal.stdout is not None
         self.url = json.loads(await asyncio.to_thread(self.portal.stdout.readline))["url"]
-        for k, ports in enumerate(RELAY_PORTS, start=1):
-            relay = LocalRelay(self.url, TOKEN, f"bench-relay-{k}", relay_ports=ports)
+        for k in range(1, RELAYS + 1):
+            relay = LocalRelay(self.url, TOKEN, f"bench-relay-{k}", relay_port_count=RELAY_PORT_COUNT)
             self.relays.append(relay)
             await relay.start()
         self.gateway = await asyncio.create_subprocess_exec(
@@ -132,7 +135,7 @@ class Stack:
         assert self.gateway is not None and self.gateway.stdout is not None
         async for raw in self.gateway.stdout:
             line = json.loads(raw)
-            if line.get("event") == "relays" and len(line.get("usable", ())) == len(RELAY_PORTS):
+            if line.get("event") == "relays" and len(line.get("usable", ())) == RELAYS:
                 ready.set()
 
     def pids(self) -> dict[str, list[int]]:
@@ -188,10 +191,12 @@ async def run_step(stack: Stack, n: int, *, separate: bool, rate: float, duratio
     everyone = asyncio.Event()
     log_path = stack.workdir / f"{tag}.log"
 
-    async def read(process: asyncio.subprocess.Process) -> None:
+    async def read(process: asyncio.subprocess.Process, events: TextIO) -> None:
         assert process.stdout is not None
         async for raw in process.stdout:
             line = json.loads(raw)
+            if line.get("event") not in ("stream", "relays"):
+                events.write(raw.decode())  # gaps, connections, relay events: what explains a loss
             if line.get("event") != "stream":
                 continue
             last[line["id"]] = line
@@ -201,7 +206,7 @@ async def run_step(stack: Stack, n: int, *, separate: bool, rate: float, duratio
                     everyone.set()
 
     step = Step(n, len(commands))
-    with log_path.open("w") as log:
+    with log_path.open("w") as log, (stack.workdir / f"{tag}.jsonl").open("w") as events:
         processes = []
         for k, command in enumerate(commands):
             if separate and spawn_rate > 0 and k:
@@ -211,7 +216,7 @@ async def run_step(stack: Stack, n: int, *, separate: bool, rate: float, duratio
                     *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 20
                 )
             )
-        readers = [asyncio.create_task(read(p)) for p in processes]
+        readers = [asyncio.create_task(read(p, events)) for p in processes]
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(everyone.wait(), n / spawn_rate + STREAM_WAIT if spawn_rate else STREAM_WAIT)
@@ -224,6 +229,7 @@ async def run_step(stack: Stack, n: int, *, separate: bool, rate: float, duratio
                 await asyncio.sleep(step.window_s)
                 elapsed = time.monotonic() - started
                 step.rss = sum(rss_bytes(p.pid) for p in processes)
+                step.load = os.getloadavg()[0]
                 step.cpu = {
                     name: (sum(cpu_seconds(pid) for pid in pids) - before[name]) / elapsed
                     for name, pids in parts.items()
@@ -257,14 +263,14 @@ def print_step(step: Step) -> None:
         f"{step.n:>6} {step.processes:>5} {step.worst * 100:>7.2f} {step.median * 100:>7.2f} {step.never_streamed:>6} "
         f"{clients:>6.2f} {clients / step.n * 1e3:>8.2f} {_mib(step.rss):>8} {step.rss / step.n / 1024:>8.0f} "
         f"{cpu.get('gateway', float('nan')):>5.2f} {cpu.get('relays', float('nan')):>6.2f} "
-        f"{cpu.get('portal', float('nan')):>6.2f} {step.warnings:>5}  {'ok' if step.ok else 'LOSS'}",
+        f"{cpu.get('portal', float('nan')):>6.2f} {step.warnings:>5} {step.load:>5.1f}  {'ok' if step.ok else 'LOSS'}",
         flush=True,
     )
 
 
 HEADER = (
     f"{'N':>6} {'procs':>5} {'worst%':>7} {'median%':>7} {'never':>6} {'cores':>6} {'mcore/cl':>8} "
-    f"{'RSS MiB':>8} {'KiB/cl':>8} {'gw':>5} {'relays':>6} {'portal':>6} {'warns':>5}"
+    f"{'RSS MiB':>8} {'KiB/cl':>8} {'gw':>5} {'relays':>6} {'portal':>6} {'warns':>5} {'load':>5}"
 )
 
 

@@ -76,6 +76,7 @@ class Coturn:
         relay_ports: tuple[int, int] | None = None,
         name: str = "coturn",
         extra_args: tuple[str, ...] = (),
+        relay_port_count: int = 64,
     ) -> None:
         binary = turnserver_path()
         if binary is None:
@@ -87,7 +88,8 @@ class Coturn:
         self.port = port or free_udp_port(host)
         self.secret = secret or secrets.token_hex(32)
         low = relay_ports[0] if relay_ports else 20000 + (self.port * 7919) % 40000
-        self.relay_ports = relay_ports or (low, low + 63)
+        # One allocation per port: the default 64 suit a test; a load test asks for more.
+        self.relay_ports = relay_ports or (low, low + relay_port_count - 1)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "turnserver.log"

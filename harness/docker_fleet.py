@@ -95,6 +95,8 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
                 extra += [f"--{key.replace('_', '-')}", str(value)]
         if service.role == "client" and options.count is not None:
             extra += ["--count", str(options.count)]
+        if service.role == "client" and options.clients > 1:
+            extra += ["--clients", str(options.clients)]
         if service.role in PEER_ROLES:
             extra += list(options.peer_args)
         if extra:
@@ -356,7 +358,7 @@ class DockerFleet(DockerFaults):
 
     def _streaming(self) -> bool:
         self.drain()
-        reports = self.history.select("stream", target=CLIENT_ID)
+        reports = self.history.select("stream", target=self.client_ids[0])
         if reports and reports[-1].data.get("delivered", 0) >= 10:
             return True
         raise NotYet(f"last stream report: {reports[-1].data if reports else None}")

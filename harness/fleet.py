@@ -29,6 +29,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from connlib.app.virtual import virtual_ids
+
 from .history import History, new_history
 from .portal_admin import PortalAdmin
 
@@ -57,12 +59,18 @@ class StackOptions:
     relay_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra environment per relay name, e.g. ``{"relay-1": {"TURN_EXTRA": "total-quota=1"}}``
     (coturn options through the relay image; Docker backend)."""
+    clients: int = 1
+    """Virtual clients (``connlib run --clients N``): ids ``client-1-1`` .. ``client-1-N`` when
+    N > 1 (``connlib.app.virtual.virtual_ids``), each with its own Tunnel and stream; the first is
+    the fleet's ``client``."""
     peer_args: tuple[str, ...] = ()
     """Extra ``connlib run`` arguments of both peers, e.g. ``("--channel-lifetime", "10")``."""
     relay_heartbeat: float = 10.0
     """Seconds between a relay's Phoenix heartbeats (the portal drops it after ``heartbeat_timeout``)."""
 
     def __post_init__(self) -> None:
+        if self.clients < 1:
+            raise ValueError("clients must be at least 1")
         self.client_disabled_fixes = frozenset(self.client_disabled_fixes)
         self.gateway_disabled_fixes = frozenset(self.gateway_disabled_fixes)
 
@@ -95,6 +103,11 @@ class Fleet(PortalAdmin, abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def client_ids(self) -> list[str]:
+        """The ids of the stack's (virtual) clients; the first is the one single-client checks read."""
+        return virtual_ids(CLIENT_ID, self.options.clients)
 
     @property
     @abc.abstractmethod

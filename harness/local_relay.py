@@ -30,13 +30,13 @@ class LocalRelay:
         name: str,
         *,
         host: str = "127.0.0.1",
-        relay_ports: tuple[int, int] | None = None,
+        relay_port_count: int = 64,
     ) -> None:
         self.portal = portal
         self.token = token
         self.name = name
-        # relay_ports: coturn's allocation port range (its default 64 ports hold 64 allocations).
-        self.coturn = Coturn(name=name, host=host, relay_ports=relay_ports)
+        # relay_port_count: coturn's allocation ports (one allocation each).
+        self.coturn = Coturn(name=name, host=host, relay_port_count=relay_port_count)
         self._presence: PortalClient | None = None
         self._task: asyncio.Task | None = None
 

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from connlib.app.peer import Peer, PeerConfig
+from connlib.app.virtual import client_configs
 from fake_portal.config import PortalConfig
 from fake_portal.server import FakePortal
 
@@ -28,6 +29,7 @@ log = logging.getLogger("harness.process_fleet")
 __all__ = ["CLIENT_ID", "GATEWAY_ID", "ProcessFleet", "StackOptions"]
 
 READY_TIMEOUT = 15.0
+CLIENT_READY_SLOPE = 0.05  # seconds more per virtual client for every stream to flow
 
 
 class ProcessFleet(Fleet):
@@ -38,6 +40,7 @@ class ProcessFleet(Fleet):
         self.portal = FakePortal(PortalConfig(debounce=self.options.debounce, **self.options.portal))
         self.relays: dict[str, LocalRelay] = {}
         self.client: Peer | None = None
+        self.clients: list[Peer] = []  # the virtual clients (StackOptions.clients); client is the first
         self.gateway: Peer | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -54,23 +57,31 @@ class ProcessFleet(Fleet):
         self._log_handler = self._record_warnings()
         await self.portal.start()
         self.start_portal_events()
+        clients = self.options.clients
+        # One allocation per peer on each relay, and room for the ones a restart leaves lingering.
+        ports = max(64, 2 * (clients + 1) + 16)
         for i in range(1, self.options.relays + 1):
-            relay = LocalRelay(self.portal.url, self.portal.config.token, f"relay-{i}")
+            relay = LocalRelay(self.portal.url, self.portal.config.token, f"relay-{i}", relay_port_count=ports)
             self.relays[relay.name] = relay
             await relay.start()
-        self.gateway = gateway = self._peer("gateway", GATEWAY_ID, self.options.gateway_disabled_fixes)
-        self.client = client = self._peer(
-            "client", CLIENT_ID, self.options.client_disabled_fixes, connect_to=GATEWAY_ID
-        )
+        self.gateway = gateway = self._peer(self._config("gateway", GATEWAY_ID, self.options.gateway_disabled_fixes))
+        base = self._config("client", CLIENT_ID, self.options.client_disabled_fixes, connect_to=GATEWAY_ID)
+        self.clients = [self._peer(config) for config in client_configs(base, clients)]
+        self.client = self.clients[0]
         await gateway.start()
         # The client asks for its connection once; the gateway must be on the portal by then.
         await wait_for(lambda: self.history.first("init", target=GATEWAY_ID), READY_TIMEOUT, "the gateway's init")
-        await client.start()
-        await wait_for(lambda: client.stats.delivered >= 10, READY_TIMEOUT, "the client's stream (10 echoes)")
-        self.history.observe("stack_ready", "processes", backend=self.backend)
+        for client in self.clients:
+            await client.start()
+        await wait_for(
+            lambda: all(c.stats.delivered >= 10 for c in self.clients),
+            READY_TIMEOUT + clients * CLIENT_READY_SLOPE,
+            "every client's stream (10 echoes each)",
+        )
+        self.history.observe("stack_ready", "processes", backend=self.backend, clients=clients)
 
-    def _peer(self, role: str, peer_id: str, fixes: frozenset[str], connect_to: str | None = None) -> Peer:
-        config = PeerConfig(
+    def _config(self, role: str, peer_id: str, fixes: frozenset[str], connect_to: str | None = None) -> PeerConfig:
+        return PeerConfig(
             role,
             self.portal.url,
             self.portal.config.token,
@@ -81,6 +92,8 @@ class ProcessFleet(Fleet):
             bind="127.0.0.1",
             disabled_fixes=fixes,
         )
+
+    def _peer(self, config: PeerConfig) -> Peer:
         history = self.history
 
         def emit(line: dict[str, Any]) -> None:
@@ -89,7 +102,7 @@ class ProcessFleet(Fleet):
         return Peer(config, emit=emit)
 
     async def stop(self) -> None:
-        for peer in (self.client, self.gateway):
+        for peer in (*self.clients, self.gateway):
             if peer is not None:
                 await peer.stop()
         for relay in self.relays.values():
