@@ -84,6 +84,9 @@ def stack_variables(
     }
 
 
+RELAY_MIN_PORT = 49160  # the relay image's (images/agent.py)
+
+
 def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_FILE) -> Topology:
     """What a stack with these variables and options is: the file's topology, scaled and extended."""
     topology = load(variables, path).with_relays(options.relays)
@@ -101,6 +104,10 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
             extra += list(options.peer_args)
         if extra:
             service = services[name] = replace(service, command=[*(service.command or []), *extra])
+        if service.role == "relay" and options.clients > 1:
+            # The relay image's default range (49160-49200) holds 41 allocations: one per peer per relay here.
+            ports = {"MIN_PORT": str(RELAY_MIN_PORT), "MAX_PORT": str(RELAY_MIN_PORT + 2 * (options.clients + 1) + 16)}
+            service = services[name] = replace(service, environment={**service.environment, **ports})
         if service.role == "relay" and name in options.relay_env:
             services[name] = replace(service, environment={**service.environment, **options.relay_env[name]})
     unknown = set(options.relay_env) - {n for n, s in services.items() if s.role == "relay"}

@@ -127,3 +127,15 @@ def test_a_change_in_the_file_is_a_change_in_what_the_backend_creates(tmp_path: 
     assert "TURN_EXTRA" not in stack.services["relay-2"].environment
     assert stack.networks["relay-net"].subnet == ipaddress.IPv4Network("10.213.9.0/24")
     assert stack.networks["relay-net"].subnet_variable == "CONNLIB_NET_RELAYS"
+
+
+def test_virtual_clients_reach_the_client_container_and_size_the_relays():
+    stack = plan(VARIABLES, StackOptions(clients=300))
+    client = stack.services["client"].command or []
+    assert client[-2:] == ["--clients", "300"]
+    assert "--clients" not in (stack.services["gateway"].command or [])
+    for relay in stack.relays:
+        assert int(relay.environment["MAX_PORT"]) - int(relay.environment["MIN_PORT"]) + 1 >= 2 * 301
+    single = plan(VARIABLES, StackOptions())
+    assert "--clients" not in (single.services["client"].command or [])
+    assert all("MAX_PORT" not in r.environment for r in single.relays)
