@@ -307,14 +307,24 @@ async def bench(args: argparse.Namespace) -> int:
                 print(f"{label}: mcore/client {_spread(cpu)}; RSS MiB/client {_spread(rss)} (min / median / max)")
         print(f"\nstep-up: one `connlib run --clients N` process (spawn rate {args.spawn_rate:g}/s)")
         print(HEADER)
+        measured: list[Step] = []
         for n in args.steps:
             step = await run_step(
                 stack, n, separate=False, rate=args.rate, duration=args.duration, spawn_rate=args.spawn_rate
             )
             print_step(step)
+            if step.rss:
+                measured.append(step)
             if not step.ok:
                 break
             largest = n
+        if len(measured) >= 2:
+            # The interpreter and the runtime are paid once: what one more client costs.
+            first, last = measured[0], measured[-1]
+            extra = last.n - first.n
+            rss_kib = (last.rss - first.rss) / extra / 1024
+            mcore = (last.cpu["clients"] - first.cpu["clients"]) / extra * 1e3
+            print(f"marginal cost per client, N={first.n} -> {last.n}: RSS {rss_kib:.0f} KiB, CPU {mcore:.2f} mcore")
     finally:
         await stack.stop()
     goal = "met" if largest >= args.goal else "NOT met"
