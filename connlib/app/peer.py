@@ -112,6 +112,7 @@ class Peer:
         self._tasks: list[asyncio.Task] = []
         self._outbox: asyncio.Queue[Signal] = asyncio.Queue()
         self._session_wake = asyncio.Event()
+        self._sleeping_until: float | None = None  # the deadline the session task sleeps for (None: awake)
         self.done = asyncio.Event()
 
     @property
@@ -178,7 +179,12 @@ class Peer:
             self.initialised.set()
         if self.session.done:
             self.done.set()
-        self._session_wake.set()  # its deadline may have moved
+        # Wake the session task only if its deadline moved earlier than the one it sleeps for:
+        # every echo passes here, and a wake per echo would double the task's work for nothing
+        # (what the session waits for besides time is its ``needs_wakeup``).
+        deadline = self.session.poll_timeout()
+        if deadline is not None and (self._sleeping_until is None or deadline < self._sleeping_until):
+            self._session_wake.set()
 
     async def _on_portal_state(self, state: str) -> None:
         self.session.handle_portal_state(state, self.clock())
@@ -213,7 +219,11 @@ class Peer:
             if timeout == 0.0:
                 await asyncio.sleep(0)
                 continue
-            await self.driver.wait_until(lambda: self.session.needs_wakeup or self._session_wake.is_set(), timeout)
+            self._sleeping_until = deadline
+            try:
+                await self.driver.wait_until(lambda: self.session.needs_wakeup or self._session_wake.is_set(), timeout)
+            finally:
+                self._sleeping_until = None
 
 
 def _write_status(path: str, status: dict[str, Any]) -> None:
