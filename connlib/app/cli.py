@@ -20,8 +20,8 @@ from ..core import backoff
 from ..core.credentials import REALM
 from .errors import EXIT_USAGE, UsageError
 
-POLICIES = ("relay-only", "all")
-DEFAULT_SPAWN_RATE = 100.0  # virtual clients started per second (connlib.app.virtual)  # connlib.core.tunnel's POLICY_RELAY_ONLY and POLICY_ALL
+POLICIES = ("relay-only", "all")  # connlib.core.tunnel's POLICY_RELAY_ONLY and POLICY_ALL
+DEFAULT_SPAWN_RATE = 100.0  # virtual clients started per second (connlib.app.virtual)
 
 
 class _Parser(argparse.ArgumentParser):

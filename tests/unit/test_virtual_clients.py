@@ -3,12 +3,15 @@ and the parser's bounds."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from connlib.app.cli import build_parser, main
 from connlib.app.errors import EXIT_USAGE
 from connlib.app.peer import PeerConfig
-from connlib.app.virtual import SEED_SPACE, client_configs, virtual_ids
+from connlib.app.virtual import SEED_SPACE, BufferedLines, client_configs, virtual_ids
 
 BASE = PeerConfig("client", "ws://portal", "t", "vc", name="load", connect_to="gw", seed=7, status_file="/s")
 
@@ -57,3 +60,21 @@ def test_the_cli_defaults_to_one_client():
 def test_a_gateway_cannot_be_virtualised():
     argv = ["run", "--role", "gateway", "--portal", "ws://127.0.0.1:9", "--token", "t", "--clients", "2"]
     assert main(argv) == EXIT_USAGE
+
+
+async def test_lines_are_flushed_once_per_loop_turn():
+    written: list[str] = []
+    flushes: list[int] = []
+    sink = BufferedLines(written.append, lambda: flushes.append(len(written)))
+    sink({"id": "vc-1", "event": "stream"})
+    sink({"id": "vc-2", "event": "stream"})
+    assert flushes == []  # not yet: the turn is not over
+    await asyncio.sleep(0)
+    assert flushes == [2] and [json.loads(w) for w in written] == [
+        {"id": "vc-1", "event": "stream"},
+        {"id": "vc-2", "event": "stream"},
+    ]
+    assert all(w.endswith("\n") for w in written)
+    sink({"id": "vc-3", "event": "gap"})
+    await asyncio.sleep(0)
+    assert flushes == [2, 3]
