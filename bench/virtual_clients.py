@@ -302,9 +302,17 @@ async def bench(args: argparse.Namespace) -> int:
                     print_step(step)
             for separate, steps in runs.items():
                 label = "separate processes" if separate else "one process      "
-                cpu = [s.cpu.get("clients", float("nan")) / s.n * 1e3 for s in steps]
-                rss = [s.rss / s.n / 2**20 for s in steps]
-                print(f"{label}: mcore/client {_spread(cpu)}; RSS MiB/client {_spread(rss)} (min / median / max)")
+                # A run whose clients did not all stream has no steady window: it is shown above, not here.
+                windowed = [s for s in steps if s.cpu]
+                if not windowed:
+                    print(f"{label}: no run with every client streaming")
+                    continue
+                cpu = [s.cpu["clients"] / s.n * 1e3 for s in windowed]
+                rss = [s.rss / s.n / 2**20 for s in windowed]
+                print(
+                    f"{label}: mcore/client {_spread(cpu)}; RSS MiB/client {_spread(rss)} "
+                    f"(min / median / max of {len(windowed)} of {len(steps)} runs)"
+                )
         print(f"\nstep-up: one `connlib run --clients N` process (spawn rate {args.spawn_rate:g}/s)")
         print(HEADER)
         measured: list[Step] = []
