@@ -36,13 +36,14 @@ from connlib.core.messages import (
     ReplyStatus,
     StreamReport,
     Topic,
+    Vsn,
     decode_frame,
     encode_frame,
     error_reply,
     reply_frame,
 )
 from fake_portal.config import PortalConfig
-from fake_portal.eventlog import EventKind, EventLog
+from fake_portal.eventlog import EncodedPayload, EventKind, EventLog
 from fake_portal.identity import Endpoint, relay_id_from_secret, salt_for, secret_fingerprint, tunnel_interface
 from fake_portal.relays import RelayRecord, relay_entries, select_relays
 
@@ -614,20 +615,30 @@ class Portal:
         return until - now
 
     def _send(self, session: Session, frame: Frame, now: float) -> None:
-        text = encode_frame(frame, session.endpoint.vsn)
-        self._record(session, "out", now, frame=frame, size=len(text))
+        vsn = session.endpoint.vsn
+        text = encode_frame(frame, vsn)
+        payload = EncodedPayload(text, 4 if vsn is Vsn.V2 else "payload")
+        self._record(session, "out", now, frame=frame, size=len(text), payload=payload)
         self._output.append(Send(session.sid, text))
 
     def _push(self, session: Session, event: str, payload: dict[str, Any], now: float) -> None:
         self._send(session, Frame(session.role, event, payload, None, session.join_ref), now)
 
     def _record(
-        self, session: Session, direction: str, now: float, frame: Frame | None = None, size: int = 0, **extra: Any
+        self,
+        session: Session,
+        direction: str,
+        now: float,
+        frame: Frame | None = None,
+        size: int = 0,
+        payload: EncodedPayload | None = None,
+        **extra: Any,
     ) -> None:
-        # The log summarizes (bounded size); it never keeps the payload itself.
+        # The log summarizes (bounded size); it never keeps the payload itself, at most its
+        # encoded text (``payload``, for a frame sent: see fake_portal.eventlog).
         fields: dict[str, Any] = {"dir": direction, "sid": session.sid, "role": session.role, "id": session.peer_id}
         if frame is not None:
-            fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=frame.payload)
+            fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=payload or frame.payload)
         fields["payload_bytes"] = size
         self.events.record(self.unix(now), EventKind.FRAME, **fields, **extra)
 

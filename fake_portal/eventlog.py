@@ -10,12 +10,20 @@ The log is public (``GET /api/events``, the dashboard), so secrets never enter i
 under a secret key (a relay's ``stamp_secret``, TURN ``password``\\s, ICE ``pwd``\\s), at any
 depth, is replaced by ``"redacted:<fingerprint>"`` (the same sha256 fingerprint the relays view
 shows), and so is such a key's value inside raw text excerpts of malformed frames.
+
+A frame the portal sent may be recorded as its encoded text (:class:`EncodedPayload`): the text
+exists anyway, one string is a fraction of the memory of a summary's nested copy, and the summary
+is made when the entry is first read instead of once per frame on the fan-out path. Readers see
+the same entry either way. Only short texts are kept so (:data:`LAZY_TEXT_CHARS`); a longer one
+is summarized at once, so the bound per entry stands.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import deque
+from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
 from typing import Any
@@ -34,6 +42,9 @@ SUMMARY_CHARS = 600
 """All the string characters one summary keeps (keys and values together)."""
 SUMMARY_DEPTH = 4
 TRUNCATED = "…"
+LAZY_TEXT_CHARS = 2048
+"""The longest frame text an entry keeps in place of its payload summary (a summary of at most
+:data:`SUMMARY_NODES` values and :data:`SUMMARY_CHARS` characters is about as big)."""
 
 
 class EventKind(StrEnum):
@@ -55,6 +66,18 @@ class EventKind(StrEnum):
     STREAM_STATS = "stream_stats"
     FORGOTTEN = "forgotten"
     """Offline peers dropped from memory to keep the portal bounded (``role``, ``ids``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPayload:
+    """The payload of an encoded frame, read from ``text`` (JSON) at ``key`` when needed."""
+
+    text: str
+    key: str | int
+    """``"payload"`` in a Phoenix v1 frame (an object), ``4`` in a v2 frame (an array)."""
+
+    def decode(self) -> Any:
+        return json.loads(self.text)[self.key]
 
 
 def summarize(value: Any) -> Any:
@@ -155,7 +178,11 @@ class EventLog:
         kind = EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
         self.last_seq += 1
         safe = {
-            key: mask(value) if key in SECRET_KEYS and isinstance(value, str) else summarize(value)
+            key: mask(value)
+            if key in SECRET_KEYS and isinstance(value, str)
+            else _pending(value)
+            if isinstance(value, EncodedPayload)
+            else summarize(value)
             for key, value in fields.items()
         }
         self._entries.append({"seq": self.last_seq, "ts": round(ts, 6), "kind": str(kind), **safe})
@@ -167,4 +194,14 @@ class EventLog:
         first = self._entries[0]["seq"] if self._entries else self.last_seq + 1
         start = max(0, seq + 1 - first)
         stop = len(self._entries) if limit is None else min(len(self._entries), start + limit)
-        return list(islice(self._entries, start, stop))
+        entries = list(islice(self._entries, start, stop))
+        for entry in entries:
+            for key, value in entry.items():
+                if isinstance(value, EncodedPayload):
+                    entry[key] = summarize(value.decode())  # same keys: the dict's size is unchanged
+        return entries
+
+
+def _pending(value: EncodedPayload) -> Any:
+    """What an entry holds for ``value`` until it is read: the text if short, else the summary."""
+    return value if len(value.text) <= LAZY_TEXT_CHARS else summarize(value.decode())
