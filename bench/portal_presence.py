@@ -7,7 +7,9 @@ is the slowest client's delay *past the debounce*.
 
 The peer, in the same interleaved run: ``bench._bare_broadcast``, a websockets server that does
 nothing but write the same frames (each client hands it the text the portal sent it) to the same
-number of clients, timed the same way from its trigger socket's close. Memory: each server's RSS
+number of clients, timed the same way from its trigger socket's close; each server's CPU time over
+that span (user + system, from /proc: it does not grow with the machine's load as the wall time
+does, though it includes the debounce's idle wake-ups). Memory: each server's RSS
 (its own process, so the clients' memory is not counted) after the fan-out minus before the
 clients connected, per client. Goals (issue 14): N = 3,000 within 1.3x the bare broadcast, at
 most 16 KiB per client.
@@ -95,6 +97,13 @@ async def _connect_all(n: int, one: Callable[[int], Awaitable[Client]]) -> list[
     return clients
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (load-independent, unlike wall time)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
@@ -150,10 +159,12 @@ async def measure_portal(n: int, debounce: float) -> tuple[dict[str, float], lis
         clients = await _connect_all(n, lambda i: _portal_client(base, i))
         with urllib.request.urlopen(f"{admin_url}/api/events?since=0&limit=0", timeout=10) as response:
             last_seq = json.load(response)["last_seq"]
+        cpu_before = _cpu_s(process.pid)
         closed_at = time.monotonic()
         await relays[0].close()
         arrivals = await asyncio.wait_for(asyncio.gather(*(arrival for _, arrival in clients)), RECEIVE_TIMEOUT)
         run = _summary(closed_at, arrivals, debounce)
+        run["cpu"] = _cpu_s(process.pid) - cpu_before
         run["rss_per_client_kib"] = (_rss_kib(process.pid) - rss_before) / n
         flush = _portal_flush_delay(admin_url, last_seq)
         run["portal_flush"] = flush if flush is not None else float("nan")
@@ -174,12 +185,14 @@ async def measure_bare(frames: list[str], debounce: float) -> dict[str, float]:
         trigger = await connect(f"{base}/trigger", proxy=None, compression=None, ping_interval=None)
         rss_before = _rss_kib(process.pid)
         clients = await _connect_all(len(frames), lambda i: _bare_client(base, frames[i]))
+        cpu_before = _cpu_s(process.pid)
         closed_at = time.monotonic()
         await trigger.close()
         arrivals = await asyncio.wait_for(asyncio.gather(*(arrival for _, arrival in clients)), RECEIVE_TIMEOUT)
         if [text for _, text in arrivals] != frames:
             raise RuntimeError("the bare server wrote other frames than the portal's")
         run = _summary(closed_at, arrivals, debounce)
+        run["cpu"] = _cpu_s(process.pid) - cpu_before
         run["rss_per_client_kib"] = (_rss_kib(process.pid) - rss_before) / len(frames)
         for ws, _ in clients:
             await ws.close()
@@ -231,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 portal.append(asyncio.run(measure_portal(n, args.debounce))[0])
             print(
                 f"  {n} clients, pair {repeat + 1}: portal {portal[-1]['past']:.3f} s "
-                f"(flush {portal[-1]['portal_flush']:.3f}, {portal[-1]['rss_per_client_kib']:.1f} KiB/client), "
-                f"bare {bare[-1]['past']:.3f} s ({bare[-1]['rss_per_client_kib']:.1f} KiB/client)",
+                f"(flush {portal[-1]['portal_flush']:.3f}, CPU {portal[-1]['cpu']:.2f} s, "
+                f"{portal[-1]['rss_per_client_kib']:.1f} KiB/client), bare {bare[-1]['past']:.3f} s "
+                f"(CPU {bare[-1]['cpu']:.2f} s, {bare[-1]['rss_per_client_kib']:.1f} KiB/client)",
                 flush=True,
             )
         ratios = [p["past"] / b["past"] for p, b in zip(portal, bare, strict=True)]
@@ -241,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{n} clients: portal {_spread([p['past'] for p in portal], '.3f')} s; bare {_spread([b['past'] for b in bare], '.3f')} s"
         )
         print(f"  ratio portal / bare (per pair): {_spread(ratios, '.2f')}x; goal <= {RATIO_GOAL}x (median)")
+        cpu_ratios = [p["cpu"] / max(b["cpu"], 0.01) for p, b in zip(portal, bare, strict=True)]
+        print(
+            f"  server CPU from the trigger to the last arrival: portal {_spread([p['cpu'] for p in portal], '.2f')} s, "
+            f"bare {_spread([b['cpu'] for b in bare], '.2f')} s (ratio {_spread(cpu_ratios, '.2f')}x)"
+        )
         print(
             f"  RSS per client: portal {_spread(portal_rss, '.1f')} KiB, "
             f"bare {_spread([b['rss_per_client_kib'] for b in bare], '.1f')} KiB; goal <= {RSS_GOAL_KIB:g} KiB (median)"
