@@ -1,7 +1,8 @@
 """The peer of ``bench.portal_presence``: a bare websockets server that only broadcasts.
 
 Run as its own process (``python -m bench._bare_broadcast --debounce 1.0``); it prints one JSON
-line ``{"url": …}`` and serves until terminated. A client's first message is the frame it wants
+line ``{"url": …}`` and serves until terminated. Clients connect as they do to the portal (same
+URL and headers, which websockets keeps per connection, unread here). A client's first message is the frame it wants
 back (the bench passes the ``relays_presence`` text the portal sent it, so both servers write
 the very same frames); the server answers ``ok``. When the trigger socket (path ``/trigger``)
 closes, the server waits the debounce, as the portal does, and then writes every client its frame

@@ -82,8 +82,9 @@ async def _portal_client(base: str, index: int) -> Client:
     return ws, asyncio.create_task(_arrival(ws))
 
 
-async def _bare_client(base: str, frame: str) -> Client:
-    ws = await connect(f"{base}/client", proxy=None, compression=None, ping_interval=None)
+async def _bare_client(base: str, index: int, frame: str) -> Client:
+    # The portal's handshake (URL and headers), so that websockets holds the same per connection.
+    ws = await _open(base, "client", external_id=f"bench-{index}", public_key=f"pk-{index}")
     await ws.send(frame)
     if await ws.recv() != "ok":
         raise RuntimeError("the bare server did not take the frame")
@@ -184,7 +185,7 @@ async def measure_bare(frames: list[str], debounce: float) -> dict[str, float]:
     try:
         trigger = await connect(f"{base}/trigger", proxy=None, compression=None, ping_interval=None)
         rss_before = _rss_kib(process.pid)
-        clients = await _connect_all(len(frames), lambda i: _bare_client(base, frames[i]))
+        clients = await _connect_all(len(frames), lambda i: _bare_client(base, i, frames[i]))
         cpu_before = _cpu_s(process.pid)
         closed_at = time.monotonic()
         await trigger.close()

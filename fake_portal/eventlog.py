@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
 from typing import Any
@@ -67,23 +68,18 @@ class EventKind(StrEnum):
     """Offline peers dropped from memory to keep the portal bounded (``role``, ``ids``)."""
 
 
+@dataclass(frozen=True, slots=True)
 class EncodedPayload:
     """The payload of an encoded frame ``text`` (JSON) at ``key``: ``"payload"`` in a Phoenix v1
-    frame (an object), ``4`` in a v2 frame (an array). :meth:`summary` summarizes it once and
-    lets the text go."""
+    frame (an object), ``4`` in a v2 frame (an array)."""
 
-    __slots__ = ("text", "key", "_summary")
-
-    def __init__(self, text: str, key: str | int) -> None:
-        self.text = text
-        self.key = key
-        self._summary: Any = None
+    text: str
+    key: str | int
 
     def summary(self) -> Any:
-        if self.text:
-            self._summary = summarize(json.loads(self.text)[self.key])
-            self.text = ""
-        return self._summary
+        # Not kept: the text is the smaller of the two, and readers poll for new entries, so
+        # most entries are summarized once either way.
+        return summarize(json.loads(self.text)[self.key])
 
 
 def summarize(value: Any) -> Any:

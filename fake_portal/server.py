@@ -17,7 +17,7 @@ import math
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -41,8 +41,9 @@ def _now() -> float:
 @dataclass(slots=True)
 class _Socket:
     ws: ServerConnection
-    outbox: deque[str | Close] = field(default_factory=deque)
-    """Frames and a close waiting for the writer (empty but for a socket whose buffer filled)."""
+    outbox: deque[str | Close] | None = None
+    """Frames and a close waiting for the writer; made for a socket whose buffer filled (an
+    empty deque is ~0.5 KiB, and a portal holds thousands of sockets)."""
     pending_sends: int = 0
     writer: asyncio.Task[None] | None = None
     """Set while the outbox is being worked off; ``None`` when the socket can be written at once."""
@@ -170,13 +171,15 @@ class FakePortal:
         sock.closing = isinstance(item, Close)
         if isinstance(item, str):
             sock.pending_sends += 1
+        if sock.outbox is None:
+            sock.outbox = deque()
         sock.outbox.append(item)
         if sock.writer is None:
             sock.writer = asyncio.create_task(self._write(sock), name=f"portal-writer-{sid}")
 
     async def _write(self, sock: _Socket) -> None:
         try:
-            while sock.outbox:
+            while sock.outbox:  # not None: the writer starts after an append
                 if sock.ws.paused:  # the last frame written filled the buffer: wait, as `send` does
                     await sock.ws.drain()
                 item = sock.outbox.popleft()
