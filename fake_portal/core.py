@@ -227,6 +227,10 @@ class Portal:
             self._finish_fanout()
         return self._events
 
+    @events.setter
+    def events(self, log: EventLog) -> None:  # e.g. the simulator's, which keeps nothing
+        self._events = log
+
     # -- socket lifecycle ---------------------------------------------------------------------
 
     @_settled
