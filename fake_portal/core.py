@@ -7,18 +7,25 @@ opens (``open``), what it received (``handle_input``) and when it ended (``close
 credentials' expiry and for humans.
 
 A socket the core closes is forgotten at once, so a late ``closed`` or frame for it is ignored.
+
+A presence flush decides everything at once (who gets which relays) but builds each peer's frame
+when ``poll_transmit`` asks for it, so that the shell writes the first frame of a fan-out to
+thousands without waiting for the last to be built. Nothing can tell: every other entry point
+(and ``events``) first builds what is left, in order, so outputs, state and the event log are
+what an eager flush would have made.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from connlib.core.logfmt import kv
 from connlib.core.messages import (
@@ -30,19 +37,19 @@ from connlib.core.messages import (
     Init,
     MessageError,
     PayloadError,
-    Relay,
     RelayJoin,
     RelaysPresence,
     ReplyStatus,
     StreamReport,
     Topic,
+    Vsn,
     decode_frame,
     encode_frame,
     error_reply,
     reply_frame,
 )
 from fake_portal.config import PortalConfig
-from fake_portal.eventlog import EventKind, EventLog
+from fake_portal.eventlog import EncodedPayload, EventKind, EventLog
 from fake_portal.identity import Endpoint, relay_id_from_secret, salt_for, secret_fingerprint, tunnel_interface
 from fake_portal.relays import RelayRecord, relay_entries, select_relays
 
@@ -62,13 +69,13 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4005
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Send:
     sid: int
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Close:
     sid: int
     code: int
@@ -84,7 +91,7 @@ class Rejection:
     retry_after: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a portal holds thousands
 class Session:
     """One websocket."""
 
@@ -102,7 +109,7 @@ class Session:
         return self.endpoint.role
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerRecord:
     """A client or gateway, remembered across its websocket connections."""
 
@@ -164,11 +171,27 @@ class StreamRecord:
         self.history.append((round(unix, 3), report.delivered, report.lost))
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _settled(method: Callable[Concatenate[Portal, _P], _R]) -> Callable[Concatenate[Portal, _P], _R]:
+    """An entry point that first finishes a fan-out in progress (see the module docstring)."""
+
+    @functools.wraps(method)
+    def settled(self: Portal, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self._fanout is not None:
+            self._finish_fanout()
+        return method(self, *args, **kwargs)
+
+    return settled
+
+
 class Portal:
     def __init__(self, config: PortalConfig, *, unix_offset: float = 0.0) -> None:
         self.config = config
         self.unix_offset = unix_offset
-        self.events = EventLog(config.event_log_size)
+        self._events = EventLog(config.event_log_size)
         self._sessions: dict[int, Session] = {}
         self._next_sid = 1
         self._relays: dict[str, RelayRecord] = {}
@@ -181,6 +204,8 @@ class Portal:
         self._heartbeat_deadlines: list[tuple[float, int]] = []
         self._flush_at: float | None = None
         self._output: deque[Send | Close] = deque()
+        self._fanout: Iterator[None] | None = None
+        """The presence flush's frames not built yet: each step builds one (see ``poll_transmit``)."""
         self._handlers: dict[tuple[Topic, str], Callable[[Session, Frame, float], None]] = {
             (Topic.CLIENT, Event.NO_RELAYS): self._on_no_relays,
             (Topic.GATEWAY, Event.NO_RELAYS): self._on_no_relays,
@@ -196,8 +221,19 @@ class Portal:
     def unix(self, now: float) -> float:
         return now + self.unix_offset
 
+    @property
+    def events(self) -> EventLog:
+        if self._fanout is not None:
+            self._finish_fanout()
+        return self._events
+
+    @events.setter
+    def events(self, log: EventLog) -> None:  # e.g. the simulator's, which keeps nothing
+        self._events = log
+
     # -- socket lifecycle ---------------------------------------------------------------------
 
+    @_settled
     def admit(self, endpoint: Endpoint, now: float) -> Rejection | None:
         """Decide whether a websocket upgrade may proceed (before ``open``)."""
         if endpoint.token != self.config.token_for(endpoint.role):
@@ -206,7 +242,7 @@ class Portal:
             rejection = Rejection(503, "partitioned by the admin API", None if remaining == float("inf") else remaining)
         else:
             return None
-        self.events.record(
+        self._events.record(
             self.unix(now),
             EventKind.REJECTED,
             role=endpoint.role,
@@ -217,23 +253,26 @@ class Portal:
         log.info("Refused websocket upgrade %s", kv(role=endpoint.role, id=endpoint.peer_id, status=rejection.status))
         return rejection
 
+    @_settled
     def open(self, endpoint: Endpoint, now: float) -> int:
         sid = self._next_sid
         self._next_sid += 1
         deadline = now + self.config.heartbeat_timeout
         self._sessions[sid] = Session(sid, endpoint, endpoint.peer_id, deadline)
         heapq.heappush(self._heartbeat_deadlines, (deadline, sid))
-        self.events.record(
+        self._events.record(
             self.unix(now), EventKind.CONNECT, sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn
         )
         log.info("Socket opened %s", kv(sid=sid, role=endpoint.role, id=endpoint.peer_id, vsn=endpoint.vsn))
         return sid
 
+    @_settled
     def closed(self, sid: int, now: float, reason: str = "socket closed") -> None:
         session = self._sessions.get(sid)
         if session is not None:
             self._drop(session, now, reason)
 
+    @_settled
     def handle_input(self, sid: int, data: str | bytes, now: float) -> None:
         session = self._sessions.get(sid)
         if session is None:
@@ -276,6 +315,7 @@ class Portal:
             except MessageError as exc:
                 self._send(session, error_reply(frame, str(exc)), now)
 
+    @_settled
     def handle_timeout(self, now: float) -> None:
         while self._heartbeat_deadlines and self._heartbeat_deadlines[0][0] <= now:
             _, sid = heapq.heappop(self._heartbeat_deadlines)
@@ -304,10 +344,14 @@ class Portal:
         return min(deadlines, default=None)
 
     def poll_transmit(self) -> Send | Close | None:
+        while not self._output and self._fanout is not None:
+            if next(self._fanout, True):  # True: the fan-out is over
+                self._fanout = None
         return self._output.popleft() if self._output else None
 
     # -- admin commands -----------------------------------------------------------------------
 
+    @_settled
     def partition(self, peer_id: str, seconds: float | None, now: float) -> dict[str, Any]:
         """Cut a client, gateway or relay off: close its socket and refuse it until healed."""
         until = float("inf") if seconds is None else now + seconds
@@ -315,18 +359,20 @@ class Portal:
         cut = [s for s in list(self._sessions.values()) if s.peer_id == peer_id]
         for session in cut:
             self._close(session, CloseCode.PARTITIONED, "partitioned", now)
-        self.events.record(self.unix(now), EventKind.PARTITION, id=peer_id, seconds=seconds, sockets_closed=len(cut))
+        self._events.record(self.unix(now), EventKind.PARTITION, id=peer_id, seconds=seconds, sockets_closed=len(cut))
         log.info("Partitioned %s", kv(id=peer_id, seconds=seconds, sockets_closed=len(cut)))
         return {"id": peer_id, "until": None if seconds is None else self.unix(until), "sockets_closed": len(cut)}
 
+    @_settled
     def heal(self, peer_id: str | None, now: float) -> list[str]:
         healed = [peer_id] if peer_id in self._partitions else [] if peer_id else list(self._partitions)
         for pid in healed:
             del self._partitions[pid]
-        self.events.record(self.unix(now), EventKind.HEAL, ids=healed)
+        self._events.record(self.unix(now), EventKind.HEAL, ids=healed)
         log.info("Healed partitions %s", kv(ids=",".join(healed) or "-"))
         return healed
 
+    @_settled
     def kick_relay(self, relay_id: str, now: float) -> bool:
         """Force a relay out of presence by closing its socket (its agent may re-join later)."""
         relay = self._relays.get(relay_id)
@@ -335,6 +381,7 @@ class Portal:
         self._close(self._sessions[relay.sid], CloseCode.KICKED, "disconnected by admin", now)
         return True
 
+    @_settled
     def rotate_credentials(self, relay_id: str, now: float) -> int | None:
         """Hand out new credentials for an online relay that did not reboot (same secret, new
         usernames), pushed as one relays_presence; the rotation count, None if it is not online."""
@@ -342,13 +389,14 @@ class Portal:
         if relay is None or not relay.online:
             return None
         relay.rotation += 1
-        self.events.record(self.unix(now), EventKind.CREDENTIALS_ROTATED, id=relay_id, rotation=relay.rotation)
+        self._events.record(self.unix(now), EventKind.CREDENTIALS_ROTATED, id=relay_id, rotation=relay.rotation)
         log.info("Relay credentials rotated %s", kv(rid=relay_id, rotation=relay.rotation))
         self._presence_changed(now)
         return relay.rotation
 
     # -- views for the admin API --------------------------------------------------------------
 
+    @_settled
     def relays_view(self) -> list[dict[str, Any]]:
         return [
             {
@@ -364,6 +412,7 @@ class Portal:
             for r in sorted(self._relays.values(), key=lambda r: r.name)
         ]
 
+    @_settled
     def peers_view(self, role: Topic, now: float) -> list[dict[str, Any]]:
         out = []
         for peer in sorted(self._peers[role].values(), key=lambda p: p.id):
@@ -387,9 +436,11 @@ class Portal:
             )
         return out
 
+    @_settled
     def connections_view(self) -> list[dict[str, Any]]:
         return [c.to_json() for c in self._connections.values()]
 
+    @_settled
     def streams_view(self, now: float) -> list[dict[str, Any]]:
         """Each client's latest ``stream_stats``, its age and a short history of its counters."""
         out = []
@@ -452,7 +503,7 @@ class Portal:
             "Relay online %s",
             kv(rid=relay_id, name=session.endpoint.name, secret=secret_fingerprint(secret), rejoin=known is not None),
         )
-        self.events.record(
+        self._events.record(
             self.unix(now), EventKind.RELAY_ONLINE, id=relay_id, secret_fingerprint=secret_fingerprint(secret)
         )
         self._presence_changed(now)
@@ -477,8 +528,8 @@ class Portal:
         self._offline[session.role].pop(peer.id, None)
         self._accept_join(session, frame, now)
         relays = self._select(session)
-        init = Init(relays=tuple(self._entries(peer, relays)), interface=tunnel_interface(peer.id))
-        self._push(session, Event.INIT, init.to_json(), now)
+        init = Init(interface=tunnel_interface(peer.id)).to_json() | {"relays": self._entries(peer, relays)}
+        self._push(session, Event.INIT, init, now)
         log.info("Peer joined %s", kv(role=session.role, id=peer.id, relays=",".join(r.id for r in relays) or "-"))
 
     def _accept_join(self, session: Session, frame: Frame, now: float) -> None:
@@ -497,8 +548,8 @@ class Portal:
         self._send(session, reply_frame(frame, ReplyStatus.OK), now)
         relays = self._select(session)
         peer = self._peers[session.role][session.peer_id]  # type: ignore[index]
-        presence = RelaysPresence(disconnected_ids=(), connected=tuple(self._entries(peer, relays)))
-        self._push(session, Event.RELAYS_PRESENCE, presence.to_json(), now)
+        presence = RelaysPresence(disconnected_ids=()).to_json() | {"connected": self._entries(peer, relays)}
+        self._push(session, Event.RELAYS_PRESENCE, presence, now)
 
     def _on_request_connection(self, session: Session, frame: Frame, now: float) -> None:
         signal = ConnectionSignal.from_json(frame.payload)
@@ -529,7 +580,7 @@ class Portal:
             record.history.append((round(self.unix(now), 3), report.delivered, report.lost))
         else:
             record.update(report, self.unix(now), now)
-        self.events.record(
+        self._events.record(
             self.unix(now),
             EventKind.STREAM_STATS,
             id=session.peer_id,
@@ -575,6 +626,17 @@ class Portal:
 
     def _flush_presence(self, now: float) -> None:
         self._flush_at = None
+        self._fanout = self._fan_out(now)
+
+    def _finish_fanout(self) -> None:
+        assert self._fanout is not None
+        for _ in self._fanout:
+            pass
+        self._fanout = None
+
+    def _fan_out(self, now: float) -> Iterator[None]:
+        """The flush, one step per frame pushed: state is the flush's own until the last step,
+        since every other entry point finishes it first."""
         online = {rid: r for rid, r in self._relays.items() if r.online}
         pushed = 0
         for session in list(self._sessions.values()):
@@ -586,11 +648,12 @@ class Portal:
                 continue
             disconnected = tuple(rid for rid in session.handed_out if rid not in selected)
             peer = self._peers[session.role][session.peer_id]  # type: ignore[index]
-            presence = RelaysPresence(disconnected, tuple(self._entries(peer, relays)))
+            presence = RelaysPresence(disconnected).to_json() | {"connected": self._entries(peer, relays)}
             session.handed_out = selected
-            self._push(session, Event.RELAYS_PRESENCE, presence.to_json(), now)
+            self._push(session, Event.RELAYS_PRESENCE, presence, now)
             pushed += 1
-        self.events.record(self.unix(now), EventKind.PRESENCE_FLUSH, online=sorted(online), pushed=pushed)
+            yield None
+        self._events.record(self.unix(now), EventKind.PRESENCE_FLUSH, online=sorted(online), pushed=pushed)
         log.info("Relay presence flushed %s", kv(online=len(online), pushed=pushed))
 
     def _select(self, session: Session) -> list[RelayRecord]:
@@ -599,7 +662,9 @@ class Portal:
         session.handed_out = {r.id: r.identity for r in relays}
         return relays
 
-    def _entries(self, peer: PeerRecord, relays: list[RelayRecord]) -> list[Relay]:
+    def _entries(self, peer: PeerRecord, relays: list[RelayRecord]) -> list[dict[str, Any]]:
+        # JSON entries in the payload's `relays`/`connected` place (the key keeps its position):
+        # no Relay object, and so no re-check of the relay's address, per peer (fake_portal.relays).
         return [entry for relay in relays for entry in relay_entries(relay, peer.expires_at, peer.salt)]
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -614,22 +679,32 @@ class Portal:
         return until - now
 
     def _send(self, session: Session, frame: Frame, now: float) -> None:
-        text = encode_frame(frame, session.endpoint.vsn)
-        self._record(session, "out", now, frame=frame, size=len(text))
+        vsn = session.endpoint.vsn
+        text = encode_frame(frame, vsn)
+        payload = EncodedPayload(text, 4 if vsn is Vsn.V2 else "payload")
+        self._record(session, "out", now, frame=frame, size=len(text), payload=payload)
         self._output.append(Send(session.sid, text))
 
     def _push(self, session: Session, event: str, payload: dict[str, Any], now: float) -> None:
         self._send(session, Frame(session.role, event, payload, None, session.join_ref), now)
 
     def _record(
-        self, session: Session, direction: str, now: float, frame: Frame | None = None, size: int = 0, **extra: Any
+        self,
+        session: Session,
+        direction: str,
+        now: float,
+        frame: Frame | None = None,
+        size: int = 0,
+        payload: EncodedPayload | None = None,
+        **extra: Any,
     ) -> None:
-        # The log summarizes (bounded size); it never keeps the payload itself.
+        # The log summarizes (bounded size); it never keeps the payload itself, at most its
+        # encoded text (``payload``, for a frame sent: see fake_portal.eventlog).
         fields: dict[str, Any] = {"dir": direction, "sid": session.sid, "role": session.role, "id": session.peer_id}
         if frame is not None:
-            fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=frame.payload)
+            fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=payload or frame.payload)
         fields["payload_bytes"] = size
-        self.events.record(self.unix(now), EventKind.FRAME, **fields, **extra)
+        self._events.record(self.unix(now), EventKind.FRAME, **fields, **extra)
 
     def _close(self, session: Session, code: int, reason: str, now: float) -> None:
         self._output.append(Close(session.sid, code, reason))
@@ -638,7 +713,7 @@ class Portal:
     def _drop(self, session: Session, now: float, reason: str) -> None:
         del self._sessions[session.sid]
         self._go_offline(session, now)
-        self.events.record(
+        self._events.record(
             self.unix(now), EventKind.DISCONNECT, sid=session.sid, role=session.role, id=session.peer_id, reason=reason
         )
         log.info("Socket gone %s", kv(sid=session.sid, role=session.role, id=session.peer_id, reason=reason))
@@ -648,7 +723,7 @@ class Portal:
             relay = self._relays.get(session.peer_id or "")
             if relay is not None and relay.sid == session.sid:
                 relay.online, relay.since, relay.sid = False, self.unix(now), None
-                self.events.record(self.unix(now), EventKind.RELAY_OFFLINE, id=relay.id)
+                self._events.record(self.unix(now), EventKind.RELAY_OFFLINE, id=relay.id)
                 log.info("Relay offline %s", kv(rid=relay.id, name=relay.name))
                 self._presence_changed(now)
                 self._went_offline(Topic.RELAY, relay.id, now)
@@ -676,5 +751,5 @@ class Portal:
             for key in [k for k in self._connections if k[index] == old]:
                 del self._connections[key]
         if forgotten:
-            self.events.record(self.unix(now), EventKind.FORGOTTEN, role=role, ids=forgotten)
+            self._events.record(self.unix(now), EventKind.FORGOTTEN, role=role, ids=forgotten)
             log.info("Forgot offline peers %s", kv(role=role, count=len(forgotten)))

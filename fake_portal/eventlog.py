@@ -10,12 +10,20 @@ The log is public (``GET /api/events``, the dashboard), so secrets never enter i
 under a secret key (a relay's ``stamp_secret``, TURN ``password``\\s, ICE ``pwd``\\s), at any
 depth, is replaced by ``"redacted:<fingerprint>"`` (the same sha256 fingerprint the relays view
 shows), and so is such a key's value inside raw text excerpts of malformed frames.
+
+A frame the portal sent may be recorded as its encoded text (:class:`EncodedPayload`): the text
+exists anyway, one string is a fraction of the memory of a summary's nested copy, and the summary
+is made when the entry is first read instead of once per frame on the fan-out path. Readers see
+the same entry either way. Only short texts are kept so (:data:`LAZY_TEXT_CHARS`); a longer one
+is summarized at once, so the bound per entry stands.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import deque
+from dataclasses import dataclass
 from enum import StrEnum
 from itertools import islice
 from typing import Any
@@ -34,6 +42,9 @@ SUMMARY_CHARS = 600
 """All the string characters one summary keeps (keys and values together)."""
 SUMMARY_DEPTH = 4
 TRUNCATED = "…"
+LAZY_TEXT_CHARS = 2048
+"""The longest frame text an entry keeps in place of its payload summary (a summary of at most
+:data:`SUMMARY_NODES` values and :data:`SUMMARY_CHARS` characters is about as big)."""
 
 
 class EventKind(StrEnum):
@@ -57,6 +68,20 @@ class EventKind(StrEnum):
     """Offline peers dropped from memory to keep the portal bounded (``role``, ``ids``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedPayload:
+    """The payload of an encoded frame ``text`` (JSON) at ``key``: ``"payload"`` in a Phoenix v1
+    frame (an object), ``4`` in a v2 frame (an array)."""
+
+    text: str
+    key: str | int
+
+    def summary(self) -> Any:
+        # Not kept: the text is the smaller of the two, and readers poll for new entries, so
+        # most entries are summarized once either way.
+        return summarize(json.loads(self.text)[self.key])
+
+
 def summarize(value: Any) -> Any:
     """A bounded, redacted copy of a JSON-like ``value`` (see the module docstring). Iterative."""
     budget = SUMMARY_NODES
@@ -74,6 +99,8 @@ def summarize(value: Any) -> Any:
         return item
 
     if not isinstance(value, (dict, list)):
+        if not isinstance(value, str) or (len(value) <= SUMMARY_STRING_CHARS and '"' not in value):
+            return value  # what leaf() returns for it, without its bookkeeping (most fields)
         return leaf(value, None)
     root: dict[Any, Any] | list[Any] = {} if isinstance(value, dict) else []
     stack: list[tuple[Any, dict[Any, Any] | list[Any], int]] = [(value, root, 1)]
@@ -145,26 +172,45 @@ class EventLog:
 
     Readers poll with ``since(last_seq_they_saw)``; the oldest entries fall off after ``maxlen``.
     Field values are stored redacted (see the module docstring).
+
+    Stored as a tuple per entry, ``(field names, seq, ts, kind, *values)``, the names one shared
+    tuple per shape of entry: a fifth of a dict's memory, and a portal with thousands of peers
+    holds tens of thousands of entries. ``since`` builds the dicts.
     """
 
     def __init__(self, maxlen: int) -> None:
-        self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
+        self._entries: deque[tuple[Any, ...]] = deque(maxlen=maxlen)
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.last_seq = 0
 
     def record(self, ts: float, kind: EventKind | str, **fields: Any) -> None:
         kind = EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
         self.last_seq += 1
-        safe = {
-            key: mask(value) if key in SECRET_KEYS and isinstance(value, str) else summarize(value)
+        shape = tuple(fields)
+        values = (
+            mask(value)
+            if key in SECRET_KEYS and isinstance(value, str)
+            else _pending(value)
+            if isinstance(value, EncodedPayload)
+            else summarize(value)
             for key, value in fields.items()
-        }
-        self._entries.append({"seq": self.last_seq, "ts": round(ts, 6), "kind": str(kind), **safe})
+        )
+        self._entries.append((self._shapes.setdefault(shape, shape), self.last_seq, round(ts, 6), str(kind), *values))
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        first = self._entries[0]["seq"] if self._entries else self.last_seq + 1
+        first = self._entries[0][1] if self._entries else self.last_seq + 1
         start = max(0, seq + 1 - first)
         stop = len(self._entries) if limit is None else min(len(self._entries), start + limit)
-        return list(islice(self._entries, start, stop))
+        out = []
+        for entry in islice(self._entries, start, stop):
+            values = (v.summary() if isinstance(v, EncodedPayload) else v for v in entry[4:])
+            out.append({"seq": entry[1], "ts": entry[2], "kind": entry[3], **dict(zip(entry[0], values, strict=True))})
+        return out
+
+
+def _pending(value: EncodedPayload) -> Any:
+    """What an entry holds for ``value`` until it is read: the text if short, else the summary."""
+    return value if len(value.text) <= LAZY_TEXT_CHARS else value.summary()

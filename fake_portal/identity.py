@@ -31,7 +31,7 @@ class EndpointError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A parsed websocket URL plus the presented token.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from connlib.core.credentials import rest_credentials
 from connlib.core.messages import Relay
@@ -25,6 +27,15 @@ class RelayRecord:
     rotation: int = 0
     """Credentials rotations without a reboot (admin ``rotate-credentials``): each one hands every
     peer a new username under the same secret, which coturn accepts as it stands."""
+
+    @cached_property
+    def wire_templates(self) -> tuple[dict[str, Any], ...]:
+        """``Relay.to_json()`` of each address, credentials still to fill in (see :func:`relay_entries`).
+
+        Built through :class:`Relay`, once per relay: its checks (the id, an ``ipaddress`` parse of
+        the address) then run at the relay's join, not once per peer on a fan-out to thousands.
+        """
+        return tuple(Relay(self.id, "turn", addr, "-", "-", 0).to_json() for addr in self.addrs)
 
     @property
     def identity(self) -> tuple[str, tuple[str, ...], int]:
@@ -49,11 +60,18 @@ def select_relays(
     return (kept + others)[:limit]
 
 
-def relay_entries(relay: RelayRecord, expires_at: int, salt: str) -> list[Relay]:
-    """The wire entries for one relay: one per address family, same id (spec §3.1)."""
+def relay_entries(relay: RelayRecord, expires_at: int, salt: str) -> list[dict[str, Any]]:
+    """The wire entries (``Relay.to_json()``) for one relay: one per address family, same id (spec §3.1).
+
+    What is filled in per peer needs none of :class:`Relay`'s checks: the username is the integer
+    expiry and a base64 salt, the password base64, both non-empty ASCII.
+    """
     # A rotation changes the salt part of the username ("<expiry>:<salt>"): new credentials that the
     # running relay accepts, since it checks only the HMAC of its secret.
     username, password = rest_credentials(
         relay.secret, expires_at, f"{salt}.r{relay.rotation}" if relay.rotation else salt
     )
-    return [Relay(relay.id, "turn", addr, username, password, expires_at) for addr in relay.addrs]
+    return [
+        {**template, "username": username, "password": password, "expires_at": expires_at}
+        for template in relay.wire_templates
+    ]

@@ -12,8 +12,7 @@ helps nobody.
 
 from __future__ import annotations
 
-import argparse
-import secrets
+import os
 import socket
 import sys
 import time
@@ -24,6 +23,11 @@ from ..core.allocation import FreeReason
 from ..core.node import Node, RelayRemoved
 from ..core.relay import RelayConfig
 from .errors import UsageError
+
+# argparse for the type checker only: the plain command line is parsed without it (cli.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_OK, EXIT_AUTH, EXIT_NO_RESPONSE, EXIT_PROTOCOL = 0, 2, 3, 4
 RELAY_ID = "cli"
@@ -50,7 +54,9 @@ def allocate(args: argparse.Namespace) -> int:
         raise UsageError(f"--relay must be HOST:PORT: {exc}") from exc
     v4, v6 = _resolve(host, port)
     relay = RelayConfig(RELAY_ID, v4, v6, args.username, args.password, args.realm)
-    node = Node(time.monotonic(), seed=secrets.randbits(64), max_elapsed=args.timeout)
+    # secrets.randbits(64) exactly, without importing `secrets` (with `random` and `hmac`) first
+    seed = int.from_bytes(os.urandom(8), "big")
+    node = Node(time.monotonic(), seed=seed, max_elapsed=args.timeout)
     removed: list[RelayRemoved] = []
 
     def on_event(event: object) -> None:

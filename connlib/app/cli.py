@@ -10,7 +10,6 @@ runtime (portal transport, websockets, ICE) that ``run`` needs.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
@@ -18,16 +17,32 @@ from collections.abc import Coroutine
 
 from ..core import backoff
 from ..core.credentials import REALM
+from . import quickargs
 from .errors import EXIT_USAGE, UsageError
 
+# argparse is loaded only off the plain `allocate` line (see connlib.app.quickargs); mypy treats a
+# module's own TYPE_CHECKING as typing's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from .quickargs import Options
+
+PROG = "python -m connlib"
 POLICIES = ("relay-only", "all")  # connlib.core.tunnel's POLICY_RELAY_ONLY and POLICY_ALL
 DEFAULT_SPAWN_RATE = 100.0  # virtual clients started per second (connlib.app.virtual)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]  # argparse exits 2, which `allocate` uses for auth
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+def _parser_class() -> type[argparse.ArgumentParser]:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]  # argparse exits 2, which `allocate` uses for auth
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    return _Parser
 
 
 def configure_logging(level: str) -> None:
@@ -39,6 +54,8 @@ def configure_logging(level: str) -> None:
 
 
 def _positive(text: str) -> float:
+    import argparse  # loaded already: only argparse calls this
+
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
@@ -46,6 +63,8 @@ def _positive(text: str) -> float:
 
 
 def _at_least_one(text: str) -> int:
+    import argparse  # loaded already: only argparse calls this
+
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
@@ -53,29 +72,42 @@ def _at_least_one(text: str) -> int:
 
 
 def _non_negative(text: str) -> float:
+    import argparse  # loaded already: only argparse calls this
+
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
 
 
+GLOBAL_OPTIONS: Options = {
+    "--log-level": {"default": None, "help": "DEBUG, INFO, WARNING (default depends on command)"},
+}
+ALLOCATE_OPTIONS: Options = {
+    "--relay": {"required": True, "help": "relay HOST:PORT (UDP)"},
+    "--username": {"required": True},
+    "--password": {"required": True},
+    "--realm": {"default": REALM},
+    "--timeout": {
+        "type": float,
+        "default": backoff.MAX_ELAPSED,
+        "help": f"give up a request after this many seconds (default {backoff.MAX_ELAPSED:g})",
+    },
+}
+ALLOCATE_DEFAULTS = {"handler": "connlib.app.allocate:allocate", "default_log_level": "ERROR"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m connlib", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default depends on command)")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser_class = _parser_class()
+    parser = parser_class(prog=PROG, description=(__doc__ or "").splitlines()[0])
+    for flag, spec in GLOBAL_OPTIONS.items():
+        parser.add_argument(flag, **spec)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=parser_class)
 
     alloc = commands.add_parser("allocate", help="allocate on one relay and print the addresses as JSON")
-    alloc.add_argument("--relay", required=True, help="relay HOST:PORT (UDP)")
-    alloc.add_argument("--username", required=True)
-    alloc.add_argument("--password", required=True)
-    alloc.add_argument("--realm", default=REALM)
-    alloc.add_argument(
-        "--timeout",
-        type=float,
-        default=backoff.MAX_ELAPSED,
-        help=f"give up a request after this many seconds (default {backoff.MAX_ELAPSED:g})",
-    )
-    alloc.set_defaults(handler="connlib.app.allocate:allocate", default_log_level="ERROR")
+    for flag, spec in ALLOCATE_OPTIONS.items():
+        alloc.add_argument(flag, **spec)
+    alloc.set_defaults(**ALLOCATE_DEFAULTS)
 
     cmd = commands.add_parser("run", help="run a client or gateway against the portal")
     cmd.add_argument("--role", choices=("client", "gateway"), default="client")
@@ -115,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The plain `allocate` line needs no argparse (connlib.app.quickargs); any other goes to it.
+    args: Any = quickargs.parse(argv, GLOBAL_OPTIONS, "allocate", ALLOCATE_OPTIONS, ALLOCATE_DEFAULTS)
+    if args is None:
+        args = build_parser().parse_args(argv)
     configure_logging(args.log_level or args.default_log_level)
     try:
         module, _, function = args.handler.partition(":")
@@ -126,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             result = importlib.import_module("asyncio").run(result)
         return int(result)
     except UsageError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

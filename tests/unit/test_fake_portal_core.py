@@ -144,3 +144,28 @@ def test_rotated_credentials_reach_every_peer_as_one_push_under_the_same_secret(
     portal.handle_timeout(5.0)
     assert pushes(portal, client, "relays_presence") == []
     assert portal.relays_view()[0]["rotation"] == 1
+
+
+def test_a_fan_out_built_as_it_is_polled_is_the_one_an_eager_flush_makes():
+    # The flush builds each frame when poll_transmit asks; any other entry point first builds the
+    # rest, so a socket closed halfway still gets its frame first and the log keeps its order.
+    def run(close_halfway: bool) -> tuple[list, list]:
+        portal = make_portal(debounce=1.0)
+        relay = join_relay(portal, "r1", "s1", 0.0)
+        join_relay(portal, "r2", "s2", 0.0)
+        clients = [join_client(portal, f"c{i}", 0.0) for i in range(4)]
+        portal.handle_timeout(1.0)
+        outputs(portal)
+        portal.closed(relay, 2.0)
+        portal.handle_timeout(3.0)
+        got = [portal.poll_transmit()]
+        if close_halfway:
+            portal.closed(clients[3], 3.5)
+        got += outputs(portal)
+        if not close_halfway:
+            portal.closed(clients[3], 3.5)
+        return got, [{k: v for k, v in e.items() if k != "seq"} for e in portal.events.since(0)]
+
+    lazy, eager = run(True), run(False)
+    assert [o.sid for o in lazy[0]] == [3, 4, 5, 6]
+    assert lazy == eager
