@@ -28,13 +28,15 @@ class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.transport: asyncio.DatagramTransport | None = None
+        self.local: Address | None = None  # the bound socket's address: read once, not per datagram
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        self.local = (sockname[0], sockname[1]) if sockname else None
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        local = self.transport.get_extra_info("sockname") if self.transport else None
-        self.driver._on_datagram(data, (addr[0], addr[1]), local[:2] if local else None)
+        self.driver._on_datagram(data, (addr[0], addr[1]), self.local)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable from a dead relay lands here; the backoff decides what it means.
@@ -62,6 +64,7 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None  # the core deadline the timer is armed for
         self._subscribers: list[asyncio.Queue] = []
+        self._flushing = False  # a flush is handing out: a command run from an event handler joins it
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -107,9 +110,15 @@ class Driver:
 
     # ------------------------------------------------------------------ commands
     def call(self, command: Callable[[float], Any]) -> Any:
-        """Run ``command(now)`` on the core, then flush what it produced."""
+        """Run ``command(now)`` on the core, then flush what it produced.
+
+        Called from an event handler during a flush (a gateway echoing what it received), the
+        command's output is left to that flush, which polls the core again before the next event:
+        the transmit still leaves at once, without a second drain, deadline and waiter pass.
+        """
         result = command(self.clock())
-        self._flush()
+        if not self._flushing:
+            self._flush()
         return result
 
     def send_raw(self, payload: bytes, dst: Address) -> None:
@@ -180,7 +189,11 @@ class Driver:
         self._flush()
 
     def _flush(self) -> None:
-        drain(self.core, self._send, self._emit)
+        self._flushing = True
+        try:
+            drain(self.core, self._send, self._emit)
+        finally:
+            self._flushing = False
         self._schedule()  # the deadline may have moved
         for predicate, future in self._waiters:
             if not future.done() and predicate():

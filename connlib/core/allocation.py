@@ -65,7 +65,8 @@ class RelaySocket:
         return [a for a in (self.v4, self.v6) if a is not None]
 
     def __contains__(self, addr: object) -> bool:
-        return addr in self.addresses()
+        # Asked for every datagram (is it from this relay?): two comparisons, no list.
+        return addr == self.v4 or addr == self.v6
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,14 @@ class Allocation:
 
     def relay_candidates(self) -> list[Candidate]:
         return list(self.relayed.values())
+
+    def relay_candidate(self, family: int) -> Candidate | None:
+        """The relay candidate of address family ``family`` (4 or 6), if allocated."""
+        return self.relayed.get(family)
+
+    def has_output(self) -> bool:
+        """Whether ``poll_transmit`` or ``poll_event`` has something: lets the Node skip the polls."""
+        return bool(self._transmits or self._events)
 
     def candidates(self) -> list[Candidate]:
         return list(self.hosts.values()) + list(self.srflx.values()) + list(self.relayed.values())
@@ -743,7 +752,11 @@ class Allocation:
 
     def encapsulate(self, peer: Address, payload: bytes, now: float) -> Transmit | None:
         """Wrap ``payload`` for ``peer`` in ChannelData; None (and a bind started) if no channel."""
-        channel = next((c for c in self.channels.values() if c.peer == peer and c.alive(now)), None)
+        for channel in self.channels.values():  # a loop, not next(genexpr): this runs per datagram
+            if channel.peer == peer and channel.alive(now):
+                break
+        else:
+            channel = None
         if channel is None or self.active_socket is None:
             self.bind_channel(peer, now)
             return None
