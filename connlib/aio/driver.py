@@ -3,11 +3,17 @@
 It drives any :class:`~connlib.core.sansio.DatagramCore` (a ``Node``, or a ``Tunnel`` that adds
 connections): *receive or time out → handle → drain transmits and events → sleep until
 ``poll_timeout``*.
+
+The data path is the cost here, so the driver keeps per-datagram work off it: the datagrams one
+readiness callback finds (up to ``READ_BATCH``) are handled each at its own ``now`` and flushed
+once; a command given from an event handler joins the flush under way; the one loop timer moves
+only when the deadline moves earlier.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import time
@@ -24,23 +30,74 @@ if TYPE_CHECKING:
 log = logging.getLogger("connlib.driver")
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local: Address | None = None  # the bound socket's address: read once, not per datagram
+# Datagrams read per readiness callback: a burst (a window of echoes) is handled in one wake and one
+# flush, while the bound keeps one busy socket from starving the other and the timers.
+READ_BATCH = 64
+RECV_SIZE = 65535
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sockname = transport.get_extra_info("sockname")
-        self.local = (sockname[0], sockname[1]) if sockname else None
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.driver._on_datagram(data, (addr[0], addr[1]), self.local)
+class _Socket:
+    """One non-blocking UDP socket on the loop: reads in batches, sends at once.
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP unreachable from a dead relay lands here; the backoff decides what it means.
-        log.debug("UDP error %s", kv(error=exc))
+    What asyncio's datagram transport does, without its per-datagram costs (one loop callback and
+    one ``sockname`` read per datagram received, the transport's checks per send). A send the
+    kernel refuses for a full buffer is queued and sent when the socket is writable, in order.
+    """
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, driver: Driver) -> None:
+        sock.setblocking(False)
+        self.sock, self.loop, self.driver = sock, loop, driver
+        name = sock.getsockname()
+        self.local: Address = (name[0], name[1])
+        self._backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        datagrams = []
+        recvfrom = self.sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP unreachable from a dead relay lands here; the backoff decides what it means.
+                log.debug("UDP error %s", kv(error=exc))
+                break
+            datagrams.append((data, (addr[0], addr[1])))
+        if datagrams:
+            self.driver._on_datagrams(datagrams, self.local)
+
+    def sendto(self, payload: bytes, dst: Address) -> None:
+        if not self._backlog:
+            try:
+                self.sock.sendto(payload, dst)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+            except OSError as exc:
+                log.debug("UDP error %s", kv(error=exc, dst=dst))
+                return
+        self._backlog.append((payload, dst))
+
+    def _writable(self) -> None:
+        while self._backlog:
+            payload, dst = self._backlog[0]
+            try:
+                self.sock.sendto(payload, dst)
+            except (BlockingIOError, InterruptedError):
+                return  # still full: the writer stays armed
+            except OSError as exc:
+                log.debug("UDP error %s", kv(error=exc, dst=dst))
+            self._backlog.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            self.loop.remove_writer(self.sock.fileno())
+            self._backlog.clear()
+        self.sock.close()
 
 
 class Driver:
@@ -58,7 +115,7 @@ class Driver:
         self.bind_v4 = bind_v4
         self.bind_v6 = bind_v6
         self._on_event = on_event
-        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._sockets: dict[int, _Socket] = {}
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -69,21 +126,23 @@ class Driver:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self), local_addr=self.bind_v4, family=socket.AF_INET
-        )
-        self._transports[4] = transport
+        sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock4.bind(self.bind_v4)
+            self._sockets[4] = _Socket(sock4, loop, self)
+        except BaseException:
+            sock4.close()
+            raise
         if self.bind_v6 is not None and socket.has_ipv6:
             sock: socket.socket | None = None
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(self.bind_v6)
-                transport6, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
-                self._transports[6] = transport6
+                self._sockets[6] = _Socket(sock, loop, self)
             except OSError as exc:
                 if sock is not None:
-                    sock.close()  # the endpoint never took it over
+                    sock.close()  # the loop never took it over
                 log.info("No IPv6 socket %s", kv(error=exc))
         self._loop = loop
         self._schedule()
@@ -94,9 +153,9 @@ class Driver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for transport in self._transports.values():
-            transport.close()
-        self._transports.clear()
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
     async def __aenter__(self) -> Driver:
         await self.start()
@@ -106,7 +165,7 @@ class Driver:
         await self.stop()
 
     def local_addresses(self) -> dict[int, Address]:
-        return {family: transport.get_extra_info("sockname")[:2] for family, transport in self._transports.items()}
+        return {family: sock.local for family, sock in self._sockets.items()}
 
     # ------------------------------------------------------------------ commands
     def call(self, command: Callable[[float], Any]) -> Any:
@@ -147,12 +206,15 @@ class Driver:
             self._waiters.remove(entry)
 
     # ------------------------------------------------------------------ the loop
-    def _on_datagram(self, data: bytes, from_: Address, local: Address | None) -> None:
-        try:
-            self.core.handle_input(data, from_, local, self.clock())
-        except Exception:  # a bug: log it loudly but keep the data plane alive
-            log.exception("Core failed to handle a datagram %s", kv(src=from_))
-            return
+    def _on_datagrams(self, datagrams: list[tuple[bytes, Address]], local: Address) -> None:
+        """A batch read from the socket bound to ``local``: each handled at its own ``now``, then
+        one flush hands out what they produced (in order: transmits and events are queues)."""
+        handle_input, clock = self.core.handle_input, self.clock
+        for data, from_ in datagrams:
+            try:
+                handle_input(data, from_, local, clock())
+            except Exception:  # a bug: log it loudly but keep the data plane alive
+                log.exception("Core failed to handle a datagram %s", kv(src=from_))
         self._flush()
 
     def _schedule(self) -> None:
@@ -206,8 +268,8 @@ class Driver:
             queue.put_nowait(event)
 
     def _send(self, transmit: Transmit) -> None:
-        transport = self._transports.get(family(transmit.dst))
-        if transport is None:
+        sock = self._sockets.get(family(transmit.dst))
+        if sock is None:
             log.debug("No socket for address family %s", kv(dst=transmit.dst))
             return
-        transport.sendto(transmit.payload, transmit.dst)
+        sock.sendto(transmit.payload, transmit.dst)
