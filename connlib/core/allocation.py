@@ -186,9 +186,11 @@ class Channel:
 
 def _moves_deadlines(method: _Method) -> _Method:
     """Marks an ``Allocation`` method that may change what ``poll_timeout`` answers (requests in
-    flight, lifetime, retries, channels): the deadline is computed again at the next poll. Every
-    method that changes those is one of these or is only called from one (the data path is not:
-    ``encapsulate`` moves ``next_binding`` alone, ``decapsulate`` says when it activates a channel).
+    flight, lifetime, retries, channels): the deadline is computed again at the next poll. The
+    commands and inputs are marked, and so are the helpers that start, retransmit or retry a
+    request (``_send``, ``_retransmit``, ``_refused``), which a test or a caller may use directly
+    (a REFRESH sent by hand). The data path is not: ``encapsulate`` moves ``next_binding`` alone,
+    which ``poll_timeout`` reads live, and ``decapsulate`` says when it activates a channel.
     """
 
     @functools.wraps(method)
@@ -642,6 +644,7 @@ class Allocation:
         # allocation without a request or a timer: ask again later, a bounded number of times.
         self._refused(method, now)
 
+    @_moves_deadlines
     def _refused(self, method: Method, now: float) -> None:
         if FIX_REFUSAL_RETRY in self.disabled_fixes:
             return  # the old behaviour: the error is logged, nothing else happens
@@ -727,6 +730,7 @@ class Allocation:
             self.explicit_failure = FreeReason.REFUSED
         self.invalidate_allocation()
 
+    @_moves_deadlines
     def _retransmit(self, tid: bytes, pending: _Pending, now: float) -> None:
         pending.backoff.advance()
         pending.retransmitted = True
@@ -863,6 +867,7 @@ class Allocation:
         message.add("SOFTWARE", SOFTWARE)
         self._send(message, self.active_socket, now, peer=channel.peer)
 
+    @_moves_deadlines
     def _send(
         self,
         message: Message,
