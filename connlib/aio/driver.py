@@ -12,10 +12,13 @@ only when the deadline moves earlier.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
+import fcntl
 import logging
 import socket
+import termios
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,7 @@ class _Socket:
         name = sock.getsockname()
         self.local: Address = (name[0], name[1])
         self._backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._fionread = array.array("i", [0])  # FIONREAD's answer, written in place
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -65,8 +69,19 @@ class _Socket:
                 log.debug("UDP error %s", kv(error=exc))
                 break
             datagrams.append((data, (addr[0], addr[1])))
+            if len(datagrams) == 1 and not self._queued():
+                break  # the usual lone datagram: no second read just to raise BlockingIOError
         if datagrams:
             self.driver._on_datagrams(datagrams, self.local)
+
+    def _queued(self) -> bool:
+        """Whether another datagram waits (FIONREAD: the next one's size; an empty datagram reads
+        as none, and is read at the next readiness callback, the socket being still readable)."""
+        try:
+            fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, self._fionread, True)
+        except OSError:
+            return True  # cannot tell: read on until the socket says it is empty
+        return self._fionread[0] > 0
 
     def sendto(self, payload: bytes, dst: Address) -> None:
         if not self._backlog:
