@@ -197,11 +197,14 @@ async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: fl
     loop = asyncio.get_running_loop()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     transports: list[asyncio.DatagramTransport] = []
+    allocations = []
     try:
         for sock in socks:
             sock.bind((HOST, 0))
             sock.settimeout(2.0)
-        a, b = (allocate_by_hand(s, relay.addr, *relay.credentials(salt=f"hand-{i}")) for i, s in enumerate(socks))
+        for i, sock in enumerate(socks):
+            allocations.append(allocate_by_hand(sock, relay.addr, *relay.credentials(salt=f"hand-{i}")))
+        a, b = allocations
         channel = 0x4001
         a.channel_bind(channel, b.relayed)
         b.channel_bind(channel, a.relayed)
@@ -225,6 +228,11 @@ async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: fl
         )
         return await _measure(echoes, seconds)
     finally:
+        # Delete the allocations (REFRESH, LIFETIME 0): a later repeat's socket may get the same
+        # port, and coturn answers an ALLOCATE on a 5-tuple it still holds with 437.
+        for allocation, transport in zip(allocations, transports, strict=False):
+            delete = allocation.signed(stun.Method.REFRESH, ("LIFETIME", 0))
+            transport.sendto(delete.encode(allocation.key, fingerprint=True), relay.addr)
         for transport in transports:
             transport.close()
         for sock in socks:
