@@ -32,7 +32,7 @@ import socket
 import statistics
 import struct
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 
 from aioice import turn as aioice_turn
 
@@ -258,7 +258,7 @@ async def raw_udp_path(relay: Coturn, payload: int, window: int, seconds: float)
         echo.close()
 
 
-MEASURE: dict[str, Callable[[Coturn, int, int, float], Awaitable[float]]] = {
+MEASURE: dict[str, Callable[[Coturn, int, int, float], Coroutine[object, object, float]]] = {
     "connlib": connlib_path,
     "aioice": aioice_path,
     "channeldata": channeldata_path,

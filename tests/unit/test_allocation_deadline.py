@@ -42,9 +42,7 @@ def test_the_kept_deadline_is_always_the_fresh_one():
     times = ChannelTimes(lifetime=40.0)  # channels refreshed and lapsing within the run
     allocations = []
     for i, client in enumerate(CLIENTS):
-        allocation = Checked(
-            sim.socket, *sim.credentials(salt=f"c{i}"), REALM, 0.0, relay_id="r1", channel_times=times
-        )
+        allocation = Checked(sim.socket, *sim.credentials(salt=f"c{i}"), REALM, 0.0, relay_id="r1", channel_times=times)
         allocations.append(net.attach(allocation, client))
     net.run(5.0)
     assert all(a.has_allocation() for a in allocations)
