@@ -287,14 +287,8 @@ class Node:
 
     def decapsulate(self, from_: Address, packet: bytes, now: float) -> ChannelData | None:
         """Unwrap ChannelData from one of our relays; None if it is not (or not for a channel of ours)."""
-        found = self._allocation_at(from_)
-        if found is None:
-            return None
-        rid, allocation = found
-        # Unwrapping queues nothing and frees nothing (it only notes when the channel last carried
-        # data), so the data path skips the drain and GC that control input needs.
-        unwrapped = allocation.decapsulate(from_, packet, now)
-        return ChannelData(rid, *unwrapped) if unwrapped is not None else None
+        unwrapped = self.unwrap(from_, packet, now)
+        return ChannelData(*unwrapped) if unwrapped is not None else None
 
     def unwrap(self, from_: Address, packet: bytes, now: float) -> tuple[str, Address, bytes] | None:
         """``decapsulate`` as a plain ``(rid, peer, payload)``: the Tunnel's data path, which hands
@@ -302,8 +296,11 @@ class Node:
         found = self._allocation_at(from_)
         if found is None:
             return None
-        unwrapped = found[1].decapsulate(from_, packet, now)
-        return (found[0], *unwrapped) if unwrapped is not None else None
+        rid, allocation = found
+        # Unwrapping queues nothing and frees nothing (it only notes when the channel last carried
+        # data), so the data path skips the drain and GC that control input needs.
+        unwrapped = allocation.decapsulate(from_, packet, now)
+        return (rid, *unwrapped) if unwrapped is not None else None
 
     def _allocation_at(self, addr: Address) -> tuple[str, Allocation] | None:
         for rid, allocation in self.allocations.items():
