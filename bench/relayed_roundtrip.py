@@ -15,7 +15,11 @@ Every path runs both ends in this one process and event loop, so each figure is 
 of a round trip (both sides). The client keeps ``window`` datagrams in flight and sends the next
 one when an echo comes back; a repeat counts the echoes within ``seconds``.
 
-    python -m bench.relayed_roundtrip [--windows 1,32] [--payloads 100,1200] [--repeats 5] [--seconds 1]
+``--uvloop`` runs every path a second time in each repeat on a uvloop event loop (interleaved
+with the standard loop's runs): the ``+uv`` columns. uvloop is optional (``pip install uvloop``);
+connlib needs nothing from it, and the standard loop stays the default everywhere.
+
+    python -m bench.relayed_roundtrip [--windows 1,32] [--payloads 100,1200] [--repeats 5] [--seconds 1] [--uvloop]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import socket
 import statistics
 import struct
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 
 from aioice import turn as aioice_turn
 
@@ -193,11 +197,14 @@ async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: fl
     loop = asyncio.get_running_loop()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     transports: list[asyncio.DatagramTransport] = []
+    allocations = []
     try:
         for sock in socks:
             sock.bind((HOST, 0))
             sock.settimeout(2.0)
-        a, b = (allocate_by_hand(s, relay.addr, *relay.credentials(salt=f"hand-{i}")) for i, s in enumerate(socks))
+        for i, sock in enumerate(socks):
+            allocations.append(allocate_by_hand(sock, relay.addr, *relay.credentials(salt=f"hand-{i}")))
+        a, b = allocations
         channel = 0x4001
         a.channel_bind(channel, b.relayed)
         b.channel_bind(channel, a.relayed)
@@ -221,6 +228,11 @@ async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: fl
         )
         return await _measure(echoes, seconds)
     finally:
+        # Delete the allocations (REFRESH, LIFETIME 0): a later repeat's socket may get the same
+        # port, and coturn answers an ALLOCATE on a 5-tuple it still holds with 437.
+        for allocation, transport in zip(allocations, transports, strict=False):
+            delete = allocation.signed(stun.Method.REFRESH, ("LIFETIME", 0))
+            transport.sendto(delete.encode(allocation.key, fingerprint=True), relay.addr)
         for transport in transports:
             transport.close()
         for sock in socks:
@@ -246,7 +258,7 @@ async def raw_udp_path(relay: Coturn, payload: int, window: int, seconds: float)
         echo.close()
 
 
-MEASURE: dict[str, Callable[[Coturn, int, int, float], Awaitable[float]]] = {
+MEASURE: dict[str, Callable[[Coturn, int, int, float], Coroutine[object, object, float]]] = {
     "connlib": connlib_path,
     "aioice": aioice_path,
     "channeldata": channeldata_path,
@@ -254,16 +266,39 @@ MEASURE: dict[str, Callable[[Coturn, int, int, float], Awaitable[float]]] = {
 }
 
 
-async def run(windows: list[int], payloads: list[int], repeats: int, seconds: float) -> dict:
+def _loop_factories(uvloop: bool) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The event loops to measure on, by column suffix: the standard one, and uvloop's if asked."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"": asyncio.new_event_loop}
+    if uvloop:
+        import uvloop as uvloop_mod  # optional: only this flag needs it
+
+        factories["+uv"] = uvloop_mod.new_event_loop
+    return factories
+
+
+def run(windows: list[int], payloads: list[int], repeats: int, seconds: float, uvloop: bool = False) -> dict:
+    """Rates per (window, payload) and column (a path, with its loop's suffix), interleaved."""
     results: dict[tuple[int, int], dict[str, list[float]]] = {}
-    with Coturn(name="bench-roundtrip") as relay:
-        for window in windows:
-            for payload in payloads:
-                rates: dict[str, list[float]] = {path: [] for path in PATHS}
-                for _ in range(repeats):
-                    for path in PATHS:
-                        rates[path].append(await MEASURE[path](relay, payload, window, seconds))
-                results[(window, payload)] = rates
+    factories = _loop_factories(uvloop)
+    runners = {suffix: asyncio.Runner(loop_factory=factory) for suffix, factory in factories.items()}
+    try:
+        relay = Coturn(name="bench-roundtrip")
+        # A stopped Tunnel leaves its allocations to expire (600 s), two per connlib run: the
+        # default 64 relay ports run out at 32 runs (5 repeats x 4 sizes x 2 loops are 40).
+        relay.relay_ports = (relay.relay_ports[0], relay.relay_ports[0] + 511)
+        with relay:
+            for window in windows:
+                for payload in payloads:
+                    rates: dict[str, list[float]] = {p + s: [] for s in runners for p in PATHS}
+                    for _ in range(repeats):
+                        for suffix, runner in runners.items():
+                            for path in PATHS:
+                                rate = runner.run(MEASURE[path](relay, payload, window, seconds))
+                                rates[path + suffix].append(rate)
+                    results[(window, payload)] = rates
+    finally:
+        for runner in runners.values():
+            runner.close()
     return results
 
 
@@ -280,19 +315,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payloads", default="100,1200", help="payload bytes, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="duration of one repeat")
+    parser.add_argument("--uvloop", action="store_true", help="also run every path on uvloop (+uv columns)")
     args = parser.parse_args(argv)
     if turnserver_path() is None:
         print("relayed_roundtrip: turnserver not installed (Debian package 'coturn'); skipped", file=sys.stderr)
         return 0
     windows = [int(w) for w in args.windows.split(",")]
     payloads = [int(p) for p in args.payloads.split(",")]
-    results = asyncio.run(run(windows, payloads, args.repeats, args.seconds))
+    results = run(windows, payloads, args.repeats, args.seconds, args.uvloop)
+    suffixes = list(_loop_factories(args.uvloop))
+    columns = [p + s for s in suffixes for p in PATHS]
     print(f"relayed round trips/s through one coturn, {args.repeats} interleaved repeats of {args.seconds:g} s")
-    print(f"{'window':>6} {'bytes':>6}  " + "  ".join(f"{p:>11}" for p in PATHS) + "  connlib/aioice min/med/max")
+    print("medians; connlib/aioice per repeat (same loop), min / median / max")
+    ratio_names = "  ".join(f"{'connlib' + s + '/aioice' + s:>24}" for s in suffixes)
+    print(f"{'window':>6} {'bytes':>6}  " + "  ".join(f"{c:>11}" for c in columns) + "  " + ratio_names)
     for (window, payload), rates in results.items():
-        medians = "  ".join(f"{statistics.median(rates[p]):>11,.0f}" for p in PATHS)
-        ratios = [c / a for c, a in zip(rates["connlib"], rates["aioice"], strict=True)]
-        print(f"{window:>6} {payload:>6}  {medians}  {_summary(ratios)}x")
+        medians = "  ".join(f"{statistics.median(rates[c]):>11,.0f}" for c in columns)
+        ratios = "  ".join(
+            f"{_summary([c / a for c, a in zip(rates['connlib' + s], rates['aioice' + s], strict=True)]) + 'x':>24}"
+            for s in suffixes
+        )
+        print(f"{window:>6} {payload:>6}  {medians}  {ratios}")
     return 0
 
 

@@ -3,13 +3,22 @@
 It drives any :class:`~connlib.core.sansio.DatagramCore` (a ``Node``, or a ``Tunnel`` that adds
 connections): *receive or time out → handle → drain transmits and events → sleep until
 ``poll_timeout``*.
+
+The data path is the cost here, so the driver keeps per-datagram work off it: the datagrams one
+readiness callback finds (up to ``READ_BATCH``) are handled each at its own ``now`` and flushed
+once; a command given from an event handler joins the flush under way; the one loop timer moves
+only when the deadline moves earlier.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import collections
+import fcntl
 import logging
 import socket
+import termios
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,21 +33,86 @@ if TYPE_CHECKING:
 log = logging.getLogger("connlib.driver")
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
-        self.transport: asyncio.DatagramTransport | None = None
+# Datagrams read per readiness callback: a burst (a window of echoes) is handled in one wake and one
+# flush, while the bound keeps one busy socket from starving the other and the timers.
+READ_BATCH = 64
+RECV_SIZE = 65535
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        local = self.transport.get_extra_info("sockname") if self.transport else None
-        self.driver._on_datagram(data, (addr[0], addr[1]), local[:2] if local else None)
+class _Socket:
+    """One non-blocking UDP socket on the loop: reads in batches, sends at once.
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP unreachable from a dead relay lands here; the backoff decides what it means.
-        log.debug("UDP error %s", kv(error=exc))
+    What asyncio's datagram transport does, without its per-datagram costs (one loop callback and
+    one ``sockname`` read per datagram received, the transport's checks per send). A send the
+    kernel refuses for a full buffer is queued and sent when the socket is writable, in order.
+    """
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, driver: Driver) -> None:
+        sock.setblocking(False)
+        self.sock, self.loop, self.driver = sock, loop, driver
+        name = sock.getsockname()
+        self.local: Address = (name[0], name[1])
+        self._backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._fionread = array.array("i", [0])  # FIONREAD's answer, written in place
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        datagrams = []
+        recvfrom = self.sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP unreachable from a dead relay lands here; the backoff decides what it means.
+                log.debug("UDP error %s", kv(error=exc))
+                break
+            datagrams.append((data, (addr[0], addr[1])))
+            if len(datagrams) == 1 and not self._queued():
+                break  # the usual lone datagram: no second read just to raise BlockingIOError
+        if datagrams:
+            self.driver._on_datagrams(datagrams, self.local)
+
+    def _queued(self) -> bool:
+        """Whether another datagram waits (FIONREAD: the next one's size; an empty datagram reads
+        as none, and is read at the next readiness callback, the socket being still readable)."""
+        try:
+            fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, self._fionread, True)
+        except OSError:
+            return True  # cannot tell: read on until the socket says it is empty
+        return self._fionread[0] > 0
+
+    def sendto(self, payload: bytes, dst: Address) -> None:
+        if not self._backlog:
+            try:
+                self.sock.sendto(payload, dst)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+            except OSError as exc:
+                log.debug("UDP error %s", kv(error=exc, dst=dst))
+                return
+        self._backlog.append((payload, dst))
+
+    def _writable(self) -> None:
+        while self._backlog:
+            payload, dst = self._backlog[0]
+            try:
+                self.sock.sendto(payload, dst)
+            except (BlockingIOError, InterruptedError):
+                return  # still full: the writer stays armed
+            except OSError as exc:
+                log.debug("UDP error %s", kv(error=exc, dst=dst))
+            self._backlog.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            self.loop.remove_writer(self.sock.fileno())
+            self._backlog.clear()
+        self.sock.close()
 
 
 class Driver:
@@ -56,31 +130,34 @@ class Driver:
         self.bind_v4 = bind_v4
         self.bind_v6 = bind_v6
         self._on_event = on_event
-        self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._sockets: dict[int, _Socket] = {}
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None  # the core deadline the timer is armed for
         self._subscribers: list[asyncio.Queue] = []
+        self._flushing = False  # a flush is handing out: a command run from an event handler joins it
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self), local_addr=self.bind_v4, family=socket.AF_INET
-        )
-        self._transports[4] = transport
+        sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock4.bind(self.bind_v4)
+            self._sockets[4] = _Socket(sock4, loop, self)
+        except BaseException:
+            sock4.close()
+            raise
         if self.bind_v6 is not None and socket.has_ipv6:
             sock: socket.socket | None = None
             try:
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(self.bind_v6)
-                transport6, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
-                self._transports[6] = transport6
+                self._sockets[6] = _Socket(sock, loop, self)
             except OSError as exc:
                 if sock is not None:
-                    sock.close()  # the endpoint never took it over
+                    sock.close()  # the loop never took it over
                 log.info("No IPv6 socket %s", kv(error=exc))
         self._loop = loop
         self._schedule()
@@ -91,9 +168,9 @@ class Driver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for transport in self._transports.values():
-            transport.close()
-        self._transports.clear()
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
     async def __aenter__(self) -> Driver:
         await self.start()
@@ -103,13 +180,19 @@ class Driver:
         await self.stop()
 
     def local_addresses(self) -> dict[int, Address]:
-        return {family: transport.get_extra_info("sockname")[:2] for family, transport in self._transports.items()}
+        return {family: sock.local for family, sock in self._sockets.items()}
 
     # ------------------------------------------------------------------ commands
     def call(self, command: Callable[[float], Any]) -> Any:
-        """Run ``command(now)`` on the core, then flush what it produced."""
+        """Run ``command(now)`` on the core, then flush what it produced.
+
+        Called from an event handler during a flush (a gateway echoing what it received), the
+        command's output is left to that flush, which polls the core again before the next event:
+        the transmit still leaves at once, without a second drain, deadline and waiter pass.
+        """
         result = command(self.clock())
-        self._flush()
+        if not self._flushing:
+            self._flush()
         return result
 
     def send_raw(self, payload: bytes, dst: Address) -> None:
@@ -138,12 +221,15 @@ class Driver:
             self._waiters.remove(entry)
 
     # ------------------------------------------------------------------ the loop
-    def _on_datagram(self, data: bytes, from_: Address, local: Address | None) -> None:
-        try:
-            self.core.handle_input(data, from_, local, self.clock())
-        except Exception:  # a bug: log it loudly but keep the data plane alive
-            log.exception("Core failed to handle a datagram %s", kv(src=from_))
-            return
+    def _on_datagrams(self, datagrams: list[tuple[bytes, Address]], local: Address) -> None:
+        """A batch read from the socket bound to ``local``: each handled at its own ``now``, then
+        one flush hands out what they produced (in order: transmits and events are queues)."""
+        handle_input, clock = self.core.handle_input, self.clock
+        for data, from_ in datagrams:
+            try:
+                handle_input(data, from_, local, clock())
+            except Exception:  # a bug: log it loudly but keep the data plane alive
+                log.exception("Core failed to handle a datagram %s", kv(src=from_))
         self._flush()
 
     def _schedule(self) -> None:
@@ -180,7 +266,11 @@ class Driver:
         self._flush()
 
     def _flush(self) -> None:
-        drain(self.core, self._send, self._emit)
+        self._flushing = True
+        try:
+            drain(self.core, self._send, self._emit)
+        finally:
+            self._flushing = False
         self._schedule()  # the deadline may have moved
         for predicate, future in self._waiters:
             if not future.done() and predicate():
@@ -193,8 +283,8 @@ class Driver:
             queue.put_nowait(event)
 
     def _send(self, transmit: Transmit) -> None:
-        transport = self._transports.get(family(transmit.dst))
-        if transport is None:
+        sock = self._sockets.get(family(transmit.dst))
+        if sock is None:
             log.debug("No socket for address family %s", kv(dst=transmit.dst))
             return
-        transport.sendto(transmit.payload, transmit.dst)
+        sock.sendto(transmit.payload, transmit.dst)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import logging
 import math
 import random
@@ -24,6 +25,13 @@ from .fixes import FIX_CHANNEL_NUMBER_REUSE, FIX_DELETE_ON_REPLACE, FIX_REFUSAL_
 from .logfmt import kv
 from .sansio import Transmit
 from .stun import Class, Message, Method
+
+TYPE_CHECKING = False  # ``typing`` for the type checker only (see ``sansio``)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 log = logging.getLogger("connlib.allocation")
 
@@ -65,7 +73,8 @@ class RelaySocket:
         return [a for a in (self.v4, self.v6) if a is not None]
 
     def __contains__(self, addr: object) -> bool:
-        return addr in self.addresses()
+        # Asked for every datagram (is it from this relay?): two comparisons, no list.
+        return addr == self.v4 or addr == self.v6
 
 
 @dataclass(frozen=True)
@@ -162,14 +171,36 @@ class Channel:
         """Bound or in flight, and not expired: data may be sent on it (optimistically)."""
         return now - self.bound_at < self.times.lifetime
 
+    @property
+    def active(self) -> bool:
+        """Carried data since the (re)bind: only such a channel is kept (idle ones may lapse)."""
+        return self.last_received is not None and self.last_received > self.bound_at
+
     def needs_refresh(self, now: float) -> bool:
-        # Idle channels are allowed to lapse; only ones that carried data since the bind are kept.
-        active = self.last_received is not None and self.last_received > self.bound_at
-        return self.bound and active and now - self.bound_at >= self.times.refresh_age
+        return self.bound and self.active and now - self.bound_at >= self.times.refresh_age
 
     def reusable(self, now: float) -> bool:
         last = max(self.bound_at, self.last_received or self.bound_at)
         return now - last >= self.times.lifetime + self.times.rebind_timeout
+
+
+def _moves_deadlines(method: _Method) -> _Method:
+    """Marks an ``Allocation`` method that may change what ``poll_timeout`` answers (requests in
+    flight, lifetime, retries, channels): the deadline is computed again at the next poll. The
+    commands and inputs are marked, and so are the helpers that start, retransmit or retry a
+    request (``_send``, ``_retransmit``, ``_refused``), which a test or a caller may use directly
+    (a REFRESH sent by hand). The data path is not: ``encapsulate`` moves ``next_binding`` alone,
+    which ``poll_timeout`` reads live, and ``decapsulate`` says when it activates a channel.
+    """
+
+    @functools.wraps(method)
+    def marked(self: Allocation, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._deadline = None
+
+    return marked  # type: ignore[return-value]
 
 
 class Allocation:
@@ -223,6 +254,7 @@ class Allocation:
         self.srtt: float | None = None
         self._events: collections.deque[Event] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
+        self._deadline: float | None = None  # _control_deadline(), None when it must be computed again
         self._send_bindings(now)
 
     # ------------------------------------------------------------------ public predicates
@@ -231,6 +263,14 @@ class Allocation:
 
     def relay_candidates(self) -> list[Candidate]:
         return list(self.relayed.values())
+
+    def relay_candidate(self, family: int) -> Candidate | None:
+        """The relay candidate of address family ``family`` (4 or 6), if allocated."""
+        return self.relayed.get(family)
+
+    def has_output(self) -> bool:
+        """Whether ``poll_transmit`` or ``poll_event`` has something: lets the Node skip the polls."""
+        return bool(self._transmits or self._events)
 
     def candidates(self) -> list[Candidate]:
         return list(self.hosts.values()) + list(self.srflx.values()) + list(self.relayed.values())
@@ -286,7 +326,18 @@ class Allocation:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        # Called after every input by the driver: one pass, no intermediate lists.
+        # Asked after every input (several times per datagram in the simulator). Relayed data
+        # moves only the keep-alive BINDING (``next_binding``, read here live); everything else
+        # is kept from the last control input (see ``_moves_deadlines``).
+        best = self._deadline
+        if best is None:
+            best = self._deadline = self._control_deadline()
+        if self.relayed and self.next_binding is not None and self.next_binding < best:
+            best = self.next_binding
+        return best if best != math.inf else None
+
+    def _control_deadline(self) -> float:
+        """The earliest deadline but the keep-alive BINDING's; ``math.inf`` if none."""
         best = math.inf
         refresh_in_flight = False
         binding: set[int] | None = None
@@ -304,17 +355,16 @@ class Allocation:
             best = min(best, received_at + lifetime)
             if not refresh_in_flight and self._retry is None:
                 best = min(best, received_at + lifetime / 2)
-        if self.relayed and self.next_binding is not None:
-            best = min(best, self.next_binding)
         if self._retry is not None:
             best = min(best, self._retry[0])
         for channel in self.channels.values():
             if channel.bound and (binding is None or channel.number not in binding):
-                if channel.last_received is not None and channel.last_received > channel.bound_at:
+                if channel.active:
                     best = min(best, channel.bound_at + channel.times.refresh_age)
-        return best if best != math.inf else None
+        return best
 
     # ------------------------------------------------------------------ input
+    @_moves_deadlines
     def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:
         """Handle a STUN response from the relay. Returns False if the packet is not ours."""
         if from_ not in self.server or not stun.is_stun(packet):
@@ -594,6 +644,7 @@ class Allocation:
         # allocation without a request or a timer: ask again later, a bounded number of times.
         self._refused(method, now)
 
+    @_moves_deadlines
     def _refused(self, method: Method, now: float) -> None:
         if FIX_REFUSAL_RETRY in self.disabled_fixes:
             return  # the old behaviour: the error is logged, nothing else happens
@@ -608,6 +659,7 @@ class Allocation:
         self._retry = (now + REFUSAL_RETRY_DELAYS[self._refusals - 1], method)
 
     # ------------------------------------------------------------------ time
+    @_moves_deadlines
     def handle_timeout(self, now: float) -> None:
         for tid, pending in list(self.sent_requests.items()):
             if tid not in self.sent_requests:  # removed by an invalidation earlier in this loop
@@ -678,6 +730,7 @@ class Allocation:
             self.explicit_failure = FreeReason.REFUSED
         self.invalidate_allocation()
 
+    @_moves_deadlines
     def _retransmit(self, tid: bytes, pending: _Pending, now: float) -> None:
         pending.backoff.advance()
         pending.retransmitted = True
@@ -689,6 +742,7 @@ class Allocation:
         self._transmits.append(Transmit(pending.dst, self._encode(pending)))
 
     # ------------------------------------------------------------------ commands
+    @_moves_deadlines
     def refresh(self, now: float, backoff: Backoff | None = None) -> None:
         """Probe the relay: a single-shot REFRESH given up after 1 s (spec §1.7), or with
         ``backoff`` (e.g. ``backoff.path_probe``: retransmitted, so one lost packet is survived)."""
@@ -702,6 +756,7 @@ class Allocation:
             return
         self._send_refresh(now, backoff=backoff or backoff_mod.probe(now))
 
+    @_moves_deadlines
     def invalidate_allocation(self) -> None:
         log.info("Invalidating allocation %s", kv(rid=self.relay_id))
         for candidate in self.relayed.values():
@@ -711,6 +766,7 @@ class Allocation:
         self.lifetime = None
         self.sent_requests.clear()
 
+    @_moves_deadlines
     def bind_channel(self, peer: Address, now: float) -> None:
         if not self.credentials_valid or self.explicit_failure is not None:
             return
@@ -743,7 +799,11 @@ class Allocation:
 
     def encapsulate(self, peer: Address, payload: bytes, now: float) -> Transmit | None:
         """Wrap ``payload`` for ``peer`` in ChannelData; None (and a bind started) if no channel."""
-        channel = next((c for c in self.channels.values() if c.peer == peer and c.alive(now)), None)
+        for channel in self.channels.values():  # a loop, not next(genexpr): this runs per datagram
+            if channel.peer == peer and channel.alive(now):
+                break
+        else:
+            channel = None
         if channel is None or self.active_socket is None:
             self.bind_channel(peer, now)
             return None
@@ -761,7 +821,10 @@ class Allocation:
         channel = self.channels.get(number)
         if channel is None:
             return None
+        was_active = channel.active
         channel.last_received = now
+        if channel.active != was_active:  # the first data since the bind: its refresh is now due
+            self._deadline = None
         return channel.peer, payload
 
     def has_channel_to(self, peer: Address, now: float) -> bool:
@@ -804,6 +867,7 @@ class Allocation:
         message.add("SOFTWARE", SOFTWARE)
         self._send(message, self.active_socket, now, peer=channel.peer)
 
+    @_moves_deadlines
     def _send(
         self,
         message: Message,

@@ -349,7 +349,8 @@ class Connection:
 
     def note_data_received(self, local: LocalCandidate, from_: Address, now: float) -> None:
         pair = self.nominated
-        if pair is not None and pair.key() == (local, from_):
+        # pair.key() == (local, from_), without building the tuple: this runs per datagram.
+        if pair is not None and pair.remote.addr == from_ and pair.local == local:
             pair.last_response = now
 
     # ------------------------------------------------------------------ time
@@ -398,6 +399,10 @@ class Connection:
 
     def poll_transmit(self) -> PathTransmit | None:
         return self._transmits.popleft() if self._transmits else None
+
+    def has_output(self) -> bool:
+        """Whether ``poll_transmit`` or ``poll_event`` has something: lets the Tunnel skip the polls."""
+        return bool(self._transmits or self._events)
 
     def poll_event(self) -> ConnectionEvent | None:
         return self._events.popleft() if self._events else None

@@ -287,6 +287,12 @@ class Node:
 
     def decapsulate(self, from_: Address, packet: bytes, now: float) -> ChannelData | None:
         """Unwrap ChannelData from one of our relays; None if it is not (or not for a channel of ours)."""
+        unwrapped = self.unwrap(from_, packet, now)
+        return ChannelData(*unwrapped) if unwrapped is not None else None
+
+    def unwrap(self, from_: Address, packet: bytes, now: float) -> tuple[str, Address, bytes] | None:
+        """``decapsulate`` as a plain ``(rid, peer, payload)``: the Tunnel's data path, which hands
+        the three on at once and has no use for a ``ChannelData`` built per datagram."""
         found = self._allocation_at(from_)
         if found is None:
             return None
@@ -294,7 +300,7 @@ class Node:
         # Unwrapping queues nothing and frees nothing (it only notes when the channel last carried
         # data), so the data path skips the drain and GC that control input needs.
         unwrapped = allocation.decapsulate(from_, packet, now)
-        return ChannelData(rid, *unwrapped) if unwrapped is not None else None
+        return (rid, *unwrapped) if unwrapped is not None else None
 
     def _allocation_at(self, addr: Address) -> tuple[str, Allocation] | None:
         for rid, allocation in self.allocations.items():
@@ -328,8 +334,11 @@ class Node:
         self._check_no_relays()
 
     def _drain_allocations(self) -> None:
+        # Asked at every poll that finds the Node's queues empty (several per datagram): only an
+        # allocation with output is polled.
         for rid, allocation in self.allocations.items():
-            self._drain_one(rid, allocation)
+            if allocation._transmits or allocation._events:  # has_output(), without the call
+                self._drain_one(rid, allocation)
 
     def _drain_one(self, rid: str, allocation: Allocation) -> None:
         while (transmit := allocation.poll_transmit()) is not None:
@@ -351,9 +360,17 @@ class Node:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        deadlines = [t for a in self.allocations.values() if (t := a.poll_timeout()) is not None]
-        deadlines += [self._held_off[rid] for rid in self._deferred if rid in self._held_off]
-        return min(deadlines) if deadlines else None
+        # Asked after every datagram: one pass, no intermediate lists.
+        best: float | None = None
+        for allocation in self.allocations.values():
+            deadline = allocation.poll_timeout()
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
+        for rid in self._deferred:
+            until = self._held_off.get(rid)
+            if until is not None and (best is None or until < best):
+                best = until
+        return best
 
     # ------------------------------------------------------------------ data path
     def bind_channel(self, rid: str, peer: Address, now: float) -> None:
@@ -367,7 +384,8 @@ class Node:
         if allocation is None:
             return None
         transmit = allocation.encapsulate(peer, payload, now)
-        self._drain_one(rid, allocation)
+        if allocation.has_output():  # a channel bind it started (no channel yet)
+            self._drain_one(rid, allocation)
         return transmit
 
     def probe(self, rid: str, now: float) -> None:
@@ -433,6 +451,11 @@ class Node:
     def relay_candidates(self, rid: str) -> list[Candidate]:
         allocation = self.allocations.get(rid)
         return allocation.relay_candidates() if allocation else []
+
+    def relay_candidate(self, rid: str, family: int) -> Candidate | None:
+        """The relay candidate of ``rid`` in address family ``family``, if it has one."""
+        allocation = self.allocations.get(rid)
+        return allocation.relay_candidate(family) if allocation else None
 
     def free_reason(self, rid: str) -> FreeReason | None:
         allocation = self.allocations.get(rid)

@@ -527,6 +527,7 @@ def is_channel_data(data: bytes) -> bool:
 
 
 # --- ChannelData -----------------------------------------------------------------------------
+_CHANNEL_HEADER = struct.Struct("!HH")  # channel number, payload length
 
 
 def encode_channel_data(channel: int, payload: bytes) -> bytes:
@@ -534,16 +535,17 @@ def encode_channel_data(channel: int, payload: bytes) -> bytes:
         raise ValueError(f"channel number {channel:#x} outside 0x4000-0x4FFF")
     if len(payload) > 0xFFFF:
         raise ValueError("payload too long for ChannelData")
-    return struct.pack("!HH", channel, len(payload)) + payload
+    return _CHANNEL_HEADER.pack(channel, len(payload)) + payload
 
 
 def decode_channel_data(data: bytes | bytearray | memoryview) -> tuple[int, bytes]:
     """Return ``(channel, payload)``. Up to 3 bytes of padding after the payload are tolerated."""
     if len(data) < 4:
         raise StunParseError("ChannelData shorter than its header")
-    channel, length = struct.unpack("!HH", data[:4])
+    channel, length = _CHANNEL_HEADER.unpack_from(data)  # in place: no slice for the header
     if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
         raise StunParseError(f"channel number {channel:#x} outside 0x4000-0x4FFF")
-    if len(data) - 4 not in (length, length + _pad(length)):
+    extra = len(data) - 4 - length
+    if extra and extra != _pad(length):
         raise StunParseError("ChannelData length does not match the datagram")
     return channel, bytes(data[4 : 4 + length])

@@ -31,7 +31,6 @@ from .ice import (
     Failed,
     LocalCandidate,
     PathLost,
-    PathTransmit,
     decode_check,
 )
 from .logfmt import kv
@@ -41,6 +40,7 @@ from .sansio import Transmit
 log = logging.getLogger("connlib.tunnel")
 
 DATA_TAG = 0xDA
+_DATA_PREFIX = bytes([DATA_TAG])
 POLICY_RELAY_ONLY = "relay-only"
 POLICY_ALL = "all"
 
@@ -107,6 +107,10 @@ class Tunnel:
         self._transmits: collections.deque[Transmit] = collections.deque()
         self._host_candidates: list[LocalCandidate] = []
         self._keepalive = keepalive  # each connection's keep-alive interval (the path is lost after 4)
+        # (rid, family) -> (the relay's Candidate, our LocalCandidate for it): built once per
+        # relay address, not per relayed datagram; an entry is used only while its Candidate is
+        # the one the relay holds.
+        self._relay_locals: dict[tuple[str, int], tuple[Candidate, LocalCandidate]] = {}
 
     # ------------------------------------------------------------------ portal inputs
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable, now: float) -> None:
@@ -273,7 +277,7 @@ class Tunnel:
         removed: list[str] = []
         while (event := self.node.poll_event()) is not None:
             if isinstance(event, ChannelData):  # relayed data that reached the Node as input
-                self._handle_relayed(event, now)
+                self._handle_relayed(event.rid, event.peer, event.payload, now)
                 continue
             self._events.append(event)
             if isinstance(event, RelayRemoved):
@@ -284,6 +288,8 @@ class Tunnel:
                 self._relay_candidate_ready(event.rid, event.candidate, now)
             elif isinstance(event, NoRelays):
                 self._signal_no_relays()
+        if not removed:
+            return
         for connection in self.connections.values():
             # A relay replaced under the same id counts as removed too: its fresh allocation has
             # no RTT yet, so another relay is sampled if there is one.
@@ -316,13 +322,14 @@ class Tunnel:
         if connection is None or connection.nominated is None:
             return False
         pair = connection.nominated
-        return self._transmit(PathTransmit(pair.local, pair.remote.addr, bytes([DATA_TAG]) + payload), now)
+        return self._send_from(pair.local, pair.remote.addr, _DATA_PREFIX + payload, now)
 
-    def _transmit(self, transmit: PathTransmit, now: float) -> bool:
-        if transmit.local.rid is None:
-            self._transmits.append(Transmit(transmit.dst, transmit.payload))
+    def _send_from(self, local: LocalCandidate, dst: Address, payload: bytes, now: float) -> bool:
+        """Send ``payload`` to ``dst`` from ``local`` (through its relay if it is a relay candidate)."""
+        if local.rid is None:
+            self._transmits.append(Transmit(dst, payload))
             return True
-        wrapped = self.node.encapsulate(transmit.local.rid, transmit.dst, transmit.payload, now)
+        wrapped = self.node.encapsulate(local.rid, dst, payload, now)
         if wrapped is None:
             return False  # no channel yet: the bind has been started, the checks will retry
         self._transmits.append(wrapped)
@@ -330,8 +337,8 @@ class Tunnel:
 
     def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:
         """A datagram from the socket bound to ``local``; application data comes out as ``Received``."""
-        if stun.is_channel_data(packet) and (data := self.node.decapsulate(from_, packet, now)) is not None:
-            consumed = self._handle_relayed(data, now)
+        if stun.is_channel_data(packet) and (data := self.node.unwrap(from_, packet, now)) is not None:
+            consumed = self._handle_relayed(*data, now)
         elif self.node.handle_input(packet, from_, local, now):
             consumed = True
         else:
@@ -341,17 +348,24 @@ class Tunnel:
         self._drain_connections(now)
         return consumed
 
-    def _handle_relayed(self, data: ChannelData, now: float) -> bool:
-        relay_local = self._relay_local(data.rid, data.peer)
-        self._handle_path_packet(data.payload, relay_local, data.peer, now)
+    def _handle_relayed(self, rid: str, peer: Address, payload: bytes, now: float) -> bool:
+        self._handle_path_packet(payload, self._relay_local(rid, peer), peer, now)
         return True  # relay traffic, whatever it carried
 
     def _relay_local(self, rid: str, peer: Address) -> LocalCandidate | None:
-        wanted = family(peer)
-        for candidate in self.node.relay_candidates(rid):
-            if candidate.family == wanted:
-                return LocalCandidate("relay", candidate.addr, rid, candidate.related)
-        return None
+        """Our relay candidate on ``rid`` that a datagram from ``peer`` arrived at (same family)."""
+        key = (rid, family(peer))
+        candidate = self.node.relay_candidate(*key)
+        if candidate is None:
+            return None
+        cached = self._relay_locals.get(key)
+        if cached is not None and cached[0] is candidate:
+            return cached[1]
+        local = LocalCandidate("relay", candidate.addr, rid, candidate.related)
+        if len(self._relay_locals) >= 64:  # relays come and go: old entries are never asked again
+            self._relay_locals.clear()
+        self._relay_locals[key] = (candidate, local)
+        return local
 
     def _handle_path_packet(self, payload: bytes, local: LocalCandidate | None, from_: Address, now: float) -> bool:
         if local is None or not payload:
@@ -393,8 +407,10 @@ class Tunnel:
 
     def _drain_connections(self, now: float) -> None:
         for connection in list(self.connections.values()):
+            if not connection.has_output():  # the data path queues nothing: skip the two polls
+                continue
             while (transmit := connection.poll_transmit()) is not None:
-                self._transmit(transmit, now)
+                self._send_from(transmit.local, transmit.dst, transmit.payload, now)
             while (event := connection.poll_event()) is not None:
                 self._events.append(event)
                 if isinstance(event, PathLost):
@@ -416,11 +432,13 @@ class Tunnel:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        deadlines = [t for c in self.connections.values() if (t := c.poll_timeout()) is not None]
-        node = self.node.poll_timeout()
-        if node is not None:
-            deadlines.append(node)
-        return min(deadlines) if deadlines else None
+        # Asked after every datagram: one pass, no intermediate lists.
+        best = self.node.poll_timeout()
+        for connection in self.connections.values():
+            deadline = connection.poll_timeout()
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
+        return best
 
     # ------------------------------------------------------------------ read-only views
     def connected_peers(self) -> list[str]:
