@@ -42,13 +42,18 @@ class Precondition(Exception):
     """The run did not produce the situation the scenario is about (not a verdict on connlib)."""
 
 
-async def stream_settled(fleet: Fleet, after: float) -> None:
+SETTLE_BOUND = 10.0
+RETRY_SETTLE_BOUND = 30.0
+"""After a missed set-up: a twin's peer (a fix off) can take a while to get its stream back."""
+
+
+async def stream_settled(fleet: Fleet, after: float, timeout: float = SETTLE_BOUND) -> None:
     """Until the client reports echoes on a nominated path again (between repetitions)."""
     await wait_for(
         lambda: [
             op for op in checks.peer_events(fleet.history, "stream", CLIENT_ID, after + 1.0) if op.data.get("connected")
         ],
-        10,
+        timeout,
         "the stream to settle",
     )
 
@@ -68,7 +73,7 @@ async def attempts(fleet: Fleet, figures: dict, play: Callable[[], Awaitable[T]]
                 raise
             figures["precondition_retries"] = figures.get("precondition_retries", 0) + 1
             log.warning("Scenario set-up missed, playing it again attempt=%d reason=%s", attempt, exc)
-            await stream_settled(fleet, fleet.history.clock())
+            await stream_settled(fleet, fleet.history.clock(), RETRY_SETTLE_BOUND)
     raise AssertionError("unreachable")
 
 
