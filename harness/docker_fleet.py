@@ -50,6 +50,8 @@ from .waiting import NotYet, wait_for
 log = logging.getLogger("harness.docker_fleet")
 
 READY_TIMEOUT = 45.0
+RUNNING_LOOK = 0.5
+"""Seconds between two looks at the containers' state while waiting for the stack to be ready."""
 PEER_ROLES = ("client", "gateway")
 LEFT_OUT_ROLES = frozenset({"chaos"})
 """Services of the file the backend does not create: the chaos control service is for people (the
@@ -316,8 +318,15 @@ class DockerFleet(DockerFaults):
         """Until ``check`` holds (it raises :class:`NotYet` while it does not), bounded; a container that
         exited meanwhile ends the wait at once."""
 
+        last_look = 0.0
+
         async def ready() -> bool:
-            await asyncio.to_thread(self._check_running)
+            nonlocal last_look
+            # The containers' state costs the engine an inspect each: every RUNNING_LOOK seconds, not
+            # at every poll of the condition (stacks side by side start at once).
+            if time.monotonic() - last_look >= RUNNING_LOOK:
+                await asyncio.to_thread(self._check_running)
+                last_look = time.monotonic()
             result = check()
             return await result if not isinstance(result, bool) else result
 

@@ -15,15 +15,25 @@ What to build comes from the topology's definition, ``docker-compose.yml``: ever
 
 ``mode``: ``auto`` (build what is stale), ``build`` (always), ``existing`` (use the tag as it is; fail
 if an image is missing).
+
+Builds and the prune after them hold one host-wide lock (``BUILD_LOCK``): e2e workers side by side,
+``make images`` in a test and other checkouts' runs would otherwise build the same tags at once, and
+one's prune of untagged project images removes another's image between its last step and its tag
+("failed to get digest"; the prune also spares untagged images younger than ``PRUNE_AGE``, for
+builds outside the lock). Whoever waited finds the images current and builds nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +55,23 @@ MODES = ("auto", "build", "existing")
 PACKAGES = ("connlib", "fake_portal", "harness")
 """What the project wheel holds (pyproject's packages.find)."""
 """The requirement files of ``deps/``: pyproject's dependencies, or one of its extras."""
+
+
+BUILD_LOCK = Path(tempfile.gettempdir()) / "connlib-relays-images.lock"
+
+
+@contextlib.contextmanager
+def build_lock(path: Path = BUILD_LOCK) -> Iterator[None]:
+    """The host's one image builder at a time (an flock: released when its holder dies)."""
+    with path.open("a") as handle:
+        waited = time.monotonic()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if time.monotonic() - waited > 1:
+            log.info("Image build lock taken waited_s=%.1f", time.monotonic() - waited)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class ImagesUnavailable(RuntimeError):
@@ -103,6 +130,13 @@ def ensure_images(client: docker.DockerClient, tag: str = E2E_TAG, mode: str = "
         if missing:
             raise ImagesUnavailable(f"images missing: {missing} (run `make images`, or use the auto mode)")
         return tags
+    with build_lock():
+        return _ensure_built(client, specs, tags, tag, mode)
+
+
+def _ensure_built(
+    client: docker.DockerClient, specs: list[ImageSpec], tags: dict[str, str], tag: str, mode: str
+) -> dict[str, str]:
     started = time.monotonic()
     base = bootstrap_base(client)
     digest = source_digest(base.id)
@@ -156,9 +190,14 @@ def _build(client: docker.DockerClient, spec: ImageSpec, digest: str) -> None:
         raise ImagesUnavailable(f"building {spec.tag} failed: {exc}\n{tail}") from exc
 
 
+PRUNE_AGE = "10m"
+"""Only untagged images older than this: a build running now (``docker compose build`` in a test,
+another checkout's) has an untagged image of seconds between its last step and its tag."""
+
+
 def _prune(client: docker.DockerClient) -> None:
     """Earlier builds of these tags, now untagged."""
     try:
-        client.images.prune(filters={"dangling": True, "label": f"{PROJECT_LABEL}={PROJECT}"})
+        client.images.prune(filters={"dangling": True, "label": f"{PROJECT_LABEL}={PROJECT}", "until": PRUNE_AGE})
     except docker.errors.APIError as exc:
         log.info("Image prune failed (ignored) error=%s", exc)

@@ -18,15 +18,23 @@ ERROR lines from the stack's processes are logged again at ERROR before the test
 
 Each test's history goes to ``results/<run>/history/``; what a test puts into ``figures`` becomes a
 row of the summary table printed at the end of the run (``harness.report``).
+
+Side by side (pytest-xdist, ``-n N``; what ``make e2e`` does): every worker is a session of its own
+(its own id, labels, subnets and sweep owner, so one worker's teardown never touches another's
+stacks), the image build is serialised by ``harness.images``' lock, and every worker writes into the
+controller's results folder: its histories as they come, its rows at its end (``rows/<worker>.json``),
+which the controller reads into the one summary table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +103,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "stack(**options): harness.fleet.StackOptions of the `stack` fixture")
     config.addinivalue_line("markers", "backends(*names): fleet backends this test can run on (default: both)")
-    config.stash[SESSION_KEY] = uuid.uuid4().hex
+    # pytest-xdist's own marker, named here too so that a serial run with `-p no:xdist` still knows it
+    config.addinivalue_line("markers", "xdist_group(name): side by side, the tests of one group share a worker")
+    config.stash[SESSION_KEY] = uuid.uuid4().hex  # per process: an xdist worker is a Docker session of its own
     logging.getLogger("urllib3").setLevel(logging.INFO)  # docker-py's HTTP chatter buries the test's own records
     root = Path(config.getoption("--e2e-results"))
     if not root.is_absolute():
         root = Path(config.rootpath) / root
-    config.stash[RESULTS_KEY] = Results(root, config.stash[SESSION_KEY])
+    results = config.stash[RESULTS_KEY] = Results(root, config.stash[SESSION_KEY])
+    shared = _worker_input(config).get(RESULTS_DIR_INPUT)
+    if shared:
+        results.dir = Path(shared)  # a worker writes into its controller's run folder
+
+
+RESULTS_DIR_INPUT = "connlib_results_dir"
+
+
+def _worker_input(config: pytest.Config) -> dict[str, Any]:
+    """What the xdist controller handed this worker (empty outside a worker)."""
+    return getattr(config, "workerinput", {})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: every worker writes into this run's results folder."""
+    node.workerinput[RESULTS_DIR_INPUT] = str(node.config.stash[RESULTS_KEY].dir)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -312,9 +339,32 @@ def _verdict(row: Row, report: pytest.TestReport) -> None:
         row.verdict = "passed"
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """xdist worker: its rows, for the controller's table (its own terminal summary is not shown)."""
+    worker = _worker_input(session.config).get("workerid")
+    results = session.config.stash.get(RESULTS_KEY, None)
+    if worker is None or results is None or not results.rows:
+        return
+    path = results.dir / "rows" / f"{worker}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(row) for row in results.rows.values()], default=str))
+
+
+def _collect_worker_rows(results: Results) -> None:
+    for path in sorted((results.dir / "rows").glob("*.json")):
+        for data in json.loads(path.read_text()):
+            results.rows[data["nodeid"]] = Row(**data)
+        path.unlink()
+    with contextlib.suppress(OSError):
+        (results.dir / "rows").rmdir()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     results = config.stash.get(RESULTS_KEY, None)
-    if results is None or not results.rows:
+    if results is None or _worker_input(config):
+        return
+    _collect_worker_rows(results)
+    if not results.rows:
         return
     table = results.finish()
     if table:

@@ -18,10 +18,12 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 
 from .labels import (
     CREATED_LABEL,
@@ -77,16 +79,23 @@ def _session_filter(session: str | None = None) -> dict[str, list[str]]:
     return {"label": [f"{PROJECT_LABEL}={PROJECT}", label]}
 
 
+def _remove_container(container: Container) -> int:
+    try:
+        container.remove(force=True, v=True)
+        return 1
+    except docker.errors.NotFound:
+        return 0
+    except docker.errors.APIError as exc:
+        log.warning("Could not remove container %s: %s", container.name, exc)
+        return 0
+
+
 def _remove(client: docker.DockerClient, filters: dict[str, list[str]]) -> int:
-    removed = 0
-    for container in client.containers.list(all=True, filters=filters):
-        try:
-            container.remove(force=True, v=True)
-            removed += 1
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            log.warning("Could not remove container %s: %s", container.name, exc)
+    containers = client.containers.list(all=True, filters=filters)
+    # At once: the engine takes a second or more per forced removal (a stack has five or more), and
+    # the requests are independent; the networks go after their last container.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
+        removed = sum(pool.map(_remove_container, containers))
     for network in client.networks.list(filters=filters):
         try:
             network.remove()

@@ -17,7 +17,7 @@ from connlib.core.fixes import (
     FIX_REFUSAL_RETRY,
 )
 
-from .scenarios import COALESCING_DEBOUNCE
+from .scenarios import COALESCING_DEBOUNCE, attempts
 from .scenarios_hardening import (
     CHANNEL,
     QUOTA,
@@ -39,7 +39,7 @@ NO_REFUSAL_RETRY = frozenset({FIX_REFUSAL_RETRY})
 @pytest.mark.stack(debounce=COALESCING_DEBOUNCE)
 async def test_8_same_secret_restart_while_partitioned(stack, figures):
     """8. carrying relay restarted with the same secret (client partitioned)"""
-    await same_secret_restart_while_partitioned(stack, figures)
+    await attempts(stack, figures, lambda: same_secret_restart_while_partitioned(stack, figures))
     print(f"\nfigures: {figures}")
 
 
@@ -47,7 +47,7 @@ async def test_8_same_secret_restart_while_partitioned(stack, figures):
 async def test_8_twin_without_listed_probe(stack):
     """8. twin: probe-listed (and path-probe) off"""
     with pytest.raises(AssertionError, match=r"bug \(same secret\)"):
-        await same_secret_restart_while_partitioned(stack, {})
+        await attempts(stack, {}, lambda: same_secret_restart_while_partitioned(stack, {}))
 
 
 # ---------------------------------------------------------------------------- 9

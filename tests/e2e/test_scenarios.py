@@ -14,16 +14,17 @@ import pytest
 from connlib.core.fixes import FIX_CREDENTIALS_COMPARE, FIX_PATH_PROBE, FIX_PROBE, FIX_PROBE_LISTED
 from harness import checks
 from harness.fleet import CLIENT_ID, GATEWAY_ID
-from harness.waiting import wait_for
 
 from .scenarios import (
     COALESCING_DEBOUNCE,
     RESUME_BOUND,
     all_relays_restarted,
+    attempts,
     relay_paused,
     restart_while_connected,
     rotation_while_partitioned,
     silent_loss_while_partitioned,
+    stream_settled,
     udp_loss_on_carrying_relay,
 )
 
@@ -41,17 +42,6 @@ def repeats(pytestconfig: pytest.Config) -> int:
     return max(1, pytestconfig.getoption("--e2e-repeats"))
 
 
-async def stream_settled(fleet, after: float) -> None:
-    """Until the client reports echoes on a nominated path again (between repetitions)."""
-    await wait_for(
-        lambda: [
-            op for op in checks.peer_events(fleet.history, "stream", CLIENT_ID, after + 1.0) if op.data.get("connected")
-        ],
-        10,
-        "the stream to settle",
-    )
-
-
 def summarize(figures: dict, samples: list[dict], *, detect: str, resumed: str) -> None:
     figures.update(
         n=len(samples),
@@ -67,7 +57,7 @@ def summarize(figures: dict, samples: list[dict], *, detect: str, resumed: str) 
 async def _rotation(stack, figures: dict, repeats: int, peer: str) -> None:
     samples = []
     for _ in range(repeats):
-        samples.append(await rotation_while_partitioned(stack, figures, peer))
+        samples.append(await attempts(stack, figures, lambda: rotation_while_partitioned(stack, figures, peer)))
         await stream_settled(stack, stack.history.clock())
     summarize(figures, samples, detect="replaced_after_init_s", resumed="resumed_after_heal_s")
     assert figures["resumed_s"] <= RESUME_BOUND, f"p95 stream resumed {figures['resumed_s']:.2f}s after the heal"
@@ -82,7 +72,7 @@ async def test_1_credential_rotation_while_partitioned(stack, figures, repeats):
 async def test_1_twin_without_credentials_compare(stack):
     """1. twin: credentials-compare off"""
     with pytest.raises(AssertionError, match="bug #6648"):
-        await rotation_while_partitioned(stack, {}, CLIENT_ID)
+        await attempts(stack, {}, lambda: rotation_while_partitioned(stack, {}, CLIENT_ID))
 
 
 # ---------------------------------------------------------------------------- 2
@@ -104,7 +94,7 @@ async def test_2_twin_without_probe(stack):
 async def _restarts(stack, figures: dict, repeats: int, peer: str) -> None:
     samples = []
     for _ in range(repeats):
-        samples.append(await restart_while_connected(stack, peer))
+        samples.append(await attempts(stack, figures, lambda: restart_while_connected(stack, peer)))
         await stream_settled(stack, stack.history.clock())
     summarize(figures, samples, detect="replaced_after_presence_s", resumed="resumed_after_presence_s")
     assert figures["resumed_s"] <= RESUME_BOUND, f"p95 stream resumed {figures['resumed_s']:.2f}s after relays_presence"
@@ -120,7 +110,7 @@ async def test_3_relay_restart_while_connected(stack, figures, repeats):
 async def test_3_twin_without_credentials_compare(stack):
     """3. twin: credentials-compare off"""
     with pytest.raises(AssertionError, match=r"bug #6648 \(relays_presence\)"):
-        await restart_while_connected(stack, CLIENT_ID)
+        await attempts(stack, {}, lambda: restart_while_connected(stack, CLIENT_ID))
 
 
 # ---------------------------------------------------------------------------- 4
@@ -141,7 +131,7 @@ async def test_4_twin_without_path_probe(stack):
 @pytest.mark.stack(debounce=COALESCING_DEBOUNCE)
 async def test_5_all_relays_restarted_at_once(stack, figures):
     """5. all relays restarted at once"""
-    await all_relays_restarted(stack, figures)
+    await attempts(stack, figures, lambda: all_relays_restarted(stack, figures))
     print(f"\nfigures: {figures}")
 
 
@@ -149,7 +139,7 @@ async def test_5_all_relays_restarted_at_once(stack, figures):
 async def test_5_twin_without_credentials_compare(stack):
     """5. twin: credentials-compare off"""
     with pytest.raises(AssertionError, match=r"bug #6648 \(all relays\)"):
-        await all_relays_restarted(stack, {})
+        await attempts(stack, {}, lambda: all_relays_restarted(stack, {}))
 
 
 # ---------------------------------------------------------------------------- 6
@@ -170,7 +160,7 @@ async def test_7a_gateway_rotation_while_partitioned(stack, figures, repeats):
 async def test_7a_twin_without_credentials_compare(stack):
     """7a. twin: gateway credentials-compare off"""
     with pytest.raises(AssertionError, match="bug #6648"):
-        await rotation_while_partitioned(stack, {}, GATEWAY_ID)
+        await attempts(stack, {}, lambda: rotation_while_partitioned(stack, {}, GATEWAY_ID))
 
 
 @pytest.mark.stack(debounce=COALESCING_DEBOUNCE)
@@ -183,4 +173,4 @@ async def test_7b_gateway_relay_restart_while_connected(stack, figures):
 async def test_7b_twin_without_credentials_compare(stack):
     """7b. twin: gateway credentials-compare off"""
     with pytest.raises(AssertionError, match=r"bug #6648 \(relays_presence\)"):
-        await restart_while_connected(stack, GATEWAY_ID)
+        await attempts(stack, {}, lambda: restart_while_connected(stack, GATEWAY_ID))

@@ -35,7 +35,9 @@ from harness.waiting import wait_until
 
 from . import support as ts
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# One `make up` stack for the module (its tests run in order on it, the last one takes it down): side
+# by side (pytest-xdist --dist loadgroup) the module stays on one worker.
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.xdist_group("make-up-stack")]
 
 UP_BOUND_S = 60.0  # `make up` with cached images until the client reports relayed traffic (measured ≈ 15 s)
 GAP_BOUND_S = 5.0  # the client's stream gap when the relay carrying it restarts
