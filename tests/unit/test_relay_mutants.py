@@ -174,7 +174,7 @@ def test_an_answer_to_a_retransmit_is_no_rtt_sample():
     ],
 )
 def test_relays_are_sampled_among_those_with_a_good_rtt(rtts_ms, eligible):
-    sims = [TurnSim() for _ in rtts_ms]
+    sims = [TurnSim((f"198.18.0.{i + 1}", 3478)) for i in range(len(rtts_ms))]
     node, net = node_with(*sims)
     for i, rtt in enumerate(rtts_ms):
         node.allocations[f"r{i}"].srtt = rtt / 1000  # what the BINDING/ALLOCATE exchanges measured
