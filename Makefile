@@ -46,11 +46,12 @@ lint: $(VENV)/.installed
 sim: $(VENV)/.installed
 	$(PY) -m sim --seed $(or $(SEED),1) --count $(or $(COUNT),1000) $(SIM_ARGS)
 
-# mutation testing of connlib/core/node.py against its unit tests ([tool.mutmut] in pyproject.toml);
-# mutmut is a development tool, installed into the venv on first use
+# mutation testing of connlib's relay handling (allocation.py, node.py) against the unit tests and the
+# simulator's fast tests ([tool.mutmut] in pyproject.toml); JOBS workers (default 2, this machine's
+# cores); mutmut is a development tool, installed into the venv on first use
 mutation: $(VENV)/.installed
 	$(PY) -m pip install -q 'mutmut>=3.3'
-	$(VENV)/bin/mutmut run --max-children $(or $(JOBS),1)
+	$(VENV)/bin/mutmut run --max-children $(or $(JOBS),2)
 	$(VENV)/bin/mutmut results
 
 bench: $(VENV)/.installed

@@ -19,7 +19,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from connlib.app.session import PeerSession, SessionConfig
+from connlib.app.session import PeerSession, Phase, SessionConfig
+from connlib.core.allocation import ChannelTimes
 from connlib.core.messages import Topic, Vsn
 from connlib.core.phoenix import (
     ChannelClosed,
@@ -167,6 +168,7 @@ class SimPeer(ChannelHolder):
         self.connect_to, self.rate = connect_to, rate
         self.port = 40000
         self.boots = 0
+        self.idle_until = 0.0  # a stream_idle fault: nothing sent, no connection, until then
         super().__init__(world, peer_id)
         self._boot(world.now)
 
@@ -189,7 +191,14 @@ class SimPeer(ChannelHolder):
     def _boot(self, now: float) -> None:
         world = self.world
         seed = world.rng.getrandbits(32)
-        self.tunnel = Tunnel(self.role, now, seed=seed, disabled_fixes=world.disabled_fixes, keepalive=world.keepalive)
+        self.tunnel = Tunnel(
+            self.role,
+            now,
+            seed=seed,
+            disabled_fixes=world.disabled_fixes,
+            keepalive=world.keepalive,
+            channel_times=ChannelTimes(world.channel_lifetime),
+        )
         self.tunnel.set_host_candidates([self.addr])
         config = SessionConfig(
             self.role, self.peer_id, self.connect_to, rate=self.rate, report_interval=REPORT_INTERVAL
@@ -203,8 +212,25 @@ class SimPeer(ChannelHolder):
         self.hang_up(now, "process restarted")
         self.boots += 1
         self.port = 40000 + self.boots
+        self.idle_until = 0.0
         self.channel = self._new_channel()
         self._boot(now)
+
+    def go_idle(self, now: float, until: float) -> None:
+        """The client has nothing to send until ``until``: its stream pauses and it drops the
+        connection (the gateway's fails by ICE timeout), so the channels it used go unused and
+        lapse. The next datagram after ``until`` asks for a connection again. A client that is
+        not streaming yet (no connection up) just goes on connecting."""
+        session = self.session
+        if self.connect_to is None or session.phase is not Phase.STREAMING:
+            return
+        self.idle_until = max(self.idle_until, until)
+        session._next_send = self.idle_until
+        self.tunnel.connections.pop(self.connect_to, None)
+        self.flush(now)
+
+    def idle(self, now: float) -> bool:
+        return self.idle_until > now
 
     # ------------------------------------------------------------------ portal → session
     def on_push(self, event: str, payload: dict[str, Any], now: float) -> None:
@@ -272,7 +298,7 @@ class RelayAgent(ChannelHolder):
     def __init__(self, world: World, index: int, secret: str) -> None:
         self.index = index
         self.generation = 0
-        self.relay = SimRelay(f"relay-{index}", self._ip(), secret)
+        self.relay = SimRelay(f"relay-{index}", self._ip(), secret, channel_lifetime=world.channel_lifetime)
         self.up = True
         super().__init__(world, f"relay-{index}")
         self.rid = relay_id_from_name(self.name)

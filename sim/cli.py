@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
         )
         return 0
     found_after = round(time.monotonic() - started, 2)
+    cpu_after = round(time.process_time() - cpu, 2)
     minimal = failure if args.no_shrink else shrink(failure, disabled, attribute=args.attribute)
     print(
         json.dumps(
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
                 disabled,
                 schedules_run=ran,
                 wall_s_to_first_violation=found_after,
+                cpu_s_to_first_violation=cpu_after,
                 original_faults=len(failure.schedule.faults),
                 original_violation=failure.violation.to_json() if failure.violation else None,
             ),

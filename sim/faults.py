@@ -58,6 +58,8 @@ def _start(world: World, index: int, fault: Fault) -> None:
         world.peer(fault.target).restart(now)
     elif kind == "portal_blackhole":
         world.ws_black_holes[fault.target] = until
+    elif kind == "stream_idle":
+        world.peer(fault.target).go_idle(now, until)
     world.schedule(until, _heal, world, index, fault)
 
 

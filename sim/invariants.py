@@ -20,6 +20,9 @@ holds, what the network lets through) and calls ``world.violation(kind, detail)`
   ``ZOMBIE_BOUND`` s with no NoRelays;
 - ``request-storm``: more than ``MAX_REQUESTS_PER_S`` STUN requests from a peer to a relay in 1 s;
 - ``channel-mismatch``: a channel a peer holds as bound is bound to another peer on the relay;
+- ``channel-rebind``: a peer asks a relay to bind a peer address under a number other than the one
+  the relay holds it under (RFC 8656 §12: a binding cannot be changed while it exists; coturn
+  keeps it for the allocation's life and refuses, 400, so the flow is black-holed);
 - ``unbounded``: a queue or candidate list past its bound.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 
 from connlib.app import lines
+from connlib.core import stun
 from connlib.core.allocation import Allocation
 
 from .actors import RelayAgent, SimPeer
@@ -68,6 +72,8 @@ class Checker:
     def _on_udp(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes, now: float) -> None:
         if dst[1] != 3478 or len(payload) < 20 or payload[0] & 0xC0 or payload[0] & 0x01 or payload[1] & 0x10:
             return  # not a STUN request to a relay (ChannelData, responses, indications)
+        if payload[1] == 0x09 and payload[0] == 0:
+            self._check_rebind(src, dst, payload, now)
         bucket = int(now)
         if bucket != self._bucket:
             self._bucket, self._requests = bucket, {}
@@ -75,6 +81,25 @@ class Checker:
         count = self._requests[key] = self._requests.get(key, 0) + 1
         if count > MAX_REQUESTS_PER_S:
             self.world.violation("request-storm", f"{count} requests from {src[0]} to {dst[0]} in second {bucket}")
+
+    def _check_rebind(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes, now: float) -> None:
+        agent = self.world.routes.get(dst[0])
+        if not isinstance(agent, RelayAgent) or not agent.up:
+            return
+        truth = agent.relay.allocations.get(src)  # read only: live_allocation() would expire it
+        if truth is None or truth.expires_at <= now:
+            return
+        try:
+            request = stun.decode(payload)
+        except stun.StunParseError:
+            return
+        number, peer = request.get("CHANNEL-NUMBER"), request.get("XOR-PEER-ADDRESS")
+        held = truth.channel_for(peer) if peer is not None else None
+        if held is not None and held != number:
+            self.world.violation(
+                "channel-rebind",
+                f"{src[0]} to {agent.name}: {peer} under {hex(number)}, the relay has it under {hex(held)}",
+            )
 
     # ------------------------------------------------------------------ the periodic check
     def _tick(self) -> None:
@@ -109,6 +134,8 @@ class Checker:
         joined = [p.joined_since for p in world.peers]
         if world.portal is None or now < 20.0 or None in joined or any(world.ws_blocked(p) for p in world.peers):
             return None
+        if world.client.idle(now):
+            return None  # a stream_idle fault: nothing is sent, nothing is owed
         mine, theirs = self._good_relays(world.client, now), self._good_relays(world.gateway, now)
         starts = [
             max(a.joined_since or now, b.joined_since or now)

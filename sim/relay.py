@@ -36,13 +36,13 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-from connlib.core import stun
+from connlib.core import allocation, stun
 from connlib.core.addr import Address
 from connlib.core.credentials import REALM, long_term_key
 from connlib.core.stun import Class, Message, Method
 
 DEFAULT_LIFETIME, MAX_LIFETIME = 600, 3600
-CHANNEL_LIFETIME, PERMISSION_LIFETIME = 600.0, 300.0
+CHANNEL_LIFETIME, PERMISSION_LIFETIME = allocation.CHANNEL_LIFETIME, 300.0  # the default: coturn's, the RFC's
 NONCE_LIFETIME = 600.0
 LINGER = 1.0  # a deleted allocation is kept this long (observed: ALLOCATE gets 437 for ~1 s)
 REASONS = {

@@ -47,6 +47,7 @@ def run(
             disabled_fixes=disabled_fixes,
             rate=schedule.rate,
             keepalive=schedule.keepalive_s,
+            channel_lifetime=schedule.channel_lifetime_s,
             trace=trace,
         )
         Checker(world, errors, frozenset(ignore)).start()

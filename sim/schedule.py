@@ -3,13 +3,16 @@
 A schedule is a JSON object (``version`` 1)::
 
     {"version": 1, "seed": 7, "duration_s": 600, "relays": 3, "rate": 0.25, "keepalive_s": 2.0,
-     "faults": [{"at": 42.5, "kind": "relay_reboot", "target": "relay-2", "duration": 2.0,
+     "channel_lifetime_s": 120.0, "faults": [{"at": 42.5, "kind": "relay_reboot", "target": "relay-2", "duration": 2.0,
                  "new_secret": false}, ...]}
 
 ``rate`` is the echo stream's datagrams per second; ``keepalive_s`` the peers' ICE keep-alive
 interval (the path is declared lost after four unanswered ones; connlib's default is 1 s, the
 simulator's 2 s halves the datagrams per simulated second; a schedule without it is read as 1 s,
-what it was found with). ``at`` and ``duration`` are seconds from the start of the run (the stack's "traffic flows"
+what it was found with). ``channel_lifetime_s`` is the relays' channel lifetime (coturn's
+``--channel-lifetime``) and the peers' (``ChannelTimes``, ``connlib run --channel-lifetime``): random
+schedules draw one shorter than RFC 8656's 600 s so that an idle binding lapses inside a run; a
+schedule without it is read as 600 s. ``at`` and ``duration`` are seconds from the start of the run (the stack's "traffic flows"
 moment on Docker). Targets are ``relay-<n>`` (1-based), ``client`` or ``gateway``; ``other`` is
 the second end of a partition. Kinds, and what each means on the real stack:
 
@@ -30,7 +33,14 @@ the second end of a partition. Kinds, and what each means on the real stack:
 ``peer_restart``         ``target`` (client/gateway) process restarts (new port, state lost)
 ``portal_blackhole``     frames between ``target`` (client, gateway or relay) and the portal
                          vanish silently for ``duration`` s; dials fail (iptables DROP)
+``stream_idle``          the client has nothing to send for ``duration`` s: its stream stops
+                         and it drops the connection (as a ``connlib run`` whose stream ended);
+                         then the stream resumes on a new connection (no Docker counterpart)
 =======================  ==================================================================
+
+Random schedules draw their faults first, then the channel lifetime and one or two idle periods
+longer than it (each a lapse of the bindings the idle connection used), from the same rng: the
+faults of a seed are what they were before lifetimes and idle periods were drawn.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from connlib.core import allocation
 
 VERSION = 1
 KINDS = (
@@ -57,6 +69,7 @@ KINDS = (
     "portal_restart",
     "peer_restart",
     "portal_blackhole",
+    "stream_idle",
 )
 WEIGHTS = {  # the faults production sees most often come up most often
     "relay_reboot": 3,
@@ -73,11 +86,15 @@ WEIGHTS = {  # the faults production sees most often come up most often
     "portal_restart": 1,
     "peer_restart": 1,
     "portal_blackhole": 1,
+    "stream_idle": 0,  # not in the fault draw: idle periods are drawn after it (see random_schedule)
 }
 WARMUP = 30.0  # the first fault comes after the stream is up
 TAIL = 150.0  # after the last heal: time for recovery and for the checks to see it
 RATE = 0.25  # echo datagrams per second, each way
 KEEPALIVE = 2.0  # the peers' ICE keep-alive interval in the simulator (connlib's default: 1 s)
+CHANNEL_LIFETIME = allocation.CHANNEL_LIFETIME  # RFC 8656 §12's 600 s: a schedule without one
+CHANNEL_LIFETIMES = (30.0, 60.0, 120.0, 240.0)  # what random schedules draw from
+IDLE_PERIODS = (1, 2)  # per random schedule, each longer than the channel lifetime
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,7 @@ class Schedule:
     rate: float = RATE
     faults: tuple[Fault, ...] = field(default_factory=tuple)
     keepalive_s: float = KEEPALIVE
+    channel_lifetime_s: float = CHANNEL_LIFETIME
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +137,7 @@ class Schedule:
             "relays": self.relays,
             "rate": self.rate,
             "keepalive_s": self.keepalive_s,
+            "channel_lifetime_s": self.channel_lifetime_s,
             "faults": [f.to_json() for f in self.faults],
         }
 
@@ -141,6 +160,7 @@ class Schedule:
             float(data["rate"]),
             tuple(faults),
             float(data.get("keepalive_s", 1.0)),
+            float(data.get("channel_lifetime_s", CHANNEL_LIFETIME)),
         )
 
     def without(self, index: int) -> Schedule:
@@ -163,7 +183,7 @@ def random_schedule(
     (or ``relay_reboot:same_secret``) never drawn."""
     rng = random.Random(f"schedule-{seed}")
     excluded = frozenset(exclude)
-    kinds = [k for k in KINDS if k not in excluded]
+    kinds = [k for k in KINDS if k not in excluded and WEIGHTS[k]]
     weights = [WEIGHTS[k] for k in kinds]
     same_secret = "relay_reboot:same_secret" not in excluded
     count = rng.randint(2, 8)
@@ -176,8 +196,16 @@ def random_schedule(
         key=lambda f: f.at,
     )
     faults = [f if f.heals_at <= end + 60 else replace(f, duration=max(0.0, end + 60 - f.at)) for f in faults]
+    # Drawn after the faults, so that a seed's faults stay what they were before these existed.
+    lifetime = rng.choice(CHANNEL_LIFETIMES)
+    if "stream_idle" not in excluded:
+        for _ in range(rng.choice(IDLE_PERIODS)):
+            idle, at = rng.uniform(1.1, 1.6) * lifetime, rng.uniform(WARMUP, end)
+            if at + idle <= end + 60:  # healed in time for the checks, as every fault
+                faults.append(Fault(at, "stream_idle", "client", idle))
+        faults.sort(key=lambda f: f.at)
     faults = [replace(f, at=round(f.at, 3), duration=round(f.duration, 3)) for f in faults]  # as JSON has them
-    return Schedule(seed, duration_s, relays, rate, tuple(faults))
+    return Schedule(seed, duration_s, relays, rate, tuple(faults), channel_lifetime_s=lifetime)
 
 
 def _fault(rng: random.Random, at: float, relays: int, kind: str, same_secret: bool) -> Fault:

@@ -30,7 +30,7 @@ from fake_portal.eventlog import EventLog
 
 from .actors import TOKEN, WS_DELAY, ChannelHolder, RelayAgent, SimPeer
 from .net import Network
-from .schedule import KEEPALIVE, RATE
+from .schedule import CHANNEL_LIFETIME, KEEPALIVE, RATE
 
 UNIX_OFFSET = 1_800_000_000.0  # 2027-01-15: the wall clock credentials' expiry is read against
 CLIENT_ID, GATEWAY_ID = "client", "gateway"
@@ -77,6 +77,7 @@ class World:
         disabled_fixes: Iterable[str] = (),
         rate: float = RATE,
         keepalive: float = KEEPALIVE,
+        channel_lifetime: float = CHANNEL_LIFETIME,
         trace: bool = True,
     ) -> None:
         self.seed = seed
@@ -84,6 +85,7 @@ class World:
         self.now = 0.0
         self.disabled_fixes = frozenset(disabled_fixes)
         self.keepalive = keepalive
+        self.channel_lifetime = channel_lifetime  # the relays' (coturn's --channel-lifetime) and the peers'
         self.net = Network(self.rng)
         self._heap: list[tuple[float, int, Callable[..., None], tuple]] = []
         self._seq = itertools.count()

@@ -74,6 +74,19 @@ TWINS = {
         "stale-relay",
     ),
     fixes.FIX_PATH_PROBE: (schedule(1008, 343.0, Fault(316.333, "relay_pause", "relay-2", 57.562)), "traffic-gap"),
+    # A binding idle past its (drawn) 120 s lifetime, then wanted again by a new connection.
+    fixes.FIX_CHANNEL_NUMBER_REUSE: (
+        Schedule(
+            1003,
+            376.0,
+            faults=(
+                Fault(214.154, "stream_idle", "client", 160.107),
+                Fault(291.13, "peer_portal_cut", "client", 66.009),
+            ),
+            channel_lifetime_s=120.0,
+        ),
+        "channel-rebind",
+    ),
 }
 
 
@@ -127,6 +140,7 @@ def test_a_shrunk_schedule_replays_to_its_digest():
         ("path-probe", 1000, 20),
         ("refusal-retry", 1076, 6),  # from 1000: the 81st schedule (1080)
         ("path-probe-retransmit", 1042, 6),  # from 1000: the 46th (1045)
+        ("channel-number-reuse", 1000, 6),  # the 4th (1003)
     ],
 )
 def test_random_schedules_find_each_twin(switch, start, within):
@@ -247,6 +261,45 @@ def test_no_traffic_is_owed_while_the_gateway_is_cut_off():
 def test_the_schedule_json_round_trips():
     original = random_schedule(11)
     assert Schedule.from_json(json.loads(original.dumps())) == original
+
+
+def test_a_schedule_without_a_channel_lifetime_is_read_with_the_rfc_one():
+    """Schedules printed before lifetimes were drawn replay as they were found."""
+    data = random_schedule(11).to_json()
+    del data["channel_lifetime_s"]
+    assert Schedule.from_json(data).channel_lifetime_s == 600.0
+
+
+def test_random_schedules_draw_short_lifetimes_and_idle_periods_longer_than_them():
+    schedules = [random_schedule(s) for s in range(40)]
+    assert {s.channel_lifetime_s for s in schedules} == {30.0, 60.0, 120.0, 240.0}
+    idles = [(s, f) for s in schedules for f in s.faults if f.kind == "stream_idle"]
+    assert len(idles) >= 30
+    assert all(f.duration > s.channel_lifetime_s and f.target == "client" for s, f in idles)
+
+
+def test_the_fault_draw_of_a_seed_is_unchanged_by_the_lifetime_and_idle_draws():
+    """The lifetime and idle periods are drawn after the faults: the minimal schedules found
+    before they existed are still subsets of their seed's random schedule."""
+    for switch in (fixes.FIX_PROBE, fixes.FIX_PATH_PROBE, fixes.FIX_CREDENTIALS_COMPARE):
+        minimal, _ = TWINS[switch]
+        assert set(minimal.faults) <= set(random_schedule(minimal.seed).faults), switch
+
+
+def test_an_idle_client_is_owed_no_traffic_and_reconnects():
+    """The stream pauses and the connection is dropped; after the idle period the echo comes back."""
+    world, _ = _world()
+    install(world, Schedule(1, 300.0, faults=(Fault(100.0, "stream_idle", "client", 150.0),)))
+    seen = []
+    for at in (101.0, 249.0):
+        world.schedule(at, lambda: seen.append((world.client.session.stats.sent, len(world.client.tunnel.connections))))
+    world.run(300.0)
+    (sent_early, connections), (sent_late, _) = seen
+    assert sent_early == sent_late and not connections  # nothing sent, no connection while idle
+    assert not world.violations
+    assert not world.client.idle(300.0)
+    last = world.client.session.stats.last_delivery
+    assert last is not None and 250.0 < last
 
 
 def test_every_fault_kind_runs():
