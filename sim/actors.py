@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from connlib.app.session import PeerSession, Phase, SessionConfig
+from connlib.app.session import PeerSession, SessionConfig
 from connlib.core.allocation import ChannelTimes
 from connlib.core.messages import Topic, Vsn
 from connlib.core.phoenix import (
@@ -221,12 +221,11 @@ class SimPeer(ChannelHolder):
         connection (the gateway's fails by ICE timeout), so the channels it used go unused and
         lapse. The next datagram after ``until`` asks for a connection again. A client that is
         not streaming yet (no connection up) just goes on connecting."""
-        session = self.session
-        if self.connect_to is None or session.phase is not Phase.STREAMING:
+        idle_until = max(self.idle_until, until)
+        if self.connect_to is None or not self.session.pause_stream(idle_until):
             return
-        self.idle_until = max(self.idle_until, until)
-        session._next_send = self.idle_until
-        self.tunnel.connections.pop(self.connect_to, None)
+        self.idle_until = idle_until
+        self.tunnel.drop_connection(self.connect_to)
         self.flush(now)
 
     def idle(self, now: float) -> bool:

@@ -43,6 +43,9 @@ MAX_REQUESTS_PER_S = 10
 BOUNDS = {"transmits": 2000, "events": 2000, "remote_candidates": 32, "local_candidates": 16, "channels": 64}
 
 
+_CHANNEL_BIND_REQUEST = bytes([0, int(stun.Method.CHANNEL_BIND)])  # its message type (request class: no bits)
+
+
 class Checker:
     def __init__(self, world: World, errors: ErrorRecords, ignore: frozenset[str] = frozenset()) -> None:
         self.world = world
@@ -72,7 +75,7 @@ class Checker:
     def _on_udp(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes, now: float) -> None:
         if dst[1] != 3478 or len(payload) < 20 or payload[0] & 0xC0 or payload[0] & 0x01 or payload[1] & 0x10:
             return  # not a STUN request to a relay (ChannelData, responses, indications)
-        if payload[1] == 0x09 and payload[0] == 0:
+        if payload[:2] == _CHANNEL_BIND_REQUEST:
             self._check_rebind(src, dst, payload, now)
         bucket = int(now)
         if bucket != self._bucket:

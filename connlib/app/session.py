@@ -192,6 +192,14 @@ class PeerSession:
                 self._next_report = now + self.config.report_interval
             self._report(now)
 
+    def pause_stream(self, until: float) -> bool:
+        """Send nothing before ``until`` (a stream with nothing to say for a while); False, and no
+        change, unless the stream is flowing."""
+        if self.phase is not Phase.STREAMING:
+            return False
+        self._next_send = until
+        return True
+
     def _deadline(self) -> float:
         return self._phase_deadline if self._phase_deadline is not None else 0.0
 

@@ -337,7 +337,7 @@ class Node:
         # Asked at every poll that finds the Node's queues empty (several per datagram): only an
         # allocation with output is polled.
         for rid, allocation in self.allocations.items():
-            if allocation._transmits or allocation._events:  # has_output(), without the call
+            if allocation.has_output():
                 self._drain_one(rid, allocation)
 
     def _drain_one(self, rid: str, allocation: Allocation) -> None:

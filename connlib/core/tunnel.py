@@ -196,6 +196,11 @@ class Tunnel:
         self._host_candidates = [LocalCandidate("host", a) for a in addresses]
 
     # ------------------------------------------------------------------ connections
+    def drop_connection(self, peer_id: str) -> None:
+        """Forget the connection to ``peer_id`` (nothing is sent: the peer's side fails by ICE
+        timeout); the next ``connect`` or offer makes a new one."""
+        self.connections.pop(peer_id, None)
+
     def _new_connection(self, peer_id: str, controlling: bool, now: float) -> Connection:
         old = self.connections.pop(peer_id, None)
         if old is not None:
