@@ -1,11 +1,13 @@
 #!/bin/sh
 # Entry point of the peer image (connlib client or gateway).
 #
-# PEER_ROUTES: comma-separated `ip route` specs applied before the peer starts, e.g.
-#   "172.31.233.11/32 via 172.31.231.11, 172.31.233.12/32 via 172.31.232.12"
+# PEER_ROUTES: comma-separated `ip route replace` specs applied before the peer starts, e.g.
+#   "172.31.233.11/32 via 172.31.231.11, 172.31.233.12/32 via 172.31.231.12, unreachable default"
 # The relays advertise their address on the relay-to-relay network; a peer reaches it through that
 # relay's leg on the peer's own network (the relay accepts it: the address is local to it). The
-# container needs CAP_NET_ADMIN for this. Nothing else is routed: client and gateway networks stay apart.
+# container needs CAP_NET_ADMIN for this. Nothing else is routed: `unreachable default` replaces Docker's
+# default route, so client and gateway networks stay apart even while Docker rebuilds its isolation rules
+# (they are briefly absent whenever any network on the host is created or removed).
 set -eu
 if [ -n "${PEER_ROUTES:-}" ]; then
   echo "$PEER_ROUTES" | tr ',' '\n' | while read -r route; do

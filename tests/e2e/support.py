@@ -7,9 +7,12 @@ JSON lines. Labels, sweep, Docker client, bounded waits and the CI rule are the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,26 @@ def exec_text(container: Container, cmd: list[str]) -> tuple[int, str]:
 def stack_labels(session_labels: dict[str, str], stack: str) -> dict[str, str]:
     """A test's objects: the session's labels (swept after kill -9) and its own stack name."""
     return {**session_labels, STACK_LABEL: stack}
+
+
+@contextlib.contextmanager
+def network_churn(client: docker.DockerClient, labels: dict[str, str], name: str) -> Iterator[list[int]]:
+    """Create and remove a labelled bridge network, over and over, until the block ends: Docker rebuilds
+    its iptables rules (bridge isolation included) at each, the moment another stack starts or stops.
+    Yields a one-element list: how many networks came and went."""
+    stop = threading.Event()
+    churned = [0]
+
+    def churn() -> None:
+        while not stop.is_set():
+            network = client.networks.create(f"{name}-churn-{churned[0]}", driver="bridge", labels=labels)
+            network.remove()
+            churned[0] += 1
+
+    thread = threading.Thread(target=churn, name="network-churn", daemon=True)
+    thread.start()
+    try:
+        yield churned
+    finally:
+        stop.set()
+        thread.join(timeout=30)

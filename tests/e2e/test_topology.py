@@ -65,7 +65,9 @@ def test_the_backend_creates_what_the_file_says_with_the_stacks_values():
     client = create_kwargs(stack.services["client"], "clr-test-1-client-net")
     assert client["image"] == "connlib-relays/peer:e2e"
     assert client["environment"]["CONNLIB_TEST_DISABLE_FIXES"] == "probe"
-    assert client["environment"]["PEER_ROUTES"] == ("10.213.3.11/32 via 10.213.1.11, 10.213.3.12/32 via 10.213.1.12")
+    assert client["environment"]["PEER_ROUTES"] == (
+        "10.213.3.11/32 via 10.213.1.11, 10.213.3.12/32 via 10.213.1.12, unreachable default"
+    )
     command = client["command"]
     assert isinstance(command, list)
     assert {f"--id={CLIENT_ID}", f"--connect={GATEWAY_ID}", "--rate=25.0", "--token=t0k"} <= set(command)
@@ -97,7 +99,11 @@ def test_more_relays_than_the_file_repeat_its_last_one():
     assert [s.name for s in stack.relays] == ["relay-1", "relay-2", "relay-3"]
     assert relay3.addresses == {"client-net": "10.213.1.13", "gateway-net": "10.213.2.13", "relay-net": "10.213.3.13"}
     assert relay3.environment["RELAY_NAME"] == "relay-3" and relay3.hostname == "relay-3"
-    assert stack.services["gateway"].environment["PEER_ROUTES"].endswith("10.213.3.13/32 via 10.213.2.13")
+    assert (
+        stack.services["gateway"]
+        .environment["PEER_ROUTES"]
+        .endswith("10.213.3.13/32 via 10.213.2.13, unreachable default")
+    )
     assert "relay-3" in stack.services["client"].depends_on
     assert [s.name for s in plan(VARIABLES, StackOptions(relays=1)).relays] == ["relay-1"]
 
