@@ -18,7 +18,7 @@ from docker.models.networks import Network
 
 from . import container_faults as cf
 from .fleet import Fleet
-from .topology import Service
+from .topology import NO_DEFAULT_ROUTE, Service
 
 REJOIN_TIMEOUT = 45.0
 AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
@@ -130,6 +130,12 @@ class DockerFaults(Fleet):
 
     async def _reconnect(self, target: str, network: str) -> None:
         member = self.member(target)
+        if NO_DEFAULT_ROUTE in member.routes:
+            # An unreachable route has no interface, so it outlived the cut; Docker refuses to set its
+            # gateway over it ("file exists"). The routes below put it back.
+            await asyncio.to_thread(
+                cf.exec_checked, member.container, ["ip", "route", "del", *NO_DEFAULT_ROUTE.split()], member.name
+            )
         await asyncio.to_thread(
             self.networks[network].connect,
             member.container,
