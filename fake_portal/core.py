@@ -336,12 +336,13 @@ class Portal:
         return self._flush_at is not None
 
     def poll_timeout(self) -> float | None:
-        deadlines = [
-            d
-            for d in (self._flush_at, self._heartbeat_deadlines[0][0] if self._heartbeat_deadlines else None)
-            if d is not None
-        ]
-        return min(deadlines, default=None)
+        # Asked at every step of the simulator's loop: no intermediate list.
+        best = self._flush_at
+        if self._heartbeat_deadlines:
+            beat = self._heartbeat_deadlines[0][0]
+            if best is None or beat < best:
+                best = beat
+        return best
 
     def poll_transmit(self) -> Send | Close | None:
         while not self._output and self._fanout is not None:

@@ -180,6 +180,7 @@ class Checker:
         world, node, pid = self.world, peer.tunnel.node, peer.peer_id
         joined = peer.joined_since is not None and not world.ws_blocked(peer)  # it can hear the portal
         usable = False
+        handed_out = self._handed_out(peer)  # read only: the same for every relay of this pass
         for rid, allocation in sorted(node.allocations.items()):
             agent = world.agent_by_rid(rid)
             local = allocation.has_allocation()
@@ -197,12 +198,12 @@ class Checker:
             lost_since = self.since.setdefault(lost, now) if local and not held else self.since.pop(lost, None)
             # Lost after the peer's last init, on a relay the portal does not list for the peer
             # (kept because a probe answered): nobody can tell the peer.
-            unlisted = rid not in self._handed_out(peer)
+            unlisted = rid not in handed_out
             after_init = stale and peer.joined_since is not None and (lost_since or now) >= peer.joined_since
             kind = "unsupervised-relay" if unlisted and after_init else "stale-relay"
             self._held(kind, pid, rid, stale, now, "allocation lost on the relay")
             current = agent.relay.password_for(allocation.username) == allocation.password
-            told = joined and agent.sid is not None and rid in self._handed_out(peer)
+            told = joined and agent.sid is not None and rid in handed_out
             self._held(
                 "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
             )
