@@ -233,7 +233,11 @@ def loads_strict(data: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise
     except (ValueError, RecursionError) as exc:
         raise MessageError(f"not JSON: {exc}") from None
-    check_json(value, max_depth)
+    # The parse hooks have bounded every number and the pre-check the depth, so what ``check_json``
+    # can still find is a lone surrogate, which only a ``\\u`` escape or the text itself can
+    # carry: a frame with neither (the common case) is not walked again.
+    if "\\u" in data or _has_lone_surrogate(data):
+        check_json(value, max_depth)
     return value
 
 
@@ -330,7 +334,7 @@ def decode_frame(data: str | bytes, vsn: Vsn = Vsn.V1) -> Frame:
         raise PayloadError("frame ref must be an integer, a string or null", request)
     if not _is_ref(join_ref):
         raise PayloadError("frame join_ref must be an integer, a string or null", request)
-    return dataclasses.replace(request, payload=payload)
+    return Frame(topic=topic, event=event, payload=payload, ref=ref, join_ref=join_ref)  # the refs are good here
 
 
 def _is_ref(value: Any) -> bool:
@@ -342,7 +346,12 @@ def encode_frame(frame: Frame, vsn: Vsn = Vsn.V1) -> str:
         raw: Any = [frame.join_ref, frame.ref, frame.topic, frame.event, frame.payload]
     else:
         raw = {"topic": frame.topic, "event": frame.event, "payload": frame.payload, "ref": frame.ref}
-    return json.dumps(raw, separators=(",", ":"), allow_nan=False)
+    return _FRAME_ENCODER.encode(raw)
+
+
+# What ``json.dumps(raw, separators=(",", ":"), allow_nan=False)`` builds per call (it keeps no
+# state between calls): one for every frame.
+_FRAME_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
