@@ -340,8 +340,11 @@ def _fingerprint(data: bytes) -> int:
     return (binascii.crc32(data) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
 
 
-def _with_length(header_and_body: bytes, length: int) -> bytes:
-    return header_and_body[:2] + struct.pack("!H", length) + header_and_body[4:]
+_MESSAGE_HEADER = struct.Struct("!HHI")  # type, length, cookie (the transaction id follows)
+_ATTRIBUTE_HEADER = struct.Struct("!HH")
+_LENGTH = struct.Struct("!H")
+_INTEGRITY_HEADER = _ATTRIBUTE_HEADER.pack(_INTEGRITY, 20)
+_FINGERPRINT_HEADER = struct.Struct("!HHI")
 
 
 @dataclass(slots=True)
@@ -396,29 +399,37 @@ class Message:
 
         ``padding`` is the byte used to pad attribute values (RFC 5769's vectors use 0x20).
         """
-        if len(self.transaction_id) != 12:
+        tid = self.transaction_id
+        if len(tid) != 12:
             raise ValueError("transaction id must be 12 bytes")
-        body = bytearray()
+        # One buffer: the header first (its length field set as each trailer is signed), then the
+        # attributes; the codec table is read once per attribute.
+        out = bytearray(HEADER_LENGTH)
+        pad_byte = padding[:1]
         for name, value in self.attributes:
             if isinstance(name, int):
                 attr_type, data = name, bytes(value)
             else:
-                attr_type = ATTRIBUTE_TYPES[name]
-                data = ATTRIBUTES[attr_type].pack(value, self.transaction_id)
-            if attr_type in (_INTEGRITY, _FINGERPRINT):
+                codec = ATTRIBUTES[ATTRIBUTE_TYPES[name]]
+                attr_type, data = codec.type, codec.pack(value, tid)
+            if attr_type == _INTEGRITY or attr_type == _FINGERPRINT:
                 continue
-            body += struct.pack("!HH", attr_type, len(data)) + data + padding[:1] * _pad(len(data))
-        msg_type = self._message_type()
-        header = struct.pack("!HHI", msg_type, len(body), MAGIC_COOKIE) + self.transaction_id
-        out = header + bytes(body)
+            size = len(data)
+            out += _ATTRIBUTE_HEADER.pack(attr_type, size)
+            out += data
+            if size & 3:
+                out += pad_byte * (4 - (size & 3))
+        _MESSAGE_HEADER.pack_into(out, 0, self._message_type(), len(out) - HEADER_LENGTH, MAGIC_COOKIE)
+        out[8:HEADER_LENGTH] = tid
         if integrity_key is not None:
-            out = _with_length(out, len(out) - HEADER_LENGTH + 24)
+            _LENGTH.pack_into(out, 2, len(out) - HEADER_LENGTH + 24)
             mac = _hmac_sha1(integrity_key, out)
-            out += struct.pack("!HH", _INTEGRITY, 20) + mac
+            out += _INTEGRITY_HEADER
+            out += mac
         if fingerprint:
-            out = _with_length(out, len(out) - HEADER_LENGTH + 8)
-            out += struct.pack("!HHI", _FINGERPRINT, 4, _fingerprint(out))
-        return out
+            _LENGTH.pack_into(out, 2, len(out) - HEADER_LENGTH + 8)
+            out += _FINGERPRINT_HEADER.pack(_FINGERPRINT, 4, _fingerprint(out))
+        return bytes(out)
 
     def _message_type(self) -> int:
         m = int(self.method)
