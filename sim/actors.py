@@ -257,35 +257,37 @@ class SimPeer(ChannelHolder):
         super().timeout(now)  # the channel's timers, then flush via after_input
 
     def flush(self, now: float) -> None:
-        world, tunnel, session = self.world, self.tunnel, self.session
+        world, tunnel, session, channel = self.world, self.tunnel, self.session, self.channel
+        addr, unix, udp = self.addr, world.unix(now), world.udp
+        poll_transmit, poll_event = tunnel.poll_transmit, tunnel.poll_event
         for _ in range(1000):
             progressed = False
-            while (transmit := tunnel.poll_transmit()) is not None:
-                world.udp(self.addr, transmit.dst, transmit.payload)
+            while (transmit := poll_transmit()) is not None:
+                udp(addr, transmit.dst, transmit.payload)
                 progressed = True
-            while (event := tunnel.poll_event()) is not None:
+            while (event := poll_event()) is not None:
                 world.trace("ev", self.peer_id, event)
-                session.handle_tunnel_event(event, now, world.unix(now))
+                session.handle_tunnel_event(event, now, unix)
                 progressed = True
             if session.needs_wakeup:
-                session.handle_timeout(now, world.unix(now))
+                session.handle_timeout(now, unix)
                 progressed = True
             while (line := session.poll_line()) is not None:
                 world.observe_line(self, line, now)
             while (signal := session.poll_signal()) is not None:
                 try:
-                    self.channel.send(signal.event, signal.payload)
+                    channel.send(signal.event, signal.payload)
                 except ChannelClosed:
                     pass
                 progressed = True
             if not progressed:
                 break
-        while (text := self.channel.poll_transmit()) is not None:
+        while (text := channel.poll_transmit()) is not None:
             if self.sid is not None:
                 world.ws_to_portal(self.sid, text)
-        if self.channel.poll_event() is not None:
+        if channel.poll_event() is not None:
             raise AssertionError("channel events are drained by pump")
-        self.deadline = _min(tunnel.poll_timeout(), session.poll_timeout(), self.channel.poll_timeout())
+        self.deadline = _min(tunnel.poll_timeout(), session.poll_timeout(), channel.poll_timeout())
 
     def after_input(self, now: float) -> None:
         self.flush(now)

@@ -134,8 +134,10 @@ class Checker:
         """Since when the world can carry the stream (None: it cannot now): both peers joined,
         and a pair of working relays, one for each, that reach each other."""
         world = self.world
+        if now < 20.0 or world.portal is None:
+            return None
         joined = [p.joined_since for p in world.peers]
-        if world.portal is None or now < 20.0 or None in joined or any(world.ws_blocked(p) for p in world.peers):
+        if None in joined or any([world.ws_blocked(p) for p in world.peers]):
             return None
         if world.client.idle(now):
             return None  # a stream_idle fault: nothing is sent, nothing is owed
@@ -181,6 +183,7 @@ class Checker:
         joined = peer.joined_since is not None and not world.ws_blocked(peer)  # it can hear the portal
         usable = False
         handed_out = self._handed_out(peer)  # read only: the same for every relay of this pass
+        addr, net = peer.addr, world.net
         for rid, allocation in sorted(node.allocations.items()):
             agent = world.agent_by_rid(rid)
             local = allocation.has_allocation()
@@ -190,9 +193,9 @@ class Checker:
             )
             if agent is None:
                 continue
-            truth = agent.relay.live_allocation(peer.addr, now) if agent.up else None
-            reachable = not agent.frozen and world.net.reachable(peer.ip, agent.relay.ip, now)
-            held = truth is not None and any(c.addr == truth.relayed for c in allocation.relay_candidates())
+            truth = agent.relay.live_allocation(addr, now) if agent.up else None
+            reachable = not agent.frozen and net.reachable(peer.ip, agent.relay.ip, now)
+            held = truth is not None and truth.relayed in [c.addr for c in allocation.relay_candidates()]
             stale = joined and local and reachable and not held
             lost = ("lost", pid, rid)
             lost_since = self.since.setdefault(lost, now) if local and not held else self.since.pop(lost, None)

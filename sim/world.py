@@ -238,24 +238,27 @@ class World:
 
     # ------------------------------------------------------------------ the loop
     def run(self, until: float) -> None:
-        heap = self._heap
+        heap, actors, pop, never = self._heap, self.actors, heapq.heappop, float("inf")
         spins, last = 0, (-1.0, None)
         while not self.stopped:
             best: Any = None
-            due = heap[0][0] if heap else float("inf")
-            for actor in self.actors:
+            due = heap[0][0] if heap else never
+            for actor in actors:
                 deadline = actor.deadline
                 if deadline is not None and deadline < due:
                     due, best = deadline, actor
-            portal_due = self.portal.poll_timeout() if self.portal is not None else None
-            if portal_due is not None and portal_due < due:
-                due, best = portal_due, self.portal
+            portal = self.portal
+            if portal is not None:
+                portal_due = portal.poll_timeout()
+                if portal_due is not None and portal_due < due:
+                    due, best = portal_due, portal
             if due > until:
                 self.now = max(self.now, until)
                 return
-            self.now = max(self.now, due)
+            if due > self.now:
+                self.now = due
             if best is None:
-                _, _, fn, args = heapq.heappop(heap)
+                _, _, fn, args = pop(heap)
                 fn(*args)
                 continue
             if last[1] is best and self.now - last[0] < SPIN_WINDOW:
