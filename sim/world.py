@@ -61,6 +61,8 @@ class ErrorRecords(logging.Handler):
 
 
 class _NullEventLog(EventLog):
+    keeps = False  # the portal builds no frame entries for it
+
     def __init__(self) -> None:
         super().__init__(1)
 

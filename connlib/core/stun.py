@@ -340,11 +340,8 @@ def _fingerprint(data: bytes) -> int:
     return (binascii.crc32(data) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
 
 
-_MESSAGE_HEADER = struct.Struct("!HHI")  # type, length, cookie (the transaction id follows)
-_ATTRIBUTE_HEADER = struct.Struct("!HH")
-_LENGTH = struct.Struct("!H")
-_INTEGRITY_HEADER = _ATTRIBUTE_HEADER.pack(_INTEGRITY, 20)
-_FINGERPRINT_HEADER = struct.Struct("!HHI")
+_LENGTH = struct.Struct("!H")  # the header's length field, set in place by ``encode``
+_INTEGRITY_HEADER = struct.pack("!HH", _INTEGRITY, 20)
 
 
 @dataclass(slots=True)
@@ -419,7 +416,7 @@ class Message:
             out += data
             if size & 3:
                 out += pad_byte * (4 - (size & 3))
-        _MESSAGE_HEADER.pack_into(out, 0, self._message_type(), len(out) - HEADER_LENGTH, MAGIC_COOKIE)
+        _HEADER.pack_into(out, 0, self._message_type(), len(out) - HEADER_LENGTH, MAGIC_COOKIE)
         out[8:HEADER_LENGTH] = tid
         if integrity_key is not None:
             _LENGTH.pack_into(out, 2, len(out) - HEADER_LENGTH + 24)
@@ -428,7 +425,7 @@ class Message:
             out += mac
         if fingerprint:
             _LENGTH.pack_into(out, 2, len(out) - HEADER_LENGTH + 8)
-            out += _FINGERPRINT_HEADER.pack(_FINGERPRINT, 4, _fingerprint(out))
+            out += _HEADER.pack(_FINGERPRINT, 4, _fingerprint(out))  # type, length, CRC: the same shape
         return bytes(out)
 
     def _message_type(self) -> int:
@@ -535,7 +532,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise StunParseError(f"malformed STUN message: {exc}") from exc
 
 
-_HEADER = struct.Struct("!HHI")
+_HEADER = struct.Struct("!HHI")  # type, length, cookie (the transaction id follows)
 _ATTRIBUTE_HEADER = struct.Struct("!HH")
 _U32_CODEC = struct.Struct("!I")
 # Enum lookups by value: calling the enum class per message costs more than the rest of a header.
