@@ -116,19 +116,24 @@ class Checker:
             self._check_peer(peer, now)
         world.schedule(now + 1.0, self._tick)
 
-    def _good_relays(self, peer: SimPeer, now: float) -> list[RelayAgent]:
-        net = self.world.net
+    def _working_relays(self) -> list[RelayAgent]:
+        """Relays up, on the portal and taking allocations (whoever asks)."""
+        world = self.world
         return [
             a
-            for a in self.world.relays
+            for a in world.relays
             if a.up
             and not a.frozen
             and a.sid is not None
-            and not self.world.ws_blocked(a)
+            and not world.ws_blocked(a)
             and not a.relay.user_quota
             and not a.relay.total_quota
-            and net.reachable(peer.ip, a.relay.ip, now)
         ]
+
+    def _good_relays(self, peer: SimPeer, working: list[RelayAgent], now: float) -> list[RelayAgent]:
+        """The working relays that ``peer`` reaches."""
+        net = self.world.net
+        return [a for a in working if net.reachable(peer.ip, a.relay.ip, now)]
 
     def healthy(self, now: float) -> float | None:
         """Since when the world can carry the stream (None: it cannot now): both peers joined,
@@ -141,7 +146,8 @@ class Checker:
             return None
         if world.client.idle(now):
             return None  # a stream_idle fault: nothing is sent, nothing is owed
-        mine, theirs = self._good_relays(world.client, now), self._good_relays(world.gateway, now)
+        working = self._working_relays()
+        mine, theirs = self._good_relays(world.client, working, now), self._good_relays(world.gateway, working, now)
         starts = [
             max(a.joined_since or now, b.joined_since or now)
             for a in mine
@@ -165,11 +171,13 @@ class Checker:
             self.world.violation("traffic-gap", f"healthy since {self.healthy_since:.1f}s but the last echo came {ago}")
 
     def _held(self, check: str, peer: str, rid: str, bad: bool, now: float, detail: str) -> None:
-        key = (check, peer, rid)
+        since = self.since
         if not bad:
-            self.since.pop(key, None)
+            if since:  # mostly empty: nothing bad anywhere
+                since.pop((check, peer, rid), None)
             return
-        first = self.since.setdefault(key, now)
+        key = (check, peer, rid)
+        first = since.setdefault(key, now)
         if now - first > ZOMBIE_BOUND:
             message = f"{peer} relay {rid[:8]}: {detail} for {now - first:.0f}s"
             if check in self.ignore:
@@ -197,8 +205,10 @@ class Checker:
             reachable = not agent.frozen and net.reachable(peer.ip, agent.relay.ip, now)
             held = truth is not None and truth.relayed in [c.addr for c in allocation.relay_candidates()]
             stale = joined and local and reachable and not held
-            lost = ("lost", pid, rid)
-            lost_since = self.since.setdefault(lost, now) if local and not held else self.since.pop(lost, None)
+            if local and not held:
+                lost_since: float | None = self.since.setdefault(("lost", pid, rid), now)
+            else:
+                lost_since = self.since.pop(("lost", pid, rid), None) if self.since else None
             # Lost after the peer's last init, on a relay the portal does not list for the peer
             # (kept because a probe answered): nobody can tell the peer.
             unlisted = rid not in handed_out
