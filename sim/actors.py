@@ -261,10 +261,11 @@ class SimPeer(ChannelHolder):
         addr, unix, udp = self.addr, world.unix(now), world.udp
         poll_transmit, poll_event = tunnel.poll_transmit, tunnel.poll_event
         for _ in range(1000):
+            # Another pass only after the session was handed something: sending datagrams into
+            # the network changes nothing here, so a pass that only sent would find nothing new.
             progressed = False
             while (transmit := poll_transmit()) is not None:
                 udp(addr, transmit.dst, transmit.payload)
-                progressed = True
             while (event := poll_event()) is not None:
                 world.trace("ev", self.peer_id, event)
                 session.handle_tunnel_event(event, now, unix)
