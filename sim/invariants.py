@@ -191,14 +191,16 @@ class Checker:
         joined = peer.joined_since is not None and not world.ws_blocked(peer)  # it can hear the portal
         usable = False
         handed_out = self._handed_out(peer)  # read only: the same for every relay of this pass
-        addr, net = peer.addr, world.net
+        addr, net, since = peer.addr, world.net, self.since
+        # ``_held`` of a check that holds does nothing while nothing is pending (``since`` empty):
+        # it is called only when a check is broken or something may have to be cleared.
         for rid, allocation in sorted(node.allocations.items()):
             agent = world.agent_by_rid(rid)
             local = allocation.has_allocation()
             usable |= local
-            self._held(
-                "zombie-relay", pid, rid, not local and not allocation.sent_requests, now, "no allocation, no retry"
-            )
+            zombie = not local and not allocation.sent_requests
+            if zombie or since:
+                self._held("zombie-relay", pid, rid, zombie, now, "no allocation, no retry")
             if agent is None:
                 continue
             truth = agent.relay.live_allocation(addr, now) if agent.up else None
@@ -206,20 +208,22 @@ class Checker:
             held = truth is not None and truth.relayed in [c.addr for c in allocation.relay_candidates()]
             stale = joined and local and reachable and not held
             if local and not held:
-                lost_since: float | None = self.since.setdefault(("lost", pid, rid), now)
+                lost_since: float | None = since.setdefault(("lost", pid, rid), now)
             else:
-                lost_since = self.since.pop(("lost", pid, rid), None) if self.since else None
-            # Lost after the peer's last init, on a relay the portal does not list for the peer
-            # (kept because a probe answered): nobody can tell the peer.
-            unlisted = rid not in handed_out
-            after_init = stale and peer.joined_since is not None and (lost_since or now) >= peer.joined_since
-            kind = "unsupervised-relay" if unlisted and after_init else "stale-relay"
-            self._held(kind, pid, rid, stale, now, "allocation lost on the relay")
+                lost_since = since.pop(("lost", pid, rid), None) if since else None
+            if stale or since:
+                # Lost after the peer's last init, on a relay the portal does not list for the peer
+                # (kept because a probe answered): nobody can tell the peer.
+                unlisted = rid not in handed_out
+                after_init = stale and peer.joined_since is not None and (lost_since or now) >= peer.joined_since
+                kind = "unsupervised-relay" if unlisted and after_init else "stale-relay"
+                self._held(kind, pid, rid, stale, now, "allocation lost on the relay")
             current = agent.relay.password_for(allocation.username) == allocation.password
             told = joined and agent.sid is not None and rid in handed_out
-            self._held(
-                "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
-            )
+            if (told and not current) or since:
+                self._held(
+                    "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
+                )
             if truth is not None and held:
                 self._check_channels(pid, rid, allocation, truth.channels, now)
             if len(allocation.channels) > BOUNDS["channels"]:
@@ -228,7 +232,8 @@ class Checker:
             self.last_usable[pid] = now
         last = self.last_usable.get(pid)
         silent = last is not None and (self.no_relays_at.get(pid, -1.0) < last) and bool(node.allocations)
-        self._held("no-relays", pid, "-", joined and not usable and silent, now, "no usable relay and no NoRelays")
+        if (joined and not usable and silent) or since:
+            self._held("no-relays", pid, "-", joined and not usable and silent, now, "no usable relay and no NoRelays")
         for name, size in (("transmits", len(peer.tunnel._transmits)), ("events", len(peer.tunnel._events))):
             if size > BOUNDS[name]:
                 world.violation("unbounded", f"{pid}: {size} {name} queued")
