@@ -147,6 +147,10 @@ class Checker:
         if world.client.idle(now):
             return None  # a stream_idle fault: nothing is sent, nothing is owed
         working = self._working_relays()
+        if world.net.calm(now):
+            # Both peers reach every working relay, and the relays each other: of the pairs
+            # below, a relay with itself is the earliest (max(a, b) >= a), so it is that relay's.
+            return max(min([a.joined_since or now for a in working]), *joined) if working else None  # type: ignore[type-var]
         mine, theirs = self._good_relays(world.client, working, now), self._good_relays(world.gateway, working, now)
         starts = [
             max(a.joined_since or now, b.joined_since or now)

@@ -78,9 +78,13 @@ class Network:
         entry = self.loss.get(host)
         return entry[0] if entry is not None and entry[1] > now else 0.0
 
+    def calm(self, now: float) -> bool:
+        """No condition in force at ``now``: every host reaches every other."""
+        return not (self._in_force and self._expire(now))
+
     def reachable(self, a: str, b: str, now: float) -> bool:
         """No black hole, partition or loss burst between ``a`` and ``b`` (ground truth)."""
-        if not (self._in_force and self._expire(now)):
+        if self.calm(now):
             return True
         return not self._blocked(a, b, now) and not self._loss(a, now) and not self._loss(b, now)
 

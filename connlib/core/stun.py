@@ -315,7 +315,7 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
-def _hmac_sha1(key: bytes, data: bytes) -> bytes:
+def _hmac_sha1(key: bytes, data: bytes | bytearray) -> bytes:
     """RFC 2104 HMAC-SHA1 (what ``hmac.digest(key, data, "sha1")`` returns)."""
     states = _HMAC_STATES.get(key)
     if states is None:
@@ -336,7 +336,7 @@ def _pad(length: int) -> int:
     return (4 - length % 4) % 4
 
 
-def _fingerprint(data: bytes) -> int:
+def _fingerprint(data: bytes | bytearray) -> int:
     return (binascii.crc32(data) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
 
 
