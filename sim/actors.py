@@ -245,7 +245,7 @@ class SimPeer(ChannelHolder):
     def udp_in(self, payload: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
         if dst != self.addr:
             return  # a datagram for the socket of a previous boot
-        self.tunnel.handle_input(payload, src, self.addr, now)
+        self.tunnel.handle_input(payload, src, dst, now)  # dst is our address
         self.flush(now)
 
     def timeout(self, now: float) -> None:
