@@ -294,6 +294,11 @@ _DECODERS: dict[int, tuple[str, Callable[[bytes, int, int, bytes], Any] | None]]
     t: (codec.name, None if t in (_INTEGRITY, _FINGERPRINT) else codec.unpack) for t, codec in ATTRIBUTES.items()
 }
 
+# The encoder's view: name -> (type, pack), one lookup per attribute.
+_ENCODERS: dict[str, tuple[int, Callable[[Any, bytes], bytes]]] = {
+    codec.name: (t, codec.pack) for t, codec in ATTRIBUTES.items()
+}
+
 ADDRESS_FAMILY_IPV4 = 0x01
 ADDRESS_FAMILY_IPV6 = 0x02
 TRANSPORT_UDP = 17
@@ -407,8 +412,8 @@ class Message:
             if isinstance(name, int):
                 attr_type, data = name, bytes(value)
             else:
-                codec = ATTRIBUTES[ATTRIBUTE_TYPES[name]]
-                attr_type, data = codec.type, codec.pack(value, tid)
+                attr_type, pack = _ENCODERS[name]  # KeyError for an unknown name, as the table's
+                data = pack(value, tid)
             if attr_type == _INTEGRITY or attr_type == _FINGERPRINT:
                 continue
             size = len(data)
