@@ -336,12 +336,13 @@ class Portal:
         return self._flush_at is not None
 
     def poll_timeout(self) -> float | None:
-        deadlines = [
-            d
-            for d in (self._flush_at, self._heartbeat_deadlines[0][0] if self._heartbeat_deadlines else None)
-            if d is not None
-        ]
-        return min(deadlines, default=None)
+        # Asked at every step of the simulator's loop: no intermediate list.
+        best = self._flush_at
+        if self._heartbeat_deadlines:
+            beat = self._heartbeat_deadlines[0][0]
+            if best is None or beat < best:
+                best = beat
+        return best
 
     def poll_transmit(self) -> Send | Close | None:
         while not self._output and self._fanout is not None:
@@ -681,8 +682,9 @@ class Portal:
     def _send(self, session: Session, frame: Frame, now: float) -> None:
         vsn = session.endpoint.vsn
         text = encode_frame(frame, vsn)
-        payload = EncodedPayload(text, 4 if vsn is Vsn.V2 else "payload")
-        self._record(session, "out", now, frame=frame, size=len(text), payload=payload)
+        if self._events.keeps:
+            payload = EncodedPayload(text, 4 if vsn is Vsn.V2 else "payload")
+            self._record(session, "out", now, frame=frame, size=len(text), payload=payload)
         self._output.append(Send(session.sid, text))
 
     def _push(self, session: Session, event: str, payload: dict[str, Any], now: float) -> None:
@@ -700,6 +702,8 @@ class Portal:
     ) -> None:
         # The log summarizes (bounded size); it never keeps the payload itself, at most its
         # encoded text (``payload``, for a frame sent: see fake_portal.eventlog).
+        if not self._events.keeps:
+            return
         fields: dict[str, Any] = {"dir": direction, "sid": session.sid, "role": session.role, "id": session.peer_id}
         if frame is not None:
             fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=payload or frame.payload)

@@ -178,6 +178,8 @@ class EventLog:
     holds tens of thousands of entries. ``since`` builds the dicts.
     """
 
+    keeps = True  # False: a log that keeps nothing (the simulator's), so writers may skip building entries
+
     def __init__(self, maxlen: int) -> None:
         self._entries: deque[tuple[Any, ...]] = deque(maxlen=maxlen)
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}

@@ -245,7 +245,7 @@ class SimPeer(ChannelHolder):
     def udp_in(self, payload: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
         if dst != self.addr:
             return  # a datagram for the socket of a previous boot
-        self.tunnel.handle_input(payload, src, self.addr, now)
+        self.tunnel.handle_input(payload, src, dst, now)  # dst is our address
         self.flush(now)
 
     def timeout(self, now: float) -> None:
@@ -257,35 +257,38 @@ class SimPeer(ChannelHolder):
         super().timeout(now)  # the channel's timers, then flush via after_input
 
     def flush(self, now: float) -> None:
-        world, tunnel, session = self.world, self.tunnel, self.session
+        world, tunnel, session, channel = self.world, self.tunnel, self.session, self.channel
+        addr, unix, udp = self.addr, world.unix(now), world.udp
+        poll_transmit, poll_event = tunnel.poll_transmit, tunnel.poll_event
         for _ in range(1000):
+            # Another pass only after the session was handed something: sending datagrams into
+            # the network changes nothing here, so a pass that only sent would find nothing new.
             progressed = False
-            while (transmit := tunnel.poll_transmit()) is not None:
-                world.udp(self.addr, transmit.dst, transmit.payload)
-                progressed = True
-            while (event := tunnel.poll_event()) is not None:
+            while (transmit := poll_transmit()) is not None:
+                udp(addr, transmit.dst, transmit.payload)
+            while (event := poll_event()) is not None:
                 world.trace("ev", self.peer_id, event)
-                session.handle_tunnel_event(event, now, world.unix(now))
+                session.handle_tunnel_event(event, now, unix)
                 progressed = True
             if session.needs_wakeup:
-                session.handle_timeout(now, world.unix(now))
+                session.handle_timeout(now, unix)
                 progressed = True
             while (line := session.poll_line()) is not None:
                 world.observe_line(self, line, now)
             while (signal := session.poll_signal()) is not None:
                 try:
-                    self.channel.send(signal.event, signal.payload)
+                    channel.send(signal.event, signal.payload)
                 except ChannelClosed:
                     pass
                 progressed = True
             if not progressed:
                 break
-        while (text := self.channel.poll_transmit()) is not None:
+        while (text := channel.poll_transmit()) is not None:
             if self.sid is not None:
                 world.ws_to_portal(self.sid, text)
-        if self.channel.poll_event() is not None:
+        if channel.poll_event() is not None:
             raise AssertionError("channel events are drained by pump")
-        self.deadline = _min(tunnel.poll_timeout(), session.poll_timeout(), self.channel.poll_timeout())
+        self.deadline = _min(tunnel.poll_timeout(), session.poll_timeout(), channel.poll_timeout())
 
     def after_input(self, now: float) -> None:
         self.flush(now)
@@ -355,6 +358,10 @@ class RelayAgent(ChannelHolder):
         self.pump(now)
 
 
-def _min(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return min(present) if present else None
+def _min(a: float | None, b: float | None, c: float | None) -> float | None:
+    """The earliest of three deadlines (None: none); asked after every flush, so no list."""
+    if b is not None and (a is None or b < a):
+        a = b
+    if c is not None and (a is None or c < a):
+        a = c
+    return a

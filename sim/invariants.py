@@ -116,30 +116,42 @@ class Checker:
             self._check_peer(peer, now)
         world.schedule(now + 1.0, self._tick)
 
-    def _good_relays(self, peer: SimPeer, now: float) -> list[RelayAgent]:
-        net = self.world.net
+    def _working_relays(self) -> list[RelayAgent]:
+        """Relays up, on the portal and taking allocations (whoever asks)."""
+        world = self.world
         return [
             a
-            for a in self.world.relays
+            for a in world.relays
             if a.up
             and not a.frozen
             and a.sid is not None
-            and not self.world.ws_blocked(a)
+            and not world.ws_blocked(a)
             and not a.relay.user_quota
             and not a.relay.total_quota
-            and net.reachable(peer.ip, a.relay.ip, now)
         ]
+
+    def _good_relays(self, peer: SimPeer, working: list[RelayAgent], now: float) -> list[RelayAgent]:
+        """The working relays that ``peer`` reaches."""
+        net = self.world.net
+        return [a for a in working if net.reachable(peer.ip, a.relay.ip, now)]
 
     def healthy(self, now: float) -> float | None:
         """Since when the world can carry the stream (None: it cannot now): both peers joined,
         and a pair of working relays, one for each, that reach each other."""
         world = self.world
+        if now < 20.0 or world.portal is None:
+            return None
         joined = [p.joined_since for p in world.peers]
-        if world.portal is None or now < 20.0 or None in joined or any(world.ws_blocked(p) for p in world.peers):
+        if None in joined or any([world.ws_blocked(p) for p in world.peers]):
             return None
         if world.client.idle(now):
             return None  # a stream_idle fault: nothing is sent, nothing is owed
-        mine, theirs = self._good_relays(world.client, now), self._good_relays(world.gateway, now)
+        working = self._working_relays()
+        if world.net.calm(now):
+            # Both peers reach every working relay, and the relays each other: of the pairs
+            # below, a relay with itself is the earliest (max(a, b) >= a), so it is that relay's.
+            return max(min([a.joined_since or now for a in working]), *joined) if working else None  # type: ignore[type-var]
+        mine, theirs = self._good_relays(world.client, working, now), self._good_relays(world.gateway, working, now)
         starts = [
             max(a.joined_since or now, b.joined_since or now)
             for a in mine
@@ -163,11 +175,13 @@ class Checker:
             self.world.violation("traffic-gap", f"healthy since {self.healthy_since:.1f}s but the last echo came {ago}")
 
     def _held(self, check: str, peer: str, rid: str, bad: bool, now: float, detail: str) -> None:
-        key = (check, peer, rid)
+        since = self.since
         if not bad:
-            self.since.pop(key, None)
+            if since:  # mostly empty: nothing bad anywhere
+                since.pop((check, peer, rid), None)
             return
-        first = self.since.setdefault(key, now)
+        key = (check, peer, rid)
+        first = since.setdefault(key, now)
         if now - first > ZOMBIE_BOUND:
             message = f"{peer} relay {rid[:8]}: {detail} for {now - first:.0f}s"
             if check in self.ignore:
@@ -180,32 +194,40 @@ class Checker:
         world, node, pid = self.world, peer.tunnel.node, peer.peer_id
         joined = peer.joined_since is not None and not world.ws_blocked(peer)  # it can hear the portal
         usable = False
+        handed_out = self._handed_out(peer)  # read only: the same for every relay of this pass
+        addr, net, since = peer.addr, world.net, self.since
+        # ``_held`` of a check that holds does nothing while nothing is pending (``since`` empty):
+        # it is called only when a check is broken or something may have to be cleared.
         for rid, allocation in sorted(node.allocations.items()):
             agent = world.agent_by_rid(rid)
             local = allocation.has_allocation()
             usable |= local
-            self._held(
-                "zombie-relay", pid, rid, not local and not allocation.sent_requests, now, "no allocation, no retry"
-            )
+            zombie = not local and not allocation.sent_requests
+            if zombie or since:
+                self._held("zombie-relay", pid, rid, zombie, now, "no allocation, no retry")
             if agent is None:
                 continue
-            truth = agent.relay.live_allocation(peer.addr, now) if agent.up else None
-            reachable = not agent.frozen and world.net.reachable(peer.ip, agent.relay.ip, now)
-            held = truth is not None and any(c.addr == truth.relayed for c in allocation.relay_candidates())
+            truth = agent.relay.live_allocation(addr, now) if agent.up else None
+            reachable = not agent.frozen and net.reachable(peer.ip, agent.relay.ip, now)
+            held = truth is not None and truth.relayed in [c.addr for c in allocation.relay_candidates()]
             stale = joined and local and reachable and not held
-            lost = ("lost", pid, rid)
-            lost_since = self.since.setdefault(lost, now) if local and not held else self.since.pop(lost, None)
-            # Lost after the peer's last init, on a relay the portal does not list for the peer
-            # (kept because a probe answered): nobody can tell the peer.
-            unlisted = rid not in self._handed_out(peer)
-            after_init = stale and peer.joined_since is not None and (lost_since or now) >= peer.joined_since
-            kind = "unsupervised-relay" if unlisted and after_init else "stale-relay"
-            self._held(kind, pid, rid, stale, now, "allocation lost on the relay")
+            if local and not held:
+                lost_since: float | None = since.setdefault(("lost", pid, rid), now)
+            else:
+                lost_since = since.pop(("lost", pid, rid), None) if since else None
+            if stale or since:
+                # Lost after the peer's last init, on a relay the portal does not list for the peer
+                # (kept because a probe answered): nobody can tell the peer.
+                unlisted = rid not in handed_out
+                after_init = stale and peer.joined_since is not None and (lost_since or now) >= peer.joined_since
+                kind = "unsupervised-relay" if unlisted and after_init else "stale-relay"
+                self._held(kind, pid, rid, stale, now, "allocation lost on the relay")
             current = agent.relay.password_for(allocation.username) == allocation.password
-            told = joined and agent.sid is not None and rid in self._handed_out(peer)
-            self._held(
-                "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
-            )
+            told = joined and agent.sid is not None and rid in handed_out
+            if (told and not current) or since:
+                self._held(
+                    "stale-credentials", pid, rid, told and not current, now, "credentials the relay no longer takes"
+                )
             if truth is not None and held:
                 self._check_channels(pid, rid, allocation, truth.channels, now)
             if len(allocation.channels) > BOUNDS["channels"]:
@@ -214,7 +236,8 @@ class Checker:
             self.last_usable[pid] = now
         last = self.last_usable.get(pid)
         silent = last is not None and (self.no_relays_at.get(pid, -1.0) < last) and bool(node.allocations)
-        self._held("no-relays", pid, "-", joined and not usable and silent, now, "no usable relay and no NoRelays")
+        if (joined and not usable and silent) or since:
+            self._held("no-relays", pid, "-", joined and not usable and silent, now, "no usable relay and no NoRelays")
         for name, size in (("transmits", len(peer.tunnel._transmits)), ("events", len(peer.tunnel._events))):
             if size > BOUNDS[name]:
                 world.violation("unbounded", f"{pid}: {size} {name} queued")

@@ -31,14 +31,11 @@ What coturn does, as observed (``tests/sim/test_calibration.py`` compares with a
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from dataclasses import dataclass, field
 
 from connlib.core import allocation, stun
 from connlib.core.addr import Address
-from connlib.core.credentials import REALM, long_term_key
+from connlib.core.credentials import REALM, long_term_key, rest_password
 from connlib.core.stun import Class, Message, Method
 
 DEFAULT_LIFETIME, MAX_LIFETIME = 600, 3600
@@ -96,7 +93,7 @@ class SimRelay:
         self.user_quota = 0
         self.total_quota = 0
         self.boots = 0
-        self._passwords: dict[tuple[str, str], str] = {}  # (secret, username) → password: HMAC once
+        self._credentials: dict[tuple[str, str], tuple[str, bytes]] = {}  # see _credential
         self._reset()
 
     def _reset(self) -> None:
@@ -126,14 +123,19 @@ class SimRelay:
         self.reboot()
 
     def password_for(self, username: str) -> str:
-        key = (self.secret, username)
-        password = self._passwords.get(key)
-        if password is None:
-            if len(self._passwords) > 256:
-                self._passwords.clear()
-            digest = hmac.new(self.secret.encode(), username.encode(), hashlib.sha1).digest()
-            password = self._passwords[key] = base64.b64encode(digest).decode()
-        return password
+        return self._credential(username)[0]
+
+    def _credential(self, username: str) -> tuple[str, bytes]:
+        """``username``'s REST password under the current secret and its long-term key (MD5),
+        each computed once per (secret, username): every signed request asks for both."""
+        index = (self.secret, username)
+        credential = self._credentials.get(index)
+        if credential is None:
+            if len(self._credentials) > 256:
+                self._credentials.clear()
+            password = rest_password(self.secret, username)
+            credential = self._credentials[index] = (password, long_term_key(username, REALM, password))
+        return credential
 
     def live_allocation(self, client: Address, now: float) -> RelayAllocation | None:
         allocation = self.allocations.get(client)
@@ -185,7 +187,7 @@ class SimRelay:
             self.live_allocation(src, now)  # expire it (and its session's nonces) first
         if self._nonces.get((src, nonce), -1.0) <= now:
             return [self._error(message, 438, challenge=True, client=src)]
-        key = long_term_key(username, REALM, self.password_for(username))
+        key = self._credential(username)[1]
         if not _rest_valid(username, unix) or not message.verify_integrity(key):
             return [self._error(message, 401, challenge=True, client=src)]
         if method == Method.ALLOCATE:

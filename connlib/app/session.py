@@ -157,12 +157,16 @@ class PeerSession:
         return False
 
     def poll_timeout(self) -> float | None:
-        deadlines = [self._next_report]
-        if self.phase in (Phase.WAIT_RELAY, Phase.CONNECTING) and self._phase_deadline is not None:
-            deadlines.append(self._phase_deadline)
-        if self.phase is Phase.STREAMING and self._next_send is not None:
-            deadlines.append(self._next_send)
-        return min(deadlines)
+        # Asked after every flush of the driver: no intermediate list.
+        best = self._next_report
+        phase = self.phase
+        if phase is Phase.STREAMING:
+            if self._next_send is not None and self._next_send < best:
+                best = self._next_send
+        elif phase in (Phase.WAIT_RELAY, Phase.CONNECTING):
+            if self._phase_deadline is not None and self._phase_deadline < best:
+                best = self._phase_deadline
+        return best
 
     def handle_timeout(self, now: float, wall: float) -> None:
         gateway = self.config.connect_to or ""

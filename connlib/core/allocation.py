@@ -710,10 +710,15 @@ class Allocation:
             if not self._in_flight(Method.BINDING):
                 self._send(self._binding_request(), self.active_socket, now)
 
-        in_flight = self._channels_in_flight()
+        # The binds in flight, taken when the first channel is due (nothing sent before that):
+        # most timeouts find no channel due and build no set.
+        in_flight: set[int] | None = None
         for channel in list(self.channels.values()):
-            if channel.needs_refresh(now) and channel.number not in in_flight:
-                self._send_channel_bind(channel, now)
+            if channel.needs_refresh(now):
+                if in_flight is None:
+                    in_flight = self._channels_in_flight()
+                if channel.number not in in_flight:
+                    self._send_channel_bind(channel, now)
 
     def _provisional_final(self, pending: _Pending, rejection: Rejection) -> None:
         """A request that got only unsigned errors until its deadline: take them now."""

@@ -228,13 +228,24 @@ def loads_strict(data: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if data.count("[") + data.count("{") > max_depth and _bracket_depth(data) > max_depth:
         raise MessageError(f"JSON nested too deep (more than {max_depth} levels)")
     try:
-        value = json.loads(data, parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_bounded_float)
+        if data.startswith("\ufeff"):  # what json.loads refuses before it decodes
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        value = _STRICT_DECODER.decode(data)
     except MessageError:
         raise
     except (ValueError, RecursionError) as exc:
         raise MessageError(f"not JSON: {exc}") from None
-    check_json(value, max_depth)
+    # The parse hooks have bounded every number and the pre-check the depth, so what ``check_json``
+    # can still find is a lone surrogate, which only a ``\\u`` escape or the text itself can
+    # carry: a frame with neither (the common case) is not walked again.
+    if "\\u" in data or _has_lone_surrogate(data):
+        check_json(value, max_depth)
     return value
+
+
+# What ``json.loads(data, parse_constant=..., parse_int=..., parse_float=...)`` builds per call
+# (a decoder keeps no state between calls): one for every frame.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_bounded_float)
 
 
 def _bracket_depth(text: str) -> int:
@@ -319,18 +330,19 @@ def decode_frame(data: str | bytes, vsn: Vsn = Vsn.V1) -> Frame:
         raise MessageError("frame topic must be a non-empty string")
     if not isinstance(event, str) or not event:
         raise MessageError("frame event must be a non-empty string")
+    if payload is None:
+        payload = {}
+    if isinstance(payload, dict) and _is_ref(ref) and _is_ref(join_ref):
+        return Frame(topic=topic, event=event, payload=payload, ref=ref, join_ref=join_ref)
+    # What could be read, for the error reply: the good refs and an empty payload.
     good_ref = ref if _is_ref(ref) else None
     good_join_ref = join_ref if _is_ref(join_ref) else None
     request = Frame(topic=topic, event=event, payload={}, ref=good_ref, join_ref=good_join_ref)
-    if payload is None:
-        payload = {}
     if not isinstance(payload, dict):
         raise PayloadError(f"frame payload must be a JSON object, got {type(payload).__name__}", request)
     if not _is_ref(ref):
         raise PayloadError("frame ref must be an integer, a string or null", request)
-    if not _is_ref(join_ref):
-        raise PayloadError("frame join_ref must be an integer, a string or null", request)
-    return dataclasses.replace(request, payload=payload)
+    raise PayloadError("frame join_ref must be an integer, a string or null", request)
 
 
 def _is_ref(value: Any) -> bool:
@@ -342,7 +354,12 @@ def encode_frame(frame: Frame, vsn: Vsn = Vsn.V1) -> str:
         raw: Any = [frame.join_ref, frame.ref, frame.topic, frame.event, frame.payload]
     else:
         raw = {"topic": frame.topic, "event": frame.event, "payload": frame.payload, "ref": frame.ref}
-    return json.dumps(raw, separators=(",", ":"), allow_nan=False)
+    return _FRAME_ENCODER.encode(raw)
+
+
+# What ``json.dumps(raw, separators=(",", ":"), allow_nan=False)`` builds per call (it keeps no
+# state between calls): one for every frame.
+_FRAME_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)

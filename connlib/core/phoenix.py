@@ -337,8 +337,12 @@ class PhoenixChannel:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        deadlines = [d for d in (self._reconnect_at, self._join_deadline, self._next_heartbeat) if d is not None]
-        return min(deadlines, default=None)
+        # Asked after every flush of the driver: no intermediate list.
+        best = self._reconnect_at
+        for deadline in (self._join_deadline, self._next_heartbeat):
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
+        return best
 
     # -- internals ----------------------------------------------------------------------------
 
