@@ -65,8 +65,21 @@ SEQUENCES: dict[str, list[Step]] = {
         (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_B)]),
         (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
     ],
+    # What connlib sent in the simulator's seed 67 (channel lifetime 30 s): a peer idle past
+    # lifetime + rebind timeout (here 3 + 1.5 s), a new peer bound first, then the idle one under a
+    # new number: coturn refuses it (binding the new peer swept nothing), takes the old number.
+    "channels-after-lifetime-new-peer-first": [
+        (4, Method.ALLOCATE, None, []),
+        (4, Method.ALLOCATE, "good", []),
+        (4, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
+        ("wait", 7.0),
+        (4, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4001), ("XOR-PEER-ADDRESS", PEER_B)]),
+        (4, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4002), ("XOR-PEER-ADDRESS", PEER_A)]),
+        (4, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
+    ],
 }
-LIFETIMES = {"channels-after-lifetime": 3.0}  # coturn's --channel-lifetime (its permissions: 5 s)
+# coturn's --channel-lifetime (its permissions: 5 s)
+LIFETIMES = {"channels-after-lifetime": 3.0, "channels-after-lifetime-new-peer-first": 3.0}
 
 
 class Target:
