@@ -919,11 +919,16 @@ class Allocation:
         }
 
     def _free_channel_number(self, now: float) -> int | None:
-        for channel in [c for c in self.channels.values() if c.reusable(now)]:
-            del self.channels[channel.number]
         span = stun.CHANNEL_MAX - stun.CHANNEL_MIN + 1
         for offset in range(span):
             number = stun.CHANNEL_MIN + (self._next_channel - stun.CHANNEL_MIN + offset) % span
+            lapsed = self.channels.get(number)
+            # A lapsed channel is forgotten only when its number is handed out again, never
+            # before: its record is how ``bind_channel`` gives its peer the old number back, and
+            # coturn holds a binding past its lifetime (tests/sim/test_calibration.py), so the
+            # peer under a new number would be refused (400) while the relay still has the old.
+            if lapsed is not None and lapsed.reusable(now):
+                del self.channels[number]
             if number not in self.channels:
                 self._next_channel = stun.CHANNEL_MIN + (number - stun.CHANNEL_MIN + 1) % span
                 return number

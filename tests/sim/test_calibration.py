@@ -23,6 +23,23 @@ from sim.relay import SimRelay
 PEER_A, PEER_B = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
 Step = tuple  # (socket, Method, auth, attributes) or ("wait", seconds)
 
+
+def _bind(sock: int, number: int, peer: tuple[str, int]) -> Step:
+    return (sock, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", number), ("XOR-PEER-ADDRESS", peer)])
+
+
+def _after_lifetime(sock: int, *then: Step) -> list[Step]:
+    """An allocation on ``sock``, PEER_A bound under 0x4000, 7 s idle (past coturn's 3 s channel
+    lifetime, its 5 s permission and a client's lifetime + rebind timeout, 4.5 s), then ``then``."""
+    return [
+        (sock, Method.ALLOCATE, None, []),
+        (sock, Method.ALLOCATE, "good", []),
+        _bind(sock, 0x4000, PEER_A),
+        ("wait", 7.0),
+        *then,
+    ]
+
+
 SEQUENCES: dict[str, list[Step]] = {
     "allocate": [
         (0, Method.ALLOCATE, None, []),
@@ -56,17 +73,23 @@ SEQUENCES: dict[str, list[Step]] = {
     ],
     # coturn keeps a binding past its lifetime: run against a coturn with 3 s channels and 5 s
     # permissions (LIFETIMES), the model (which never ends a binding) must answer alike.
-    "channels-after-lifetime": [
-        (3, Method.ALLOCATE, None, []),
-        (3, Method.ALLOCATE, "good", []),
-        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
-        ("wait", 7.0),
-        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4001), ("XOR-PEER-ADDRESS", PEER_A)]),
-        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_B)]),
-        (3, Method.CHANNEL_BIND, "good", [("CHANNEL-NUMBER", 0x4000), ("XOR-PEER-ADDRESS", PEER_A)]),
-    ],
+    "channels-after-lifetime": _after_lifetime(
+        3,
+        _bind(3, 0x4001, PEER_A),
+        _bind(3, 0x4000, PEER_B),
+        _bind(3, 0x4000, PEER_A),
+    ),
+    # What connlib sent in the simulator's seed 67 (channel lifetime 30 s): a peer idle past
+    # lifetime + rebind timeout (here 3 + 1.5 s), a new peer bound first, then the idle one under a
+    # new number: coturn refuses it (binding the new peer swept nothing), takes the old number.
+    "channels-after-lifetime-new-peer-first": _after_lifetime(
+        4,
+        _bind(4, 0x4001, PEER_B),
+        _bind(4, 0x4002, PEER_A),
+        _bind(4, 0x4000, PEER_A),
+    ),
 }
-LIFETIMES = {"channels-after-lifetime": 3.0}  # coturn's --channel-lifetime (its permissions: 5 s)
+LIFETIMES = {name: 3.0 for name in SEQUENCES if name.startswith("channels-after-lifetime")}  # --channel-lifetime
 
 
 class Target:

@@ -162,6 +162,20 @@ def test_fixed_new_credentials_without_reboot():
     assert run(schedule(4, 400.0, Fault(367.035, "portal_restart", "portal", 5.27))).ok
 
 
+def test_fixed_lapsed_channel_number_forgotten_for_another_peer():
+    """Found by ``python -m sim --seed 67`` with every fix on (channel lifetime 30 s): the client
+    idle past lifetime + rebind timeout (45 s), then cut from the portal; when it comes back the
+    gateway binds the client's new relay-3 candidate first, and that bind forgot the lapsed
+    record of the client's relay-2 address (0x4000), which relay-1 still held: its re-bind went
+    out under 0x4002 (channel-rebind, 400 from coturn)."""
+    faults = (
+        Fault(133.802, "stream_idle", "client", 33.184),
+        Fault(157.242, "peer_portal_cut", "client", 23.865),
+    )
+    result = run(Schedule(67, 183.0, faults=faults, channel_lifetime_s=30.0))
+    assert result.ok, result.violation
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a relay restarted with the same secret inside the portal's debounce: no presence change, no probe",

@@ -24,6 +24,7 @@ from .turn_sim import Net, TurnSim
 RELAY4 = ("192.0.2.1", 3478)
 CLIENT4 = ("10.0.0.2", 40000)
 PEER = ("203.0.113.50", 7000)
+PEER2 = ("203.0.113.51", 7000)
 NO_ZOMBIE_BOUND = 15.0
 MAX_RATE = 10.0  # requests per second to any relay
 
@@ -159,6 +160,25 @@ def test_item3_lapsed_channel_is_rebound_with_the_same_number():
 def test_item3_twin_without_channel_number_reuse_the_relay_refuses_the_new_number():
     alloc, sim, net, number, transmit = channel_lapse(disabled={"channel-number-reuse"})
     assert not alloc.has_channel_to(PEER, 700.0)  # 400: "same peer with different channel number"
+
+
+def test_item3_a_lapsed_peer_keeps_its_number_when_another_peer_is_bound_first():
+    """The simulator's seed 67 (channel lifetime 30 s): a peer idle past lifetime + rebind timeout
+    (45 s) on our clock, then a new peer is bound, then the old one again. coturn still holds the
+    old binding (tests/sim/test_calibration.py: past its lifetime), so the old peer must get its
+    old number back; binding the new peer must not make us forget it."""
+    alloc, sim, net = allocation(channel_times=ChannelTimes(30.0))
+    alloc.bind_channel(PEER, 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    (number,) = alloc.channels
+    net.run(47.0)  # idle since the bind: lapsed at 31, its number re-usable (for us) from 46
+    alloc.bind_channel(PEER2, 47.0)  # a new peer first ...
+    alloc.bind_channel(PEER, 47.0)  # ... then the lapsed one, in the same instant
+    net.run(47.0)
+    assert [n for n, c in alloc.channels.items() if c.peer == PEER] == [number]
+    assert sim.allocations[CLIENT4].channels[number][0] == PEER
+    assert alloc.has_channel_to(PEER, 47.0) and alloc.has_channel_to(PEER2, 47.0)
 
 
 def test_item3_a_shortened_channel_lifetime_scales_the_lapse_and_the_refresh():
