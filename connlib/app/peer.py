@@ -34,6 +34,10 @@ from .stream import StreamStats
 
 log = logging.getLogger("connlib.run")
 
+# How long an exiting peer waits for its relays to answer its deletes: a few round trips; a relay
+# that does not answer keeps the allocation until its lifetime ends, as without the delete.
+RELEASE_TIMEOUT = 1.0
+
 __all__ = ["ANSWER_TIMEOUT", "RELAY_WAIT", "Peer", "PeerConfig"]
 
 
@@ -134,11 +138,16 @@ class Peer:
         log.info("Peer started %s", kv(role=self.config.role, id=self.config.peer_id, local=local))
 
     async def stop(self) -> None:
+        # Delete our allocations first (bounded): a relay keeps an allocation nobody deleted for
+        # its lifetime, and refuses a later process that gets the same local port until then.
+        self.driver.call(self.tunnel.release)
+        released = await self.driver.wait_until(lambda: not self.tunnel.releasing(), RELEASE_TIMEOUT)
         await self.portal.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.driver.stop()
+        log.info("Peer stopped %s", kv(role=self.config.role, id=self.config.peer_id, deletes_answered=released))
         if self.config.role == "client":
             self.emit(self.session.final_report())  # the final figures
 
@@ -148,6 +157,11 @@ class Peer:
             return await self.wait_finished()
         finally:
             await self.stop()
+
+    def finish(self) -> None:
+        """End ``run_forever`` as a finished stream does (SIGTERM, e.g. ``docker stop``): ``stop``
+        runs, so the relays get their deletes."""
+        self.done.set()
 
     async def wait_finished(self) -> int:
         """Wait (after ``start``) until the stream is done or the portal failed; the exit code."""

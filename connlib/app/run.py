@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import secrets
+import signal
 
 from ..core import fixes
 from ..core.allocation import CHANNEL_LIFETIME
@@ -52,6 +54,9 @@ async def run(args: argparse.Namespace) -> int:
     if config.disabled_fixes:
         log.warning("TEST BUILD: fixes disabled %s", kv(fixes=",".join(sorted(config.disabled_fixes))))
     if args.clients == 1:
-        return await Peer(config).run_forever()
+        peer = Peer(config)
+        # SIGTERM (docker stop) ends the peer as its stream's end does: its allocations are deleted.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, peer.finish)
+        return await peer.run_forever()
     log.info("Virtual clients %s", kv(clients=args.clients, spawn_rate=args.spawn_rate, base_id=config.peer_id))
     return await run_clients(client_configs(config, args.clients), BufferedLines(), spawn_rate=args.spawn_rate)

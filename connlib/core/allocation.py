@@ -255,6 +255,7 @@ class Allocation:
         self._events: collections.deque[Event] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
         self._deadline: float | None = None  # _control_deadline(), None when it must be computed again
+        self.released = False  # release() was called: only the delete is still answered
         self._send_bindings(now)
 
     # ------------------------------------------------------------------ public predicates
@@ -296,7 +297,13 @@ class Allocation:
             and self.poll_timeout() is None
         )
 
+    def releasing(self) -> bool:
+        """Released, and its delete not yet answered or given up."""
+        return self.released and bool(self.sent_requests)
+
     def can_be_freed(self) -> FreeReason | None:
+        if self.released:
+            return None  # the peer is exiting: nothing to report, nothing to replace
         if self.explicit_failure is not None:
             return self.explicit_failure
         if self._events or self._transmits or self.sent_requests:
@@ -396,6 +403,8 @@ class Allocation:
         if not pending.retransmitted:  # Karn: ambiguous samples from retransmits are skipped
             sample = now - pending.sent_at
             self.srtt = sample if self.srtt is None else 7 / 8 * self.srtt + sample / 8
+        if self.released and not (message.cls == Class.ERROR and message.error_code == 438):
+            return True  # the delete is answered (a stale nonce: sent again with the new one, below)
         if message.cls == Class.SUCCESS:
             self._handle_success(message, pending, from_, local, now)
         else:
@@ -681,6 +690,8 @@ class Allocation:
                     self.invalidate_allocation()
             elif pending.backoff.is_due(now):
                 self._retransmit(tid, pending, now)
+        if self.released:
+            return  # no refresh, keep-alive or channel bind after the delete
 
         if self._retry is not None and now >= self._retry[0]:
             method = self._retry[1]
@@ -748,9 +759,26 @@ class Allocation:
 
     # ------------------------------------------------------------------ commands
     @_moves_deadlines
+    def release(self, now: float) -> None:
+        """The peer exits: delete the allocation (REFRESH with LIFETIME 0, RFC 8656 §7), abandon
+        every other request and send nothing else. Not deleted, coturn keeps the allocation for its
+        lifetime (600 s) on our 5-tuple, and a later process that gets the same local port is
+        refused on it (437 to its ALLOCATE, 441 to its REFRESH under other credentials) until then."""
+        allocated = self.has_allocation() and self.credentials_valid and self.explicit_failure is None
+        self.released = True
+        self.sent_requests.clear()
+        self._transmits.clear()  # requests abandoned, not yet sent
+        self.buffered_channel_bindings.clear()
+        self.lifetime = self._retry = self.next_binding = None
+        if allocated:
+            self._send_refresh(now, lifetime=0)
+
+    @_moves_deadlines
     def refresh(self, now: float, backoff: Backoff | None = None) -> None:
         """Probe the relay: a single-shot REFRESH given up after 1 s (spec §1.7), or with
         ``backoff`` (e.g. ``backoff.path_probe``: retransmitted, so one lost packet is survived)."""
+        if self.released:
+            return
         if not self.has_allocation() and self._in_flight(Method.ALLOCATE):
             return
         if self.is_suspended():
@@ -773,7 +801,7 @@ class Allocation:
 
     @_moves_deadlines
     def bind_channel(self, peer: Address, now: float) -> None:
-        if not self.credentials_valid or self.explicit_failure is not None:
+        if self.released or not self.credentials_valid or self.explicit_failure is not None:
             return
         if any(c.peer == peer and c.alive(now) for c in self.channels.values()):
             return

@@ -146,9 +146,26 @@ class Node:
         self._held_off: dict[str, float] = {}  # rid -> until: freed for refusing (REFUSED_HOLD_OFF)
         self._deferred: dict[str, RelayConfig] = {}  # listed while held off: added when it ends
         self._now = now
+        self._released = False
 
     # ------------------------------------------------------------------ relay set
+    def release(self, now: float) -> None:
+        """The peer exits: every allocation is deleted on its relay (:meth:`Allocation.release`)
+        and the relay set no longer changes."""
+        self._now = now
+        self._released = True
+        self._deferred.clear()
+        for allocation in self.allocations.values():
+            allocation.release(now)
+        self._drain_allocations()
+
+    def releasing(self) -> bool:
+        """A delete is still unanswered (an exiting peer waits for it, bounded)."""
+        return any(allocation.releasing() for allocation in self.allocations.values())
+
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable[RelayConfig], now: float) -> None:
+        if self._released:
+            return
         self._now = now
         for rid in sorted(set(disconnected_ids)):
             self._deferred.pop(rid, None)

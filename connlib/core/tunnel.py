@@ -112,6 +112,14 @@ class Tunnel:
         # the one the relay holds.
         self._relay_locals: dict[tuple[str, int], tuple[Candidate, LocalCandidate]] = {}
 
+    # ------------------------------------------------------------------ exit
+    def release(self, now: float) -> None:
+        """The peer exits: its allocations are deleted on their relays (:meth:`Node.release`)."""
+        self.node.release(now)
+
+    def releasing(self) -> bool:
+        return self.node.releasing()
+
     # ------------------------------------------------------------------ portal inputs
     def update_relays(self, disconnected_ids: Iterable[str], connected: Iterable, now: float) -> None:
         self.node.update_relays(disconnected_ids, connected, now)

@@ -319,3 +319,39 @@ async def test_restart_with_same_secret_and_new_credentials_allocates_at_once(co
     assert await peer.driver.wait_until(fresh, timeout=NO_ZOMBIE_BOUND)
     assert loop.time() - started < 2.0
     assert [e.reason for e in peer.removed()] == ["replaced (new credentials or address)"]
+
+
+async def _allocate_from(port: int, coturn, salt: str) -> Peer:
+    """A Peer whose socket is 127.0.0.1:``port``, asked to allocate on ``coturn`` under the
+    credentials of ``salt`` (not awaited)."""
+    loop = asyncio.get_running_loop()
+    p = Peer()
+    p.driver = Driver(p.node, clock=loop.time, bind_v4=("127.0.0.1", port), bind_v6=None, on_event=p.events.append)
+    await p.driver.start()
+    p.update(connected=[relay_config(coturn, salt=salt)])
+    return p
+
+
+async def test_a_released_allocation_frees_the_5_tuple_for_the_next_process(coturn):
+    """coturn keeps an allocation nobody deleted for its lifetime: a later process on the same local
+    port, under its own credentials, is refused until then (437 to its ALLOCATE; it cannot delete
+    what another username holds). An exiting peer's release deletes it: the next one allocates."""
+    for release in (False, True):
+        first = await _allocate_from(0, coturn, "first")
+        port = first.driver.local_addresses()[4][1]
+        assert await first.driver.wait_until(first.allocated, timeout=5)
+        if release:
+            first.driver.call(first.node.release)
+            node = first.node
+            assert await first.driver.wait_until(lambda: not node.releasing(), timeout=1)  # noqa: B023
+        await first.driver.stop()
+        second = await _allocate_from(port, coturn, "next")
+        try:
+            allocated = await second.driver.wait_until(second.allocated, timeout=2)
+            rejection = second.allocation().rejection
+        finally:
+            await second.driver.stop()
+        if release:
+            assert allocated, f"the next process on port {port} was refused: {rejection}"
+        else:  # the premise, on real coturn: without the delete the port is taken
+            assert not allocated and rejection is not None and rejection.code in (437, 441), rejection

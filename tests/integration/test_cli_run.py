@@ -1,0 +1,38 @@
+"""``python -m connlib run`` as a container runs it: ``docker stop`` sends SIGTERM, and the peer
+ends as its stream's end does (``Peer.stop``: its allocations are deleted, see
+``test_coturn_allocation.py::test_a_released_allocation_frees_the_5_tuple_for_the_next_process``)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.coturn import free_udp_port
+from harness.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sigterm_ends_the_peer_through_its_stop(tmp_path: Path):
+    log = tmp_path / "peer.log"
+    portal = f"ws://127.0.0.1:{free_udp_port()}"  # nobody listens: the peer keeps retrying its portal
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "connlib", "run", "--role=gateway", f"--portal={portal}", "--token=t"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        wait_until(lambda: "Peer started" in log.read_text(), 20, "the peer to start", 0.05)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, f"exit {code} (a negative code: killed by the signal, no stop ran)\n{text}"
+    assert "Peer stopped" in text, text
