@@ -1,7 +1,8 @@
 """Behaviour of connlib's relay handling that mutation testing (``make mutation``) showed no other
-test pinned down: each test drives an ``Allocation`` on a fake clock against the simulated relay
-(``turn_sim``) and asserts what the relay receives, what the peer can send, or the WARN records an
-operator reads (their text and key fields, which ``kv`` renders)."""
+test pinned down: each test drives an ``Allocation`` or a ``Node`` on a fake clock against the
+simulated relay (``turn_sim``) and asserts what the relay receives, what the peer can send, the
+events and deadlines the caller sees, or the WARN records an operator reads (their text and key
+fields, which ``kv`` renders). ``docs/mutation-report.md`` lists the survivors left and why."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 
 from connlib.core import stun
 from connlib.core.allocation import REFUSAL_RETRY_DELAYS, Channel, ChannelTimes, FreeReason
+from connlib.core.node import CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
 from connlib.core.stun import Method
 
-from .test_allocation import PEER, PEER2, PEER3, RELAY4, allocated, setup, take
-from .test_relay_hardening import allocation, forge, node_with
-from .turn_sim import TurnSim
+from .test_allocation import CLIENT4, PEER, PEER2, PEER3, RELAY4, RELAY6, allocated, sent, setup, take
+from .test_relay_hardening import NO_ZOMBIE_BOUND, allocation, events, forge, node_with
+from .turn_sim import Net, TurnSim
 
 LIFETIME = 100.0  # a short channel lifetime (coturn --channel-lifetime): expiry at 100 s, re-use at 150 s
 
@@ -37,7 +39,7 @@ def bound(alloc, net, peer, now: float) -> int:
 # ------------------------------------------------------------------ channel lifetimes
 @pytest.mark.parametrize("lifetime", [0.0, -1.0])
 def test_a_channel_lifetime_must_be_positive(lifetime):
-    with pytest.raises(ValueError, match="a channel lifetime must be positive"):
+    with pytest.raises(ValueError, match="^a channel lifetime must be positive$"):
         ChannelTimes(lifetime)
 
 
@@ -181,3 +183,101 @@ def test_relays_are_sampled_among_those_with_a_good_rtt(rtts_ms, eligible):
     assert node.can_sample_relay()
     drawn = {node.sample_relay() for _ in range(200)}
     assert drawn == {f"r{i}" for i in eligible}
+
+
+# ------------------------------------------------------------------ predecessor (issue 9 item 4)
+def test_an_unsigned_441_to_a_refresh_that_deletes_nothing_is_not_taken_as_the_predecessor_s():
+    """Only our delete (REFRESH with LIFETIME 0) is refused with 441 because of the allocation we
+    replaced; an unsigned 441 to a plain REFRESH stays provisional and deletes nothing."""
+    alloc, sim, net = allocation(predecessor=("old-user", "old-password"))
+    net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).method == Method.REFRESH
+    net.run(300.0)  # the REFRESH at lifetime/2 is in flight (its first copy lost)
+    forge(alloc, Method.REFRESH, 441)
+    net.drop = lambda src, dst, p: False
+    net.run(305.0)
+    assert alloc.has_allocation() and alloc.lifetime is not None and alloc.lifetime[0] > 300.0
+    assert [m.get("USERNAME") for _, _, m in sent(net, Method.REFRESH) if m.get("LIFETIME") == 0] == []
+
+
+# ------------------------------------------------------------------ refresh() as a probe
+def test_a_probe_while_a_refused_allocate_waits_for_its_retry_keeps_the_relay_socket():
+    alloc, sim, net = setup()
+    sim.refuse[Method.ALLOCATE] = 508
+    net.run(0.0)  # BINDING, ALLOCATE -> 401, signed ALLOCATE -> 508: asked again at 1 s
+    assert not alloc.has_allocation() and alloc.poll_timeout() == REFUSAL_RETRY_DELAYS[0]
+    alloc.refresh(0.5)  # e.g. the portal did not name it
+    assert [(dst, m.method) for dst, m in take(alloc)] == [(RELAY4, Method.REFRESH)]  # no new BINDING search
+    assert alloc.active_socket == RELAY4
+
+
+# ------------------------------------------------------------------ the Node's data path
+def dual_stack_node() -> tuple[Node, TurnSim, Net]:
+    sim = TurnSim(RELAY4, RELAY6)
+    net = Net(sim)
+    node = net.attach(Node(0.0, seed=3, channel_times=ChannelTimes(LIFETIME)), CLIENT4)
+    node.update_relays([], [sim.config("r0")], 0.0)
+    net.run(0.0)
+    assert node.usable_relays() == ["r0"]
+    events(node)
+    return node, sim, net
+
+
+def test_a_node_unwraps_channel_data_from_a_dual_stack_relay_and_keeps_that_channel_bound():
+    node, sim, net = dual_stack_node()
+    node.bind_channel("r0", PEER, 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    (number,) = node.allocations["r0"].channels
+    data = stun.encode_channel_data(number, b"in")
+    assert node.decapsulate(RELAY4, data, 2.0) == ChannelData("r0", PEER, b"in")
+    assert node.decapsulate(("198.51.100.1", 3478), data, 2.0) is None  # not from a relay of ours
+    net.run(LIFETIME)  # the channel carried data: re-bound at half its lifetime, not left to lapse
+    assert [t for t, m, _ in sim.requests if m == Method.CHANNEL_BIND] == [1.0, 1.0 + LIFETIME / 2]
+
+
+def test_node_encapsulate_to_a_peer_without_a_channel_sends_nothing_and_queues_the_bind():
+    node, sim, net = dual_stack_node()
+    assert node.encapsulate("r0", PEER, b"x", 1.0) is None
+    queued = [stun.decode(t.payload) for t in iter(node.poll_transmit, None)]
+    assert [(m.method, m.get("XOR-PEER-ADDRESS")) for m in queued] == [(Method.CHANNEL_BIND, PEER)]
+
+
+def test_an_unknown_relay_has_no_candidates():
+    node, sim, net = dual_stack_node()
+    assert node.relay_candidates("nope") == [] and node.relay_candidate("nope", 4) is None
+    assert {c.family for c in node.relay_candidates("r0")} == {4, 6}
+    assert node.relay_candidate("r0", 6) is not None
+
+
+def test_events_of_a_command_given_to_an_allocation_directly_come_out_of_the_node_under_its_id():
+    node, sim, net = dual_stack_node()
+    relayed = node.relay_candidates("r0")
+    node.allocations["r0"].invalidate_allocation()
+    assert events(node) == [CandidateInvalid("r0", c) for c in relayed]
+
+
+def test_queued_events_of_a_removed_relay_come_out_under_its_id():
+    node, sim, net = dual_stack_node()
+    relayed = node.relay_candidates("r0")
+    node.allocations["r0"].invalidate_allocation()  # queued, not yet polled
+    node.update_relays(["r0"], [], 0.0)
+    assert events(node) == [
+        *[CandidateInvalid("r0", c) for c in relayed],
+        RelayRemoved("r0", "removed by the portal"),
+        NoRelays(),
+    ]
+
+
+# ------------------------------------------------------------------ hold-off (REFUSED_HOLD_OFF)
+def test_a_relay_held_off_for_refusing_is_not_allocated_on_before_its_hold_off_ends():
+    sim = TurnSim(RELAY4)
+    sim.refuse[Method.ALLOCATE] = 486
+    node, net = node_with(sim)
+    net.run(NO_ZOMBIE_BOUND)
+    assert "r0" not in node.allocations
+    sim.refuse.clear()
+    node.update_relays([], [sim.config("r0")], NO_ZOMBIE_BOUND)  # the answer to our no_relays
+    node.handle_timeout(NO_ZOMBIE_BOUND + 1.0)  # a timer of something else fires
+    assert "r0" not in node.allocations
+    net.run(60.0)
+    assert node.usable_relays() == ["r0"]
