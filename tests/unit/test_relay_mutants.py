@@ -7,6 +7,7 @@ fields, which ``kv`` renders). ``docs/mutation-report.md`` lists the survivors l
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -281,3 +282,81 @@ def test_a_relay_held_off_for_refusing_is_not_allocated_on_before_its_hold_off_e
     assert "r0" not in node.allocations
     net.run(60.0)
     assert node.usable_relays() == ["r0"]
+
+
+def test_channel_data_fed_to_node_handle_input_comes_out_as_an_event_and_keeps_its_channel_bound():
+    node, sim, net = dual_stack_node()
+    node.bind_channel("r0", PEER, 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    (number,) = node.allocations["r0"].channels
+    assert node.handle_input(stun.encode_channel_data(number, b"in"), RELAY4, CLIENT4, 2.0) is True
+    assert events(node) == [ChannelData("r0", PEER, b"in")]
+    assert node.handle_input(stun.encode_channel_data(number + 1, b"?"), RELAY4, CLIENT4, 2.0) is True  # no channel
+    assert events(node) == []
+    net.run(LIFETIME)
+    assert [t for t, m, _ in sim.requests if m == Method.CHANNEL_BIND] == [1.0, 1.0 + LIFETIME / 2]
+
+
+# ------------------------------------------------------------------ the relay set (update_relays)
+@pytest.mark.parametrize("field", ["username", "realm"])
+def test_a_relay_with_an_empty_username_or_realm_is_ignored(field):
+    sim = TurnSim(RELAY4)
+    node = Node(0.0)
+    node.update_relays([], [replace(sim.config("r0"), **{field: ""})], 0.0)
+    assert node.relay_ids() == [] and events(node) == []
+
+
+@pytest.mark.parametrize("field", ["username", "realm", "password"])
+def test_a_relay_with_credentials_that_are_not_utf8_is_ignored(field):
+    sim = TurnSim(RELAY4)
+    node = Node(0.0)
+    node.update_relays([], [replace(sim.config("r0"), **{field: "lone-\udc80-surrogate"})], 0.0)
+    assert node.relay_ids() == [] and events(node) == []
+
+
+def test_the_node_s_max_elapsed_bounds_the_requests_of_its_allocations():
+    sim = TurnSim(RELAY4)
+    sim.black_hole = True
+    net = Net(sim)
+    node = net.attach(Node(0.0, seed=3, max_elapsed=2.0), CLIENT4)
+    node.update_relays([], [sim.config("r0")], 0.0)
+    net.run(2.0)  # the BINDING is given up at 2 s, not at the default 10 s
+    assert RelayRemoved("r0", str(FreeReason.NO_RESPONSE)) in events(node)
+
+
+def test_a_relay_named_with_new_credentials_is_announced_as_replaced():
+    node, sim, net = dual_stack_node()
+    node.update_relays([], [sim.config("r0", salt="new")], 1.0)
+    assert RelayRemoved("r0", "replaced (new credentials or address)") in events(node)
+
+
+def held_off_relay() -> tuple[TurnSim, Node, Net, float]:
+    """A relay freed for refusing ALLOCATE, then named again during its hold-off (deferred);
+    the hold-off's end (what the Node's ``poll_timeout`` answers)."""
+    sim = TurnSim(RELAY4)
+    sim.refuse[Method.ALLOCATE] = 486
+    node, net = node_with(sim)
+    net.run(NO_ZOMBIE_BOUND)
+    assert "r0" not in node.allocations
+    sim.refuse.clear()
+    node.update_relays([], [sim.config("r0")], NO_ZOMBIE_BOUND)
+    until = node.poll_timeout()
+    assert until is not None and until > NO_ZOMBIE_BOUND and "r0" not in node.allocations
+    events(node)
+    return sim, node, net, until
+
+
+def test_a_relay_named_exactly_when_its_hold_off_ends_is_allocated_on():
+    sim, node, net, until = held_off_relay()
+    node.update_relays([], [sim.config("r0")], until)
+    assert "r0" in node.allocations
+
+
+def test_a_relay_named_after_its_hold_off_is_not_replaced_by_the_entry_deferred_before():
+    sim, node, net, until = held_off_relay()
+    node.update_relays([], [sim.config("r0", salt="later")], until + 1.0)  # before the Node's timer fired
+    allocation = node.allocations["r0"]
+    node.handle_timeout(until + 1.0)
+    assert node.allocations["r0"] is allocation
+    assert not [e for e in events(node) if isinstance(e, RelayRemoved)]
