@@ -12,12 +12,13 @@ from dataclasses import replace
 import pytest
 
 from connlib.core import stun
-from connlib.core.allocation import REFUSAL_RETRY_DELAYS, Channel, ChannelTimes, FreeReason
+from connlib.core.allocation import REFUSAL_RETRY_DELAYS, Candidate, Channel, ChannelTimes, FreeReason, Invalid, New
+from connlib.core.credentials import REALM, long_term_key
 from connlib.core.node import CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
-from connlib.core.stun import Method
+from connlib.core.stun import Class, Message, Method
 
-from .test_allocation import CLIENT4, PEER, PEER2, PEER3, RELAY4, RELAY6, allocated, sent, setup, take
-from .test_relay_hardening import NO_ZOMBIE_BOUND, allocation, events, forge, node_with
+from .test_allocation import CLIENT4, PEER, PEER2, PEER3, PUBLIC4, RELAY4, RELAY6, allocated, drain, sent, setup, take
+from .test_relay_hardening import NO_ZOMBIE_BOUND, allocation, events, forge, in_flight, node_with
 from .turn_sim import Net, TurnSim
 
 LIFETIME = 100.0  # a short channel lifetime (coturn --channel-lifetime): expiry at 100 s, re-use at 150 s
@@ -360,3 +361,98 @@ def test_a_relay_named_after_its_hold_off_is_not_replaced_by_the_entry_deferred_
     node.handle_timeout(until + 1.0)
     assert node.allocations["r0"] is allocation
     assert not [e for e in events(node) if isinstance(e, RelayRemoved)]
+
+
+
+def test_a_relay_removed_by_the_portal_during_its_hold_off_is_not_allocated_on_when_it_ends():
+    sim, node, net, until = held_off_relay()
+    node.update_relays(["r0"], [], NO_ZOMBIE_BOUND + 1.0)
+    node.handle_timeout(until + 1.0)
+    assert node.relay_ids() == [] and node.poll_timeout() is None
+
+
+def test_an_unknown_id_among_the_removed_ones_does_not_stop_the_others_going():
+    sim = TurnSim(RELAY4)
+    node, net = node_with(sim)
+    node.update_relays(["a-relay-we-never-had", "r0"], [], 1.0)
+    assert node.relay_ids() == []
+
+
+def test_the_node_s_deadline_is_the_earliest_of_its_allocations_and_its_hold_offs():
+    healthy, refusing = TurnSim(("198.18.0.1", 3478)), TurnSim(("198.18.0.2", 3478))
+    refusing.refuse[Method.ALLOCATE] = 486
+    node, net = node_with(healthy, refusing)
+    net.run(NO_ZOMBIE_BOUND)
+    assert node.relay_ids() == ["r0"]
+    node.update_relays([], [healthy.config("r0"), refusing.config("r1")], NO_ZOMBIE_BOUND)  # r1: deferred
+    first = node.allocations["r0"].poll_timeout()
+    assert first is not None and node.poll_timeout() == first < NO_ZOMBIE_BOUND + 30.0
+
+
+def test_transmits_of_a_command_given_to_an_allocation_directly_come_out_of_the_node():
+    node, sim, net = dual_stack_node()
+    node.allocations["r0"].bind_channel(PEER, 1.0)
+    assert [stun.decode(t.payload).method for t in iter(node.poll_transmit, None)] == [Method.CHANNEL_BIND]
+
+
+# ------------------------------------------------------------------ channel binds in flight
+def test_a_lapsed_channel_whose_rebind_is_still_in_flight_is_not_bound_again():
+    """With a relay's channel lifetime shorter than a request's 10 s, a re-bind can outlive the
+    channel; asking for the peer again must not start a second bind of that number."""
+    alloc, sim, net = allocated(channel_times=ChannelTimes(5.0))
+    number = bound(alloc, net, PEER, 1.0)  # idle: lapses at 6 s
+    net.drop = lambda src, dst, p: src == RELAY4  # the relay's answers are lost from now on
+    alloc.bind_channel(PEER, 7.0)
+    assert [(m.method, m.get("CHANNEL-NUMBER")) for _, m in take(alloc)] == [(Method.CHANNEL_BIND, number)]
+    alloc.bind_channel(PEER, 12.5)  # lapsed again (5 s after the re-bind), the re-bind in flight until 17 s
+    assert take(alloc) == []
+
+
+# ------------------------------------------------------------------ ALLOCATE answers
+def signed_success(alloc, method: Method, attrs: list, now: float) -> None:
+    """A success signed with our key (a relay's own answer) to our request in flight."""
+    key = long_term_key(alloc.username, REALM, alloc.password)
+    reply = Message(method, Class.SUCCESS, in_flight(alloc, method), attrs)
+    alloc.handle_input(reply.encode(key), RELAY4, CLIENT4, now)
+
+
+def allocate_in_flight():
+    alloc, sim, net = setup()
+    net.drop = lambda src, dst, p: src == RELAY4 and stun.decode(p).method == Method.ALLOCATE and stun.decode(p).cls == Class.SUCCESS
+    net.run(0.0)  # BINDING, ALLOCATE -> 401; the signed ALLOCATE's answer is lost
+    drain(alloc)
+    return alloc, sim, net
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [[("XOR-RELAYED-ADDRESS", ("192.0.2.1", 50000))], [("LIFETIME", 600)]],
+    ids=["without-LIFETIME", "without-relayed-address"],
+)
+def test_an_allocate_success_without_lifetime_or_relayed_address_is_a_protocol_failure(attrs):
+    alloc, sim, net = allocate_in_flight()
+    signed_success(alloc, Method.ALLOCATE, attrs, 0.1)
+    assert not alloc.has_allocation() and drain(alloc) == []
+    assert alloc.can_be_freed() is FreeReason.PROTOCOL_FAILURE
+
+
+def test_relay_candidates_are_related_to_the_address_the_relay_saw_and_one_per_family():
+    """A relay that repeats an address or grants two of one family: each family keeps one
+    candidate, the one replaced is announced invalid, and every candidate carries the mapped
+    address of the ALLOCATE answer as its related address."""
+    alloc, sim, net = allocate_in_flight()
+    a, b, v6 = ("192.0.2.1", 50000), ("192.0.2.1", 50001), ("2001:db8::1", 50002)
+    relayed = [("XOR-RELAYED-ADDRESS", addr) for addr in (a, a, b, v6)]
+    signed_success(alloc, Method.ALLOCATE, [*relayed, ("LIFETIME", 600), ("XOR-MAPPED-ADDRESS", PUBLIC4)], 0.1)
+    ca, cb, c6 = (Candidate("relay", addr, PUBLIC4) for addr in (a, b, v6))
+    assert drain(alloc) == [New(ca), Invalid(ca), New(cb), New(c6)]
+    assert alloc.relay_candidates() == [cb, c6]
+
+
+# ------------------------------------------------------------------ when an allocation may go
+def test_an_allocation_left_without_address_request_or_timer_is_stalled_once_its_events_are_polled():
+    alloc, sim, net = allocated()
+    alloc.invalidate_allocation()  # e.g. a command: no relay address, nothing in flight, no timer
+    assert alloc.can_be_freed() is None  # its Invalid event is still to be handed out
+    assert [type(e) for e in drain(alloc)] == [Invalid]
+    assert alloc.can_be_freed() is FreeReason.STALLED
