@@ -12,7 +12,16 @@ from dataclasses import replace
 import pytest
 
 from connlib.core import stun
-from connlib.core.allocation import REFUSAL_RETRY_DELAYS, Candidate, Channel, ChannelTimes, FreeReason, Invalid, New
+from connlib.core.allocation import (
+    REFUSAL_RETRY_DELAYS,
+    Candidate,
+    Channel,
+    ChannelTimes,
+    FreeReason,
+    Invalid,
+    New,
+    Rejection,
+)
 from connlib.core.credentials import REALM, long_term_key
 from connlib.core.node import CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
 from connlib.core.stun import Class, Message, Method
@@ -188,13 +197,15 @@ def test_relays_are_sampled_among_those_with_a_good_rtt(rtts_ms, eligible):
 
 
 # ------------------------------------------------------------------ predecessor (issue 9 item 4)
-def test_an_unsigned_441_to_a_refresh_that_deletes_nothing_is_not_taken_as_the_predecessor_s():
+@pytest.mark.parametrize("predecessor", [None, ("old-user", "old-password")], ids=["alone", "replacing"])
+def test_an_unsigned_441_to_a_refresh_that_deletes_nothing_stays_provisional(predecessor):
     """Only our delete (REFRESH with LIFETIME 0) is refused with 441 because of the allocation we
-    replaced; an unsigned 441 to a plain REFRESH stays provisional and deletes nothing."""
-    alloc, sim, net = allocation(predecessor=("old-user", "old-password"))
+    replaced; an unsigned 441 to a plain REFRESH is not taken and deletes nothing."""
+    alloc, sim, net = allocation(predecessor=predecessor)
     net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).method == Method.REFRESH
     net.run(300.0)  # the REFRESH at lifetime/2 is in flight (its first copy lost)
     forge(alloc, Method.REFRESH, 441)
+    assert alloc.rejection == Rejection("REFRESH", 441, "forged", authenticated=False)
     net.drop = lambda src, dst, p: False
     net.run(305.0)
     assert alloc.has_allocation() and alloc.lifetime is not None and alloc.lifetime[0] > 300.0
@@ -456,3 +467,69 @@ def test_an_allocation_left_without_address_request_or_timer_is_stalled_once_its
     assert alloc.can_be_freed() is None  # its Invalid event is still to be handed out
     assert [type(e) for e in drain(alloc)] == [Invalid]
     assert alloc.can_be_freed() is FreeReason.STALLED
+
+
+
+# ------------------------------------------------------------------ the rejection ``allocate`` reports
+def test_the_challenges_of_a_normal_allocation_and_a_stale_nonce_are_no_rejection():
+    alloc, sim, net = allocated()  # ALLOCATE -> 401 with REALM and NONCE, signed ALLOCATE -> success
+    assert alloc.rejection is None
+    sim.expire_nonces()
+    net.run(301.0)  # the REFRESH at 300 s -> 438, re-signed -> success
+    assert alloc.lifetime is not None and alloc.lifetime[0] == 300.0
+    assert alloc.rejection is None
+
+
+def test_a_signed_refusal_is_reported_with_its_method_code_and_reason():
+    alloc, sim, net = setup()
+    sim.refuse[Method.ALLOCATE] = 486
+    net.run(0.0)
+    assert alloc.rejection == Rejection("ALLOCATE", 486, "Allocation Quota Reached", authenticated=True)
+
+
+def unsigned_allocate_in_flight():
+    alloc, sim, net = setup()
+    net.drop = lambda src, dst, p: src == RELAY4 and stun.decode(p).method == Method.ALLOCATE
+    net.run(0.0)  # the first (unsigned) ALLOCATE's answer is lost
+    take(alloc)
+    return alloc, sim, net
+
+
+def test_an_error_to_an_unsigned_request_is_reported_as_the_relay_s_answer():
+    alloc, sim, net = unsigned_allocate_in_flight()
+    forge(alloc, Method.ALLOCATE, 500)
+    assert alloc.rejection == Rejection("ALLOCATE", 500, "forged", authenticated=True)
+
+
+def test_a_challenge_from_another_realm_is_not_answered_and_the_request_stays_in_flight():
+    alloc, sim, net = unsigned_allocate_in_flight()
+    forge(alloc, Method.ALLOCATE, 401, ("REALM", "other-realm"), ("NONCE", "n"))
+    assert take(alloc) == []  # no signed ALLOCATE for a realm we were not given
+    assert alloc.rejection == Rejection("ALLOCATE", 401, "forged", authenticated=True)
+    net.drop = lambda src, dst, p: False
+    net.run(5.0)  # a retransmit reaches the real relay
+    assert alloc.has_allocation()
+
+
+# ------------------------------------------------------------------ channel refresh deadlines
+def test_an_active_channel_is_refreshed_on_time_while_another_peer_s_bind_is_in_flight():
+    alloc, sim, net = allocated()
+    number = bound(alloc, net, PEER, 1.0)
+    alloc.decapsulate(RELAY4, stun.encode_channel_data(number, b"in"), 2.0)  # in use: refresh due at 301 s
+    net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).get("XOR-PEER-ADDRESS") == PEER2
+    net.run(296.0)
+    alloc.bind_channel(PEER2, 296.0)  # never answered: retransmitted at 297, 298.5, 300.75, 304.125 s
+    net.run(302.0)
+    assert [t for t, _, m in sent(net, Method.CHANNEL_BIND) if m.get("XOR-PEER-ADDRESS") == PEER] == [1.0, 301.0]
+
+
+def test_a_channel_whose_refresh_is_in_flight_adds_no_deadline_of_its_own():
+    alloc, sim, net = allocated(channel_times=ChannelTimes(4.0))  # in use: re-bound 2 s after each bind
+    number = bound(alloc, net, PEER, 1.0)
+    data = stun.encode_channel_data(number, b"in")
+    alloc.decapsulate(RELAY4, data, 1.5)
+    net.drop = lambda src, dst, p: src == RELAY4  # the relay's answers are lost from now on
+    net.run(3.0)  # the refresh is sent at 3 s
+    alloc.decapsulate(RELAY4, data, 3.5)  # still in use
+    net.run(4.0)  # its first retransmit
+    assert alloc.poll_timeout() == 5.5  # the next retransmit, not the channel's own 3 + 2 s
