@@ -914,7 +914,11 @@ class Allocation:
         }
 
     def _free_channel_number(self, now: float) -> int | None:
-        for channel in [c for c in self.channels.values() if c.reusable(now)]:
+        # A bind in flight (up to max_elapsed, 10 s) can outlive 1.5 short channel lifetimes: its
+        # number stays the peer's, or a retransmit answered later binds the peer on the relay under
+        # a number we no longer know, and every other number for that peer is refused (400).
+        in_flight = self._channels_in_flight()
+        for channel in [c for c in self.channels.values() if c.reusable(now) and c.number not in in_flight]:
             del self.channels[channel.number]
         span = stun.CHANNEL_MAX - stun.CHANNEL_MIN + 1
         for offset in range(span):

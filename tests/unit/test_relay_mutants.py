@@ -533,3 +533,22 @@ def test_a_channel_whose_refresh_is_in_flight_adds_no_deadline_of_its_own():
     alloc.decapsulate(RELAY4, data, 3.5)  # still in use
     net.run(4.0)  # its first retransmit
     assert alloc.poll_timeout() == 5.5  # the next retransmit, not the channel's own 3 + 2 s
+
+
+def test_a_channel_whose_bind_is_in_flight_keeps_its_number_however_short_the_lifetime():
+    """A relay with short channels (coturn --channel-lifetime 2): a channel counts as re-usable
+    1.5 lifetimes after its bind, sooner than a bind's 10 s in flight. If binding another peer
+    then dropped the channel whose bind is still retransmitting, the relay would bind the first
+    peer under that number when a retransmit gets through, and the next bind for it, under a new
+    number, would be refused (400) for as long as the relay holds the first."""
+    alloc, sim, net = allocated(channel_times=ChannelTimes(2.0))
+    net.drop = lambda src, dst, p: src == RELAY4  # the relay's answers are lost for now
+    alloc.bind_channel(PEER, 1.0)  # retransmitted at 2, 3.5, 5.75 s
+    net.now = 1.0
+    net.run(4.5)
+    alloc.bind_channel(PEER2, 4.5)  # 3.5 s after PEER's bind: its number would count as re-usable
+    net.drop = lambda src, dst, p: False
+    net.run(6.0)  # the retransmit at 5.75 s is answered: the relay holds PEER under its number
+    alloc.bind_channel(PEER, 6.0)  # lapsed (2 s lifetime): re-bound, under the number the relay holds
+    net.run(6.0)
+    assert alloc.has_channel_to(PEER, 6.0)
