@@ -24,9 +24,21 @@ from pathlib import Path
 SOURCES = ["connlib/core/allocation.py", "connlib/core/node.py"]
 LOG_METHODS = {"debug", "info", "warning", "error", "exception"}
 # mutmut's exit codes (mutmut.__main__.status_by_exit_code, the ones a run here produces)
-STATUS = {1: "killed", 3: "killed", -24: "timeout", 24: "timeout", 0: "survived", 5: "no tests", 33: "no tests",
-          34: "skipped", 35: "suspicious", 36: "timeout", 37: "caught by type check", -11: "segfault",
-          None: "not checked"}
+STATUS = {
+    1: "killed",
+    3: "killed",
+    -24: "timeout",
+    24: "timeout",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    34: "skipped",
+    35: "suspicious",
+    36: "timeout",
+    37: "caught by type check",
+    -11: "segfault",
+    None: "not checked",
+}
 
 
 def _is_log_call(node: ast.AST) -> bool:
@@ -145,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mutants = load(args.root)
     if args.command == "summary":
-        for label, subset in (("all", mutants), ("without log-only", {k: v for k, v in mutants.items() if not v["log_only"]})):
+        for label, subset in (
+            ("all", mutants),
+            ("without log-only", {k: v for k, v in mutants.items() if not v["log_only"]}),
+        ):
             counts = collections.Counter(v["status"] for v in subset.values())
             tested = sum(n for s, n in counts.items() if s not in ("not checked",))
             killed = counts["killed"] + counts["timeout"] + counts["caught by type check"]
             rate = 100 * killed / tested if tested else 0.0
-            print(f"{label}: {len(subset)} mutants, {dict(sorted(counts.items()))}; killed (incl. timeouts) {killed}/{tested} = {rate:.1f} %")
+            print(
+                f"{label}: {len(subset)} mutants, {dict(sorted(counts.items()))}; killed (incl. timeouts) {killed}/{tested} = {rate:.1f} %"
+            )
         return 0
     selected = {
         k: v

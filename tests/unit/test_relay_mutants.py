@@ -13,6 +13,7 @@ import pytest
 
 from connlib.core import stun
 from connlib.core.allocation import (
+    Allocation,
     REFUSAL_RETRY_DELAYS,
     Candidate,
     Channel,
@@ -28,7 +29,7 @@ from connlib.core.stun import Class, Message, Method
 
 from .test_allocation import CLIENT4, PEER, PEER2, PEER3, PUBLIC4, RELAY4, RELAY6, allocated, drain, sent, setup, take
 from .test_relay_hardening import NO_ZOMBIE_BOUND, allocation, events, forge, in_flight, node_with
-from .turn_sim import Net, TurnSim
+from .turn_sim import FAR_EXPIRY, Net, SimAllocation, TurnSim
 
 LIFETIME = 100.0  # a short channel lifetime (coturn --channel-lifetime): expiry at 100 s, re-use at 150 s
 
@@ -374,7 +375,6 @@ def test_a_relay_named_after_its_hold_off_is_not_replaced_by_the_entry_deferred_
     assert not [e for e in events(node) if isinstance(e, RelayRemoved)]
 
 
-
 def test_a_relay_removed_by_the_portal_during_its_hold_off_is_not_allocated_on_when_it_ends():
     sim, node, net, until = held_off_relay()
     node.update_relays(["r0"], [], NO_ZOMBIE_BOUND + 1.0)
@@ -429,7 +429,9 @@ def signed_success(alloc, method: Method, attrs: list, now: float) -> None:
 
 def allocate_in_flight():
     alloc, sim, net = setup()
-    net.drop = lambda src, dst, p: src == RELAY4 and stun.decode(p).method == Method.ALLOCATE and stun.decode(p).cls == Class.SUCCESS
+    net.drop = lambda src, dst, p: (
+        src == RELAY4 and stun.decode(p).method == Method.ALLOCATE and stun.decode(p).cls == Class.SUCCESS
+    )
     net.run(0.0)  # BINDING, ALLOCATE -> 401; the signed ALLOCATE's answer is lost
     drain(alloc)
     return alloc, sim, net
@@ -469,7 +471,6 @@ def test_an_allocation_left_without_address_request_or_timer_is_stalled_once_its
     assert alloc.can_be_freed() is FreeReason.STALLED
 
 
-
 # ------------------------------------------------------------------ the rejection ``allocate`` reports
 def test_the_challenges_of_a_normal_allocation_and_a_stale_nonce_are_no_rejection():
     alloc, sim, net = allocated()  # ALLOCATE -> 401 with REALM and NONCE, signed ALLOCATE -> success
@@ -501,14 +502,23 @@ def test_an_error_to_an_unsigned_request_is_reported_as_the_relay_s_answer():
     assert alloc.rejection == Rejection("ALLOCATE", 500, "forged", authenticated=True)
 
 
-def test_a_challenge_from_another_realm_is_not_answered_and_the_request_stays_in_flight():
+@pytest.mark.parametrize(
+    "extra", [[("REALM", "other-realm"), ("NONCE", "n")], [("REALM", REALM)]], ids=["other-realm", "no-nonce"]
+)
+@pytest.mark.parametrize("relay", ["answers-later", "silent"])
+def test_a_challenge_we_cannot_answer_is_reported_and_decides_only_at_the_request_s_deadline(extra, relay):
     alloc, sim, net = unsigned_allocate_in_flight()
-    forge(alloc, Method.ALLOCATE, 401, ("REALM", "other-realm"), ("NONCE", "n"))
-    assert take(alloc) == []  # no signed ALLOCATE for a realm we were not given
+    forge(alloc, Method.ALLOCATE, 401, *extra)
+    assert take(alloc) == []  # no signed ALLOCATE for a realm we were not given, or without a NONCE
     assert alloc.rejection == Rejection("ALLOCATE", 401, "forged", authenticated=True)
-    net.drop = lambda src, dst, p: False
-    net.run(5.0)  # a retransmit reaches the real relay
-    assert alloc.has_allocation()
+    if relay == "answers-later":
+        net.drop = lambda src, dst, p: False
+        net.run(5.0)  # a retransmit reaches the real relay
+        assert alloc.has_allocation()
+    else:
+        net.run(20.0)
+        drain(alloc)
+        assert alloc.can_be_freed() is FreeReason.AUTHENTICATION_ERROR  # the challenge, at the deadline
 
 
 # ------------------------------------------------------------------ channel refresh deadlines
@@ -552,3 +562,107 @@ def test_a_channel_whose_bind_is_in_flight_keeps_its_number_however_short_the_li
     alloc.bind_channel(PEER, 6.0)  # lapsed (2 s lifetime): re-bound, under the number the relay holds
     net.run(6.0)
     assert alloc.has_channel_to(PEER, 6.0)
+
+
+# ------------------------------------------------------------------ re-signed requests, lingering relays
+def test_a_refresh_that_succeeds_after_a_refusal_restores_the_full_retry_budget():
+    alloc, sim, net = allocation()
+    sim.inject[Method.REFRESH] = 508  # the REFRESH at 300 s is refused once, asked again 1 s later
+    net.run(400.0)
+    assert alloc.lifetime == (301.0, 600.0)
+    sim.refuse[Method.REFRESH] = 508  # from the REFRESH at 601 s on, every one is refused
+    net.run(700.0)
+    refreshes = [t for t, m, _ in sim.requests if m == Method.REFRESH and t > 400.0]
+    assert [b - a for a, b in zip(refreshes, refreshes[1:], strict=False)] == list(REFUSAL_RETRY_DELAYS)
+    assert alloc.explicit_failure is FreeReason.REFUSED
+
+
+def test_an_unsigned_error_is_still_remembered_after_a_stale_nonce_re_signs_the_request():
+    alloc, sim, net = allocation()
+    net.drop = lambda src, dst, p: src == CLIENT4 and stun.decode(p).method == Method.REFRESH
+    net.run(300.0)  # the REFRESH at lifetime/2 is in flight, none of its copies arrive
+    forge(alloc, Method.REFRESH, 403)  # provisional
+    forge(alloc, Method.REFRESH, 438, ("REALM", REALM), ("NONCE", "nonce-x"))  # re-signed under the new nonce
+    net.run(320.0)
+    assert alloc.explicit_failure is FreeReason.REFUSED  # the 403, at the re-signed request's deadline
+
+
+def lingering_relay(linger: float) -> tuple[Allocation, TurnSim, Net]:
+    """A new Allocation at t=10 on a 5-tuple the relay still holds (our earlier process's): 437,
+    delete, then 437 again for ``linger`` s (coturn keeps a deleted allocation a moment)."""
+    old, sim, net = allocated()
+    sim.linger = linger
+    net.agents.clear()
+    alloc = net.attach(Allocation(sim.socket, *sim.credentials(), REALM, 10.0, relay_id="r1"), CLIENT4)
+    net.now = 10.0
+    return alloc, sim, net
+
+
+def allocates(sim: TurnSim) -> list[float]:
+    return [t for t, m, _ in sim.requests if t >= 10.0 and m == Method.ALLOCATE]
+
+
+def test_a_lost_answer_while_the_relay_lingers_does_not_slow_the_quarter_second_retries():
+    alloc, sim, net = lingering_relay(1.0)
+    net.drop = lambda src, dst, p: src == RELAY4 and net.now == 10.25  # the answer to the 10.25 s retry
+    net.run(10.9)
+    assert allocates(sim) == [10.0, 10.0, 10.0, 10.25, 10.5, 10.75]
+
+
+def test_a_relay_that_keeps_lingering_is_given_up_at_the_deadline_of_the_allocate_after_the_delete():
+    alloc, sim, net = lingering_relay(1000.0)
+    net.run(40.0)
+    assert 19.5 < max(allocates(sim)) < 20.0  # 10 s after the ALLOCATE that followed the delete
+    drain(alloc)
+    assert not alloc.has_allocation() and alloc.can_be_freed() is FreeReason.NO_RESPONSE
+
+
+def test_a_437_at_the_very_deadline_of_the_allocate_after_the_delete_ends_it():
+    alloc, sim, net = lingering_relay(1000.0)
+    net.drop = lambda src, dst, p: src == RELAY4 and net.now > 19.6  # the last answer comes late
+    net.run(19.9)
+    deadline = alloc.poll_timeout()
+    assert deadline == 20.0
+    late = Message(Method.ALLOCATE, Class.ERROR, in_flight(alloc, Method.ALLOCATE), [("ERROR-CODE", (437, "late"))])
+    alloc.handle_input(late.encode(), RELAY4, CLIENT4, deadline)
+    alloc.handle_timeout(deadline)
+    drain(alloc)
+    assert alloc.can_be_freed() is FreeReason.NO_RESPONSE
+
+
+def test_a_stale_nonce_on_the_allocate_after_a_delete_does_not_delete_again():
+    alloc, sim, net = lingering_relay(1.0)
+
+    def nonce_expires_with_the_delete(src, dst, payload):
+        msg = stun.decode(payload) if stun.is_stun(payload) else None
+        if src == RELAY4 and msg is not None and msg.method == Method.REFRESH and msg.get("LIFETIME") == 0:
+            sim.expire_nonces()  # the ALLOCATE that follows gets 438, is re-signed, then gets 437
+        return False
+
+    net.drop = nonce_expires_with_the_delete
+    net.run(12.0)
+    deletes = [m for _, _, m in sent(net, Method.REFRESH) if m.get("LIFETIME") == 0]
+    assert len(deletes) == 1 and alloc.has_allocation()
+
+
+def test_a_relay_holding_our_5_tuple_under_a_third_username_refuses_both_deletes_and_is_given_up():
+    sim = TurnSim(RELAY4)
+    third, _ = sim.credentials("third")
+    sim.allocations[CLIENT4] = SimAllocation(CLIENT4, [("192.0.2.1", 49999)], FAR_EXPIRY, username=third)
+    old_user, old_password = sim.credentials("old")
+    net = Net(sim)
+    alloc = Allocation(sim.socket, *sim.credentials(), REALM, 0.0, relay_id="r1", predecessor=(old_user, old_password))
+    net.attach(alloc, CLIENT4)
+    lost: list[bytes] = []
+
+    def lose_the_first_old_credentials_delete(src, dst, payload):
+        if src == CLIENT4 and not lost and stun.is_stun(payload) and stun.decode(payload).get("USERNAME") == old_user:
+            lost.append(payload)
+            return True
+        return False
+
+    net.drop = lose_the_first_old_credentials_delete
+    net.run(30.0)
+    old_deletes = [m for _, _, m in sent(net, Method.REFRESH) if m.get("USERNAME") == old_user]
+    assert len(old_deletes) >= 2 and all(m.get("LIFETIME") == 0 for m in old_deletes)  # retransmitted
+    assert alloc.explicit_failure is FreeReason.REFUSED  # 441 to it too, until its deadline
