@@ -13,8 +13,8 @@ import pytest
 
 from connlib.core import stun
 from connlib.core.allocation import (
-    Allocation,
     REFUSAL_RETRY_DELAYS,
+    Allocation,
     Candidate,
     Channel,
     ChannelTimes,
