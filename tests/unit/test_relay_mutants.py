@@ -13,6 +13,7 @@ import pytest
 
 from connlib.core import stun
 from connlib.core.allocation import (
+    MAX_BUFFERED_CHANNEL_BINDINGS,
     REFUSAL_RETRY_DELAYS,
     Allocation,
     Candidate,
@@ -22,6 +23,7 @@ from connlib.core.allocation import (
     Invalid,
     New,
     Rejection,
+    RelaySocket,
 )
 from connlib.core.credentials import REALM, long_term_key
 from connlib.core.node import CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
@@ -666,3 +668,37 @@ def test_a_relay_holding_our_5_tuple_under_a_third_username_refuses_both_deletes
     old_deletes = [m for _, _, m in sent(net, Method.REFRESH) if m.get("USERNAME") == old_user]
     assert len(old_deletes) >= 2 and all(m.get("LIFETIME") == 0 for m in old_deletes)  # retransmitted
     assert alloc.explicit_failure is FreeReason.REFUSED  # 441 to it too, until its deadline
+
+
+# ------------------------------------------------------------------ construction and BINDING
+def test_a_relay_socket_needs_an_address():
+    with pytest.raises(ValueError, match="^a relay needs at least one address$"):
+        RelaySocket(None, None)
+
+
+def test_an_allocation_without_an_rng_is_still_deterministic():
+    def first_transmits() -> list[bytes]:
+        alloc = Allocation(RelaySocket(RELAY4, RELAY6), "user", "password", REALM, 0.0)
+        return [t.payload for t in iter(alloc.poll_transmit, None)]
+
+    assert first_transmits() == first_transmits()
+
+
+def test_a_binding_answer_with_only_a_plain_mapped_address_gives_the_srflx_candidate():
+    """RFC 3489 servers answer with MAPPED-ADDRESS, not XOR-MAPPED-ADDRESS."""
+    alloc, sim, net = setup()
+    (binding,) = [stun.decode(t.payload) for t in iter(alloc.poll_transmit, None)]
+    reply = Message(Method.BINDING, Class.SUCCESS, binding.transaction_id, [("MAPPED-ADDRESS", PUBLIC4)])
+    alloc.handle_input(reply.encode(), RELAY4, CLIENT4, 0.0)
+    assert Candidate("srflx", PUBLIC4, CLIENT4) in alloc.candidates()
+
+
+def test_channel_binds_asked_for_before_the_allocation_are_bounded():
+    alloc, sim, net = setup()
+    peers = [("203.0.113.9", 10000 + i) for i in range(MAX_BUFFERED_CHANNEL_BINDINGS + 1)]
+    for peer in peers:
+        alloc.bind_channel(peer, 0.0)  # no allocation yet: buffered
+    net.run(0.0)
+    assert alloc.has_allocation()
+    bound_for = [m.get("XOR-PEER-ADDRESS") for _, _, m in sent(net, Method.CHANNEL_BIND)]
+    assert bound_for == peers[1:]  # the oldest one dropped
