@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -318,7 +319,8 @@ def test_channel_data_fed_to_node_handle_input_comes_out_as_an_event_and_keeps_i
 def test_a_relay_with_an_empty_username_or_realm_is_ignored(field):
     sim = TurnSim(RELAY4)
     node = Node(0.0)
-    node.update_relays([], [replace(sim.config("r0"), **{field: ""})], 0.0)
+    fields: dict[str, Any] = {field: ""}
+    node.update_relays([], [replace(sim.config("r0"), **fields)], 0.0)
     assert node.relay_ids() == [] and events(node) == []
 
 
@@ -326,7 +328,8 @@ def test_a_relay_with_an_empty_username_or_realm_is_ignored(field):
 def test_a_relay_with_credentials_that_are_not_utf8_is_ignored(field):
     sim = TurnSim(RELAY4)
     node = Node(0.0)
-    node.update_relays([], [replace(sim.config("r0"), **{field: "lone-\udc80-surrogate"})], 0.0)
+    fields: dict[str, Any] = {field: "lone-\udc80-surrogate"}
+    node.update_relays([], [replace(sim.config("r0"), **fields)], 0.0)
     assert node.relay_ids() == [] and events(node) == []
 
 
