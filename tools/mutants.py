@@ -9,7 +9,9 @@ transmit, an event, a deadline or any state, only what an operator reads. The ru
 
     python tools/mutants.py summary            # counts and kill rates, with and without log-only
     python tools/mutants.py names [--log-only | --behaviour] [--status STATUS]  # mutant names
-    python tools/mutants.py survivors          # each behaviour survivor: name, line, the changed code
+    python tools/mutants.py survivors          # each behaviour survivor: name, the changed code
+    python tools/mutants.py table [--log-only] # a markdown table of the survivors, with the reasons
+                                               # of docs/mutation-survivors.json (mutant -> why)
 """
 
 from __future__ import annotations
@@ -130,8 +132,8 @@ def load(root: Path) -> dict[str, dict]:
     return out
 
 
-def changed(orig: ast.FunctionDef, mutant: ast.FunctionDef) -> tuple[str, str]:
-    """The first differing statement of each (unparsed, one line)."""
+def changed(orig: ast.FunctionDef, mutant: ast.FunctionDef) -> tuple[int, str, str]:
+    """The innermost differing statement: its line offset in the function and each side, one line."""
     a = [s for s in ast.walk(ast.Module(orig.body, [])) if isinstance(s, ast.stmt)]
     b = [s for s in ast.walk(ast.Module(mutant.body, [])) if isinstance(s, ast.stmt)]
     pick = None
@@ -140,15 +142,61 @@ def changed(orig: ast.FunctionDef, mutant: ast.FunctionDef) -> tuple[str, str]:
             pick = (sa, sb)  # keep going: the innermost differing statement comes later in the walk
             if not any(isinstance(c, ast.stmt) for c in ast.iter_child_nodes(sa)):
                 break
-    if pick is None:
-        return ast.unparse(orig.args), ast.unparse(mutant.args)
+    if pick is None:  # the signature: the default values that differ
+        pairs = zip(orig.args.defaults + orig.args.kw_defaults, mutant.args.defaults + mutant.args.kw_defaults, strict=False)
+        diff = [(x, y) for x, y in pairs if x is not None and y is not None and ast.dump(x) != ast.dump(y)]
+        if diff:
+            return 0, "default " + ast.unparse(diff[0][0]), "default " + ast.unparse(diff[0][1])
+        return 0, ast.unparse(orig.args), ast.unparse(mutant.args)
     first = lambda s: ast.unparse(s).splitlines()[0]  # noqa: E731
-    return first(pick[0]), first(pick[1])
+    return pick[0].lineno - orig.lineno, first(pick[0]), first(pick[1])
+
+
+def source_lines(root: Path) -> dict[tuple[str, str], int]:
+    """(file, mutmut's function name such as ``xǁAllocationǁ_send`` or ``x__is_delete``) -> def line."""
+    out: dict[tuple[str, str], int] = {}
+    for src in SOURCES:
+        tree = ast.parse((root / src).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                out[(src, "x_" + node.name)] = node.lineno
+            elif isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef):
+                        out[(src, f"xǁ{node.name}ǁ{item.name}")] = item.lineno
+    return out
+
+
+def _cell(text: str, width: int = 90) -> str:
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+
+
+def table(mutants: dict[str, dict], reasons: dict[str, str], *, log_only: bool) -> list[str]:
+    """Markdown rows (file:line, mutant, original -> mutated, why) for the survivors of one kind."""
+    lines = source_lines(Path("."))
+    rows = []
+    for key, v in mutants.items():
+        if v["status"] != "survived" or v["log_only"] != log_only:
+            continue
+        short = key.rsplit(".", 1)[-1]
+        base = short.rsplit("__mutmut_", 1)[0]
+        offset, before, after = changed(v["orig"], v["mutant"])
+        line = lines.get((v["file"], base), 0) + offset
+        why = "log text (rule)" if log_only else reasons.get(short, "UNCLASSIFIED")
+        rows.append((v["file"], line, short, before, after, why))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    out = ["| file:line | mutant | original → mutated | why it survives |", "|---|---|---|---|"]
+    for file, line, short, before, after, why in rows:
+        name = short.replace("xǁ", "").replace("ǁ", ".").removeprefix("x_")
+        out.append(f"| {Path(file).name}:{line} | {name} | {_cell(before)} → {_cell(after)} | {why} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["summary", "names", "survivors"])
+    parser.add_argument("command", choices=["summary", "names", "survivors", "table"])
+    parser.add_argument("--reasons", type=Path, default=Path("docs/mutation-survivors.json"))
     parser.add_argument("--root", type=Path, default=Path("mutants"))
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--log-only", action="store_true")
@@ -176,13 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         and (not args.behaviour or not v["log_only"])
         and (not args.status or v["status"] in args.status)
     }
+    if args.command == "table":
+        reasons = json.loads(args.reasons.read_text()) if args.reasons.exists() else {}
+        print("\n".join(table(mutants, reasons, log_only=args.log_only)))
+        return 0
     if args.command == "names":
         print("\n".join(sorted(selected)))
         return 0
     for k, v in sorted(selected.items()):
         if v["log_only"] or v["status"] != "survived":
             continue
-        before, after = changed(v["orig"], v["mutant"])
+        _, before, after = changed(v["orig"], v["mutant"])
         print(f"{k.rsplit('.', 1)[-1]}\n    - {before}\n    + {after}")
     return 0
 

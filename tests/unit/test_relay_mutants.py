@@ -27,7 +27,7 @@ from connlib.core.allocation import (
     RelaySocket,
 )
 from connlib.core.credentials import REALM, long_term_key
-from connlib.core.node import CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
+from connlib.core.node import MAX_PREVIOUS_RELAY_IPS, CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
 from connlib.core.stun import Class, Message, Method
 
 from .test_allocation import CLIENT4, PEER, PEER2, PEER3, PUBLIC4, RELAY4, RELAY6, allocated, drain, sent, setup, take
@@ -705,3 +705,13 @@ def test_channel_binds_asked_for_before_the_allocation_are_bounded():
     assert alloc.has_allocation()
     bound_for = [m.get("XOR-PEER-ADDRESS") for _, _, m in sent(net, Method.CHANNEL_BIND)]
     assert bound_for == peers[1:]  # the oldest one dropped
+
+
+def test_late_traffic_is_recognised_from_the_sockets_of_the_last_64_relays_dropped_only():
+    node = Node(0.0)
+    sims = [TurnSim((f"198.18.1.{i + 1}", 3478)) for i in range(MAX_PREVIOUS_RELAY_IPS + 1)]
+    for i, sim in enumerate(sims):
+        node.update_relays([], [sim.config(f"r{i}")], 0.0)
+        node.update_relays([f"r{i}"], [], 0.0)
+    assert node.handle_input(b"late", sims[-1].socket.addresses()[0], CLIENT4, 1.0) is True  # consumed
+    assert node.handle_input(b"late", sims[0].socket.addresses()[0], CLIENT4, 1.0) is False  # forgotten
