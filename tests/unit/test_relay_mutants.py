@@ -27,7 +27,15 @@ from connlib.core.allocation import (
     RelaySocket,
 )
 from connlib.core.credentials import REALM, long_term_key
-from connlib.core.node import MAX_PREVIOUS_RELAY_IPS, CandidateInvalid, ChannelData, Node, NoRelays, RelayRemoved
+from connlib.core.node import (
+    MAX_PREVIOUS_RELAY_IPS,
+    CandidateInvalid,
+    ChannelData,
+    Node,
+    NoRelays,
+    RelayRemoved,
+    RelayState,
+)
 from connlib.core.stun import Class, Message, Method
 
 from .test_allocation import CLIENT4, PEER, PEER2, PEER3, PUBLIC4, RELAY4, RELAY6, allocated, drain, sent, setup, take
@@ -715,3 +723,31 @@ def test_late_traffic_is_recognised_from_the_sockets_of_the_last_64_relays_dropp
         node.update_relays([f"r{i}"], [], 0.0)
     assert node.handle_input(b"late", sims[-1].socket.addresses()[0], CLIENT4, 1.0) is True  # consumed
     assert node.handle_input(b"late", sims[0].socket.addresses()[0], CLIENT4, 1.0) is False  # forgotten
+
+
+def test_relay_state_free_reason_and_has_relay_describe_one_relay():
+    node, sim, net = dual_stack_node()
+    alloc = node.allocations["r0"]
+    relayed = tuple(c.addr for c in alloc.relay_candidates())
+    state = node.relay_state("r0")
+    assert state == RelayState("r0", (CLIENT4,), relayed, 600.0, alloc.srtt, None)
+    assert state is not None and state.allocated and len(relayed) == 2
+    assert node.relay_state("nope") is None
+    assert node.has_relay("r0") and not node.has_relay("nope")
+    assert node.free_reason("r0") is None and node.free_reason("nope") is None
+    alloc.invalidate_allocation()  # no relay address, nothing in flight, no timer
+    events(node)
+    assert node.free_reason("r0") is FreeReason.STALLED
+    state = node.relay_state("r0")
+    assert state == RelayState("r0", (CLIENT4,), (), None, alloc.srtt, None)
+    assert state is not None and not state.allocated
+
+
+def test_relay_state_reports_the_relay_s_last_rejection():
+    node, sim, net = dual_stack_node()
+    sim.inject[Method.REFRESH] = 508
+    node.probe("r0", 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    state = node.relay_state("r0")
+    assert state is not None and state.rejection == Rejection("REFRESH", 508, "Error", authenticated=True)
