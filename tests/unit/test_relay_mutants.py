@@ -247,12 +247,18 @@ def dual_stack_node() -> tuple[Node, TurnSim, Net]:
     return node, sim, net
 
 
-def test_a_node_unwraps_channel_data_from_a_dual_stack_relay_and_keeps_that_channel_bound():
+def dual_stack_node_with_a_channel() -> tuple[Node, TurnSim, Net, int]:
+    """``dual_stack_node`` with a channel to PEER bound at 1 s; its number."""
     node, sim, net = dual_stack_node()
     node.bind_channel("r0", PEER, 1.0)
     net.now = 1.0
     net.run(1.0)
     (number,) = node.allocations["r0"].channels
+    return node, sim, net, number
+
+
+def test_a_node_unwraps_channel_data_from_a_dual_stack_relay_and_keeps_that_channel_bound():
+    node, sim, net, number = dual_stack_node_with_a_channel()
     data = stun.encode_channel_data(number, b"in")
     assert node.decapsulate(RELAY4, data, 2.0) == ChannelData("r0", PEER, b"in")
     assert node.decapsulate(("198.51.100.1", 3478), data, 2.0) is None  # not from a relay of ours
@@ -295,13 +301,7 @@ def test_queued_events_of_a_removed_relay_come_out_under_its_id():
 
 # ------------------------------------------------------------------ hold-off (REFUSED_HOLD_OFF)
 def test_a_relay_held_off_for_refusing_is_not_allocated_on_before_its_hold_off_ends():
-    sim = TurnSim(RELAY4)
-    sim.refuse[Method.ALLOCATE] = 486
-    node, net = node_with(sim)
-    net.run(NO_ZOMBIE_BOUND)
-    assert "r0" not in node.allocations
-    sim.refuse.clear()
-    node.update_relays([], [sim.config("r0")], NO_ZOMBIE_BOUND)  # the answer to our no_relays
+    sim, node, net, until = held_off_relay()  # named again at once: the answer to our no_relays
     node.handle_timeout(NO_ZOMBIE_BOUND + 1.0)  # a timer of something else fires
     assert "r0" not in node.allocations
     net.run(60.0)
@@ -309,11 +309,7 @@ def test_a_relay_held_off_for_refusing_is_not_allocated_on_before_its_hold_off_e
 
 
 def test_channel_data_fed_to_node_handle_input_comes_out_as_an_event_and_keeps_its_channel_bound():
-    node, sim, net = dual_stack_node()
-    node.bind_channel("r0", PEER, 1.0)
-    net.now = 1.0
-    net.run(1.0)
-    (number,) = node.allocations["r0"].channels
+    node, sim, net, number = dual_stack_node_with_a_channel()
     assert node.handle_input(stun.encode_channel_data(number, b"in"), RELAY4, CLIENT4, 2.0) is True
     assert events(node) == [ChannelData("r0", PEER, b"in")]
     assert node.handle_input(stun.encode_channel_data(number + 1, b"?"), RELAY4, CLIENT4, 2.0) is True  # no channel
