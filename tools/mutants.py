@@ -143,7 +143,9 @@ def changed(orig: ast.FunctionDef, mutant: ast.FunctionDef) -> tuple[int, str, s
             if not any(isinstance(c, ast.stmt) for c in ast.iter_child_nodes(sa)):
                 break
     if pick is None:  # the signature: the default values that differ
-        pairs = zip(orig.args.defaults + orig.args.kw_defaults, mutant.args.defaults + mutant.args.kw_defaults, strict=False)
+        pairs = zip(
+            orig.args.defaults + orig.args.kw_defaults, mutant.args.defaults + mutant.args.kw_defaults, strict=False
+        )
         diff = [(x, y) for x, y in pairs if x is not None and y is not None and ast.dump(x) != ast.dump(y)]
         if diff:
             return 0, "default " + ast.unparse(diff[0][0]), "default " + ast.unparse(diff[0][1])
