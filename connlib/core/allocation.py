@@ -955,7 +955,9 @@ class Allocation:
             # before: its record is how ``bind_channel`` gives its peer the old number back, and
             # coturn holds a binding past its lifetime (tests/sim/test_calibration.py), so the
             # peer under a new number would be refused (400) while the relay still has the old.
-            if lapsed is not None and lapsed.reusable(now):
+            # Nor while its bind is in flight (up to max_elapsed, 10 s, can outlive 1.5 short
+            # lifetimes): a retransmit answered later binds the peer under that number.
+            if lapsed is not None and lapsed.reusable(now) and number not in self._channels_in_flight():
                 del self.channels[number]
             if number not in self.channels:
                 self._next_channel = stun.CHANNEL_MIN + (number - stun.CHANNEL_MIN + 1) % span
