@@ -32,6 +32,7 @@ COALESCING_DEBOUNCE = 3.0
 """Portal debounce for the scenarios where a relay restart must reach the peers as ONE
 relays_presence (same id, new credentials): longer than a relay container's restart (~1.9 s here),
 shorter than the 4 s after which a peer notices the dead path by itself."""
+LOG_LAG_BOUND = 2.0  # a peer's log line (stderr) reaches the history this soon after its event line (stdout)
 LOSS_SECONDS = 10.0
 LOSS_PROBABILITY = 0.5
 PRECONDITION_ATTEMPTS = 3
@@ -199,9 +200,18 @@ async def silent_loss_while_partitioned(fleet: Fleet, figures: dict) -> None:
             f"and {DETECT_BOUND + 2:.1f}s later it is still in the client's relay set (no REFRESH probe)"
         ) from None
     removed = removed[0]
-    warned = [
-        op for op in h.select("log", after=init.t) if op.data.get("message", "").startswith("Disconnecting from relay")
-    ]
+
+    def warned_now() -> list:
+        return [
+            op
+            for op in h.select("log", after=init.t)
+            if op.data.get("message", "").startswith("Disconnecting from relay")
+        ]
+
+    try:  # the peer's stderr (its log) reaches the history after its stdout (the removal): 77 ms seen
+        warned = await wait_for(warned_now, LOG_LAG_BOUND, "the WARN 'Disconnecting from relay'")
+    except AssertionError:
+        warned = []
     disturbed = [op for op in h.select(("migrating", "path_lost", "connection_failed"), kind="observe", after=t0)]
     figures.update(
         detect_s=removed.t - init.t,
