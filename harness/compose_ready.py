@@ -48,7 +48,9 @@ class Stack:
     project: str
 
     def containers(self) -> list[Container]:
-        return self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
+        return self.client.containers.list(
+            all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"}, ignore_removed=True
+        )
 
     def by_role(self, role: str) -> list[Container]:
         return sorted((c for c in self.containers() if c.labels.get(ROLE_LABEL) == role), key=lambda c: c.name)

@@ -91,7 +91,9 @@ def _remove_container(container: Container) -> int:
 
 
 def _remove(client: docker.DockerClient, filters: dict[str, list[str]]) -> int:
-    containers = client.containers.list(all=True, filters=filters)
+    # ignore_removed: another sweeper (the other worker, meeting the same dead session) may remove
+    # a container between docker-py's listing and its look at each one (404 otherwise).
+    containers = client.containers.list(all=True, filters=filters, ignore_removed=True)
     # At once: the engine takes a second or more per forced removal (a stack has five or more), and
     # the requests are independent; the networks go after their last container.
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
@@ -123,7 +125,7 @@ def sweep(client: docker.DockerClient, *, keep: str | None = None) -> SweepRepor
     """Remove the resources of every dead session (never ``keep``, the caller's own)."""
     sessions: dict[str, tuple[str, float | None]] = {}
     objects = [
-        *client.containers.list(all=True, filters=_session_filter()),
+        *client.containers.list(all=True, filters=_session_filter(), ignore_removed=True),
         *client.networks.list(filters=_session_filter()),
     ]
     for obj in objects:

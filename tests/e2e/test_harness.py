@@ -8,10 +8,12 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ from harness.docker_fleet import DockerFleet
 from harness.fleet import CLIENT_ID, StackOptions
 from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
-from harness.labels import PROJECT_LABEL, SESSION_LABEL
+from harness.labels import OWNER_LABEL, PROJECT_LABEL, SESSION_LABEL, session_labels
+from harness.sweep import sweep
 from harness.waiting import wait_for, wait_until
 
 from .scenarios import RESUME_BOUND, fault_at, wait_event, wait_resumed
@@ -122,6 +125,24 @@ def _session_objects(client, session: str) -> list[str]:
     return [c.name for c in client.containers.list(all=True, filters=filters)] + [
         n.name for n in client.networks.list(filters=filters)
     ]
+
+
+@pytest.mark.docker
+def test_two_sweeps_of_one_dead_session_at_once_both_succeed(docker_client, e2e_images):
+    """Side by side, every worker's first Docker call sweeps: two of them meet the same dead session
+    and remove its containers at once. A container the other one removed between our listing and
+    our look at it must not fail the sweep (it did, 404, and with it every Docker test of a run)."""
+    session = f"dead-{os.getpid()}"
+    labels = {**session_labels(session), OWNER_LABEL: f"{socket.gethostname()}:1:0"}  # pid 1, not its start: dead
+    for i in range(6):
+        docker_client.containers.create(BASE_IMAGE, ["sleep", "600"], name=f"clr-{session}-{i}", labels=labels)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(sweep, docker_client)
+        removed_meanwhile = 0
+        while not first.done():  # the other worker, sweeping while the first one removes
+            removed_meanwhile += sweep(docker_client).removed
+        assert first.result().removed + removed_meanwhile == 6
+    assert _session_objects(docker_client, session) == []
 
 
 @pytest.mark.docker

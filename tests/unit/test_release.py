@@ -66,7 +66,7 @@ def test_release_before_the_allocation_sends_nothing():
 
 
 def test_a_released_node_deletes_every_allocation_and_ignores_relay_updates():
-    a, b = TurnSim(), TurnSim()
+    a, b = TurnSim(("192.0.2.101", 3478)), TurnSim(("192.0.2.102", 3478))  # TurnSim()'s own run out past 255
     net = Net(a, b)
     node = net.attach(Node(0.0), CLIENT4)
     node.update_relays([], [a.config("a"), b.config("b")], 0.0)
@@ -77,6 +77,6 @@ def test_a_released_node_deletes_every_allocation_and_ignores_relay_updates():
     net.run(net.now + 1)
     assert not node.releasing()
     assert CLIENT4 not in a.allocations and CLIENT4 not in b.allocations
-    c = TurnSim()
+    c = TurnSim(("192.0.2.103", 3478))
     node.update_relays(["a"], [c.config("c")], net.now)  # a late portal message while exiting
     assert set(node.allocations) == {"a", "b"} and not list(iter(node.poll_transmit, None))
