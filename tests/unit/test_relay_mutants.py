@@ -321,20 +321,20 @@ def test_channel_data_fed_to_node_handle_input_comes_out_as_an_event_and_keeps_i
 
 
 # ------------------------------------------------------------------ the relay set (update_relays)
-@pytest.mark.parametrize("field", ["username", "realm"])
-def test_a_relay_with_an_empty_username_or_realm_is_ignored(field):
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("username", ""),  # empty
+        ("realm", ""),
+        ("username", "lone-\udc80-surrogate"),  # not UTF-8
+        ("realm", "lone-\udc80-surrogate"),
+        ("password", "lone-\udc80-surrogate"),
+    ],
+)
+def test_a_relay_with_empty_or_non_utf8_credentials_is_ignored(field, value):
     sim = TurnSim(RELAY4)
     node = Node(0.0)
-    fields: dict[str, Any] = {field: ""}
-    node.update_relays([], [replace(sim.config("r0"), **fields)], 0.0)
-    assert node.relay_ids() == [] and events(node) == []
-
-
-@pytest.mark.parametrize("field", ["username", "realm", "password"])
-def test_a_relay_with_credentials_that_are_not_utf8_is_ignored(field):
-    sim = TurnSim(RELAY4)
-    node = Node(0.0)
-    fields: dict[str, Any] = {field: "lone-\udc80-surrogate"}
+    fields: dict[str, Any] = {field: value}
     node.update_relays([], [replace(sim.config("r0"), **fields)], 0.0)
     assert node.relay_ids() == [] and events(node) == []
 
