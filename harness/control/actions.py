@@ -58,7 +58,8 @@ class ActionFailed(Exception):
 @dataclass
 class _Lasting:
     entry: dict[str, Any]
-    undo: Callable[[], Awaitable[dict[str, Any]]]
+    undo: Callable[[int], Awaitable[dict[str, Any]]]
+    """Undoes the fault, given the seq its journal entry will name as ``undo_of``."""
     timer: asyncio.Task[None] | None = None
 
 
@@ -90,7 +91,7 @@ class Controller:
         self._rules: dict[tuple[str, ...], tuple[Target, list[str]]] = {}
 
     # ------------------------------------------------------------------ the actions
-    async def relay(self, ref: str, action: str, duration: float | None) -> dict[str, Any]:
+    async def relay(self, ref: str, action: str, duration: float | None, undo_of: int | None = None) -> dict[str, Any]:
         target = await self._find(ref, RELAY_ROLES)
         timeout = _stop_timeout(target)
         operation: Callable[[], Any] = {
@@ -102,14 +103,15 @@ class Controller:
             "unpause": lambda: cf.unpause(target.container),
         }[action]
         kind = KIND.get(action)
-        entry = await self._run(action, target.name, _with_duration({}, duration), operation, lasting=kind is not None)
+        params = _with_duration({}, duration)
+        entry = await self._run(action, target.name, params, operation, lasting=kind is not None, undo_of=undo_of)
         for ended in ENDS.get(action, ()):
             self._end((ended, target.name))
         if action in ("restart", "stop", "kill"):
             self._forget_rules(target.name)
         if kind is not None:
             self._end((kind, target.name))  # a second stop replaces the first
-            self._last((kind, target.name), entry, duration, lambda: self.relay(ref, UNDO[action], None))
+            self._last((kind, target.name), entry, duration, lambda seq: self.relay(ref, UNDO[action], None, seq))
         return entry
 
     async def loss(self, ref: str, probability: float, duration: float | None) -> dict[str, Any]:
@@ -124,12 +126,13 @@ class Controller:
 
         params = _with_duration({"probability": probability}, duration)
         entry = await self._run("loss", target.name, params, add, lasting=True)
-        self._last(key, entry, duration, lambda: self.clear_loss(ref))
+        self._last(key, entry, duration, lambda seq: self.clear_loss(ref, seq))
         return entry
 
-    async def clear_loss(self, ref: str) -> dict[str, Any]:
+    async def clear_loss(self, ref: str, undo_of: int | None = None) -> dict[str, Any]:
         target = await self._find(ref, RELAY_ROLES)
-        entry = await self._run("clear-loss", target.name, {}, lambda: self._delete_rules(("loss", target.name)))
+        key = ("loss", target.name)
+        entry = await self._run("clear-loss", target.name, {}, lambda: self._delete_rules(key), undo_of=undo_of)
         self._end(("loss", target.name))
         return entry
 
@@ -156,10 +159,10 @@ class Controller:
                 return {"rules_added": len(rules)}
 
         entry = await self._run("partition", peer.name, params, operation, lasting=True)
-        self._last(key, entry, duration, lambda: self.heal(ref, origin))
+        self._last(key, entry, duration, lambda seq: self.heal(ref, origin, seq))
         return entry
 
-    async def heal(self, ref: str, source: str) -> dict[str, Any]:
+    async def heal(self, ref: str, source: str, undo_of: int | None = None) -> dict[str, Any]:
         peer = await self._find(ref, PEER_ROLES)
         relay = None if source == FROM_PORTAL else await self._find(source, RELAY_ROLES)
         origin = FROM_PORTAL if relay is None else relay.name
@@ -171,7 +174,7 @@ class Controller:
             def operation() -> dict[str, Any]:
                 return self._delete_rules(key)
 
-        entry = await self._run("heal", peer.name, {"from": origin}, operation)
+        entry = await self._run("heal", peer.name, {"from": origin}, operation, undo_of=undo_of)
         self._end(key)
         return entry
 
@@ -200,9 +203,16 @@ class Controller:
         return lambda: admin_request(url, "POST", body, 5.0, token)
 
     async def _run(
-        self, action: str, target: str, params: dict[str, Any], operation: Callable[[], Any], *, lasting: bool = False
+        self,
+        action: str,
+        target: str,
+        params: dict[str, Any],
+        operation: Callable[[], Any],
+        *,
+        lasting: bool = False,
+        undo_of: int | None = None,
     ) -> dict[str, Any]:
-        entry = self.journal.begin(action, target, params)
+        entry = self.journal.begin(action, target, params, undo_of)
         try:
             result = await asyncio.to_thread(operation)
         except (docker.errors.APIError, RuntimeError, OSError) as exc:
@@ -238,7 +248,7 @@ class Controller:
         key: tuple[str, ...],
         entry: dict[str, Any],
         duration: float | None,
-        undo: Callable[[], Awaitable[dict[str, Any]]],
+        undo: Callable[[int], Awaitable[dict[str, Any]]],
     ) -> None:
         lasting = _Lasting(entry, undo)
         self._lasting[key] = lasting
@@ -262,15 +272,12 @@ class Controller:
         lasting = self._lasting.get(key)
         if lasting is None:
             return
-        seq = lasting.entry["seq"]
         try:
-            undone = await lasting.undo()
-        except ActionFailed as exc:  # recorded and logged by _run
-            if exc.entry is not None:
-                exc.entry["undo_of"] = seq
+            # the undo's entry names the fault from the start: a reader of the history while the undo
+            # runs (the dashboard) must not take a pending ``start`` for a fault of its own
+            await lasting.undo(lasting.entry["seq"])
+        except ActionFailed:  # recorded and logged by _run
             self._end(key)
-            return
-        undone["undo_of"] = seq
 
 
 def _with_duration(params: dict[str, Any], duration: float | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class Journal:
         self.clock = clock
         self.last_seq = 0
 
-    def begin(self, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+    def begin(self, action: str, target: str, params: dict[str, Any], undo_of: int | None = None) -> dict[str, Any]:
         self.last_seq += 1
         entry: dict[str, Any] = {
             "seq": self.last_seq,
@@ -36,7 +36,7 @@ class Journal:
             "took_s": None,
             "end": None,
             "until": None,
-            "undo_of": None,
+            "undo_of": undo_of,
         }
         self.entries.append(entry)
         return entry
