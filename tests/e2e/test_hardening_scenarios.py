@@ -17,7 +17,7 @@ from connlib.core.fixes import (
     FIX_REFUSAL_RETRY,
 )
 
-from .scenarios import COALESCING_DEBOUNCE, attempts
+from .scenarios import COALESCING_DEBOUNCE, attempts, on_a_new_stack_if_missed
 from .scenarios_hardening import (
     CHANNEL,
     QUOTA,
@@ -52,17 +52,17 @@ async def test_8_twin_without_listed_probe(stack):
 
 # ---------------------------------------------------------------------------- 9
 @pytest.mark.stack(**QUOTA)
-async def test_9_allocation_quota_exhausted(stack, figures):
+async def test_9_allocation_quota_exhausted(stack, new_stack, figures):
     """9. allocation quota exhausted on one relay"""
-    await quota_exhausted(stack, figures)
+    await on_a_new_stack_if_missed(stack, new_stack, figures, lambda fleet: quota_exhausted(fleet, figures))
     print(f"\nfigures: {figures}")
 
 
 @pytest.mark.stack(**QUOTA, client_disabled_fixes=NO_REFUSAL_RETRY, gateway_disabled_fixes=NO_REFUSAL_RETRY)
-async def test_9_twin_without_refusal_retry(stack):
+async def test_9_twin_without_refusal_retry(stack, new_stack):
     """9. twin: refusal-retry off"""
     with pytest.raises(AssertionError, match=r"bug \(zombie relay\)"):
-        await quota_exhausted(stack, {})
+        await on_a_new_stack_if_missed(stack, new_stack, {}, lambda fleet: quota_exhausted(fleet, {}))
 
 
 # ---------------------------------------------------------------------------- 10

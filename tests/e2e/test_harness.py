@@ -23,7 +23,7 @@ from harness.docker_fleet import DockerFleet
 from harness.fleet import CLIENT_ID, StackOptions
 from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
-from harness.labels import OWNER_LABEL, PROJECT_LABEL, SESSION_LABEL, session_labels
+from harness.labels import OWNER_LABEL, PROJECT_LABEL, SESSION_LABEL, STACK_LABEL, session_labels
 from harness.sweep import sweep
 from harness.waiting import wait_for, wait_until
 
@@ -262,3 +262,14 @@ async def test_fault_primitives_kill_start_cut_reconnect(stack, relay, client, g
     resumed = await wait_resumed(stack, back, RESUME_BOUND + 10, "the stream after the reconnect")
     figures.update(gap_s=checks.longest_gap(h, t1), resumed_s=resumed - back)
     assert figures["gap_s"] >= 3.5, "the cut did not stop the stream"
+
+
+@pytest.mark.backends("docker")
+async def test_new_stack_replaces_the_tests_stack_and_removes_the_old_one(stack, new_stack, docker_client):
+    """What scenario 9 plays its second attempt on: the old stack gone, the new one streaming."""
+    old = stack.name
+    t0 = time.monotonic()
+    fresh = await new_stack()
+    assert fresh is not stack and fresh.name != old
+    assert docker_client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={old}"}) == []
+    await wait_for(lambda: checks.flowing_since(fresh.history, t0), RESUME_BOUND + 10, "the new stack's stream")
