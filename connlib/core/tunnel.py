@@ -13,6 +13,7 @@ mistaken for STUN (first byte 0–3) on the same path.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import random
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ log = logging.getLogger("connlib.tunnel")
 
 DATA_TAG = 0xDA
 _DATA_PREFIX = bytes([DATA_TAG])
+_BINDING_REQUEST = b"\x00\x01"  # a STUN message type's two bytes: Binding, request
 POLICY_RELAY_ONLY = "relay-only"
 POLICY_ALL = "all"
 
@@ -111,6 +113,26 @@ class Tunnel:
         # relay address, not per relayed datagram; an entry is used only while its Candidate is
         # the one the relay holds.
         self._relay_locals: dict[tuple[str, int], tuple[Candidate, LocalCandidate]] = {}
+        # Per-datagram lookups a gateway with thousands of connections must not do by a pass over
+        # them all. Each is a hint checked on use (a stale or missing entry falls back to the pass):
+        # the connection whose nominated pair a datagram came in on; the owner of a local ufrag
+        # (its checks' USERNAME); the connection that sent a check, by transaction id.
+        self._by_path: dict[tuple[LocalCandidate, Address], Connection] = {}
+        self._by_ufrag: dict[str, Connection] = {}
+        self._by_check: dict[bytes, Connection] = {}
+        # Whether a connection may hold output that no drain has taken yet (an entry point that
+        # changed connections without draining them): the next datagram then drains them all.
+        self._undrained = False
+        # Each connection's poll_timeout, kept while nothing but the datagram and timer paths
+        # (which update the connections they touch) changed connections: a heap of (deadline,
+        # seq, connection), an entry current while it matches ``_deadlines``; the connections
+        # with no deadline; the order connections were made in (the dict's: outputs keep it).
+        self._deadlines_known = False
+        self._deadlines: dict[str, tuple[Connection, float | None]] = {}
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._undated: dict[str, Connection] = {}
+        self._made: dict[str, int] = {}
+        self._seq = 0
 
     # ------------------------------------------------------------------ exit
     def release(self, now: float) -> None:
@@ -125,10 +147,12 @@ class Tunnel:
         self.node.update_relays(disconnected_ids, connected, now)
         self._process_node_events(now)
         self._place_waiting_connections(now)
+        self._touched_all()  # a migration may have queued a PathLost
 
     def connect(self, peer_id: str, now: float) -> None:
         """Client side: open (or restart) a connection to gateway ``peer_id``."""
         connection = self._new_connection(peer_id, controlling=True, now=now)
+        self._touched_all()
         self._signal(
             messages.Event.REQUEST_CONNECTION,
             messages.ConnectionSignal(peer_id, connection.local_ufrag, connection.local_pwd, connection.relay_id),
@@ -207,14 +231,30 @@ class Tunnel:
     def drop_connection(self, peer_id: str) -> None:
         """Forget the connection to ``peer_id`` (nothing is sent: the peer's side fails by ICE
         timeout); the next ``connect`` or offer makes a new one."""
-        self.connections.pop(peer_id, None)
+        self._forget(peer_id)
+
+    def _forget(self, peer_id: str) -> Connection | None:
+        connection = self.connections.pop(peer_id, None)
+        if connection is not None and self._by_ufrag.get(connection.local_ufrag) is connection:
+            del self._by_ufrag[connection.local_ufrag]
+        self._made.pop(peer_id, None)
+        self._deadlines_known = False
+        return connection
+
+    def _touched_all(self) -> None:
+        """Connections changed outside the datagram and timer paths: drain and date them all next."""
+        self._undrained = True
+        self._deadlines_known = False
 
     def _new_connection(self, peer_id: str, controlling: bool, now: float) -> Connection:
-        old = self.connections.pop(peer_id, None)
+        old = self._forget(peer_id)
         if old is not None:
             log.info("Replacing connection %s", kv(peer=peer_id))
         connection = Connection.new(peer_id, controlling, now, self._rng, self._keepalive)
         self.connections[peer_id] = connection
+        self._by_ufrag[connection.local_ufrag] = connection
+        self._seq += 1
+        self._made[peer_id] = self._seq
         if self.policy == POLICY_ALL:
             for candidate in self._host_candidates:
                 connection.add_local_candidate(candidate, now)
@@ -286,9 +326,12 @@ class Tunnel:
     def _signal(self, event: str, payload) -> None:
         self._events.append(Signal(str(event), payload.to_json()))
 
-    def _process_node_events(self, now: float) -> None:
+    def _process_node_events(self, now: float) -> bool:
+        """Take the Node's events; whether there were any (they may have touched any connection)."""
         removed: list[str] = []
+        any_event = False
         while (event := self.node.poll_event()) is not None:
+            any_event = True
             if isinstance(event, ChannelData):  # relayed data that reached the Node as input
                 self._handle_relayed(event.rid, event.peer, event.payload, now)
                 continue
@@ -301,13 +344,12 @@ class Tunnel:
                 self._relay_candidate_ready(event.rid, event.candidate, now)
             elif isinstance(event, NoRelays):
                 self._signal_no_relays()
-        if not removed:
-            return
-        for connection in self.connections.values():
+        for connection in self.connections.values() if removed else ():
             # A relay replaced under the same id counts as removed too: its fresh allocation has
             # no RTT yet, so another relay is sampled if there is one.
             if connection.relay_id in removed and not connection.failed:
                 self._migrate(connection, now)
+        return any_event
 
     def _signal_no_relays(self) -> None:
         self._events.append(Signal(str(messages.Event.NO_RELAYS), {}))
@@ -350,20 +392,28 @@ class Tunnel:
 
     def handle_input(self, packet: bytes, from_: Address, local: Address | None, now: float) -> bool:
         """A datagram from the socket bound to ``local``; application data comes out as ``Received``."""
+        reached: Connection | None = None  # the one connection this datagram can have given output
         if stun.is_channel_data(packet) and (data := self.node.unwrap(from_, packet, now)) is not None:
-            consumed = self._handle_relayed(*data, now)
+            rid, peer, payload = data
+            reached = self._handle_path_packet(payload, self._relay_local(rid, peer), peer, now)
+            consumed = True  # relay traffic, whatever it carried
         elif self.node.handle_input(packet, from_, local, now):
             consumed = True
         else:
             host = LocalCandidate("host", local) if local is not None else None
-            consumed = self._handle_path_packet(packet, host, from_, now) if host else False
-        self._process_node_events(now)
-        self._drain_connections(now)
+            reached = self._handle_path_packet(packet, host, from_, now) if host else None
+            consumed = reached is not None
+        if self._process_node_events(now) or self._undrained:
+            self._drain_connections(now)
+        elif reached is not None:
+            # Every other connection was drained before this datagram and nothing touched it since.
+            if self._drain(reached, now) and self._process_node_events(now):
+                self._touched_all()  # what the drain asked of the Node may have touched any connection
+            self._date(reached)
         return consumed
 
-    def _handle_relayed(self, rid: str, peer: Address, payload: bytes, now: float) -> bool:
+    def _handle_relayed(self, rid: str, peer: Address, payload: bytes, now: float) -> None:
         self._handle_path_packet(payload, self._relay_local(rid, peer), peer, now)
-        return True  # relay traffic, whatever it carried
 
     def _relay_local(self, rid: str, peer: Address) -> LocalCandidate | None:
         """Our relay candidate on ``rid`` that a datagram from ``peer`` arrived at (same family)."""
@@ -380,30 +430,56 @@ class Tunnel:
         self._relay_locals[key] = (candidate, local)
         return local
 
-    def _handle_path_packet(self, payload: bytes, local: LocalCandidate | None, from_: Address, now: float) -> bool:
+    def _handle_path_packet(
+        self, payload: bytes, local: LocalCandidate | None, from_: Address, now: float
+    ) -> Connection | None:
+        """The connection a datagram on a path was for (None: nobody's)."""
         if local is None or not payload:
-            return False
+            return None
         if payload[0] == DATA_TAG:
             connection = self._connection_by_remote(local, from_)
             if connection is None:
-                return False
+                return None
             connection.note_data_received(local, from_, now)
             self._events.append(Received(connection.peer_id, payload[1:]))
-            return True
+            return connection
         message = decode_check(payload)
         if message is None:
-            return False
+            return None
+        hint = self._stun_owner(message)
+        if hint is not None and hint.handle_stun(message, local, from_, now):
+            return hint
+        # The pass asks every connection; the ones that are not the message's refuse it untouched.
         for connection in self.connections.values():
             if message.cls == stun.Class.REQUEST and not connection.owns_request(message):
                 continue
-            if connection.handle_stun(message, local, from_, now):
-                return True
-        return False
+            if connection is not hint and connection.handle_stun(message, local, from_, now):
+                return connection
+        return None
+
+    def _stun_owner(self, message: stun.Message) -> Connection | None:
+        """The connection a check (by its USERNAME) or a check's answer (by its transaction id) is for."""
+        if message.cls == stun.Class.REQUEST:
+            connection = self._by_ufrag.get((message.get("USERNAME") or "").partition(":")[0])
+            if connection is None or not connection.owns_request(message):
+                return None
+        else:
+            connection = self._by_check.pop(message.transaction_id, None)
+        return connection if connection is not None and self.connections.get(connection.peer_id) is connection else None
 
     def _connection_by_remote(self, local: LocalCandidate, from_: Address) -> Connection | None:
+        key = (local, from_)
+        connection = self._by_path.get(key)
+        if connection is not None and self.connections.get(connection.peer_id) is connection:
+            pair = connection.nominated
+            if pair is not None and pair.remote.addr == from_ and pair.local == local:
+                return connection
         for connection in self.connections.values():
             pair = connection.nominated
             if pair is not None and pair.remote.addr == from_ and pair.local == local:
+                if len(self._by_path) >= 2 * len(self.connections) + 64:  # paths come and go
+                    self._by_path.clear()
+                self._by_path[key] = connection
                 return connection
         for connection in self.connections.values():
             if from_ in connection.remote_candidates:
@@ -413,28 +489,57 @@ class Tunnel:
     # ------------------------------------------------------------------ time and polling
     def handle_timeout(self, now: float) -> None:
         self.node.handle_timeout(now)
-        self._process_node_events(now)
-        for connection in self.connections.values():
+        if self._process_node_events(now) or self._undrained or not self._deadlines_known:
+            for connection in self.connections.values():
+                connection.handle_timeout(now)
+            self._drain_connections(now)
+            return
+        # Only the connections that are due (and the undated ones): for the others a timeout is a
+        # no-op (ice.Connection.handle_timeout acts only at its poll_timeout). Their outputs go in
+        # the order a pass over every connection would take them.
+        due = self._due(now)
+        for connection in due:
             connection.handle_timeout(now)
-        self._drain_connections(now)
+        drained = False
+        for connection in due:
+            drained |= self._drain(connection, now)
+        if drained and self._process_node_events(now):
+            self._touched_all()
+        for connection in due:
+            if self.connections.get(connection.peer_id) is connection:
+                self._date(connection)
 
     def _drain_connections(self, now: float) -> None:
         for connection in list(self.connections.values()):
-            if not connection.has_output():  # the data path queues nothing: skip the two polls
-                continue
-            while (transmit := connection.poll_transmit()) is not None:
-                self._send_from(transmit.local, transmit.dst, transmit.payload, now)
-            while (event := connection.poll_event()) is not None:
-                self._events.append(event)
-                if isinstance(event, PathLost):
-                    # The relay may be dead without anyone having told us: probe it (1 s). The
-                    # peer may have moved while its signals could not reach us: ask again.
-                    if event.rid is not None and FIX_PATH_PROBE not in self._disabled_fixes:
-                        self.node.probe(event.rid, now)
-                    self._announce(connection)
-                elif isinstance(event, Failed):
-                    self.connections.pop(connection.peer_id, None)
-        self._process_node_events(now)
+            if connection.has_output():  # the data path queues nothing: skip the two polls
+                self._drain(connection, now)
+        self._deadlines_known = False
+        # What the drains asked of the Node (a probe, a bind) may touch any connection again.
+        self._undrained = self._process_node_events(now)
+
+    def _drain(self, connection: Connection, now: float) -> bool:
+        """Send what ``connection`` queued and take its events; whether it had any output."""
+        had = False
+        while (transmit := connection.poll_transmit()) is not None:
+            had = True
+            payload = transmit.payload
+            if payload[:2] == _BINDING_REQUEST:  # a check: its answer is looked up by transaction id
+                if len(self._by_check) >= 8 * len(self.connections) + 64:  # unanswered ones pile up
+                    self._by_check.clear()
+                self._by_check[payload[8:20]] = connection
+            self._send_from(transmit.local, transmit.dst, payload, now)
+        while (event := connection.poll_event()) is not None:
+            had = True
+            self._events.append(event)
+            if isinstance(event, PathLost):
+                # The relay may be dead without anyone having told us: probe it (1 s). The
+                # peer may have moved while its signals could not reach us: ask again.
+                if event.rid is not None and FIX_PATH_PROBE not in self._disabled_fixes:
+                    self.node.probe(event.rid, now)
+                self._announce(connection)
+            elif isinstance(event, Failed):
+                self._forget(connection.peer_id)
+        return had
 
     def poll_transmit(self) -> Transmit | None:
         if self._transmits:
@@ -445,13 +550,68 @@ class Tunnel:
         return self._events.popleft() if self._events else None
 
     def poll_timeout(self) -> float | None:
-        # Asked after every datagram: one pass, no intermediate lists.
+        # Asked after every datagram: the connections' soonest deadline is kept, not recomputed.
         best = self.node.poll_timeout()
+        if not self._deadlines_known:
+            self._date_all()
+        heap, deadlines = self._heap, self._deadlines
+        while heap:
+            deadline, _, connection = heap[0]
+            entry = deadlines.get(connection.peer_id)
+            if entry is not None and entry[0] is connection and entry[1] == deadline:
+                if best is None or deadline < best:
+                    best = deadline
+                break
+            heapq.heappop(heap)  # an older deadline of a connection, or a connection gone
+        return best
+
+    # ------------------------------------------------------------------ connection deadlines
+    def _date_all(self) -> None:
+        self._deadlines.clear()
+        self._undated.clear()
+        self._heap = []
         for connection in self.connections.values():
             deadline = connection.poll_timeout()
-            if deadline is not None and (best is None or deadline < best):
-                best = deadline
-        return best
+            self._deadlines[connection.peer_id] = (connection, deadline)
+            if deadline is None:
+                self._undated[connection.peer_id] = connection
+            else:
+                self._seq += 1
+                self._heap.append((deadline, self._seq, connection))
+        heapq.heapify(self._heap)
+        self._deadlines_known = True
+
+    def _date(self, connection: Connection) -> None:
+        """``connection`` was touched: its deadline again (a no-op while they are all unknown)."""
+        if not self._deadlines_known:
+            return
+        deadline = connection.poll_timeout()
+        peer_id = connection.peer_id
+        entry = self._deadlines.get(peer_id)
+        if entry is not None and entry[0] is connection and entry[1] == deadline:
+            return
+        self._deadlines[peer_id] = (connection, deadline)
+        if deadline is None:
+            self._undated[peer_id] = connection
+            return
+        self._undated.pop(peer_id, None)
+        if len(self._heap) > 4 * len(self.connections) + 64:  # old entries pile up: start afresh
+            self._date_all()
+            return
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, connection))
+
+    def _due(self, now: float) -> list[Connection]:
+        """The connections whose deadline has come and the undated ones, in the order they were made."""
+        heap, deadlines = self._heap, self._deadlines
+        due = {id(c): c for c in self._undated.values() if self.connections.get(c.peer_id) is c}
+        while heap and heap[0][0] <= now:
+            deadline, _, connection = heapq.heappop(heap)
+            entry = deadlines.get(connection.peer_id)
+            if entry is not None and entry[0] is connection and entry[1] == deadline:
+                del deadlines[connection.peer_id]  # off the heap: _date puts it back
+                due[id(connection)] = connection
+        return sorted(due.values(), key=lambda c: self._made[c.peer_id])
 
     # ------------------------------------------------------------------ read-only views
     def connected_peers(self) -> list[str]:
