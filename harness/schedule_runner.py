@@ -14,7 +14,8 @@ cgroup freeze; ``relay_portal_cut`` / ``peer_portal_cut`` the portal's admin par
 (``rate``) on a relay; ``rotate_credentials`` the portal's credential rotation (new usernames under the
 same secret: what a running coturn can be given; the model rotates the secret itself); ``stream_idle``
 of the client: SIGUSR1 to its ``connlib run`` at ``at`` (the stream pauses and the connection is
-dropped, as ``SimPeer.go_idle`` does), SIGUSR2 at ``heals_at`` (it streams again on a new connection).
+dropped, as ``SimPeer.go_idle`` does), SIGUSR2 at ``heals_at`` (it streams again on a new connection);
+overlapping idle periods are played as one, as the simulator's client stays idle until the later end.
 The others (cuts between peers and relays, quotas, address changes, portal or peer restarts, black
 holes) are not played (exit 2, naming them).
 
@@ -35,6 +36,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from connlib.core.ice import KEEPALIVE_INTERVAL
@@ -110,7 +112,7 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
     h = fleet.history
     row = results.row("schedule", f"schedule seed {schedule.seed} ({len(schedule.faults)} faults)", fleet.backend)
     start = time.monotonic()
-    await asyncio.gather(*(_play(fleet, fault, start) for fault in schedule.faults))
+    await asyncio.gather(*(_play(fleet, fault, start) for fault in merged_idle_periods(schedule.faults)))
     healed = start + max((f.heals_at for f in schedule.faults), default=0.0)
     failures = []
     try:
@@ -134,6 +136,21 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
         json.dumps({"event": "schedule_done", "verdict": row.verdict, "reason": row.reason, **row.figures}), flush=True
     )
     return 0 if row.verdict == "passed" else 1
+
+
+def merged_idle_periods(faults: tuple[Fault, ...]) -> list[Fault]:
+    """``faults`` with overlapping ``stream_idle`` periods as one, from the first start to the last
+    end: the simulator's client stays idle until the later end (``SimPeer.go_idle``), while a real
+    client's SIGUSR2 ends its idle whichever period it belongs to."""
+    others = [f for f in faults if f.kind != "stream_idle"]
+    merged: list[Fault] = []
+    for idle in sorted((f for f in faults if f.kind == "stream_idle"), key=lambda f: f.at):
+        last = merged[-1] if merged else None
+        if last is not None and idle.at <= last.heals_at:
+            merged[-1] = replace(last, duration=max(last.heals_at, idle.heals_at) - last.at)
+        else:
+            merged.append(idle)
+    return sorted([*others, *merged], key=lambda f: f.at)
 
 
 async def _play(fleet: Fleet, fault: Fault, start: float) -> None:

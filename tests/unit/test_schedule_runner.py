@@ -10,7 +10,13 @@ import pytest
 from harness.__main__ import main
 from harness.docker_fleet import plan
 from harness.fleet import StackOptions
-from harness.schedule_runner import UnplayableSchedule, check_playable, stack_settings, unplayed_settings
+from harness.schedule_runner import (
+    UnplayableSchedule,
+    check_playable,
+    merged_idle_periods,
+    stack_settings,
+    unplayed_settings,
+)
 from sim.schedule import Fault, Schedule
 
 
@@ -68,3 +74,19 @@ def test_the_rate_and_keepalive_the_stack_does_not_play_are_named():
         "keepalive_s 2 (connlib's 1 s)"
     )
     assert unplayed_settings(Schedule(1, 60.0, rate=50.0, keepalive_s=1.0), 50.0) is None
+
+
+def test_overlapping_idle_periods_are_played_as_one_as_the_simulators_client_lives_them():
+    reboot = Fault(2.0, "relay_reboot", "relay-1", 1.0)
+    first, second, apart = (
+        Fault(5.0, "stream_idle", "client", 40.0),
+        Fault(30.0, "stream_idle", "client", 40.0),
+        Fault(90.0, "stream_idle", "client", 5.0),
+    )
+    assert merged_idle_periods((reboot, first, second, apart)) == [
+        reboot,
+        Fault(5.0, "stream_idle", "client", 65.0),  # 5 .. 70: until the later end
+        apart,
+    ]
+    inside = Fault(10.0, "stream_idle", "client", 5.0)
+    assert merged_idle_periods((first, inside)) == [first]
