@@ -129,8 +129,19 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"--schedule {args.schedule}: {exc}", file=sys.stderr)
             return 2
         args.relays = schedule.relays
+        if (unplayed := schedule_runner.unplayed_settings(schedule, args.rate)) is not None:
+            print(unplayed, file=sys.stderr)
+        if args.fleet == "process" and schedule_runner.stack_settings(schedule):
+            print(
+                "the process backend does not play channel_lifetime_s (its relays and peers keep 600 s)",
+                file=sys.stderr,
+            )
     options = StackOptions(
-        relays=args.relays, debounce=args.debounce, rate=args.rate, client_disabled_fixes=frozenset(args.disable_fix)
+        relays=args.relays,
+        debounce=args.debounce,
+        rate=args.rate,
+        client_disabled_fixes=frozenset(args.disable_fix),
+        **(schedule_runner.stack_settings(schedule) if schedule is not None else {}),
     )
     history = new_history()
     results = Results(Path(args.results), uuid.uuid4().hex)

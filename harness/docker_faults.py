@@ -1,6 +1,6 @@
 """The faults of the Docker backend: relay containers (restart, stop, start, kill, pause, UDP loss
-with iptables inside the relay: the calls of :mod:`harness.container_faults`) and networks (cut a
-container off one, reconnect it).
+with iptables inside the relay: the calls of :mod:`harness.container_faults`), networks (cut a
+container off one, reconnect it) and a client's idle and resume (SIGUSR1 / SIGUSR2 to its container).
 
 A mixin of :class:`harness.docker_fleet.DockerFleet` over :class:`harness.fleet.Fleet`, whose fault
 template records each fault in the history. It needs the fleet's ``member()``, ``networks`` and
@@ -97,6 +97,20 @@ class DockerFaults(Fleet):
 
     async def _unpause_peer(self, peer_id: str) -> None:
         await asyncio.to_thread(self.member(peer_id).container.unpause)
+
+    async def _idle_stream(self, peer_id: str) -> None:
+        await asyncio.to_thread(self._signal_peer, peer_id, "SIGUSR1")
+
+    async def _resume_stream(self, peer_id: str) -> None:
+        await asyncio.to_thread(self._signal_peer, peer_id, "SIGUSR2")
+
+    def _signal_peer(self, peer_id: str, signal: str) -> None:
+        """Docker sends it to the container's tini, which forwards it to ``connlib run`` (the
+        peer entrypoint ``exec``s it: one process, no shell in between)."""
+        member = self.member(peer_id)
+        if member.role not in ("client", "gateway"):
+            raise KeyError(f"{peer_id!r} is not a peer")
+        member.container.kill(signal=signal)
 
     async def _udp_loss(self, name: str, probability: float) -> None:
         rule = cf.loss_rule(probability)

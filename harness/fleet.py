@@ -164,6 +164,25 @@ class Fleet(PortalAdmin, abc.ABC):
         async with self.fault("unpause", peer_id):
             await self._unpause_peer(peer_id)
 
+    async def idle_stream(self, peer_id: str) -> None:
+        """The client ``peer_id`` has nothing to send until :meth:`resume_stream`: its stream pauses
+        and it drops its connection, so its channels lapse (``PeerSession.go_idle``, ``connlib run``'s
+        SIGUSR1; the simulator's ``stream_idle``). Done once the peer was told; its ``stream_idle``
+        line says it went idle (a WARN instead if its stream was not flowing)."""
+        async with self.fault("stream_idle", peer_id):
+            await self._idle_stream(peer_id)
+
+    async def resume_stream(self, peer_id: str) -> None:
+        """The idle client streams again, on a new connection (SIGUSR2; its ``stream_resumed`` line)."""
+        async with self.fault("stream_resume", peer_id):
+            await self._resume_stream(peer_id)
+
+    @abc.abstractmethod
+    async def _idle_stream(self, peer_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def _resume_stream(self, peer_id: str) -> None: ...
+
     async def _pause_peer(self, peer_id: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend cannot freeze a peer")
 

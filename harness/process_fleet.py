@@ -4,7 +4,8 @@ The portal runs in-process (``FakePortal``), each relay is a real ``turnserver``
 presence on the portal (``LocalRelay``), and the client and gateway are connlib ``Peer`` objects
 on real UDP sockets in this event loop, so their log records reach the test's ERROR rule directly.
 Restart/stop/kill/pause map to signals on ``turnserver``; network cuts map to the portal's
-partition control; packet loss and network cuts are not modelled (``FaultNotSupported``).
+partition control; a client's idle and resume call its ``Peer`` (what its SIGUSR1/SIGUSR2 handlers
+do); packet loss and network cuts are not modelled (``FaultNotSupported``).
 Every fault and every peer JSON line goes into the ``History`` (see ``harness.fleet``).
 """
 
@@ -152,6 +153,18 @@ class ProcessFleet(Fleet):
         relay = self.relays[name]
         await asyncio.to_thread(relay.coturn.kill)
         await relay.leave()  # in a container the socket dies with the process
+
+    async def _idle_stream(self, peer_id: str) -> None:
+        self._peer_by_id(peer_id).go_idle()  # what its SIGUSR1 handler calls
+
+    async def _resume_stream(self, peer_id: str) -> None:
+        self._peer_by_id(peer_id).resume()
+
+    def _peer_by_id(self, peer_id: str) -> Peer:
+        for peer in (*self.clients, self.gateway):
+            if peer is not None and peer.config.peer_id == peer_id:
+                return peer
+        raise KeyError(f"no peer {peer_id!r}")
 
     async def _pause_relay(self, name: str) -> None:
         # A black hole: coturn stops answering but its presence on the portal stays.

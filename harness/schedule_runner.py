@@ -12,9 +12,22 @@ Kinds and what they are here: ``relay_reboot`` a container restart (``new_secret
 image's keep-secret switch); ``relay_kill`` SIGKILL, started again after ``duration``; ``relay_pause``
 cgroup freeze; ``relay_portal_cut`` / ``peer_portal_cut`` the portal's admin partition; ``loss`` UDP loss
 (``rate``) on a relay; ``rotate_credentials`` the portal's credential rotation (new usernames under the
-same secret: what a running coturn can be given; the model rotates the secret itself). The others
-(cuts between peers and relays, quotas, address changes, portal or peer restarts, black holes) are
-not played (exit 2, naming them).
+same secret: what a running coturn can be given; the model rotates the secret itself); ``stream_idle``
+of the client: SIGUSR1 to its ``connlib run`` at ``at`` (the stream pauses and the connection is
+dropped, as ``SimPeer.go_idle`` does), SIGUSR2 at ``heals_at`` (it streams again on a new connection);
+overlapping idle periods are played as one, as the simulator's client stays idle until the later end.
+The others (cuts between peers and relays, quotas, address changes, portal or peer restarts, black
+holes) are not played (exit 2, naming them).
+
+The schedule's settings: ``relays`` and ``channel_lifetime_s`` are the stack's (:func:`stack_settings`:
+coturn's ``channel-lifetime`` on every relay and ``connlib run --channel-lifetime`` on both peers,
+when not RFC 8656's 600 s; whole seconds, as coturn takes them). ``rate`` and ``keepalive_s`` are not
+played, and the run says so on stderr (:func:`unplayed_settings`): the simulator's 0.25 datagram/s
+saves CPU per simulated second, but on a real stack it would blind the checks (a gap is a silence of
+five datagram intervals: 20 s at that rate, longer than ``RECOVERY_BOUND``; the readiness gate waits
+for 10 echoes), so the stream keeps ``--rate`` (default 50/s); ``connlib run`` has no keep-alive
+option (connlib's 1 s: the ICE timeout is 4 s, not the simulator's 8 s), so a finding that hangs on
+the ICE timeout may need its faults re-timed to show on Docker.
 """
 
 from __future__ import annotations
@@ -23,8 +36,11 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
 
-from sim.schedule import Fault, Schedule
+from connlib.core.ice import KEEPALIVE_INTERVAL
+from sim.schedule import CHANNEL_LIFETIME, Fault, Schedule
 
 from . import checks
 from .fleet import CLIENT_ID, GATEWAY_ID, Fleet
@@ -34,8 +50,18 @@ from .waiting import wait_for
 RECOVERY_BOUND = 15.0
 PEERS = {"client": CLIENT_ID, "gateway": GATEWAY_ID}
 PLAYED = frozenset(
-    {"relay_reboot", "relay_kill", "relay_pause", "relay_portal_cut", "peer_portal_cut", "loss", "rotate_credentials"}
+    {
+        "relay_reboot",
+        "relay_kill",
+        "relay_pause",
+        "relay_portal_cut",
+        "peer_portal_cut",
+        "loss",
+        "rotate_credentials",
+        "stream_idle",
+    }
 )
+KEEPALIVE = KEEPALIVE_INTERVAL  # connlib run's ICE keep-alive interval, what the stack's peers run with
 
 
 class UnplayableSchedule(ValueError):
@@ -43,12 +69,42 @@ class UnplayableSchedule(ValueError):
 
 
 def check_playable(schedule: Schedule) -> None:
+    """Raise :class:`UnplayableSchedule` naming what of ``schedule`` the stack cannot play."""
     unplayable = sorted({f.kind for f in schedule.faults} - PLAYED)
     if unplayable:
         raise UnplayableSchedule(f"faults this stack cannot play: {unplayable} (played: {sorted(PLAYED)})")
     for fault in schedule.faults:
         if fault.kind == "loss" and not fault.target.startswith("relay-"):
             raise UnplayableSchedule(f"loss on {fault.target!r}: only loss on a relay is played here")
+        if fault.kind == "stream_idle" and fault.target != "client":
+            raise UnplayableSchedule(f"stream_idle of {fault.target!r}: only the client streams")
+    lifetime = schedule.channel_lifetime_s
+    if lifetime != round(lifetime) or lifetime < 1:
+        raise UnplayableSchedule(f"channel_lifetime_s {lifetime:g}: coturn takes whole seconds")
+
+
+def stack_settings(schedule: Schedule) -> dict[str, Any]:
+    """The ``StackOptions`` fields the schedule sets besides ``relays``: its channel lifetime on every
+    relay (coturn's ``channel-lifetime``, through the relay image's ``TURN_EXTRA``) and on both peers
+    (``--channel-lifetime``); nothing when it is the default 600 s."""
+    if schedule.channel_lifetime_s == CHANNEL_LIFETIME:
+        return {}
+    seconds = str(round(schedule.channel_lifetime_s))
+    relays = {f"relay-{i}": {"TURN_EXTRA": f"channel-lifetime={seconds}"} for i in range(1, schedule.relays + 1)}
+    return {"relay_env": relays, "peer_args": ("--channel-lifetime", seconds)}
+
+
+def unplayed_settings(schedule: Schedule, rate: float) -> str | None:
+    """One line saying which of the schedule's ``rate`` and ``keepalive_s`` the stack (streaming at
+    ``rate``) does not play, and what it plays instead (the module docstring says why); None if none."""
+    unplayed = []
+    if schedule.rate != rate:
+        unplayed.append(f"rate {schedule.rate:g}/s (the stream runs at {rate:g}/s)")
+    if schedule.keepalive_s != KEEPALIVE:
+        unplayed.append(f"keepalive_s {schedule.keepalive_s:g} (connlib's {KEEPALIVE:g} s)")
+    if not unplayed:
+        return None
+    return f"schedule settings not played on the real stack: {'; '.join(unplayed)}"
 
 
 async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> int:
@@ -56,7 +112,7 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
     h = fleet.history
     row = results.row("schedule", f"schedule seed {schedule.seed} ({len(schedule.faults)} faults)", fleet.backend)
     start = time.monotonic()
-    await asyncio.gather(*(_play(fleet, fault, start) for fault in schedule.faults))
+    await asyncio.gather(*(_play(fleet, fault, start) for fault in merged_idle_periods(schedule.faults)))
     healed = start + max((f.heals_at for f in schedule.faults), default=0.0)
     failures = []
     try:
@@ -80,6 +136,21 @@ async def run_schedule(fleet: Fleet, schedule: Schedule, results: Results) -> in
         json.dumps({"event": "schedule_done", "verdict": row.verdict, "reason": row.reason, **row.figures}), flush=True
     )
     return 0 if row.verdict == "passed" else 1
+
+
+def merged_idle_periods(faults: tuple[Fault, ...]) -> list[Fault]:
+    """``faults`` with overlapping ``stream_idle`` periods as one, from the first start to the last
+    end: the simulator's client stays idle until the later end (``SimPeer.go_idle``), while a real
+    client's SIGUSR2 ends its idle whichever period it belongs to."""
+    others = [f for f in faults if f.kind != "stream_idle"]
+    merged: list[Fault] = []
+    for idle in sorted((f for f in faults if f.kind == "stream_idle"), key=lambda f: f.at):
+        last = merged[-1] if merged else None
+        if last is not None and idle.at <= last.heals_at:
+            merged[-1] = replace(last, duration=max(last.heals_at, idle.heals_at) - last.at)
+        else:
+            merged.append(idle)
+    return sorted([*others, *merged], key=lambda f: f.at)
 
 
 async def _play(fleet: Fleet, fault: Fault, start: float) -> None:
@@ -112,4 +183,7 @@ async def _inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] |
             return lambda: fleet.clear_udp_loss(name)
         case "rotate_credentials":
             await fleet.rotate_credentials(name)
+        case "stream_idle":
+            await fleet.idle_stream(PEERS[name])
+            return lambda: fleet.resume_stream(PEERS[name])
     return None

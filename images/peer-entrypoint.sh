@@ -23,4 +23,6 @@ if [ "$#" -ge 2 ] && [ "$1" = connlib ] && [ "$2" = run ] && ! connlib run --hel
   echo '{"event": "placeholder", "reason": "connlib run is not available in this image"}'
   exec sleep infinity
 fi
+# exec: the peer becomes tini's child itself, so the signals tini forwards reach it (SIGTERM ends it;
+# SIGUSR1/SIGUSR2 idle and resume a client's stream, harness/docker_faults.py).
 exec "$@"

@@ -35,7 +35,8 @@ the second end of a partition. Kinds, and what each means on the real stack:
                          vanish silently for ``duration`` s; dials fail (iptables DROP)
 ``stream_idle``          the client has nothing to send for ``duration`` s: its stream stops
                          and it drops the connection (as a ``connlib run`` whose stream ended);
-                         then the stream resumes on a new connection (no Docker counterpart)
+                         then the stream resumes on a new connection (connlib run's
+                         SIGUSR1, then SIGUSR2)
 =======================  ==================================================================
 
 Random schedules draw their faults first, then the channel lifetime and one or two idle periods

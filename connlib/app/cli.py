@@ -109,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         alloc.add_argument(flag, **spec)
     alloc.set_defaults(**ALLOCATE_DEFAULTS)
 
-    cmd = commands.add_parser("run", help="run a client or gateway against the portal")
+    cmd = commands.add_parser(
+        "run",
+        help="run a client or gateway against the portal",
+        description="Run a client or gateway against the portal. Signals: SIGTERM ends it (its allocations "
+        "deleted); a client goes idle on SIGUSR1 (stream paused, connection dropped, its channels left to "
+        "lapse) and streams again on a new connection on SIGUSR2.",
+    )
     cmd.add_argument("--role", choices=("client", "gateway"), default="client")
     cmd.add_argument("--portal", required=True, help="portal base URL, e.g. ws://127.0.0.1:8080")
     cmd.add_argument("--token", required=True, help="portal token for this role")

@@ -28,6 +28,8 @@ class LineEvent(StrEnum):
     GAP = "gap"
     STATUS = "status"
     RELAYS = "relays"
+    STREAM_IDLE = "stream_idle"
+    STREAM_RESUMED = "stream_resumed"
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,23 @@ class Relays(Line):
     usable: list[str]
 
 
+@dataclass(frozen=True)
+class StreamIdle(Line):
+    """The client went idle (``connlib run``'s SIGUSR1): its stream paused, its connection to
+    ``peer`` dropped, until ``stream_resumed``."""
+
+    EVENT = LineEvent.STREAM_IDLE
+    peer: str
+
+
+@dataclass(frozen=True)
+class StreamResumed(Line):
+    """The idle client streams again (SIGUSR2): its next datagram asks ``peer`` for a new connection."""
+
+    EVENT = LineEvent.STREAM_RESUMED
+    peer: str
+
+
 LINE_TYPES: dict[str, type[Line]] = {
     str(cls.EVENT): cls
     for cls in (
@@ -171,6 +190,8 @@ LINE_TYPES: dict[str, type[Line]] = {
         Gap,
         Status,
         Relays,
+        StreamIdle,
+        StreamResumed,
     )
 }
 

@@ -163,6 +163,19 @@ class Peer:
         runs, so the relays get their deletes."""
         self.done.set()
 
+    def go_idle(self) -> None:
+        """SIGUSR1: the client stops streaming and drops its connection until :meth:`resume`
+        (``PeerSession.go_idle``); a WARN, and nothing else, if its stream is not flowing."""
+        if not self.driver.call(self.session.go_idle):
+            log.warning("Not going idle %s", kv(id=self.config.peer_id, phase=self.session.phase.value))
+        self._drain_session()
+
+    def resume(self) -> None:
+        """SIGUSR2: an idle client streams again on a new connection (``PeerSession.resume``)."""
+        if not self.driver.call(lambda now: self.session.resume(now, time.time())):
+            log.warning("Not resuming %s", kv(id=self.config.peer_id, reason="not idle"))
+        self._drain_session()
+
     async def wait_finished(self) -> int:
         """Wait (after ``start``) until the stream is done or the portal failed; the exit code."""
         portal_task = self._tasks[0]

@@ -55,8 +55,18 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("TEST BUILD: fixes disabled %s", kv(fixes=",".join(sorted(config.disabled_fixes))))
     if args.clients == 1:
         peer = Peer(config)
+        loop = asyncio.get_running_loop()
         # SIGTERM (docker stop) ends the peer as its stream's end does: its allocations are deleted.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, peer.finish)
+        loop.add_signal_handler(signal.SIGTERM, peer.finish)
+        # SIGUSR1 / SIGUSR2: the client goes idle (no stream, no connection) / streams again.
+        loop.add_signal_handler(signal.SIGUSR1, peer.go_idle)
+        loop.add_signal_handler(signal.SIGUSR2, peer.resume)
         return await peer.run_forever()
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):  # not the default action (exit) either
+        asyncio.get_running_loop().add_signal_handler(signum, _ignored, signum)
     log.info("Virtual clients %s", kv(clients=args.clients, spawn_rate=args.spawn_rate, base_id=config.peer_id))
     return await run_clients(client_configs(config, args.clients), BufferedLines(), spawn_rate=args.spawn_rate)
+
+
+def _ignored(signum: int) -> None:
+    log.warning("Ignoring a signal %s", kv(signal=signal.Signals(signum).name, reason="virtual clients cannot idle"))

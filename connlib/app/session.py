@@ -20,6 +20,8 @@ code. Contract:
 The client streams numbered datagrams to its gateway at ``rate`` once the connection is up,
 re-requests the connection when the gateway did not answer within ``ANSWER_TIMEOUT``, expires
 lost echoes and reports every ``report_interval``; the gateway echoes whatever it receives.
+:meth:`go_idle` and :meth:`resume` (``connlib run``'s SIGUSR1 and SIGUSR2) make the client idle
+as the simulator's ``stream_idle`` fault does: nothing sent and no connection, until resumed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +84,7 @@ class PeerSession:
         self._phase_deadline: float | None = None
         self._next_send: float | None = None
         self._next_report = now + config.report_interval
+        self.idle = False  # go_idle until resume
 
     # ------------------------------------------------------------------ portal → tunnel
     def handle_portal_state(self, state: str, now: float) -> None:
@@ -202,6 +206,32 @@ class PeerSession:
         if self.phase is not Phase.STREAMING:
             return False
         self._next_send = until
+        return True
+
+    def go_idle(self, now: float) -> bool:
+        """Have nothing to send until :meth:`resume`: the stream pauses and the connection to the
+        gateway is dropped (nothing is sent: the gateway's side fails by ICE timeout), so the
+        channels it used go unused and lapse; echoes in flight are lost. What the simulator's
+        ``stream_idle`` does (``SimPeer.go_idle``), with an open end. False, and no change, unless
+        the stream is flowing and not idle already."""
+        if self.idle or not self.pause_stream(math.inf):
+            return False
+        self.idle = True
+        gateway = self.config.connect_to or ""
+        self.tunnel.drop_connection(gateway)
+        self._lines.append(lines.StreamIdle(gateway))
+        return True
+
+    def resume(self, now: float, wall: float) -> bool:
+        """End :meth:`go_idle`: the next datagram is due at ``now`` and asks for a new connection.
+        The next gap is measured from ``now`` (the idle time is no gap; the wait for the new
+        connection is). False, and no change, unless idle."""
+        if not self.idle:
+            return False
+        self.idle = False
+        self._next_send = now
+        self.stats.restart_gap_clock(now, wall)
+        self._lines.append(lines.StreamResumed(self.config.connect_to or ""))
         return True
 
     def _deadline(self) -> float:

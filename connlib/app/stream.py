@@ -65,6 +65,11 @@ class StreamStats:
             self.emit(gap)
         self.last_delivery, self.last_delivery_wall = now, wall
 
+    def restart_gap_clock(self, now: float, wall: float) -> None:
+        """Measure the next gap from ``now``, not from the last echo: a stream that had nothing to
+        send until now (an idle client) owes no echo for that time."""
+        self.last_delivery, self.last_delivery_wall = now, wall
+
     def expire(self, now: float) -> None:
         for seq, sent_at in list(self.pending.items()):
             if now - sent_at > LOSS_TIMEOUT:

@@ -69,6 +69,28 @@ async def test_thousand_datagrams_round_trip_without_loss(fleet_factory):
     assert fleet.carrying_relay() is not None, "the path must run through a relay (relay-only)"
 
 
+async def test_an_idle_client_streams_again_on_a_new_connection_after_its_resume(fleet_factory):
+    """The process backend's ``stream_idle`` (what ``connlib run``'s SIGUSR1/SIGUSR2 call): both
+    recorded as faults, the client's own lines say it went idle and came back, the stream flows."""
+    fleet = await fleet_factory()
+    await fleet.idle_stream(CLIENT_ID)
+    await wait_for(lambda: fleet.history.first("stream_idle", target=CLIENT_ID), 5, "the client's stream_idle")
+    assert fleet.client is not None and fleet.client.tunnel.connection_state(GATEWAY_ID) is None
+    sent = fleet.client.stats.sent
+    await fleet.resume_stream(CLIENT_ID)
+    resumed = fleet.history.first("stream_resumed", target=CLIENT_ID)
+    assert resumed is not None and fleet.client.stats.sent == sent  # idle until then
+    await wait_for(lambda: delivered_after(fleet, resumed.t), RESUME_BOUND, "an echo after the resume")
+    assert fleet.history.first("connected", target=CLIENT_ID, after=resumed.t) is not None
+    played = [(op.what, op.outcome) for op in fleet.history.select(kind="fault")]
+    assert played == [
+        ("stream_idle", "invoke"),
+        ("stream_idle", "ok"),
+        ("stream_resume", "invoke"),
+        ("stream_resume", "ok"),
+    ]
+
+
 # ---------------------------------------------------------------------------- 2. presence
 async def test_stopped_carrying_relay_migrates_on_relays_presence(fleet_factory):
     fleet = await fleet_factory()

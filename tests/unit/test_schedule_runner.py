@@ -8,7 +8,15 @@ import json
 import pytest
 
 from harness.__main__ import main
-from harness.schedule_runner import UnplayableSchedule, check_playable
+from harness.docker_fleet import plan
+from harness.fleet import StackOptions
+from harness.schedule_runner import (
+    UnplayableSchedule,
+    check_playable,
+    merged_idle_periods,
+    stack_settings,
+    unplayed_settings,
+)
 from sim.schedule import Fault, Schedule
 
 
@@ -36,3 +44,49 @@ def test_the_cli_refuses_before_starting_a_stack(tmp_path, capsys, text):
     assert main(["chaos", "--schedule", str(path), "--results", str(tmp_path / "results")]) == 2
     assert f"--schedule {path}" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_a_clients_idle_periods_are_played_and_only_the_clients():
+    idle = Schedule(1, 60.0, faults=(Fault(5.0, "stream_idle", "client", 40.0), Fault(8.0, "relay_reboot", "relay-1")))
+    check_playable(idle)
+    with pytest.raises(UnplayableSchedule, match="only the client streams"):
+        check_playable(Schedule(1, 60.0, faults=(Fault(5.0, "stream_idle", "gateway", 40.0),)))
+
+
+def test_the_schedules_channel_lifetime_is_every_relays_and_both_peers():
+    """coturn's channel-lifetime through each relay's TURN_EXTRA, ``--channel-lifetime`` on both
+    peers' command lines: what the Docker backend creates (``plan``, no engine needed)."""
+    assert stack_settings(Schedule(1, 60.0)) == {}  # 600 s: the stack's own
+    schedule = Schedule(1, 60.0, relays=3, channel_lifetime_s=30.0)
+    stack = plan({}, StackOptions(relays=3, **stack_settings(schedule)))
+    assert [r.environment.get("TURN_EXTRA") for r in stack.relays] == ["channel-lifetime=30"] * 3
+    for peer in ("client", "gateway"):
+        (service,) = stack.by_role(peer)
+        assert service.option("--channel-lifetime") == "30", service.command
+    with pytest.raises(UnplayableSchedule, match="whole seconds"):
+        check_playable(Schedule(1, 60.0, channel_lifetime_s=12.5))
+
+
+def test_the_rate_and_keepalive_the_stack_does_not_play_are_named():
+    simulated = Schedule(1, 60.0)  # the simulator's 0.25/s and 2 s keep-alive
+    assert unplayed_settings(simulated, 50.0) == (
+        "schedule settings not played on the real stack: rate 0.25/s (the stream runs at 50/s); "
+        "keepalive_s 2 (connlib's 1 s)"
+    )
+    assert unplayed_settings(Schedule(1, 60.0, rate=50.0, keepalive_s=1.0), 50.0) is None
+
+
+def test_overlapping_idle_periods_are_played_as_one_as_the_simulators_client_lives_them():
+    reboot = Fault(2.0, "relay_reboot", "relay-1", 1.0)
+    first, second, apart = (
+        Fault(5.0, "stream_idle", "client", 40.0),
+        Fault(30.0, "stream_idle", "client", 40.0),
+        Fault(90.0, "stream_idle", "client", 5.0),
+    )
+    assert merged_idle_periods((reboot, first, second, apart)) == [
+        reboot,
+        Fault(5.0, "stream_idle", "client", 65.0),  # 5 .. 70: until the later end
+        apart,
+    ]
+    inside = Fault(10.0, "stream_idle", "client", 5.0)
+    assert merged_idle_periods((first, inside)) == [first]
