@@ -394,8 +394,7 @@ class Tunnel:
         """A datagram from the socket bound to ``local``; application data comes out as ``Received``."""
         reached: Connection | None = None  # the one connection this datagram can have given output
         if stun.is_channel_data(packet) and (data := self.node.unwrap(from_, packet, now)) is not None:
-            rid, peer, payload = data
-            reached = self._handle_path_packet(payload, self._relay_local(rid, peer), peer, now)
+            reached = self._handle_relayed(*data, now)
             consumed = True  # relay traffic, whatever it carried
         elif self.node.handle_input(packet, from_, local, now):
             consumed = True
@@ -412,8 +411,8 @@ class Tunnel:
             self._date(reached)
         return consumed
 
-    def _handle_relayed(self, rid: str, peer: Address, payload: bytes, now: float) -> None:
-        self._handle_path_packet(payload, self._relay_local(rid, peer), peer, now)
+    def _handle_relayed(self, rid: str, peer: Address, payload: bytes, now: float) -> Connection | None:
+        return self._handle_path_packet(payload, self._relay_local(rid, peer), peer, now)
 
     def _relay_local(self, rid: str, peer: Address) -> LocalCandidate | None:
         """Our relay candidate on ``rid`` that a datagram from ``peer`` arrived at (same family)."""
@@ -465,12 +464,16 @@ class Tunnel:
                 return None
         else:
             connection = self._by_check.pop(message.transaction_id, None)
-        return connection if connection is not None and self.connections.get(connection.peer_id) is connection else None
+        return connection if connection is not None and self._live(connection) else None
+
+    def _live(self, connection: Connection) -> bool:
+        """Whether ``connection`` (a hint's) is still the one we hold for its peer."""
+        return self.connections.get(connection.peer_id) is connection
 
     def _connection_by_remote(self, local: LocalCandidate, from_: Address) -> Connection | None:
         key = (local, from_)
         connection = self._by_path.get(key)
-        if connection is not None and self.connections.get(connection.peer_id) is connection:
+        if connection is not None and self._live(connection):
             pair = connection.nominated
             if pair is not None and pair.remote.addr == from_ and pair.local == local:
                 return connection
@@ -506,7 +509,7 @@ class Tunnel:
         if drained and self._process_node_events(now):
             self._touched_all()
         for connection in due:
-            if self.connections.get(connection.peer_id) is connection:
+            if self._live(connection):
                 self._date(connection)
 
     def _drain_connections(self, now: float) -> None:
@@ -554,11 +557,10 @@ class Tunnel:
         best = self.node.poll_timeout()
         if not self._deadlines_known:
             self._date_all()
-        heap, deadlines = self._heap, self._deadlines
+        heap = self._heap
         while heap:
             deadline, _, connection = heap[0]
-            entry = deadlines.get(connection.peer_id)
-            if entry is not None and entry[0] is connection and entry[1] == deadline:
+            if self._current(connection, deadline):
                 if best is None or deadline < best:
                     best = deadline
                 break
@@ -586,10 +588,9 @@ class Tunnel:
         if not self._deadlines_known:
             return
         deadline = connection.poll_timeout()
-        peer_id = connection.peer_id
-        entry = self._deadlines.get(peer_id)
-        if entry is not None and entry[0] is connection and entry[1] == deadline:
+        if self._current(connection, deadline):
             return
+        peer_id = connection.peer_id
         self._deadlines[peer_id] = (connection, deadline)
         if deadline is None:
             self._undated[peer_id] = connection
@@ -601,15 +602,19 @@ class Tunnel:
         self._seq += 1
         heapq.heappush(self._heap, (deadline, self._seq, connection))
 
+    def _current(self, connection: Connection, deadline: float | None) -> bool:
+        """Whether ``deadline`` is what ``connection`` is kept at (a heap entry not superseded)."""
+        entry = self._deadlines.get(connection.peer_id)
+        return entry is not None and entry[0] is connection and entry[1] == deadline
+
     def _due(self, now: float) -> list[Connection]:
         """The connections whose deadline has come and the undated ones, in the order they were made."""
-        heap, deadlines = self._heap, self._deadlines
-        due = {id(c): c for c in self._undated.values() if self.connections.get(c.peer_id) is c}
+        heap = self._heap
+        due = {id(c): c for c in self._undated.values() if self._live(c)}
         while heap and heap[0][0] <= now:
             deadline, _, connection = heapq.heappop(heap)
-            entry = deadlines.get(connection.peer_id)
-            if entry is not None and entry[0] is connection and entry[1] == deadline:
-                del deadlines[connection.peer_id]  # off the heap: _date puts it back
+            if self._current(connection, deadline):
+                del self._deadlines[connection.peer_id]  # off the heap: _date puts it back
                 due[id(connection)] = connection
         return sorted(due.values(), key=lambda c: self._made[c.peer_id])
 

@@ -133,7 +133,7 @@ class Controller:
         target = await self._find(ref, RELAY_ROLES)
         key = ("loss", target.name)
         entry = await self._run("clear-loss", target.name, {}, lambda: self._delete_rules(key), undo_of=undo_of)
-        self._end(("loss", target.name))
+        self._end(key)
         return entry
 
     async def partition(self, ref: str, source: str, duration: float | None) -> dict[str, Any]:
