@@ -7,10 +7,12 @@ PYTEST_ARGS ?=
 # marked xdist_group (one `make up` stack's module); TEST_JOBS=0 runs serially in one process. The
 # Docker scenarios mostly wait on their stacks: two workers cut the e2e wall time by about half;
 # three were no faster on this machine and missed relay restarts' set-up more often (README: Tests).
+# The workers take tests in the order tests/plugins/longest_first.py gives (longest files first, the
+# Docker ones last); --no-loadscope-reorder keeps xdist from moving the grouped stack to the front.
 TEST_JOBS ?= 2
-XDIST = -n $(TEST_JOBS) --dist loadgroup
+XDIST = -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: test unit integration e2e bench lint sim mutation clean venv system-packages
+.PHONY: test unit integration e2e bench lint sim mutation clean venv system-packages durations
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -35,6 +37,10 @@ integration: $(VENV)/.installed
 
 e2e: $(VENV)/.installed
 	$(PY) -m pytest tests/e2e $(XDIST) $(PYTEST_ARGS)
+
+# every suite, recording each test's duration into tests/durations.json (the order of the suite)
+durations: system-packages $(VENV)/.installed
+	$(PY) -m pytest $(XDIST) --store-durations $(PYTEST_ARGS)
 
 # ruff (lint + format check) and mypy over the project; configuration in pyproject.toml
 lint: $(VENV)/.installed

@@ -43,7 +43,6 @@ from .fleet import CLIENT_ID, GATEWAY_ID, StackOptions
 from .history import History
 from .labels import STACK_LABEL
 from .portal_admin import ADMIN_ERRORS
-from .sweep import remove_stack
 from .topology import COMPOSE_FILE, Service, Topology, load
 from .waiting import NotYet, wait_for
 
@@ -267,8 +266,7 @@ class DockerFleet(DockerFaults):
             self.logs.join()
             self.collect_errors()
         finally:
-            removed = remove_stack(self.client, self.session.id, self.name)
-            log.info("Stack removed stack=%s objects=%s", self.name, removed)
+            self.session.remove_stack(self.name)
 
     def _check_peers_alive(self) -> None:
         for member in self.members.values():

@@ -134,6 +134,12 @@ def ensure_images(client: docker.DockerClient, tag: str = E2E_TAG, mode: str = "
         return _ensure_built(client, specs, tags, tag, mode)
 
 
+def ensure_base(client: docker.DockerClient) -> Image:
+    """The base image, bootstrapped if missing (under the build lock: after a build in progress)."""
+    with build_lock():
+        return bootstrap_base(client)
+
+
 def _ensure_built(
     client: docker.DockerClient, specs: list[ImageSpec], tags: dict[str, str], tag: str, mode: str
 ) -> dict[str, str]:

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict
@@ -48,7 +49,7 @@ from .docker_fleet import DockerFleet
 from .docker_session import DockerSession
 from .fleet import CLIENT_ID, GATEWAY_ID, Fleet, StackOptions
 from .history import History, new_history
-from .images import E2E_TAG, MODES, ImagesUnavailable, ensure_images
+from .images import E2E_TAG, MODES, ImagesUnavailable, ensure_base, ensure_images
 from .process_fleet import ProcessFleet
 from .report import Results, Row
 from .sweep import sweep
@@ -143,6 +144,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
+# ---------------------------------------------------------------------------- the images, early
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run that includes the e2e folder starts the ``:e2e`` image build at once, in a background
+    thread of the controller (of the one process of a serial run): on a fresh machine it takes
+    minutes (the base's debootstrap, three images), and the suites that need no Docker run meanwhile
+    (``tests/plugins/longest_first.py`` puts them first). The ``e2e_images`` fixture waits for it on
+    the build lock and finds the images current; if this build fails, the fixture builds again and
+    reports the failure. Only ``auto`` (``build`` would build twice; ``existing`` builds nothing)."""
+    config = session.config
+    if _worker_input(config) or config.getoption("--fleet") != "docker" or config.getoption("--e2e-images") != "auto":
+        return
+    if not _includes(config, Path(config.rootpath) / E2E_DIR):
+        return
+    threading.Thread(target=_build_early, name="e2e-images", daemon=True).start()
+
+
+E2E_DIR = Path("tests", "e2e")
+
+
+def _includes(config: pytest.Config, folder: Path) -> bool:
+    """Whether the run's paths (its arguments, else ``testpaths``) cover some of ``folder``."""
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::", 1)[0]).resolve()
+        if path == folder or folder in path.parents or path in folder.parents:
+            return True
+    return False
+
+
+def _build_early() -> None:
+    try:
+        client = connect(timeout=600)
+    except DockerUnavailable:
+        return  # the Docker tests skip (or fail under CI) in their own fixtures
+    try:
+        ensure_images(client, E2E_TAG, "auto")
+    except Exception as exc:  # the fixture builds again and reports it; a warning here, not a second report
+        log.warning("Early image build failed error=%s: %s", type(exc).__name__, exc)
+    finally:
+        client.close()
+
+
 # ---------------------------------------------------------------------------- Docker session
 @pytest.fixture(scope="session")
 def fleet_backend(pytestconfig: pytest.Config) -> str:
@@ -165,7 +207,8 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def docker_session(docker_client: docker.DockerClient, pytestconfig: pytest.Config) -> Iterator[DockerSession]:
     """This run's labelled Docker resources; all removed at the end of the run."""
-    session = DockerSession(docker_client, images={}, session_id=pytestconfig.stash[SESSION_KEY])
+    # A stack's removal runs while the next test's stack starts (the run's end waits for it)
+    session = DockerSession(docker_client, images={}, session_id=pytestconfig.stash[SESSION_KEY], deferred_removal=True)
     yield session
     session.remove_all()
 
@@ -179,6 +222,16 @@ def e2e_images(docker_session: DockerSession, pytestconfig: pytest.Config) -> di
     except ImagesUnavailable as exc:
         pytest.fail(f"e2e images: {exc}", pytrace=False)  # a broken image build is a bug, never a skip
     return docker_session.images
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_session: DockerSession) -> str:
+    """The id of the project's base image (``images/base.sh``: bootstrapped if missing, and after
+    any image build in progress, on the build lock), for tests that run bare containers."""
+    try:
+        return ensure_base(docker_session.client).id
+    except ImagesUnavailable as exc:
+        pytest.fail(f"base image: {exc}", pytrace=False)
 
 
 # ---------------------------------------------------------------------------- the stack

@@ -3,6 +3,7 @@ pytest_plugins = [
     "tests.plugins.coturn",
     "tests.plugins.browser",
     "tests.plugins.xdist_groups",
+    "tests.plugins.longest_first",
     "harness.pytest_plugin",
     "pytester",
 ]

@@ -20,6 +20,7 @@ import pytest
 
 from harness import checks
 from harness.docker_fleet import DockerFleet
+from harness.docker_session import DockerSession
 from harness.fleet import CLIENT_ID, StackOptions
 from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
@@ -30,6 +31,7 @@ from harness.waiting import wait_for, wait_until
 from .scenarios import RESUME_BOUND, fault_at, wait_event, wait_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
+REMOVAL_BOUND = 10.0  # a stack of five containers and its networks, removed in the background
 
 
 # ---------------------------------------------------------------------------- checks (no engine)
@@ -125,6 +127,33 @@ def _session_objects(client, session: str) -> list[str]:
     return [c.name for c in client.containers.list(all=True, filters=filters)] + [
         n.name for n in client.networks.list(filters=filters)
     ]
+
+
+@pytest.mark.docker
+def test_deferred_stack_removal_returns_at_once_and_the_session_end_waits_for_it(docker_client, base_image, caplog):
+    """The e2e session removes a stopped stack in the background; its end removes the rest only
+    after that removal is done (two removals of one container at once: 409s and warnings)."""
+    session = DockerSession(docker_client, images={}, deferred_removal=True)
+    stacks = ("clr-removal-a", "clr-removal-b")
+    for stack in stacks:
+        network, _ = session.create_network(f"{stack}-net", internal=True, labels={STACK_LABEL: stack})
+        for i in range(3):
+            docker_client.containers.run(
+                base_image,
+                ["sleep", "600"],
+                detach=True,
+                network=network.name,
+                labels={**session.labels, STACK_LABEL: stack},
+                name=f"{stack}-{session.id[:6]}-{i}",
+            )
+    t0 = time.monotonic()
+    session.remove_stack(stacks[0])
+    queued_s = time.monotonic() - t0
+    with caplog.at_level(logging.WARNING, logger="harness.sweep"):
+        session.remove_all()
+    assert _session_objects(docker_client, session.id) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert queued_s < 0.5, f"remove_stack took {queued_s:.2f} s: it waited for the removal"
 
 
 @pytest.mark.docker
@@ -271,5 +300,10 @@ async def test_new_stack_replaces_the_tests_stack_and_removes_the_old_one(stack,
     t0 = time.monotonic()
     fresh = await new_stack()
     assert fresh is not stack and fresh.name != old
-    assert docker_client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={old}"}) == []
+    # the old stack's removal runs in the background (DockerSession's deferred_removal)
+    await wait_for(
+        lambda: not docker_client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={old}"}),
+        REMOVAL_BOUND,
+        "the old stack's removal",
+    )
     await wait_for(lambda: checks.flowing_since(fresh.history, t0), RESUME_BOUND + 10, "the new stack's stream")

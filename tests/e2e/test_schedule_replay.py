@@ -46,7 +46,9 @@ def test_a_simulator_schedule_plays_on_the_docker_stack(tmp_path):
         timeout=600,
     )
     lines = ts.json_lines(done.stdout)
-    (summary,) = [line for line in lines if line.get("event") == "schedule_done"]
+    summaries = [line for line in lines if line.get("event") == "schedule_done"]
+    assert len(summaries) == 1, f"exit {done.returncode}, no one summary line:\n{done.stderr[-3000:]}"
+    (summary,) = summaries
     assert done.returncode == 0, f"{summary}\n{done.stderr[-3000:]}"
     assert summary["verdict"] == "passed" and summary["faults"] == 5 and summary["zombies"] == 0
     assert "not played on the real stack: rate 0.25/s" in done.stderr  # the simulator's rate, said once

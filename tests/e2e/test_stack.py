@@ -291,9 +291,11 @@ def _browser_available() -> str | None:
 
 
 def _relay_rows(page) -> dict[str, str]:
-    """{relay name: the text of its row} for every table row on the page naming relay-N."""
+    """{relay name: the text of its row} for every row of the relays table naming relay-N (only
+    that table's: the connections and the event log name relays too, and the page may show those
+    first: a run read a connection's row as relay-2's status)."""
     rows: dict[str, str] = {}
-    for text in page.locator("tr").all_inner_texts():
+    for text in page.locator("#relays tbody tr").all_inner_texts():
         match = re.search(r"\brelay-\d+\b", text)
         if match:
             rows.setdefault(match.group(0), text)

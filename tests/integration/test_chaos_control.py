@@ -30,9 +30,7 @@ from harness.control.journal import Journal
 from harness.control.openapi import openapi_document
 from harness.control.targets import COMPOSE_SERVICE_LABEL, Stack
 from harness.docker_session import DockerSession
-from harness.images import BASE_IMAGE
 from harness.labels import PROJECT, PROJECT_LABEL, ROLE_LABEL, STACK_LABEL
-from harness.pytest_plugin import in_ci
 from harness.waiting import NotYet, wait_for
 
 pytestmark = [pytest.mark.docker]
@@ -43,14 +41,11 @@ UNDO_BOUND_S = 10.0  # a timed fault of 0.5-1 s is undone well within this
 
 
 @pytest.fixture(scope="module")
-def containers(docker_client: docker.DockerClient, docker_session: DockerSession) -> Iterator[dict[str, Container]]:
+def containers(
+    docker_client: docker.DockerClient, docker_session: DockerSession, base_image: str
+) -> Iterator[dict[str, Container]]:
     """relay-1 and client of a test stack, a relay of another stack, and an unlabelled container."""
-    try:
-        image = docker_client.images.get(BASE_IMAGE).id
-    except docker.errors.ImageNotFound:
-        if in_ci():
-            pytest.fail(f"no {BASE_IMAGE} (CI=true: make images bootstraps it)")
-        pytest.skip(f"no {BASE_IMAGE} (make images bootstraps it)")
+    image = base_image
     stack = f"chaos-test-{uuid.uuid4().hex[:8]}"
     network, _ = docker_session.create_network(f"{stack}-net", internal=True, labels={STACK_LABEL: stack})
     made: dict[str, Container] = {}
