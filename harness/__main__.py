@@ -33,12 +33,12 @@ from sim import cli as sim_cli
 from sim.schedule import Schedule
 
 from . import chaos, checks, compose_ready, schedule_runner
-from .docker_engine import connect
+from .docker_engine import DockerUnavailable, connect
 from .docker_fleet import DockerFleet
 from .docker_session import DockerSession
 from .fleet import Fleet, StackOptions
 from .history import new_history
-from .images import E2E_TAG, MODES, ensure_images
+from .images import E2E_TAG, MODES, PREFIX, ImagesUnavailable, check_prefix, ensure_images
 from .process_fleet import ProcessFleet
 from .report import Results, aggregate, write_reports
 from .sweep import sweep
@@ -100,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "images":
         started = time.monotonic()
-        tags = ensure_images(connect(timeout=900), args.tag, args.mode)
+        try:
+            check_prefix(PREFIX)  # before the engine is asked anything
+            tags = ensure_images(connect(timeout=900), args.tag, args.mode)
+        except (DockerUnavailable, ImagesUnavailable) as exc:
+            print(f"images: {exc}", file=sys.stderr)
+            return 1
         print(f"images {' '.join(tags.values())} ready in {time.monotonic() - started:.1f}s")
         return 0
     if args.command == "wait-ready":

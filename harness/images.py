@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -85,8 +86,25 @@ class ImageSpec:
     build: topology.Build
 
 
+REPOSITORY_PATH = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+"""A repository path as Docker takes it (the distribution reference grammar, no registry host)."""
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if Docker takes it as the front of an image repository, else a clear
+    :class:`ImagesUnavailable` (the engine's own "invalid reference format" comes minutes into a
+    build: after the base bootstrap, from the first tag)."""
+    if not REPOSITORY_PATH.fullmatch(prefix):
+        raise ImagesUnavailable(
+            f"IMAGE_PREFIX {prefix!r} is not a Docker repository path: lowercase letters and digits, "
+            "separated by '.', '_', '__', '-' or '/'"
+        )
+    return prefix
+
+
 def image_specs(tag: str, path: Path = topology.COMPOSE_FILE) -> list[ImageSpec]:
     """The images the topology's services use, each once, with how to build it."""
+    check_prefix(PREFIX)
     stack = topology.load({"IMAGE_PREFIX": PREFIX, "IMAGE_TAG": tag, "BASE_IMAGE": BASE_IMAGE}, path)
     specs: dict[str, ImageSpec] = {}
     for service in stack.services.values():
