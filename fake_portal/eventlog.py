@@ -252,24 +252,29 @@ class EventLog:
         self.last_seq = 0
 
     def record(self, ts: float, kind: EventKind | str, **fields: Any) -> None:
-        kind_text = _KIND_TEXTS[EventKind(kind)]  # ValueError for a kind outside the schema: a bug in the writer
+        kind_text = _KIND_TEXTS.get(kind)  # a member or its value (a StrEnum hashes as its string)
+        if kind_text is None:
+            EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
         self.last_seq += 1
         shape = tuple(fields)
-        values = (
-            mask(value)
-            if key in SECRET_KEYS and isinstance(value, str)
-            else self._pending(value)
-            if isinstance(value, EncodedPayload)
-            else _EMPTY_OBJECT
-            if type(value) is dict and not value  # a join's or a heartbeat's payload
-            else summarize(value)
-            for key, value in fields.items()
-        )
         ts = round(ts, 6)
         if ts == self._ts:
             ts = self._ts  # the same float object: one per batch of entries, not one each
         self._ts = ts
-        self._entries.append((self._shapes.setdefault(shape, shape), ts, kind_text, *values))
+        entry: list[Any] = [self._shapes.setdefault(shape, shape), ts, kind_text]
+        for key, value in fields.items():
+            # summarize(value), with its common cases inline (a fan-out records thousands of entries)
+            if isinstance(value, str):
+                if key in SECRET_KEYS:
+                    value = mask(value)
+                elif len(value) > SUMMARY_STRING_CHARS or '"' in value:
+                    value = summarize(value)
+            elif isinstance(value, EncodedPayload):
+                value = self._pending(value)
+            elif isinstance(value, (dict, list)):
+                value = summarize(value) if value or type(value) is not dict else _EMPTY_OBJECT
+            entry.append(value)  # anything else (numbers, None) summarizes to itself
+        self._entries.append(tuple(entry))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -312,5 +317,5 @@ class EventLog:
         return same
 
 
-_KIND_TEXTS = {kind: kind.value for kind in EventKind}
+_KIND_TEXTS: dict[str, str] = {kind: kind.value for kind in EventKind}
 """Each kind's plain string, one shared copy (``str(kind)`` makes a new one at every call)."""
