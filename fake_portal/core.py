@@ -59,6 +59,15 @@ RAW_EXCERPT_CHARS = 200
 STREAM_HISTORY = 120
 """``stream_stats`` samples kept per client for the dashboard's traffic chart (2 min at 1/s)."""
 
+_NAMES: dict[str, str] = {name.value: name.value for name in (*Topic, *Event)}
+
+
+def _shared(name: Any) -> Any:
+    """The one copy of a known topic or event name for the event log: a decoded frame's are new
+    strings, which thousands of entries would each hold. Anything but a plain ``str`` (the enum
+    members of the frames the portal builds) is kept as it is."""
+    return _NAMES.get(name, name) if type(name) is str else name
+
 
 class CloseCode(enum.IntEnum):
     MALFORMED = 1007
@@ -683,7 +692,8 @@ class Portal:
         vsn = session.endpoint.vsn
         text = encode_frame(frame, vsn)
         if self._events.keeps:
-            payload = EncodedPayload(text, 4 if vsn is Vsn.V2 else "payload")
+            # One family per serializer, topic and event: a fan-out's frames differ in a few strings.
+            payload = EncodedPayload(text, 4 if vsn is Vsn.V2 else "payload", (vsn, frame.topic, frame.event))
             self._record(session, "out", now, frame=frame, size=len(text), payload=payload)
         self._output.append(Send(session.sid, text))
 
@@ -706,7 +716,9 @@ class Portal:
             return
         fields: dict[str, Any] = {"dir": direction, "sid": session.sid, "role": session.role, "id": session.peer_id}
         if frame is not None:
-            fields.update(topic=frame.topic, event=frame.event, ref=frame.ref, payload=payload or frame.payload)
+            fields.update(
+                topic=_shared(frame.topic), event=_shared(frame.event), ref=frame.ref, payload=payload or frame.payload
+            )
         fields["payload_bytes"] = size
         self._events.record(self.unix(now), EventKind.FRAME, **fields, **extra)
 

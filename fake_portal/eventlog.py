@@ -16,6 +16,15 @@ exists anyway, one string is a fraction of the memory of a summary's nested copy
 is made when the entry is first read instead of once per frame on the fan-out path. Readers see
 the same entry either way. Only short texts are kept so (:data:`LAZY_TEXT_CHARS`); a longer one
 is summarized at once, so the bound per entry stands.
+
+Such texts are kept as a difference (:class:`_Patched`): the frames of one kind that the portal
+sends thousands of peers (``relays_presence`` in a fan-out, every client's ``init`` and join reply)
+differ in a few JSON strings (credentials, addresses) and share the rest. Split at the ``"``
+characters, a text is its family's *base* text (the first of that family, or the first that did
+not fit the base before it) with the tokens that differ put back; an identical text is the base
+itself. The text read back is the very text sent, so is its summary. Per entry the log also keeps
+no sequence number (it is the entry's place in the log) and shares the ``kind`` string and a
+timestamp equal to the previous entry's (a fan-out's thousands of entries have one).
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import islice
+from itertools import compress, count, islice
+from operator import ne
 from typing import Any
 
 from fake_portal.identity import secret_fingerprint
@@ -71,15 +81,67 @@ class EventKind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class EncodedPayload:
     """The payload of an encoded frame ``text`` (JSON) at ``key``: ``"payload"`` in a Phoenix v1
-    frame (an object), ``4`` in a v2 frame (an array)."""
+    frame (an object), ``4`` in a v2 frame (an array). Texts of one ``family`` (the writer's name
+    for frames that tend to differ in a few strings only: the portal's is the frame's serializer,
+    topic and event) are stored as differences from one another."""
 
     text: str
     key: str | int
+    family: Any = None
 
     def summary(self) -> Any:
         # Not kept: the text is the smaller of the two, and readers poll for new entries, so
         # most entries are summarized once either way.
         return summarize(json.loads(self.text)[self.key])
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    """A family's base text, shared by the entries patched from it."""
+
+    text: str
+    key: str | int
+
+
+class _Patched(tuple[Any, ...]):  # (base, changed tokens joined by '"', *their indices)
+    """An encoded payload kept as its family's base text with the ``"``-separated tokens that differ.
+
+    A tuple: one object per entry (~70 bytes and 8 per changed token, plus the changed text),
+    against the ~400-630 bytes of a whole ``relays_presence`` or ``init`` text.
+    """
+
+    __slots__ = ()
+
+    def text(self) -> str:
+        base: _Base = self[0]
+        if len(self) == 2:  # nothing changed: the base itself
+            return base.text
+        tokens = base.text.split('"')
+        # Tokens never hold a '"', so the changed ones split back apart exactly as they were joined.
+        for index, token in zip(self[2:], self[1].split('"'), strict=True):
+            tokens[index] = token
+        return '"'.join(tokens)
+
+    def summary(self) -> Any:
+        base: _Base = self[0]
+        return summarize(json.loads(self.text())[base.key])
+
+
+class _EmptyObject:
+    """An empty JSON object, one for every entry whose value is one; each reader gets its own ``{}``."""
+
+    __slots__ = ()
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
+_EMPTY_OBJECT = _EmptyObject()
+_LAZY = (EncodedPayload, _Patched, _EmptyObject)
+"""Values whose summary an entry makes when it is read."""
+
+_MAX_FAMILIES = 64
+"""Families remembered at once (the portal's are a dozen); beyond, the log starts over."""
 
 
 def summarize(value: Any) -> Any:
@@ -173,9 +235,10 @@ class EventLog:
     Readers poll with ``since(last_seq_they_saw)``; the oldest entries fall off after ``maxlen``.
     Field values are stored redacted (see the module docstring).
 
-    Stored as a tuple per entry, ``(field names, seq, ts, kind, *values)``, the names one shared
-    tuple per shape of entry: a fifth of a dict's memory, and a portal with thousands of peers
-    holds tens of thousands of entries. ``since`` builds the dicts.
+    Stored as a tuple per entry, ``(field names, ts, kind, *values)``, the names one shared tuple
+    per shape of entry: a fifth of a dict's memory, and a portal with thousands of peers holds tens
+    of thousands of entries. An entry's ``seq`` is ``last_seq`` less the entries after it. ``since``
+    builds the dicts.
     """
 
     keeps = True  # False: a log that keeps nothing (the simulator's), so writers may skip building entries
@@ -183,36 +246,76 @@ class EventLog:
     def __init__(self, maxlen: int) -> None:
         self._entries: deque[tuple[Any, ...]] = deque(maxlen=maxlen)
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._families: dict[Any, tuple[_Base, list[str], _Patched]] = {}
+        """Family → its base, the base's tokens and the entry value of a text equal to the base."""
+        self._ts = 0.0
         self.last_seq = 0
 
     def record(self, ts: float, kind: EventKind | str, **fields: Any) -> None:
-        kind = EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
+        kind_text = _KIND_TEXTS.get(kind)  # a member or its value (a StrEnum hashes as its string)
+        if kind_text is None:
+            EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
         self.last_seq += 1
         shape = tuple(fields)
-        values = (
-            mask(value)
-            if key in SECRET_KEYS and isinstance(value, str)
-            else _pending(value)
-            if isinstance(value, EncodedPayload)
-            else summarize(value)
-            for key, value in fields.items()
-        )
-        self._entries.append((self._shapes.setdefault(shape, shape), self.last_seq, round(ts, 6), str(kind), *values))
+        ts = round(ts, 6)
+        if ts == self._ts:
+            ts = self._ts  # the same float object: one per batch of entries, not one each
+        self._ts = ts
+        entry: list[Any] = [self._shapes.setdefault(shape, shape), ts, kind_text]
+        for key, value in fields.items():
+            # summarize(value), with its common cases inline (a fan-out records thousands of entries)
+            if isinstance(value, str):
+                if key in SECRET_KEYS:
+                    value = mask(value)
+                elif len(value) > SUMMARY_STRING_CHARS or '"' in value:
+                    value = summarize(value)
+            elif isinstance(value, EncodedPayload):
+                value = self._pending(value)
+            elif isinstance(value, (dict, list)):
+                value = summarize(value) if value or type(value) is not dict else _EMPTY_OBJECT
+            entry.append(value)  # anything else (numbers, None) summarizes to itself
+        self._entries.append(tuple(entry))
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        first = self._entries[0][1] if self._entries else self.last_seq + 1
+        first = self.last_seq - len(self._entries) + 1  # the oldest entry's seq
         start = max(0, seq + 1 - first)
         stop = len(self._entries) if limit is None else min(len(self._entries), start + limit)
         out = []
-        for entry in islice(self._entries, start, stop):
-            values = (v.summary() if isinstance(v, EncodedPayload) else v for v in entry[4:])
-            out.append({"seq": entry[1], "ts": entry[2], "kind": entry[3], **dict(zip(entry[0], values, strict=True))})
+        for offset, entry in enumerate(islice(self._entries, start, stop), first + start):
+            values = (v.summary() if isinstance(v, _LAZY) else v for v in entry[3:])
+            out.append({"seq": offset, "ts": entry[1], "kind": entry[2], **dict(zip(entry[0], values, strict=True))})
         return out
 
+    def _pending(self, value: EncodedPayload) -> Any:
+        """What an entry holds for ``value`` until it is read: the text if short (as a difference
+        from its family's base when it has one), else the summary."""
+        if len(value.text) > LAZY_TEXT_CHARS:
+            return value.summary()
+        if value.family is None:
+            return value
+        tokens = value.text.split('"')
+        known = self._families.get(value.family)
+        if known is not None and len(known[1]) == len(tokens) and known[0].key == value.key:
+            base, base_tokens, same = known
+            changed = tuple(compress(count(), map(ne, tokens, base_tokens)))
+            if not changed:
+                return same
+            joined = '"'.join([tokens[i] for i in changed])
+            # Patching pays while the changes are well short of the text (a client's ``init`` is
+            # ~40 % new: its addresses and credentials); a text that is mostly new becomes the
+            # family's next base instead (entries keep the base they were made from).
+            if 4 * (len(joined) + 8 * len(changed)) < 3 * len(value.text):
+                return _Patched((base, joined, *changed))
+        if len(self._families) >= _MAX_FAMILIES:
+            self._families.clear()
+        base = _Base(value.text, value.key)
+        same = _Patched((base, ""))
+        self._families[value.family] = (base, tokens, same)
+        return same
 
-def _pending(value: EncodedPayload) -> Any:
-    """What an entry holds for ``value`` until it is read: the text if short, else the summary."""
-    return value if len(value.text) <= LAZY_TEXT_CHARS else value.summary()
+
+_KIND_TEXTS: dict[str, str] = {kind: kind.value for kind in EventKind}
+"""Each kind's plain string, one shared copy (``str(kind)`` makes a new one at every call)."""

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import ipaddress
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -94,7 +95,9 @@ def _token(headers: object, query: dict[str, list[str]]) -> str | None:
     header = headers.get("X-Authorization")  # type: ignore[attr-defined]
     if header:
         scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else None
+        # Interned: every peer presents the same token, and each session keeps its endpoint. (An
+        # interned string is freed with its last holder, so a stranger's token does not linger.)
+        return sys.intern(value.strip()) if scheme.lower() == "bearer" else None
     return _single(query, "token") or None
 
 

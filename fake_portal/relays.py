@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -37,10 +37,18 @@ class RelayRecord:
         """
         return tuple(Relay(self.id, "turn", addr, "-", "-", 0).to_json() for addr in self.addrs)
 
+    _identity: tuple[str, tuple[str, ...], int] | None = field(default=None, init=False, repr=False, compare=False)
+
     @property
     def identity(self) -> tuple[str, tuple[str, ...], int]:
-        """What a peer's credentials and sockets depend on; a change means "replace the allocation"."""
-        return self.secret, self.addrs, self.rotation
+        """What a peer's credentials and sockets depend on; a change means "replace the allocation".
+
+        One tuple while it holds (every peer's ``handed_out`` keeps it: thousands of copies else).
+        """
+        cached = self._identity
+        if cached is None or cached[0] is not self.secret or cached[1] is not self.addrs or cached[2] != self.rotation:
+            cached = self._identity = (self.secret, self.addrs, self.rotation)
+        return cached
 
 
 def _rank(peer_id: str, relay_id: str) -> bytes:

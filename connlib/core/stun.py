@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import binascii
 import enum
-import hashlib
 import hmac
 import ipaddress
 import random
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .addr import Address
+from .credentials import hmac_sha1 as _hmac_sha1
 
 # ``typing`` only for the type checker: its import is ~4 % of ``python -m connlib allocate``'s start-up
 # (mypy treats a module's own ``TYPE_CHECKING`` like ``typing.TYPE_CHECKING``).
@@ -307,34 +307,6 @@ TRANSPORT_UDP = 17
 def new_transaction_id(rng: random.Random) -> bytes:
     """96 bits from the caller's rng: cores are seeded, so a run can be replayed byte for byte."""
     return rng.randbytes(12)
-
-
-# HMAC-SHA1 with its key schedule computed once per key: a relay's long-term key or an ICE
-# password signs every message of a session, and the key setup is a third of a short message's MAC.
-# The two padded-key SHA-1 states are kept as hashlib objects: copying those is cheaper than copying
-# an ``hmac.HMAC`` (a Python-level copy around OpenSSL's HMAC context, ~40 % more instructions).
-_HMAC_STATES: dict[bytes, tuple[Any, Any]] = {}
-_MAX_HMAC_KEYS = 256
-_SHA1_BLOCK = 64
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-
-
-def _hmac_sha1(key: bytes, data: bytes | bytearray) -> bytes:
-    """RFC 2104 HMAC-SHA1 (what ``hmac.digest(key, data, "sha1")`` returns)."""
-    states = _HMAC_STATES.get(key)
-    if states is None:
-        if len(_HMAC_STATES) >= _MAX_HMAC_KEYS:
-            _HMAC_STATES.clear()
-        block = hashlib.sha1(key).digest() if len(key) > _SHA1_BLOCK else key
-        block = block.ljust(_SHA1_BLOCK, b"\x00")
-        states = _HMAC_STATES[key] = (hashlib.sha1(block.translate(_IPAD)), hashlib.sha1(block.translate(_OPAD)))
-    inner, outer = states
-    inner = inner.copy()
-    inner.update(data)
-    outer = outer.copy()
-    outer.update(inner.digest())
-    return outer.digest()
 
 
 def _pad(length: int) -> int:
