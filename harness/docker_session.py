@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -142,8 +143,9 @@ class DockerSession:
             self._pending.append(self._removals.submit(self._remove_stack, name))
 
     def _remove_stack(self, name: str) -> int:
+        started = time.monotonic()
         removed = remove_stack(self.client, self.id, name)
-        log.info("Stack removed stack=%s objects=%s", name, removed)
+        log.info("Stack removed stack=%s objects=%s took_s=%.2f", name, removed, time.monotonic() - started)
         return removed
 
     def remove_all(self) -> int:
