@@ -9,6 +9,8 @@ same text; a container's rules die with its network namespace (a stop, kill or r
 
 from __future__ import annotations
 
+import json
+
 from docker.models.containers import Container
 
 LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
@@ -17,6 +19,10 @@ LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:
 REQUEST_RULE = "INPUT -p udp --dport {port} ! -i lo -m u32 --u32 0>>22&0x3C@8>>30=0"
 CUT_RULES = ("INPUT -s {addr} -j DROP", "OUTPUT -d {addr} -j DROP")
 """Every packet from and to one address (a peer cut off from a relay)."""
+ARRIVAL_RULE = "INPUT -s {addr} -j DROP"
+"""Every packet from one address, dropped on arrival: put in both ends' containers, a cut both ways
+that neither end's own sends notice (a DROP in OUTPUT fails the sender's sendto with EPERM)."""
+AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
 
 
 def loss_rule(probability: float) -> str:
@@ -25,6 +31,10 @@ def loss_rule(probability: float) -> str:
 
 def cut_rules(addr: str) -> list[str]:
     return [rule.format(addr=addr) for rule in CUT_RULES]
+
+
+def arrival_rules(addrs: list[str]) -> list[str]:
+    return [ARRIVAL_RULE.format(addr=addr) for addr in addrs]
 
 
 def exec_checked(container: Container, command: list[str], name: str | None = None) -> str:
@@ -44,6 +54,69 @@ def add_rule(container: Container, rule: str, name: str | None = None) -> None:
 
 def delete_rule(container: Container, rule: str, name: str | None = None) -> None:
     exec_checked(container, ["iptables", "-D", *rule.split()], name)
+
+
+def delete_rule_if_present(container: Container, rule: str, name: str | None = None) -> bool:
+    """Delete ``rule`` if the container still has it (a restart took it otherwise); whether it had."""
+    if container.exec_run(["iptables", "-C", *rule.split()]).exit_code != 0:
+        return False
+    delete_rule(container, rule, name)
+    return True
+
+
+def rule_packets(container: Container, rules: list[str], name: str | None = None) -> int:
+    """Packets the container's plain address rules (``CHAIN -s|-d ADDR -j DROP``) dropped so far."""
+    wanted = set()
+    for rule in rules:
+        chain, flag, addr, *_ = rule.split()
+        any_addr = "0.0.0.0/0"
+        wanted.add((chain, _cidr(addr) if flag == "-s" else any_addr, _cidr(addr) if flag == "-d" else any_addr))
+    total = 0
+    for chain in sorted({chain for chain, _, _ in wanted}):
+        output = exec_checked(container, ["iptables", "-L", chain, "-v", "-n", "-x"], name)
+        for line in output.splitlines():
+            fields = line.split()  # pkts bytes target prot opt in out source destination
+            if len(fields) == 9 and fields[2] == "DROP" and (chain, _cidr(fields[7]), _cidr(fields[8])) in wanted:
+                total += int(fields[0])
+    return total
+
+
+def _cidr(addr: str) -> str:
+    return addr if "/" in addr else addr + "/32"
+
+
+ALLOCATE_TWICE = """
+import json, sys
+sys.path.insert(0, "/opt/connlib-relays")
+import turn_probe as tp
+username, password = tp.rest_credentials(open("/run/relay/secret").read().strip())
+answers, clients = [], []
+for _ in range(2):
+    client = tp.TurnClient(("127.0.0.1", {port}), username, password)
+    clients.append(client)
+    try:
+        client.allocate()
+        answers.append("allocated")
+    except tp.ProbeError as exc:
+        answers.append(str(exc))
+for client in clients:
+    client.close()
+print(json.dumps(answers))
+"""
+"""Two ALLOCATEs under one REST username from two sockets, on the relay itself, then both freed:
+what a relay under ``user-quota 1`` answers the second one (``error 486 ...``), else "allocated"."""
+
+
+def allocate_twice(container: Container, port: int, name: str | None = None) -> list[str]:
+    """The relay's answers to :data:`ALLOCATE_TWICE` (the relay image's python3 and turn_probe)."""
+    output = exec_checked(container, ["/usr/bin/python3", "-c", ALLOCATE_TWICE.format(port=port)], name)
+    answers: list[str] = json.loads(output.strip().splitlines()[-1])
+    return answers
+
+
+def turn_cli(container: Container, commands: list[str], name: str | None = None) -> str:
+    """Commands on the relay's coturn telnet CLI (the relay image's ``agent.py turn-cli``); its output."""
+    return exec_checked(container, [*AGENT, "turn-cli", *commands], name)
 
 
 def dropped_by_loss(container: Container, name: str | None = None) -> int:

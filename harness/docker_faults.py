@@ -1,6 +1,17 @@
 """The faults of the Docker backend: relay containers (restart, stop, start, kill, pause, UDP loss
 with iptables inside the relay: the calls of :mod:`harness.container_faults`), networks (cut a
-container off one, reconnect it) and a client's idle and resume (SIGUSR1 / SIGUSR2 to its container).
+container off one, reconnect it), a client's idle and resume (SIGUSR1 / SIGUSR2 to its container),
+a peer's restart and the portal's (stop, start: the container, so the process and its state), cuts
+between a peer or relay and a relay and the portal's black holes (iptables DROP rules inside the
+containers), and a relay's quota (coturn's telnet CLI: ``cc user-quota 1``).
+
+Cuts and black holes drop on arrival at both ends (an ``INPUT`` rule in each end's container), so that
+no end is told (a DROP in ``OUTPUT`` fails the sender's ``sendto`` with EPERM: a refusal, not a loss);
+the portal's container may not change its rules (no NET_ADMIN), so a black hole drops the portal's
+packets on arrival at the target and the target's packets on their way out of it (``OUTPUT``: TCP
+retransmits silently there). Rules die with the container's network namespace: after a restart or a
+start of a container under a cut the harness puts the cut's rules back, as the simulator's network
+holds a partition whatever its hosts do.
 
 A mixin of :class:`harness.docker_fleet.DockerFleet` over :class:`harness.fleet.Fleet`, whose fault
 template records each fault in the history. It needs the fleet's ``member()``, ``networks`` and
@@ -10,6 +21,7 @@ template records each fault in the history. It needs the fleet's ``member()``, `
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import docker.errors
@@ -17,10 +29,14 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from . import container_faults as cf
+from .container_logs import LogPump
 from .fleet import Fleet
 from .topology import NO_DEFAULT_ROUTE, Service
+from .waiting import NotYet, wait_for
 
 REJOIN_TIMEOUT = 45.0
+QUOTA_TIMEOUT = 15.0
+QUOTA_POLL = 0.5
 AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
 
 
@@ -45,12 +61,15 @@ class Member:
 
 class DockerFaults(Fleet):
     networks: dict[str, Network]
+    logs: LogPump
 
     def member(self, target: str) -> Member:
         raise NotImplementedError
 
     def _init_faults(self) -> None:
         self._loss_rules: dict[str, list[str]] = {}
+        self._cuts: dict[tuple[str, str, str], list[tuple[str, list[str]]]] = {}
+        """Per cut or black hole (kind, target, other), the rules it put into which container."""
 
     def _relay(self, name: str) -> Member:
         member = self.member(name) if name in self.relay_names else None
@@ -71,6 +90,7 @@ class DockerFaults(Fleet):
             await asyncio.to_thread(cf.exec_checked, self._container(name), [*AGENT, "keep-secret"], name)
         await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
         self._loss_rules.pop(name, None)  # iptables rules do not survive the restart
+        await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=new_secret)
 
     async def _stop_relay(self, name: str) -> None:
@@ -80,6 +100,7 @@ class DockerFaults(Fleet):
     async def _start_relay(self, name: str) -> None:
         before = await self.relay_joins()
         await asyncio.to_thread(cf.start, self._container(name))
+        await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before)
 
     async def _kill_relay(self, name: str) -> None:
@@ -134,6 +155,142 @@ class DockerFaults(Fleet):
             return await asyncio.to_thread(cf.stun_requests, member.container, port, name)
         except docker.errors.APIError as exc:  # not running (restarting, stopped)
             raise RuntimeError(f"cannot count {name}'s requests: {exc}") from None
+
+    # ------------------------------------------------------------------ restarts of a peer, of the portal
+    async def _restart_peer(self, peer_id: str) -> None:
+        """Stop the peer's container (SIGTERM to ``connlib run``), then start it again: a new process,
+        its routes set again by the entry point. Its output is followed again from the start on (not
+        from its first line: the old process's lines are in the history already)."""
+        member = self.member(peer_id)
+        if member.role not in ("client", "gateway"):
+            raise KeyError(f"{peer_id!r} is not a peer")
+        member.stopped_by_us = True  # not "exited on its own" while it is down
+        await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
+        since = time.time()
+        await asyncio.to_thread(member.container.start)
+        member.stopped_by_us = False
+        self.logs.follow(member.name, member.container, since=since)
+        await self._reapply_cuts(member.name)
+
+    async def _stop_portal(self) -> None:
+        member = self.member("portal")
+        member.stopped_by_us = True
+        await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
+
+    async def _start_portal(self) -> None:
+        """Start the portal container (a new process: nothing of the old state) and wait, bounded,
+        for every running relay to join it; its admin port on the host may be another one now."""
+        member = self.member("portal")
+        await asyncio.to_thread(self._start_member, member.name)
+        member.stopped_by_us = False
+        async with self._events_lock:
+            self._events_seq = 0  # a new event log: its numbers start again
+        await self._reapply_cuts(member.name)
+        running = [name for name in self.relay_names if await asyncio.to_thread(self._running, name)]
+        await self.wait_relays_online(running, REJOIN_TIMEOUT)
+
+    def _running(self, name: str) -> bool:
+        container = self.member(name).container
+        container.reload()
+        return bool(container.attrs["State"]["Running"]) and not container.attrs["State"]["Paused"]
+
+    def _start_member(self, name: str) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ cuts, black holes, quotas
+    def _addresses(self, name: str) -> list[str]:
+        return sorted(self.member(name).service.addresses.values())
+
+    async def _cut_datagrams(self, target: str, relay: str) -> None:
+        one, other = self.member(target).name, self._relay(relay).name
+        if one == other:
+            return  # a relay cut from itself: nothing (as the simulator)
+        plan = [(one, cf.arrival_rules(self._addresses(other))), (other, cf.arrival_rules(self._addresses(one)))]
+        await self._add_cut(("datagrams", one, other), plan)
+
+    async def _heal_datagrams(self, target: str, relay: str) -> None:
+        one, other = self.member(target).name, self._relay(relay).name
+        dropped = 0 if one == other else await self._remove_cut(("datagrams", one, other))
+        self.history.observe("cut_dropped", target, other=relay, packets=dropped)
+
+    async def _blackhole_portal(self, target: str) -> None:
+        name = self.member(target).name
+        portal = self._addresses("portal")
+        rules = cf.arrival_rules(portal) + [f"OUTPUT -d {addr} -j DROP" for addr in portal]
+        await self._add_cut(("portal", name, "portal"), [(name, rules)])
+
+    async def _clear_portal_blackhole(self, target: str) -> None:
+        dropped = await self._remove_cut(("portal", self.member(target).name, "portal"))
+        self.history.observe("cut_dropped", target, other="portal", packets=dropped)
+
+    async def _add_cut(self, key: tuple[str, str, str], plan: list[tuple[str, list[str]]]) -> None:
+        if key in self._cuts:
+            raise RuntimeError(f"{key} is in force already")
+        self._cuts[key] = []
+        for name, rules in plan:
+            self._cuts[key].append((name, rules))
+            for rule in rules:
+                await asyncio.to_thread(cf.add_rule, self.member(name).container, rule, name)
+
+    async def _remove_cut(self, key: tuple[str, str, str]) -> int:
+        """Take the cut's rules out; how many packets they dropped."""
+        dropped = 0
+        for name, rules in self._cuts.pop(key, []):
+            container = self.member(name).container
+            dropped += await asyncio.to_thread(cf.rule_packets, container, rules, name)
+            for rule in rules:
+                await asyncio.to_thread(cf.delete_rule_if_present, container, rule, name)
+        return dropped
+
+    async def cut_packets(self, target: str, other: str) -> int:
+        """Packets the cut between ``target`` and relay ``other`` (or ``"portal"``: the black hole) dropped so far."""
+        one, two = self.member(target).name, other if other == "portal" else self._relay(other).name
+        key = ("portal" if two == "portal" else "datagrams", one, two)
+        total = 0
+        for name, rules in self._cuts.get(key, []):
+            total += await asyncio.to_thread(cf.rule_packets, self.member(name).container, rules, name)
+        return total
+
+    async def _reapply_cuts(self, name: str) -> None:
+        """The rules of the cuts in force that live in container ``name``, put back after its (re)start."""
+        for cut in self._cuts.values():
+            for where, rules in cut:
+                if where == name:
+                    for rule in rules:
+                        await asyncio.to_thread(cf.add_rule, self.member(name).container, rule, name)
+
+    async def _refuse_allocations(self, name: str, code: int) -> None:
+        """486: ``cc user-quota 1`` on the relay's coturn CLI: a username that holds an allocation
+        there gets 486 (Allocation Quota Reached) for a new one; the allocations it holds keep
+        working. coturn copies the setting into its realm a few seconds later (3.7-5.0 s measured
+        on 4.6.1), so this returns once the relay refuses (:meth:`allocate_twice`), bounded by
+        ``QUOTA_TIMEOUT``. 508 is not playable (``harness.schedule_runner``: coturn answers its
+        quotas with 486, and 508 only when it cannot open a relay socket)."""
+        if code != 486:
+            raise ValueError(f"quota code {code}: coturn answers quotas with 486 only")
+        await asyncio.to_thread(cf.turn_cli, self._container(name), ["cc user-quota 1"], name)
+        await self._wait_quota(name, refused=True)
+
+    async def _allow_allocations(self, name: str) -> None:
+        await asyncio.to_thread(cf.turn_cli, self._container(name), ["cc user-quota 0"], name)
+        await self._wait_quota(name, refused=False)
+
+    async def allocate_twice(self, name: str) -> list[str]:
+        """Relay ``name``'s answers to two ALLOCATEs under one username (then freed): the second is
+        ``error 486 ...`` under the quota fault, ``allocated`` otherwise."""
+        member = self._relay(name)
+        port = int(member.service.environment.get("LISTENING_PORT", "3478"))
+        return await asyncio.to_thread(cf.allocate_twice, member.container, port, name)
+
+    async def _wait_quota(self, name: str, *, refused: bool) -> None:
+        async def in_force() -> bool:
+            answers = await self.allocate_twice(name)
+            if ("486" in answers[1]) is not refused:
+                raise NotYet(f"answers {answers}")
+            return True
+
+        what = f"{name} {'refusing' if refused else 'allowing'} a second allocation"
+        await wait_for(in_force, QUOTA_TIMEOUT, what, QUOTA_POLL)
 
     # ------------------------------------------------------------------ network faults
     async def _cut(self, target: str, network: str) -> None:

@@ -16,8 +16,30 @@ same secret: what a running coturn can be given; the model rotates the secret it
 of the client: SIGUSR1 to its ``connlib run`` at ``at`` (the stream pauses and the connection is
 dropped, as ``SimPeer.go_idle`` does), SIGUSR2 at ``heals_at`` (it streams again on a new connection);
 overlapping idle periods are played as one, as the simulator's client stays idle until the later end.
-The others (cuts between peers and relays, quotas, address changes, portal or peer restarts, black
-holes) are not played (exit 2, naming them).
+``peer_restart`` the peer's container stopped and started (a new ``connlib run``: a new socket, port,
+allocations and portal session); ``portal_restart`` the portal's container stopped for ``duration``,
+then started (a new process, its state lost); the heal is done once every running relay is online
+again, the peers re-join on their own. ``peer_relay_cut`` / ``relay_relay_cut`` iptables DROP rules in
+both ends' containers for every address of the other end (all its networks), on arrival, so that
+neither end is told; a relay cut from itself is nothing, as in the simulator. ``portal_blackhole`` the
+target's (peer or relay) container drops what comes from the portal and what it sends there (the
+portal's container cannot change its rules): its socket hangs and its dials time out, nothing is
+refused. A cut's rules are put back when its container (re)starts under it. ``quota`` with code 486:
+``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per start): a
+username that holds an allocation gets 486 for a new one while the allocations keep working, as
+the model's ``user_quota = 1``; ``cc user-quota 0`` heals it (a relay reboot under it ends it early:
+coturn reads its quota from the file again).
+
+Not played (exit 2, naming them): ``quota`` with code 508: the model's total quota answers 508, but
+coturn 4.6.1 answers its total quota with 486 too (``cc total-quota N``; checked by hand: the
+allocation past it got "486 Allocation Quota Reached"), and 508 only when it cannot open a relay
+socket, which nothing can make it do at runtime (its port range is fixed at start, and it binds
+with SO_REUSEADDR: ports held by another process of the container do not stop it, tried); playing
+it as 486 would confirm another fault than the one found. ``address_change``: a relay on a new IP
+needs the peers to reach the new address (each peer has one host route per relay address, set at
+its start; ``unreachable default`` forbids anything else), i.e. the peers' routing changed under
+them, which is not what the simulator's peers see (their network just routes the new address);
+not done for time. ``loss`` on a peer (``loss`` is played on relays only).
 
 The schedule's settings: ``relays`` and ``channel_lifetime_s`` are the stack's (:func:`stack_settings`:
 coturn's ``channel-lifetime`` on every relay and ``connlib run --channel-lifetime`` on both peers,
@@ -59,8 +81,15 @@ PLAYED = frozenset(
         "loss",
         "rotate_credentials",
         "stream_idle",
+        "peer_restart",
+        "portal_restart",
+        "peer_relay_cut",
+        "relay_relay_cut",
+        "portal_blackhole",
+        "quota",
     }
 )
+QUOTA_CODES = frozenset({486})  # coturn's quotas answer 486 (see the module docstring for 508)
 KEEPALIVE = KEEPALIVE_INTERVAL  # connlib run's ICE keep-alive interval, what the stack's peers run with
 
 
@@ -78,6 +107,8 @@ def check_playable(schedule: Schedule) -> None:
             raise UnplayableSchedule(f"loss on {fault.target!r}: only loss on a relay is played here")
         if fault.kind == "stream_idle" and fault.target != "client":
             raise UnplayableSchedule(f"stream_idle of {fault.target!r}: only the client streams")
+        if fault.kind == "quota" and fault.code not in QUOTA_CODES:
+            raise UnplayableSchedule(f"quota {fault.code} on {fault.target}: coturn answers its quotas with 486 only")
     lifetime = schedule.channel_lifetime_s
     if lifetime != round(lifetime) or lifetime < 1:
         raise UnplayableSchedule(f"channel_lifetime_s {lifetime:g}: coturn takes whole seconds")
@@ -156,13 +187,13 @@ def merged_idle_periods(faults: tuple[Fault, ...]) -> list[Fault]:
 async def _play(fleet: Fleet, fault: Fault, start: float) -> None:
     # the schedule's own timing, not a synchronisation: each fault starts and heals when it says
     await asyncio.sleep(max(0.0, start + fault.at - time.monotonic()))
-    undo = await _inject(fleet, fault)
+    undo = await inject(fleet, fault)
     if undo is not None:
         await asyncio.sleep(max(0.0, start + fault.heals_at - time.monotonic()))
         await undo()
 
 
-async def _inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] | None:
+async def inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] | None:
     """Start ``fault``; what undoes it after its duration (None: it undoes itself)."""
     name = fault.target
     match fault.kind:
@@ -186,4 +217,20 @@ async def _inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] |
         case "stream_idle":
             await fleet.idle_stream(PEERS[name])
             return lambda: fleet.resume_stream(PEERS[name])
+        case "peer_restart":
+            await fleet.restart_peer(PEERS[name])
+        case "portal_restart":
+            await fleet.stop_portal()
+            return fleet.start_portal
+        case "peer_relay_cut" | "relay_relay_cut":
+            target, relay = PEERS.get(name, name), fault.other
+            await fleet.cut_datagrams(target, relay)
+            return lambda: fleet.heal_datagrams(target, relay)
+        case "portal_blackhole":
+            target = PEERS.get(name, name)
+            await fleet.blackhole_portal(target)
+            return lambda: fleet.clear_portal_blackhole(target)
+        case "quota":
+            await fleet.refuse_allocations(name, fault.code)
+            return lambda: fleet.allow_allocations(name)
     return None

@@ -21,18 +21,41 @@ from sim.schedule import Fault, Schedule
 
 
 def test_a_schedule_with_faults_docker_cannot_play_is_refused_naming_them():
-    schedule = Schedule(1, 60.0, faults=(Fault(1.0, "relay_reboot", "relay-1"), Fault(2.0, "portal_restart", "", 3.0)))
-    with pytest.raises(UnplayableSchedule, match="portal_restart"):
+    schedule = Schedule(
+        1, 60.0, faults=(Fault(1.0, "relay_reboot", "relay-1"), Fault(2.0, "address_change", "relay-2"))
+    )
+    with pytest.raises(UnplayableSchedule, match="address_change"):
         check_playable(schedule)
+    with pytest.raises(UnplayableSchedule, match="quota 508 on relay-1: coturn answers its quotas with 486 only"):
+        check_playable(Schedule(1, 60.0, faults=(Fault(1.0, "quota", "relay-1", 9.0, code=508),)))
     with pytest.raises(UnplayableSchedule, match="only loss on a relay"):
         check_playable(Schedule(1, 60.0, faults=(Fault(1.0, "loss", "client", 2.0, rate=0.3),)))
     check_playable(Schedule(1, 60.0, faults=(Fault(1.0, "relay_pause", "relay-2", 3.0),)))
 
 
+def test_restarts_cuts_black_holes_and_the_486_quota_are_played():
+    """``tests/e2e/test_schedule_faults.py`` plays each of them on a real stack."""
+    check_playable(
+        Schedule(
+            1,
+            60.0,
+            faults=(
+                Fault(1.0, "peer_restart", "gateway"),
+                Fault(2.0, "portal_restart", "portal", 3.0),
+                Fault(3.0, "peer_relay_cut", "client", 5.0, other="relay-2"),
+                Fault(4.0, "relay_relay_cut", "relay-1", 5.0, other="relay-1"),
+                Fault(5.0, "portal_blackhole", "relay-3", 5.0),
+                Fault(6.0, "portal_blackhole", "gateway", 5.0),
+                Fault(7.0, "quota", "relay-1", 9.0, code=486),
+            ),
+        )
+    )
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        json.dumps(Schedule(1, 60.0, faults=(Fault(2.0, "peer_restart", "client", 1.0),)).to_json()),
+        json.dumps(Schedule(1, 60.0, faults=(Fault(2.0, "address_change", "relay-1"),)).to_json()),
         '{"version": 9, "faults": []}',
         "not json",
     ],
