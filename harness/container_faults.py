@@ -56,12 +56,17 @@ def delete_rule(container: Container, rule: str, name: str | None = None) -> Non
     exec_checked(container, ["iptables", "-D", *rule.split()], name)
 
 
-def delete_rule_if_present(container: Container, rule: str, name: str | None = None) -> bool:
-    """Delete ``rule`` if the container still has it (a restart took it otherwise); whether it had."""
-    if container.exec_run(["iptables", "-C", *rule.split()]).exit_code != 0:
-        return False
-    delete_rule(container, rule, name)
-    return True
+def add_rules(container: Container, rules: list[str], name: str | None = None) -> None:
+    """``rules`` in one exec (a cut puts several into each end: one exec costs ~0.1-0.5 s)."""
+    if rules:
+        exec_checked(container, ["sh", "-c", " && ".join(f"iptables -I {rule}" for rule in rules)], name)
+
+
+def delete_rules_if_present(container: Container, rules: list[str], name: str | None = None) -> None:
+    """Delete each of ``rules`` the container still has (a restart took them otherwise), in one exec."""
+    if rules:
+        script = "; ".join(f"if iptables -C {rule} 2>/dev/null; then iptables -D {rule}; fi" for rule in rules)
+        exec_checked(container, ["sh", "-c", script], name)
 
 
 def rule_packets(container: Container, rules: list[str], name: str | None = None) -> int:
@@ -71,13 +76,13 @@ def rule_packets(container: Container, rules: list[str], name: str | None = None
         chain, flag, addr, *_ = rule.split()
         any_addr = "0.0.0.0/0"
         wanted.add((chain, _cidr(addr) if flag == "-s" else any_addr, _cidr(addr) if flag == "-d" else any_addr))
-    total = 0
-    for chain in sorted({chain for chain, _, _ in wanted}):
-        output = exec_checked(container, ["iptables", "-L", chain, "-v", "-n", "-x"], name)
-        for line in output.splitlines():
-            fields = line.split()  # pkts bytes target prot opt in out source destination
-            if len(fields) == 9 and fields[2] == "DROP" and (chain, _cidr(fields[7]), _cidr(fields[8])) in wanted:
-                total += int(fields[0])
+    total, chain = 0, ""
+    for line in exec_checked(container, ["iptables", "-L", "-v", "-n", "-x"], name).splitlines():
+        fields = line.split()  # "Chain NAME (...)", then: pkts bytes target prot opt in out source destination
+        if fields[:1] == ["Chain"]:
+            chain = fields[1]
+        elif len(fields) == 9 and fields[2] == "DROP" and (chain, _cidr(fields[7]), _cidr(fields[8])) in wanted:
+            total += int(fields[0])
     return total
 
 

@@ -21,8 +21,9 @@ template records each fault in the history. It needs the fleet's ``member()``, `
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import docker.errors
 from docker.models.containers import Container
@@ -31,10 +32,12 @@ from docker.models.networks import Network
 from . import container_faults as cf
 from .container_logs import LogPump
 from .fleet import Fleet
-from .topology import NO_DEFAULT_ROUTE, Service
+from .topology import NO_DEFAULT_ROUTE, RELAY_NET, Service
 from .waiting import NotYet, wait_for
 
 REJOIN_TIMEOUT = 45.0
+MOVED_HOSTS = 100
+"""A relay that changes its address gets relay-net host MOVED_HOSTS + 1, + 2, ... (the file's are below)."""
 QUOTA_TIMEOUT = 15.0
 QUOTA_POLL = 0.5
 AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
@@ -61,6 +64,7 @@ class Member:
 
 class DockerFaults(Fleet):
     networks: dict[str, Network]
+    subnets: dict[str, ipaddress.IPv4Network]
     logs: LogPump
 
     def member(self, target: str) -> Member:
@@ -68,6 +72,7 @@ class DockerFaults(Fleet):
 
     def _init_faults(self) -> None:
         self._loss_rules: dict[str, list[str]] = {}
+        self._moves = 0
         self._cuts: dict[tuple[str, str, str], list[tuple[str, list[str]]]] = {}
         """Per cut or black hole (kind, target, other), the rules it put into which container."""
 
@@ -134,17 +139,33 @@ class DockerFaults(Fleet):
         member.container.kill(signal=signal)
 
     async def _udp_loss(self, name: str, probability: float) -> None:
+        """On a relay: that share of what arrives at it. On a peer (a peer id): that share of what
+        arrives at it, and of what it sends, dropped on arrival at each relay (no EPERM for its sends),
+        as the simulator's loss on a host both ways; those rules come back when a container restarts."""
+        if name not in self.relay_names:
+            peer = self.member(name)
+            loss = cf.loss_rule(probability)
+            plan = [(peer.name, [loss])]
+            for relay in self.relay_names:
+                plan.append((relay, [loss.replace("INPUT ", f"INPUT -s {a} ", 1) for a in self._addresses(peer.name)]))
+            await self._add_cut(("loss", peer.name, ""), plan)
+            return
         rule = cf.loss_rule(probability)
         await asyncio.to_thread(cf.add_rule, self._container(name), rule, name)
         self._loss_rules.setdefault(name, []).append(rule)
 
     async def _clear_udp_loss(self, name: str) -> None:
+        if name not in self.relay_names:
+            await self._remove_cut(("loss", self.member(name).name, ""))
+            return
         for rule in self._loss_rules.pop(name, []):
             await asyncio.to_thread(cf.delete_rule, self._container(name), rule, name)
 
     async def dropped_datagrams(self, name: str) -> int:
-        """Datagrams the loss rules of relay ``name`` dropped so far (iptables counters)."""
-        return await asyncio.to_thread(cf.dropped_by_loss, self._container(name), name)
+        """Datagrams the loss rules in relay ``name``'s container (or a peer's, by its id) dropped so
+        far (iptables counters)."""
+        member = self._relay(name) if name in self.relay_names else self.member(name)
+        return await asyncio.to_thread(cf.dropped_by_loss, member.container, name)
 
     async def stun_requests(self, name: str) -> int:
         """STUN messages that reached relay ``name``'s TURN port since counting began there (an
@@ -155,6 +176,39 @@ class DockerFaults(Fleet):
             return await asyncio.to_thread(cf.stun_requests, member.container, port, name)
         except docker.errors.APIError as exc:  # not running (restarting, stopped)
             raise RuntimeError(f"cannot count {name}'s requests: {exc}") from None
+
+    async def _move_relay(self, name: str) -> None:
+        """The relay comes up on a new relay-net address with its secret (as the simulator's
+        ``address_change``: state lost, the same secret, a fresh join announcing the new address).
+        Stopped, reconnected to relay-net under a new address, started; each peer gets a host route
+        to the new address through the relay's leg on its own network, as it has to the old one (the
+        peers' ``unreachable default`` routes nothing else; the simulator's network routes every
+        address): the network routing the new address, nothing a peer is told. Done once the relay
+        is online at the portal again."""
+        member = self._relay(name)
+        before = await self.relay_joins()
+        self._moves += 1
+        new = str(self.subnets[RELAY_NET].network_address + MOVED_HOSTS + self._moves)
+        await asyncio.to_thread(cf.exec_checked, member.container, [*AGENT, "keep-secret"], name)
+        await asyncio.to_thread(cf.stop, member.container, self._stop_timeout(name))
+        self._loss_rules.pop(name, None)
+        network = self.networks[RELAY_NET]
+        await asyncio.to_thread(network.disconnect, member.container)
+        await asyncio.to_thread(network.connect, member.container, ipv4_address=new, aliases=[name])
+        member.service = replace(member.service, addresses={**member.service.addresses, RELAY_NET: new})
+        for peer in self._peers():
+            (own, *_) = peer.service.addresses
+            route = f"{new}/32 via {member.service.addresses[own]}"
+            await asyncio.to_thread(
+                cf.exec_checked, peer.container, ["ip", "route", "replace", *route.split()], peer.name
+            )
+            peer.routes.insert(0, route)  # before ``unreachable default``, as PEER_ROUTES has it
+        await asyncio.to_thread(cf.start, member.container)
+        await self._reapply_cuts(name)
+        await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=False)
+
+    def _peers(self) -> list[Member]:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ restarts of a peer, of the portal
     async def _restart_peer(self, peer_id: str) -> None:
@@ -170,6 +224,10 @@ class DockerFaults(Fleet):
         await asyncio.to_thread(member.container.start)
         member.stopped_by_us = False
         self.logs.follow(member.name, member.container, since=since)
+        for route in member.routes:  # the entry point sets PEER_ROUTES; a moved relay's route is not in it
+            await asyncio.to_thread(
+                cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
+            )
         await self._reapply_cuts(member.name)
 
     async def _stop_portal(self) -> None:
@@ -229,8 +287,7 @@ class DockerFaults(Fleet):
         self._cuts[key] = []
         for name, rules in plan:
             self._cuts[key].append((name, rules))
-            for rule in rules:
-                await asyncio.to_thread(cf.add_rule, self.member(name).container, rule, name)
+            await asyncio.to_thread(cf.add_rules, self.member(name).container, rules, name)
 
     async def _remove_cut(self, key: tuple[str, str, str]) -> int:
         """Take the cut's rules out; how many packets they dropped."""
@@ -238,8 +295,7 @@ class DockerFaults(Fleet):
         for name, rules in self._cuts.pop(key, []):
             container = self.member(name).container
             dropped += await asyncio.to_thread(cf.rule_packets, container, rules, name)
-            for rule in rules:
-                await asyncio.to_thread(cf.delete_rule_if_present, container, rule, name)
+            await asyncio.to_thread(cf.delete_rules_if_present, container, rules, name)
         return dropped
 
     async def cut_packets(self, target: str, other: str) -> int:
@@ -256,8 +312,7 @@ class DockerFaults(Fleet):
         for cut in self._cuts.values():
             for where, rules in cut:
                 if where == name:
-                    for rule in rules:
-                        await asyncio.to_thread(cf.add_rule, self.member(name).container, rule, name)
+                    await asyncio.to_thread(cf.add_rules, self.member(name).container, rules, name)
 
     async def _refuse_allocations(self, name: str, code: int) -> None:
         """486: ``cc user-quota 1`` on the relay's coturn CLI: a username that holds an allocation

@@ -190,7 +190,8 @@ class Fleet(PortalAdmin, abc.ABC):
         raise FaultNotSupported(f"the {self.backend} backend cannot freeze a peer")
 
     async def udp_loss(self, name: str, probability: float) -> None:
-        """Drop this share of the UDP datagrams arriving at relay ``name``, until ``clear_udp_loss``."""
+        """Drop this share of the UDP datagrams arriving at relay ``name``, until ``clear_udp_loss``;
+        for a peer id (Docker backend), of the datagrams arriving at the peer and of those it sends."""
         if not 0.0 < probability <= 1.0:
             raise ValueError("probability must be in (0, 1]")
         async with self.fault("udp_loss", name, probability=probability):
@@ -248,6 +249,15 @@ class Fleet(PortalAdmin, abc.ABC):
         raise FaultNotSupported(f"the {self.backend} backend has no networks to cut")
 
     # ------------------------------------------------------------------ restarts, cuts, quotas
+    async def move_relay(self, name: str) -> None:
+        """Relay ``name`` comes up on a new address with its state lost (its secret kept) and joins the
+        portal announcing it (the simulator's ``address_change``). Done once it is online again."""
+        async with self.fault("address_change", name):
+            await self._move_relay(name)
+
+    async def _move_relay(self, name: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot move a relay")
+
     async def restart_peer(self, peer_id: str) -> None:
         """The peer's ``connlib run`` restarts: a new process that keeps nothing of the old one (a new
         socket, so a new port; new allocations, connection and portal session). Done once the new

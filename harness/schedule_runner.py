@@ -11,7 +11,8 @@ not, 2 (before any stack starts) when the schedule uses a fault this backend can
 Kinds and what they are here: ``relay_reboot`` a container restart (``new_secret`` false: the relay
 image's keep-secret switch); ``relay_kill`` SIGKILL, started again after ``duration``; ``relay_pause``
 cgroup freeze; ``relay_portal_cut`` / ``peer_portal_cut`` the portal's admin partition; ``loss`` UDP loss
-(``rate``) on a relay; ``rotate_credentials`` the portal's credential rotation (new usernames under the
+(``rate``) of what arrives at a relay, or, on a peer, of what arrives at it and of what it sends
+(dropped on arrival at the relays); ``rotate_credentials`` the portal's credential rotation (new usernames under the
 same secret: what a running coturn can be given; the model rotates the secret itself); ``stream_idle``
 of the client: SIGUSR1 to its ``connlib run`` at ``at`` (the stream pauses and the connection is
 dropped, as ``SimPeer.go_idle`` does), SIGUSR2 at ``heals_at`` (it streams again on a new connection);
@@ -28,18 +29,18 @@ refused. A cut's rules are put back when its container (re)starts under it. ``qu
 ``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per start): a
 username that holds an allocation gets 486 for a new one while the allocations keep working, as
 the model's ``user_quota = 1``; ``cc user-quota 0`` heals it (a relay reboot under it ends it early:
-coturn reads its quota from the file again).
+coturn reads its quota from the file again). ``address_change`` the relay's container stopped (its
+secret kept, as the model's relay keeps it), reconnected to relay-net under a new address, started:
+state lost, and its agent joins announcing the new address; each peer gets a host route to the new
+address through the relay's leg on its network (what the simulator's network does for any address;
+the peers' ``unreachable default`` routes nothing else), put back after a restart of the peer.
 
 Not played (exit 2, naming them): ``quota`` with code 508: the model's total quota answers 508, but
 coturn 4.6.1 answers its total quota with 486 too (``cc total-quota N``; checked by hand: the
 allocation past it got "486 Allocation Quota Reached"), and 508 only when it cannot open a relay
 socket, which nothing can make it do at runtime (its port range is fixed at start, and it binds
 with SO_REUSEADDR: ports held by another process of the container do not stop it, tried); playing
-it as 486 would confirm another fault than the one found. ``address_change``: a relay on a new IP
-needs the peers to reach the new address (each peer has one host route per relay address, set at
-its start; ``unreachable default`` forbids anything else), i.e. the peers' routing changed under
-them, which is not what the simulator's peers see (their network just routes the new address);
-not done for time. ``loss`` on a peer (``loss`` is played on relays only).
+it as 486 would confirm another fault than the one found.
 
 The schedule's settings: ``relays`` and ``channel_lifetime_s`` are the stack's (:func:`stack_settings`:
 coturn's ``channel-lifetime`` on every relay and ``connlib run --channel-lifetime`` on both peers,
@@ -87,6 +88,7 @@ PLAYED = frozenset(
         "relay_relay_cut",
         "portal_blackhole",
         "quota",
+        "address_change",
     }
 )
 QUOTA_CODES = frozenset({486})  # coturn's quotas answer 486 (see the module docstring for 508)
@@ -103,8 +105,6 @@ def check_playable(schedule: Schedule) -> None:
     if unplayable:
         raise UnplayableSchedule(f"faults this stack cannot play: {unplayable} (played: {sorted(PLAYED)})")
     for fault in schedule.faults:
-        if fault.kind == "loss" and not fault.target.startswith("relay-"):
-            raise UnplayableSchedule(f"loss on {fault.target!r}: only loss on a relay is played here")
         if fault.kind == "stream_idle" and fault.target != "client":
             raise UnplayableSchedule(f"stream_idle of {fault.target!r}: only the client streams")
         if fault.kind == "quota" and fault.code not in QUOTA_CODES:
@@ -210,13 +210,16 @@ async def inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] | 
         case "peer_portal_cut":
             await fleet.partition(PEERS[name], seconds=max(fault.duration, 0.1))
         case "loss":
-            await fleet.udp_loss(name, min(1.0, max(fault.rate, 0.01)))
-            return lambda: fleet.clear_udp_loss(name)
+            target = PEERS.get(name, name)
+            await fleet.udp_loss(target, min(1.0, max(fault.rate, 0.01)))
+            return lambda: fleet.clear_udp_loss(target)
         case "rotate_credentials":
             await fleet.rotate_credentials(name)
         case "stream_idle":
             await fleet.idle_stream(PEERS[name])
             return lambda: fleet.resume_stream(PEERS[name])
+        case "address_change":
+            await fleet.move_relay(name)
         case "peer_restart":
             await fleet.restart_peer(PEERS[name])
         case "portal_restart":

@@ -7,8 +7,12 @@ and its effect seen from outside the code that injected it, so that a fault not 
 - ``peer_relay_cut`` / ``relay_relay_cut``: a STUN Binding across the cut goes unanswered (between
   relays both ways), answered before the cut and after the heal; the rules' counters, which
   ``cut_dropped`` reports at the heal, saw packets;
+- ``loss`` on a peer: the loss rules in the client's container and in the relays' (for what it
+  sends) drop datagrams;
 - ``portal_blackhole`` of a relay: the portal stops hearing the relay's heartbeats and lists it
   offline (the refusal of an admin partition is not used: the agent is not told), online again after;
+- ``address_change`` of a relay: the portal lists it at its new address, where the client reaches
+  it (a Binding answered), and the stream flows on;
 - ``peer_restart`` of the client: a new process (its ``portal`` line says it joined again) on a new
   connection from a new candidate address, streaming again;
 - ``portal_restart``: the client sees the portal go and re-joins the new one, whose relays joined anew.
@@ -36,11 +40,12 @@ BOUND = 10.0
 PROBE = "/opt/connlib-relays/turn_probe.py"  # in every image
 
 
-async def answers_binding(stack, frm: str, to: str) -> bool:
-    """Whether relay ``to`` answers a STUN Binding from container ``frm`` (bounded: 3 tries of 0.3 s)."""
+async def answers_binding(stack, frm: str, to: str, addr: str | None = None) -> bool:
+    """Whether relay ``to`` answers a STUN Binding from container ``frm`` (bounded: 3 tries of 0.3 s),
+    sent to ``addr`` or to its address on a network they share."""
     mine, theirs = stack.member(frm).service.addresses, stack.member(to).service.addresses
     network = "relay-net" if "relay-net" in mine.keys() & theirs.keys() else sorted(mine.keys() & theirs.keys())[0]
-    command = ["/usr/bin/python3", PROBE, "binding", f"{theirs[network]}:3478", "--timeout", "0.3"]
+    command = ["/usr/bin/python3", PROBE, "binding", f"{addr or theirs[network]}:3478", "--timeout", "0.3"]
     result = await asyncio.to_thread(stack.member(frm).container.exec_run, command)
     return result.exit_code == 0
 
@@ -105,6 +110,22 @@ async def test_the_new_schedule_kinds_take_effect_on_the_docker_stack(stack, fig
         (dropped,) = stack.history.select("cut_dropped", target=target)
         assert dropped.data["packets"] > 0, dropped
 
+    # loss on the client: what arrives at it and what it sends (dropped at the relays) both lose datagrams
+    async def lossy() -> None:
+        async def both_ways() -> bool:
+            arriving = await stack.dropped_datagrams(CLIENT_ID)
+            sent = sum([await stack.dropped_datagrams(relay) for relay in stack.relay_names])
+            if not (arriving and sent):
+                raise NotYet(f"dropped arriving {arriving}, sent {sent}")
+            return True
+
+        await wait_for(both_ways, BOUND, "the client's datagrams lost both ways", 0.2)
+
+    async def lossless() -> None:
+        assert await stack.dropped_datagrams(CLIENT_ID) == 0  # the rule is gone with its counter
+
+    await play(Fault(0.0, "loss", "client", 1.0, rate=0.5), lossy, lossless)
+
     # portal_blackhole of a relay: the portal loses it without being told, then has it back
     async def relay_online(online: bool) -> None:
         async def listed() -> bool:
@@ -120,6 +141,18 @@ async def test_the_new_schedule_kinds_take_effect_on_the_docker_stack(stack, fig
         assert await stack.cut_packets("relay-2", "portal") > 0
 
     await play(Fault(0.0, "portal_blackhole", "relay-2", 1.0), lost, lambda: relay_online(True))
+
+    # address_change of relay-2: the portal has it at a new address, where the client reaches it
+    (old,) = [r["addr"] for r in await stack.portal_relays() if r["name"] == "relay-2"]
+
+    async def moved() -> None:
+        (relay,) = [r for r in await stack.portal_relays() if r["name"] == "relay-2"]
+        new = stack.member("relay-2").service.addresses["relay-net"]
+        assert relay["online"] and relay["addr"] != old and relay["addr"].startswith(new + ":"), (old, relay)
+        assert await answers_binding(stack, CLIENT_ID, "relay-2", new), "the client does not reach the moved relay"
+        await delivered_grows(stack, "the stream after relay-2 moved")
+
+    await play(Fault(0.0, "address_change", "relay-2"), moved)
 
     # peer_restart of the client: a new process, a new connection from a new address
     stack.drain()
