@@ -112,6 +112,62 @@ print(json.dumps(answers))
 what a relay under ``user-quota 1`` answers the second one (``error 486 ...``), else "allocated"."""
 
 
+HOLD_CAPACITY = """
+import base64, hashlib, hmac, os, signal, struct, sys, time
+sys.path.insert(0, "/opt/connlib-relays")
+import turn_probe as tp
+secret = open("/run/relay/secret").read().strip().encode()
+held = []
+while True:  # a username each: a user quota in force too does not stop it
+    username = f"{{int(time.time()) + 3600}}:hold{{len(held)}}"
+    password = base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
+    client = tp.TurnClient(("127.0.0.1", {port}), username, password)
+    try:
+        client.allocate()
+    except tp.ProbeError as exc:
+        client.sock.close()
+        if "508" not in str(exc):
+            raise
+        break
+    held.append(client)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+with open("{path}", "w") as f:
+    f.write(f"{{os.getpid()}} {{len(held)}}\\n")
+refreshed = time.monotonic()
+while not stop:
+    time.sleep(0.2)
+    if time.monotonic() - refreshed > 300:  # the allocations' 600 s: a fault may last longer
+        for client in held:
+            client.transact(tp.REFRESH, [(tp.LIFETIME, struct.pack("!I", 600))], auth=True)
+        refreshed = time.monotonic()
+for client in held:
+    client.close()
+os.unlink("{path}")
+"""
+"""Allocates on the relay (from inside its container) until coturn answers 508 (no relay port
+left), holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them (REFRESH 0) and exits.
+coturn frees a port about 1 s after the deletion (measured on 4.6.1)."""
+HOLD_PATH = "/run/relay/capacity-hold"
+
+
+def hold_capacity(container: Container, port: int) -> None:
+    """Start :data:`HOLD_CAPACITY` in the relay's container (detached; it says when it holds)."""
+    container.exec_run(["/usr/bin/python3", "-c", HOLD_CAPACITY.format(port=port, path=HOLD_PATH)], detach=True)
+
+
+def held_capacity(container: Container) -> int | None:
+    """How many allocations the holder holds, None while it has not said (or is gone)."""
+    result = container.exec_run(["cat", HOLD_PATH])
+    return int(result.output.split()[1]) if result.exit_code == 0 else None
+
+
+def release_capacity(container: Container, name: str | None = None) -> None:
+    """SIGTERM to the holder, if it still runs (a restart of the relay ended it and its allocations)."""
+    script = f"if [ -f {HOLD_PATH} ]; then kill -TERM $(cut -d' ' -f1 {HOLD_PATH}) || rm -f {HOLD_PATH}; fi"
+    exec_checked(container, ["sh", "-c", script], name)
+
+
 def allocate_twice(container: Container, port: int, name: str | None = None) -> list[str]:
     """The relay's answers to :data:`ALLOCATE_TWICE` (the relay image's python3 and turn_probe)."""
     output = exec_checked(container, ["/usr/bin/python3", "-c", ALLOCATE_TWICE.format(port=port)], name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from dataclasses import dataclass, field, replace
 
@@ -34,6 +35,8 @@ from .container_logs import LogPump
 from .fleet import Fleet
 from .topology import NO_DEFAULT_ROUTE, RELAY_NET, Service
 from .waiting import NotYet, wait_for
+
+log = logging.getLogger("harness.docker_faults")
 
 REJOIN_TIMEOUT = 45.0
 MOVED_HOSTS = 100
@@ -73,6 +76,7 @@ class DockerFaults(Fleet):
     def _init_faults(self) -> None:
         self._loss_rules: dict[str, list[str]] = {}
         self._moves = 0
+        self._quotas: dict[str, int] = {}
         self._cuts: dict[tuple[str, str, str], list[tuple[str, list[str]]]] = {}
         """Per cut or black hole (kind, target, other), the rules it put into which container."""
 
@@ -318,29 +322,51 @@ class DockerFaults(Fleet):
         """486: ``cc user-quota 1`` on the relay's coturn CLI: a username that holds an allocation
         there gets 486 (Allocation Quota Reached) for a new one; the allocations it holds keep
         working. coturn copies the setting into its realm a few seconds later (3.7-5.0 s measured
-        on 4.6.1), so this returns once the relay refuses (:meth:`allocate_twice`), bounded by
-        ``QUOTA_TIMEOUT``. 508 is not playable (``harness.schedule_runner``: coturn answers its
-        quotas with 486, and 508 only when it cannot open a relay socket)."""
-        if code != 486:
-            raise ValueError(f"quota code {code}: coturn answers quotas with 486 only")
-        await asyncio.to_thread(cf.turn_cli, self._container(name), ["cc user-quota 1"], name)
+        on 4.6.1). 508: coturn answers its quotas with 486, and 508 (Cannot create socket) when no
+        relay port is left; a process in the relay's container takes every free port with an
+        allocation of its own (``container_faults.HOLD_CAPACITY``): the model's total quota at the
+        count of allocations. Either way this returns once the relay refuses (:meth:`allocate_twice`),
+        bounded by ``QUOTA_TIMEOUT``."""
+        member = self._relay(name)
+        if code == 486:
+            await asyncio.to_thread(cf.turn_cli, member.container, ["cc user-quota 1"], name)
+        elif code == 508:
+            await asyncio.to_thread(cf.hold_capacity, member.container, self._turn_port(name))
+            held = await wait_for(
+                lambda: asyncio.to_thread(cf.held_capacity, member.container), QUOTA_TIMEOUT, f"{name}'s ports held"
+            )
+            log.info("Relay ports held relay=%s allocations=%s", name, held)
+        else:
+            raise ValueError(f"quota code {code}: coturn answers 486 (quota) or 508 (no relay port)")
+        self._quotas[name] = code
         await self._wait_quota(name, refused=True)
 
     async def _allow_allocations(self, name: str) -> None:
-        await asyncio.to_thread(cf.turn_cli, self._container(name), ["cc user-quota 0"], name)
+        code = self._quotas.pop(name, 486)
+        if code == 486:
+            await asyncio.to_thread(cf.turn_cli, self._container(name), ["cc user-quota 0"], name)
+        else:
+            await asyncio.to_thread(cf.release_capacity, self._container(name), name)
         await self._wait_quota(name, refused=False)
+
+    def _turn_port(self, name: str) -> int:
+        return int(self._relay(name).service.environment.get("LISTENING_PORT", "3478"))
 
     async def allocate_twice(self, name: str) -> list[str]:
         """Relay ``name``'s answers to two ALLOCATEs under one username (then freed): the second is
-        ``error 486 ...`` under the quota fault, ``allocated`` otherwise."""
-        member = self._relay(name)
-        port = int(member.service.environment.get("LISTENING_PORT", "3478"))
-        return await asyncio.to_thread(cf.allocate_twice, member.container, port, name)
+        ``error 486 ...`` under the 486 quota fault, both ``error 508 ...`` under the 508 one,
+        ``allocated`` otherwise."""
+        return await asyncio.to_thread(cf.allocate_twice, self._container(name), self._turn_port(name), name)
 
     async def _wait_quota(self, name: str, *, refused: bool) -> None:
+        """Until the relay refuses a second allocation under one username (486) or any (508), or
+        (``refused`` false) allows both."""
+
         async def in_force() -> bool:
             answers = await self.allocate_twice(name)
-            if ("486" in answers[1]) is not refused:
+            if refused and not ("486" in answers[1] or "508" in answers[0]):
+                raise NotYet(f"answers {answers}")
+            if not refused and answers != ["allocated", "allocated"]:
                 raise NotYet(f"answers {answers}")
             return True
 

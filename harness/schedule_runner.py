@@ -25,22 +25,22 @@ both ends' containers for every address of the other end (all its networks), on 
 neither end is told; a relay cut from itself is nothing, as in the simulator. ``portal_blackhole`` the
 target's (peer or relay) container drops what comes from the portal and what it sends there (the
 portal's container cannot change its rules): its socket hangs and its dials time out, nothing is
-refused. A cut's rules are put back when its container (re)starts under it. ``quota`` with code 486:
-``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per start): a
-username that holds an allocation gets 486 for a new one while the allocations keep working, as
-the model's ``user_quota = 1``; ``cc user-quota 0`` heals it (a relay reboot under it ends it early:
-coturn reads its quota from the file again). ``address_change`` the relay's container stopped (its
+refused. A cut's rules are put back when its container (re)starts under it. ``quota`` 486: ``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per
+start): a username that holds an allocation gets 486 for a new one while the allocations keep
+working, as the model's ``user_quota = 1``; ``cc user-quota 0`` heals it. ``quota`` 508: coturn
+answers its quotas (total too: ``cc total-quota N`` gets 486, checked by hand) with 486 and 508 only
+when no relay port is left, so a process in the relay's container takes every free relay port with
+an allocation and holds it (the model's ``total_quota = max(1, allocations)``: any new ALLOCATE gets
+508, the allocations there keep working); the heal frees them (coturn frees a port ~1 s after the
+deletion). Both return once the relay answers so (a second ALLOCATE under one username, probed from
+inside its container); a relay reboot under either ends it early (coturn reads its quota from the
+file again; the holder dies with the container). ``address_change`` the relay's container stopped (its
 secret kept, as the model's relay keeps it), reconnected to relay-net under a new address, started:
 state lost, and its agent joins announcing the new address; each peer gets a host route to the new
 address through the relay's leg on its network (what the simulator's network does for any address;
 the peers' ``unreachable default`` routes nothing else), put back after a restart of the peer.
 
-Not played (exit 2, naming them): ``quota`` with code 508: the model's total quota answers 508, but
-coturn 4.6.1 answers its total quota with 486 too (``cc total-quota N``; checked by hand: the
-allocation past it got "486 Allocation Quota Reached"), and 508 only when it cannot open a relay
-socket, which nothing can make it do at runtime (its port range is fixed at start, and it binds
-with SO_REUSEADDR: ports held by another process of the container do not stop it, tried); playing
-it as 486 would confirm another fault than the one found.
+Every kind is played (the channel lifetime must be whole seconds: exit 2 otherwise).
 
 The schedule's settings: ``relays`` and ``channel_lifetime_s`` are the stack's (:func:`stack_settings`:
 coturn's ``channel-lifetime`` on every relay and ``connlib run --channel-lifetime`` on both peers,
@@ -91,7 +91,7 @@ PLAYED = frozenset(
         "address_change",
     }
 )
-QUOTA_CODES = frozenset({486})  # coturn's quotas answer 486 (see the module docstring for 508)
+QUOTA_CODES = frozenset({486, 508})
 KEEPALIVE = KEEPALIVE_INTERVAL  # connlib run's ICE keep-alive interval, what the stack's peers run with
 
 
@@ -108,7 +108,7 @@ def check_playable(schedule: Schedule) -> None:
         if fault.kind == "stream_idle" and fault.target != "client":
             raise UnplayableSchedule(f"stream_idle of {fault.target!r}: only the client streams")
         if fault.kind == "quota" and fault.code not in QUOTA_CODES:
-            raise UnplayableSchedule(f"quota {fault.code} on {fault.target}: coturn answers its quotas with 486 only")
+            raise UnplayableSchedule(f"quota {fault.code} on {fault.target}: played are {sorted(QUOTA_CODES)}")
     lifetime = schedule.channel_lifetime_s
     if lifetime != round(lifetime) or lifetime < 1:
         raise UnplayableSchedule(f"channel_lifetime_s {lifetime:g}: coturn takes whole seconds")

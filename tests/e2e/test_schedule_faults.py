@@ -4,6 +4,8 @@ and its effect seen from outside the code that injected it, so that a fault not 
 
 - ``quota`` 486: a second ALLOCATE under one username gets 486 from coturn while the peers'
   allocations on that relay keep carrying the stream; after the heal both ALLOCATEs succeed;
+  ``quota`` 508: any new ALLOCATE gets 508 (no relay port left), the stream flows on, and after
+  the heal ALLOCATEs succeed again;
 - ``peer_relay_cut`` / ``relay_relay_cut``: a STUN Binding across the cut goes unanswered (between
   relays both ways), answered before the cut and after the heal; the rules' counters, which
   ``cut_dropped`` reports at the heal, saw packets;
@@ -69,7 +71,7 @@ async def test_the_new_schedule_kinds_take_effect_on_the_docker_stack(stack, fig
             await undo()
         if healed is not None:
             await healed()
-        took[fault.kind] = round(time.monotonic() - started, 1)
+        took[f"{fault.kind}{fault.code or ''}"] = round(time.monotonic() - started, 1)
 
     # quota 486: new ALLOCATEs refused, the existing allocations carry on.
     async def refused() -> None:
@@ -85,6 +87,18 @@ async def test_the_new_schedule_kinds_take_effect_on_the_docker_stack(stack, fig
         assert await stack.allocate_twice("relay-1") == ["allocated", "allocated"]
 
     await play(Fault(0.0, "quota", "relay-1", 1.0, code=486), refused, allowed)
+
+    # quota 508: no relay port left for any new ALLOCATE, the existing allocations carry on
+    async def full() -> None:
+        first, _ = await stack.allocate_twice("relay-1")
+        assert "508" in first, first
+        await delivered_grows(stack, "the stream through the relays with relay-1 full")
+        removed = [
+            op for peer in (CLIENT_ID, GATEWAY_ID) for op in checks.peer_events(stack.history, "relay_removed", peer)
+        ]
+        assert not removed, f"an allocation was lost with the relay full: {removed}"
+
+    await play(Fault(0.0, "quota", "relay-1", 1.0, code=508), full, allowed)
 
     # cuts: a STUN Binding across the cut goes unanswered (both ways between relays), answered before and after
     for fault, probes in (
