@@ -57,9 +57,11 @@ def delete_rule(container: Container, rule: str, name: str | None = None) -> Non
 
 
 def add_rules(container: Container, rules: list[str], name: str | None = None) -> None:
-    """``rules`` in one exec (a cut puts several into each end: one exec costs ~0.1-0.5 s)."""
+    """``rules`` in one exec (a cut puts several into each end: one exec costs ~0.1-0.5 s), each
+    unless the container has it already (a cut put back after an unpause)."""
     if rules:
-        exec_checked(container, ["sh", "-c", " && ".join(f"iptables -I {rule}" for rule in rules)], name)
+        script = " && ".join(f"{{ iptables -C {rule} 2>/dev/null || iptables -I {rule}; }}" for rule in rules)
+        exec_checked(container, ["sh", "-c", script], name)
 
 
 def delete_rules_if_present(container: Container, rules: list[str], name: str | None = None) -> None:
@@ -118,7 +120,7 @@ sys.path.insert(0, "/opt/connlib-relays")
 import turn_probe as tp
 secret = open("/run/relay/secret").read().strip().encode()
 held = []
-while True:  # a username each: a user quota in force too does not stop it
+while len(held) < {limit}:  # a username each: a user quota in force too does not stop it
     username = f"{{int(time.time()) + 3600}}:hold{{len(held)}}"
     password = base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
     client = tp.TurnClient(("127.0.0.1", {port}), username, password)
@@ -146,14 +148,19 @@ for client in held:
 os.unlink("{path}")
 """
 """Allocates on the relay (from inside its container) until coturn answers 508 (no relay port
-left), holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them (REFRESH 0) and exits.
+left) or it holds ``limit``, holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them (REFRESH 0) and exits.
 coturn frees a port about 1 s after the deletion (measured on 4.6.1)."""
 HOLD_PATH = "/run/relay/capacity-hold"
 
 
-def hold_capacity(container: Container, port: int) -> None:
-    """Start :data:`HOLD_CAPACITY` in the relay's container (detached; it says when it holds)."""
-    container.exec_run(["/usr/bin/python3", "-c", HOLD_CAPACITY.format(port=port, path=HOLD_PATH)], detach=True)
+def hold_capacity(container: Container, port: int, limit: int) -> None:
+    """Start :data:`HOLD_CAPACITY` in the relay's container (detached; it says when it holds), taking
+    at most ``limit`` ports."""
+    script = HOLD_CAPACITY.format(port=port, path=HOLD_PATH, limit=limit)
+    # setsid and sh's own background job: a docker-py detached exec's process was gone within ~1 s
+    # (seen: its allocations freed), this one lives until the SIGTERM
+    launch = 'setsid /usr/bin/python3 -c "$0" >/dev/null 2>&1 &'
+    exec_checked(container, ["sh", "-c", launch, script])
 
 
 def held_capacity(container: Container) -> int | None:

@@ -76,7 +76,14 @@ class DockerFaults(Fleet):
     def _init_faults(self) -> None:
         self._loss_rules: dict[str, list[str]] = {}
         self._moves = 0
+        self._locks: dict[str, asyncio.Lock] = {}
         self._quotas: dict[str, int] = {}
+        """Per relay, the quota code in force (the fault), and what its running coturn has."""
+        self._quota_applied: dict[str, int] = {}
+        self._held_ports: dict[str, int] = {}
+        """Per relay under a 508 quota, the ports the holder took first: after a restart it takes as many."""
+        self._stale_rules: dict[str, list[str]] = {}
+        """Per container, rules of healed cuts it could not drop while paused (dropped at its unpause)."""
         self._cuts: dict[tuple[str, str, str], list[tuple[str, list[str]]]] = {}
         """Per cut or black hole (kind, target, other), the rules it put into which container."""
 
@@ -95,32 +102,50 @@ class DockerFaults(Fleet):
     # ------------------------------------------------------------------ relay faults
     async def _restart_relay(self, name: str, new_secret: bool) -> None:
         before = await self.relay_joins()
-        if not new_secret:  # the relay image's one-shot switch: its next start reuses the secret
-            await asyncio.to_thread(cf.exec_checked, self._container(name), [*AGENT, "keep-secret"], name)
-        await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
-        self._loss_rules.pop(name, None)  # iptables rules do not survive the restart
-        await self._reapply_cuts(name)
+        async with self._lock(name):
+            if not new_secret:  # the relay image's one-shot switch: its next start reuses the secret
+                await asyncio.to_thread(cf.exec_checked, self._container(name), [*AGENT, "keep-secret"], name)
+            await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
+            self._loss_rules.pop(name, None)  # iptables rules do not survive the restart
+            self._quota_applied.pop(name, None)  # nor does coturn's runtime quota, nor the holder
+            await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=new_secret)
+        await self._relay_came_back(name)
 
     async def _stop_relay(self, name: str) -> None:
-        await asyncio.to_thread(cf.stop, self._container(name), self._stop_timeout(name))
-        self._loss_rules.pop(name, None)
+        async with self._lock(name):
+            await asyncio.to_thread(cf.stop, self._container(name), self._stop_timeout(name))
+            self._loss_rules.pop(name, None)
+            self._quota_applied.pop(name, None)
 
     async def _start_relay(self, name: str) -> None:
         before = await self.relay_joins()
-        await asyncio.to_thread(cf.start, self._container(name))
-        await self._reapply_cuts(name)
+        async with self._lock(name):
+            await asyncio.to_thread(cf.start, self._container(name))
+            await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before)
+        await self._relay_came_back(name)
 
     async def _kill_relay(self, name: str) -> None:
-        await asyncio.to_thread(cf.kill, self._container(name), self._stop_timeout(name))
-        self._loss_rules.pop(name, None)
+        async with self._lock(name):
+            await asyncio.to_thread(cf.kill, self._container(name), self._stop_timeout(name))
+            self._loss_rules.pop(name, None)
+            self._quota_applied.pop(name, None)
 
     async def _pause_relay(self, name: str) -> None:
-        await asyncio.to_thread(cf.pause, self._container(name))
+        async with self._lock(name):
+            await asyncio.to_thread(cf.pause, self._container(name))
 
     async def _unpause_relay(self, name: str) -> None:
-        await asyncio.to_thread(cf.unpause, self._container(name))
+        async with self._lock(name):
+            await asyncio.to_thread(cf.unpause, self._container(name))
+            await self._reapply_cuts(name)  # cuts begun or healed while it was frozen
+        await self._sync_quota(name)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """One container's lock: faults that stop, start or freeze it and execs into it take turns
+        (a schedule's faults overlap: an exec into a container another fault is restarting fails)."""
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def _pause_peer(self, peer_id: str) -> None:
         await asyncio.to_thread(self.member(peer_id).container.pause)
@@ -155,15 +180,17 @@ class DockerFaults(Fleet):
             await self._add_cut(("loss", peer.name, ""), plan)
             return
         rule = cf.loss_rule(probability)
-        await asyncio.to_thread(cf.add_rule, self._container(name), rule, name)
+        async with self._lock(name):
+            await asyncio.to_thread(cf.add_rule, self._container(name), rule, name)
         self._loss_rules.setdefault(name, []).append(rule)
 
     async def _clear_udp_loss(self, name: str) -> None:
         if name not in self.relay_names:
             await self._remove_cut(("loss", self.member(name).name, ""))
             return
-        for rule in self._loss_rules.pop(name, []):
-            await asyncio.to_thread(cf.delete_rule, self._container(name), rule, name)
+        async with self._lock(name):
+            for rule in self._loss_rules.pop(name, []):
+                await asyncio.to_thread(cf.delete_rule, self._container(name), rule, name)
 
     async def dropped_datagrams(self, name: str) -> int:
         """Datagrams the loss rules in relay ``name``'s container (or a peer's, by its id) dropped so
@@ -193,23 +220,28 @@ class DockerFaults(Fleet):
         before = await self.relay_joins()
         self._moves += 1
         new = str(self.subnets[RELAY_NET].network_address + MOVED_HOSTS + self._moves)
-        await asyncio.to_thread(cf.exec_checked, member.container, [*AGENT, "keep-secret"], name)
-        await asyncio.to_thread(cf.stop, member.container, self._stop_timeout(name))
-        self._loss_rules.pop(name, None)
-        network = self.networks[RELAY_NET]
-        await asyncio.to_thread(network.disconnect, member.container)
-        await asyncio.to_thread(network.connect, member.container, ipv4_address=new, aliases=[name])
-        member.service = replace(member.service, addresses={**member.service.addresses, RELAY_NET: new})
-        for peer in self._peers():
-            (own, *_) = peer.service.addresses
-            route = f"{new}/32 via {member.service.addresses[own]}"
-            await asyncio.to_thread(
-                cf.exec_checked, peer.container, ["ip", "route", "replace", *route.split()], peer.name
-            )
-            peer.routes.insert(0, route)  # before ``unreachable default``, as PEER_ROUTES has it
-        await asyncio.to_thread(cf.start, member.container)
-        await self._reapply_cuts(name)
+        async with self._lock(name):
+            await asyncio.to_thread(cf.exec_checked, member.container, [*AGENT, "keep-secret"], name)
+            await asyncio.to_thread(cf.stop, member.container, self._stop_timeout(name))
+            self._loss_rules.pop(name, None)
+            self._quota_applied.pop(name, None)
+            network = self.networks[RELAY_NET]
+            await asyncio.to_thread(network.disconnect, member.container)
+            await asyncio.to_thread(network.connect, member.container, ipv4_address=new, aliases=[name])
+            member.service = replace(member.service, addresses={**member.service.addresses, RELAY_NET: new})
+            for peer in self._peers():
+                (own, *_) = peer.service.addresses
+                route = f"{new}/32 via {member.service.addresses[own]}"
+                peer.routes.insert(0, route)  # before ``unreachable default``, as PEER_ROUTES has it
+                async with self._lock(peer.name):  # a peer that is down gets it at its start
+                    if await asyncio.to_thread(self._running, peer.name):
+                        await asyncio.to_thread(
+                            cf.exec_checked, peer.container, ["ip", "route", "replace", *route.split()], peer.name
+                        )
+            await asyncio.to_thread(cf.start, member.container)
+            await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=False)
+        await self._relay_came_back(name)
 
     def _peers(self) -> list[Member]:
         raise NotImplementedError
@@ -222,21 +254,22 @@ class DockerFaults(Fleet):
         member = self.member(peer_id)
         if member.role not in ("client", "gateway"):
             raise KeyError(f"{peer_id!r} is not a peer")
-        member.stopped_by_us = True  # not "exited on its own" while it is down
-        await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
-        since = time.time()
-        await asyncio.to_thread(member.container.start)
-        member.stopped_by_us = False
-        self.logs.follow(member.name, member.container, since=since)
-        for route in member.routes:  # the entry point sets PEER_ROUTES; a moved relay's route is not in it
-            await asyncio.to_thread(
-                cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
-            )
-        await self._reapply_cuts(member.name)
+        async with self._lock(member.name):
+            member.stopped_by_us = True  # not "exited on its own" while it is down
+            await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
+            since = time.time()
+            await asyncio.to_thread(member.container.start)
+            member.stopped_by_us = False
+            self.logs.follow(member.name, member.container, since=since)
+            for route in member.routes:  # the entry point sets PEER_ROUTES; a moved relay's route is not in it
+                await asyncio.to_thread(
+                    cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
+                )
+            await self._reapply_cuts(member.name)
 
     async def _stop_portal(self) -> None:
         member = self.member("portal")
-        member.stopped_by_us = True
+        member.stopped_by_us = self.portal_down = True
         await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
 
     async def _start_portal(self) -> None:
@@ -244,7 +277,7 @@ class DockerFaults(Fleet):
         for every running relay to join it; its admin port on the host may be another one now."""
         member = self.member("portal")
         await asyncio.to_thread(self._start_member, member.name)
-        member.stopped_by_us = False
+        member.stopped_by_us = self.portal_down = False
         async with self._events_lock:
             self._events_seq = 0  # a new event log: its numbers start again
         await self._reapply_cuts(member.name)
@@ -291,15 +324,22 @@ class DockerFaults(Fleet):
         self._cuts[key] = []
         for name, rules in plan:
             self._cuts[key].append((name, rules))
-            await asyncio.to_thread(cf.add_rules, self.member(name).container, rules, name)
+            async with self._lock(name):
+                if await asyncio.to_thread(self._running, name):  # else its (re)start or unpause puts them in
+                    await asyncio.to_thread(cf.add_rules, self.member(name).container, rules, name)
 
     async def _remove_cut(self, key: tuple[str, str, str]) -> int:
         """Take the cut's rules out; how many packets they dropped."""
         dropped = 0
         for name, rules in self._cuts.pop(key, []):
             container = self.member(name).container
-            dropped += await asyncio.to_thread(cf.rule_packets, container, rules, name)
-            await asyncio.to_thread(cf.delete_rules_if_present, container, rules, name)
+            async with self._lock(name):
+                if not await asyncio.to_thread(self._running, name):
+                    if container.attrs["State"]["Paused"]:  # they outlive the freeze: dropped at the unpause
+                        self._stale_rules.setdefault(name, []).extend(rules)
+                    continue  # stopped: they died with it
+                dropped += await asyncio.to_thread(cf.rule_packets, container, rules, name)
+                await asyncio.to_thread(cf.delete_rules_if_present, container, rules, name)
         return dropped
 
     async def cut_packets(self, target: str, other: str) -> int:
@@ -312,7 +352,11 @@ class DockerFaults(Fleet):
         return total
 
     async def _reapply_cuts(self, name: str) -> None:
-        """The rules of the cuts in force that live in container ``name``, put back after its (re)start."""
+        """The rules of the cuts in force that live in container ``name``, put back after its (re)start
+        or unpause (and those of cuts healed while it was frozen taken out)."""
+        stale = self._stale_rules.pop(name, [])
+        if stale:
+            await asyncio.to_thread(cf.delete_rules_if_present, self.member(name).container, stale, name)
         for cut in self._cuts.values():
             for where, rules in cut:
                 if where == name:
@@ -323,31 +367,74 @@ class DockerFaults(Fleet):
         there gets 486 (Allocation Quota Reached) for a new one; the allocations it holds keep
         working. coturn copies the setting into its realm a few seconds later (3.7-5.0 s measured
         on 4.6.1). 508: coturn answers its quotas with 486, and 508 (Cannot create socket) when no
-        relay port is left; a process in the relay's container takes every free port with an
-        allocation of its own (``container_faults.HOLD_CAPACITY``): the model's total quota at the
+        relay port is left; a process in the relay's container takes every free relay port with
+        an allocation of its own (``container_faults.HOLD_CAPACITY``): the model's total quota at the
         count of allocations. Either way this returns once the relay refuses (:meth:`allocate_twice`),
-        bounded by ``QUOTA_TIMEOUT``."""
-        member = self._relay(name)
-        if code == 486:
-            await asyncio.to_thread(cf.turn_cli, member.container, ["cc user-quota 1"], name)
-        elif code == 508:
-            await asyncio.to_thread(cf.hold_capacity, member.container, self._turn_port(name))
-            held = await wait_for(
-                lambda: asyncio.to_thread(cf.held_capacity, member.container), QUOTA_TIMEOUT, f"{name}'s ports held"
-            )
-            log.info("Relay ports held relay=%s allocations=%s", name, held)
-        else:
+        bounded by ``QUOTA_TIMEOUT``. A relay that is not running takes it when it runs again, and a
+        restarted one takes it again, as the model's relay keeps its quotas through a reboot (508:
+        as many ports left free as it had allocations when the quota began)."""
+        if code not in (486, 508):
             raise ValueError(f"quota code {code}: coturn answers 486 (quota) or 508 (no relay port)")
         self._quotas[name] = code
-        await self._wait_quota(name, refused=True)
+        if await self._sync_quota(name):
+            await self._wait_quota(name, refused=True)
 
     async def _allow_allocations(self, name: str) -> None:
-        code = self._quotas.pop(name, 486)
-        if code == 486:
-            await asyncio.to_thread(cf.turn_cli, self._container(name), ["cc user-quota 0"], name)
+        self._quotas.pop(name, None)
+        if self._quota_applied.get(name) != 508:
+            self._held_ports.pop(name, None)
+        if await self._sync_quota(name):
+            await self._wait_quota(name, refused=False)
+
+    async def _sync_quota(self, name: str) -> bool:
+        """Make the running relay's quota the one in force (``_quotas``); False if it is not running."""
+        async with self._lock(name):
+            return await self._sync_quota_locked(name)
+
+    async def _sync_quota_locked(self, name: str) -> bool:
+        if not await asyncio.to_thread(self._running, name):
+            log.info(
+                "Relay not running: its quota follows when it runs relay=%s quota=%s", name, self._quotas.get(name)
+            )
+            return False
+        want, have = self._quotas.get(name), self._quota_applied.get(name)
+        if want == have:
+            return True
+        container = self._container(name)
+        if have == 486:
+            await asyncio.to_thread(cf.turn_cli, container, ["cc user-quota 0"], name)
+        elif have == 508:
+            await asyncio.to_thread(cf.release_capacity, container, name)
+            await wait_for(  # until the holder has freed every allocation and gone
+                lambda: asyncio.to_thread(lambda: cf.held_capacity(container) is None),
+                QUOTA_TIMEOUT,
+                f"{name}'s ports freed",
+            )
+        if want == 486:
+            await asyncio.to_thread(cf.turn_cli, container, ["cc user-quota 1"], name)
+        elif want == 508:
+            ports = self._port_range(name)
+            limit = self._held_ports.get(name, ports)
+            await asyncio.to_thread(cf.hold_capacity, container, self._turn_port(name), limit)
+            held = await wait_for(
+                lambda: asyncio.to_thread(cf.held_capacity, container), QUOTA_TIMEOUT, f"{name}'s ports held"
+            )
+            self._held_ports.setdefault(name, held)
+            log.info("Relay ports held relay=%s allocations=%s of=%s", name, held, ports)
+        if want is None:
+            self._quota_applied.pop(name, None)
+            self._held_ports.pop(name, None)
         else:
-            await asyncio.to_thread(cf.release_capacity, self._container(name), name)
-        await self._wait_quota(name, refused=False)
+            self._quota_applied[name] = want
+        return True
+
+    async def _relay_came_back(self, name: str) -> None:
+        """After a (re)start of relay ``name`` (its cuts' rules are back): its quota again."""
+        await self._sync_quota(name)  # its cuts went back in at the start, under the lock
+
+    def _port_range(self, name: str) -> int:
+        env = self._relay(name).service.environment
+        return int(env.get("MAX_PORT", "49200")) - int(env.get("MIN_PORT", "49160")) + 1
 
     def _turn_port(self, name: str) -> int:
         return int(self._relay(name).service.environment.get("LISTENING_PORT", "3478"))
@@ -364,6 +451,7 @@ class DockerFaults(Fleet):
 
         async def in_force() -> bool:
             answers = await self.allocate_twice(name)
+            log.debug("Quota probe relay=%s refused=%s answers=%s", name, refused, answers)
             if refused and not ("486" in answers[1] or "508" in answers[0]):
                 raise NotYet(f"answers {answers}")
             if not refused and answers != ["allocated", "allocated"]:

@@ -80,6 +80,8 @@ class Fleet(PortalAdmin, abc.ABC):
     through :meth:`fault`, which records its ``invoke`` and its ``ok``/``fail`` in the history."""
 
     backend: str = "?"
+    portal_down: bool = False
+    """Between :meth:`stop_portal` and the start of :meth:`start_portal`: the admin API does not answer."""
 
     def __init__(self, history: History | None = None, options: StackOptions | None = None) -> None:
         self.history = history or new_history()

@@ -25,7 +25,11 @@ both ends' containers for every address of the other end (all its networks), on 
 neither end is told; a relay cut from itself is nothing, as in the simulator. ``portal_blackhole`` the
 target's (peer or relay) container drops what comes from the portal and what it sends there (the
 portal's container cannot change its rules): its socket hangs and its dials time out, nothing is
-refused. A cut's rules are put back when its container (re)starts under it. ``quota`` 486: ``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per
+refused. A cut's rules are put back when its container (re)starts or is unpaused under it, and a quota when
+its relay does (the model's relay keeps its quotas through a reboot). Portal cuts and credential
+rotations while a ``portal_restart`` has the portal down are not played (a WARN line; the
+simulator skips a partition of a portal that is down; its rotation happens in the relay, Docker's
+at the portal, which is not there). ``quota`` 486: ``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per
 start): a username that holds an allocation gets 486 for a new one while the allocations keep
 working, as the model's ``user_quota = 1``; ``cc user-quota 0`` heals it. ``quota`` 508: coturn
 answers its quotas (total too: ``cc total-quota N`` gets 486, checked by hand) with 486 and 508 only
@@ -33,8 +37,7 @@ when no relay port is left, so a process in the relay's container takes every fr
 an allocation and holds it (the model's ``total_quota = max(1, allocations)``: any new ALLOCATE gets
 508, the allocations there keep working); the heal frees them (coturn frees a port ~1 s after the
 deletion). Both return once the relay answers so (a second ALLOCATE under one username, probed from
-inside its container); a relay reboot under either ends it early (coturn reads its quota from the
-file again; the holder dies with the container). ``address_change`` the relay's container stopped (its
+inside its container). ``address_change`` the relay's container stopped (its
 secret kept, as the model's relay keeps it), reconnected to relay-net under a new address, started:
 state lost, and its agent joins announcing the new address; each peer gets a host route to the new
 address through the relay's leg on its network (what the simulator's network does for any address;
@@ -57,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -69,6 +73,8 @@ from . import checks
 from .fleet import CLIENT_ID, GATEWAY_ID, Fleet
 from .report import Results
 from .waiting import wait_for
+
+log = logging.getLogger("harness.schedule_runner")
 
 RECOVERY_BOUND = 15.0
 PEERS = {"client": CLIENT_ID, "gateway": GATEWAY_ID}
@@ -92,6 +98,8 @@ PLAYED = frozenset(
     }
 )
 QUOTA_CODES = frozenset({486, 508})
+PORTAL_FAULTS = frozenset({"relay_portal_cut", "peer_portal_cut", "rotate_credentials"})
+"""Faults the portal's admin API plays: nothing while a portal_restart has it down."""
 KEEPALIVE = KEEPALIVE_INTERVAL  # connlib run's ICE keep-alive interval, what the stack's peers run with
 
 
@@ -196,6 +204,10 @@ async def _play(fleet: Fleet, fault: Fault, start: float) -> None:
 async def inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] | None:
     """Start ``fault``; what undoes it after its duration (None: it undoes itself)."""
     name = fault.target
+    if fault.kind in PORTAL_FAULTS and fleet.portal_down:
+        # as the simulator's portal_restart: a partition or rotation of a portal that is down is nothing
+        log.warning("Fault not played: the portal is down kind=%s target=%s", fault.kind, name)
+        return None
     match fault.kind:
         case "relay_reboot":
             await fleet.restart_relay(name, new_secret=fault.new_secret)

@@ -4,15 +4,17 @@ play on the real stack or cannot read (exit 2, naming why); ``tests/e2e/test_sch
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 
 from harness.__main__ import main
 from harness.docker_fleet import plan
-from harness.fleet import StackOptions
+from harness.fleet import Fleet, StackOptions
 from harness.schedule_runner import (
     UnplayableSchedule,
     check_playable,
+    inject,
     merged_idle_periods,
     stack_settings,
     unplayed_settings,
@@ -114,3 +116,22 @@ def test_overlapping_idle_periods_are_played_as_one_as_the_simulators_client_liv
     ]
     inside = Fault(10.0, "stream_idle", "client", 5.0)
     assert merged_idle_periods((first, inside)) == [first]
+
+
+async def test_portal_cuts_and_rotations_are_not_played_while_the_portal_is_down(caplog):
+    """A portal_restart has the admin API down: its partitions and rotations are skipped (a WARN),
+    as the simulator skips a partition of a portal that is down, instead of failing the run."""
+
+    class DownFleet:
+        portal_down = True
+
+        def __getattr__(self, name):
+            raise AssertionError(f"{name} called while the portal is down")
+
+    for fault in (
+        Fault(1.0, "peer_portal_cut", "client", 5.0),
+        Fault(1.0, "relay_portal_cut", "relay-1", 5.0),
+        Fault(1.0, "rotate_credentials", "relay-2"),
+    ):
+        assert await inject(cast(Fleet, DownFleet()), fault) is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"] * 3
