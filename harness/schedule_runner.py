@@ -43,7 +43,8 @@ state lost, and its agent joins announcing the new address; each peer gets a hos
 address through the relay's leg on its network (what the simulator's network does for any address;
 the peers' ``unreachable default`` routes nothing else), put back after a restart of the peer.
 
-Every kind is played (the channel lifetime must be whole seconds: exit 2 otherwise).
+Every kind the simulator draws is played. Exit 2 for what it does not draw: a quota code other than
+486 or 508, an idle period of the gateway, a channel lifetime that is not whole seconds.
 
 The schedule's settings: ``relays`` and ``channel_lifetime_s`` are the stack's (:func:`stack_settings`:
 coturn's ``channel-lifetime`` on every relay and ``connlib run --channel-lifetime`` on both peers,
