@@ -9,6 +9,8 @@ same text; a container's rules die with its network namespace (a stop, kill or r
 
 from __future__ import annotations
 
+import json
+
 from docker.models.containers import Container
 
 LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
@@ -17,6 +19,10 @@ LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:
 REQUEST_RULE = "INPUT -p udp --dport {port} ! -i lo -m u32 --u32 0>>22&0x3C@8>>30=0"
 CUT_RULES = ("INPUT -s {addr} -j DROP", "OUTPUT -d {addr} -j DROP")
 """Every packet from and to one address (a peer cut off from a relay)."""
+ARRIVAL_RULE = "INPUT -s {addr} -j DROP"
+"""Every packet from one address, dropped on arrival: put in both ends' containers, a cut both ways
+that neither end's own sends notice (a DROP in OUTPUT fails the sender's sendto with EPERM)."""
+AGENT = ["/opt/venv/bin/python", "/opt/connlib-relays/agent.py"]
 
 
 def loss_rule(probability: float) -> str:
@@ -25,6 +31,10 @@ def loss_rule(probability: float) -> str:
 
 def cut_rules(addr: str) -> list[str]:
     return [rule.format(addr=addr) for rule in CUT_RULES]
+
+
+def arrival_rules(addrs: list[str]) -> list[str]:
+    return [ARRIVAL_RULE.format(addr=addr) for addr in addrs]
 
 
 def exec_checked(container: Container, command: list[str], name: str | None = None) -> str:
@@ -44,6 +54,145 @@ def add_rule(container: Container, rule: str, name: str | None = None) -> None:
 
 def delete_rule(container: Container, rule: str, name: str | None = None) -> None:
     exec_checked(container, ["iptables", "-D", *rule.split()], name)
+
+
+def add_rules(container: Container, rules: list[str], name: str | None = None) -> None:
+    """``rules`` in one exec (a cut puts several into each end: one exec costs ~0.1-0.5 s), each
+    unless the container has it already (a cut put back after an unpause)."""
+    if rules:
+        script = " && ".join(f"{{ iptables -C {rule} 2>/dev/null || iptables -I {rule}; }}" for rule in rules)
+        exec_checked(container, ["sh", "-c", script], name)
+
+
+def delete_rules_if_present(container: Container, rules: list[str], name: str | None = None) -> None:
+    """Delete each of ``rules`` the container still has (a restart took them otherwise), in one exec."""
+    if rules:
+        script = "; ".join(f"if iptables -C {rule} 2>/dev/null; then iptables -D {rule}; fi" for rule in rules)
+        exec_checked(container, ["sh", "-c", script], name)
+
+
+def rule_packets(container: Container, rules: list[str], name: str | None = None) -> int:
+    """Packets the container's plain address rules (``CHAIN -s|-d ADDR -j DROP``) dropped so far."""
+    wanted = set()
+    for rule in rules:
+        chain, flag, addr, *_ = rule.split()
+        any_addr = "0.0.0.0/0"
+        wanted.add((chain, _cidr(addr) if flag == "-s" else any_addr, _cidr(addr) if flag == "-d" else any_addr))
+    total, chain = 0, ""
+    for line in exec_checked(container, ["iptables", "-L", "-v", "-n", "-x"], name).splitlines():
+        fields = line.split()  # "Chain NAME (...)", then: pkts bytes target prot opt in out source destination
+        if fields[:1] == ["Chain"]:
+            chain = fields[1]
+        elif len(fields) == 9 and fields[2] == "DROP" and (chain, _cidr(fields[7]), _cidr(fields[8])) in wanted:
+            total += int(fields[0])
+    return total
+
+
+def _cidr(addr: str) -> str:
+    return addr if "/" in addr else addr + "/32"
+
+
+ALLOCATE_TWICE = """
+import json, sys
+sys.path.insert(0, "/opt/connlib-relays")
+import turn_probe as tp
+username, password = tp.rest_credentials(open("/run/relay/secret").read().strip())
+answers, clients = [], []
+for _ in range(2):
+    client = tp.TurnClient(("127.0.0.1", {port}), username, password)
+    clients.append(client)
+    try:
+        client.allocate()
+        answers.append("allocated")
+    except tp.ProbeError as exc:
+        answers.append(str(exc))
+for client in clients:
+    client.close()
+print(json.dumps(answers))
+"""
+"""Two ALLOCATEs under one REST username from two sockets, on the relay itself, then both freed:
+what a relay under ``user-quota 1`` answers the second one (``error 486 ...``), else "allocated"."""
+
+
+HOLD_CAPACITY = """
+import base64, hashlib, hmac, os, signal, struct, sys, time
+sys.path.insert(0, "/opt/connlib-relays")
+import turn_probe as tp
+secret = open("/run/relay/secret").read().strip().encode()
+held = []
+until = time.monotonic() + {grab}  # ports of deleted allocations come free ~1 s later: take them too
+while len(held) < {limit}:  # a username each: a user quota in force too does not stop it
+    username = f"{{int(time.time()) + 3600}}:hold{{len(held)}}"
+    password = base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
+    client = tp.TurnClient(("127.0.0.1", {port}), username, password)
+    try:
+        client.allocate()
+    except tp.ProbeError as exc:
+        client.sock.close()
+        if "508" not in str(exc):
+            raise
+        if time.monotonic() > until:
+            break
+        time.sleep(0.2)
+        continue
+    held.append(client)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+with open("{path}", "w") as f:
+    f.write(f"{{os.getpid()}} {{len(held)}}\\n")
+refreshed = time.monotonic()
+while not stop:
+    time.sleep(0.2)
+    if time.monotonic() - refreshed > 300:  # the allocations' 600 s: a fault may last longer
+        for client in held:
+            client.transact(tp.REFRESH, [(tp.LIFETIME, struct.pack("!I", 600))], auth=True)
+        refreshed = time.monotonic()
+for client in held:
+    client.close()
+os.unlink("{path}")
+"""
+"""Allocates on the relay (from inside its container) until coturn answers 508 (no relay port
+left) for ``grab`` s or it holds ``limit``, holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them (REFRESH 0) and exits.
+coturn frees a port about 1 s after the deletion (measured on 4.6.1)."""
+HOLD_PATH = "/run/relay/capacity-hold"
+HOLD_GRAB_S = 2.0
+"""How long the holder goes on taking ports that come free: a deleted allocation's port is free again
+~1 s after its REFRESH(0) (the probes' own, just before), and one left free would let every probe
+allocate (seen: the relay allowing both ALLOCATEs under the 508 fault in 3 of 6 runs)."""
+
+
+def hold_capacity(container: Container, port: int, limit: int) -> None:
+    """Start :data:`HOLD_CAPACITY` in the relay's container (detached; it says when it holds), taking
+    at most ``limit`` ports."""
+    script = HOLD_CAPACITY.format(port=port, path=HOLD_PATH, limit=limit, grab=HOLD_GRAB_S)
+    # setsid and sh's own background job: a docker-py detached exec's process was gone within ~1 s
+    # (seen: its allocations freed), this one lives until the SIGTERM
+    launch = 'setsid /usr/bin/python3 -c "$0" >/dev/null 2>&1 &'
+    exec_checked(container, ["sh", "-c", launch, script])
+
+
+def held_capacity(container: Container) -> int | None:
+    """How many allocations the holder holds, None while it has not said (or is gone)."""
+    result = container.exec_run(["cat", HOLD_PATH])
+    return int(result.output.split()[1]) if result.exit_code == 0 else None
+
+
+def release_capacity(container: Container, name: str | None = None) -> None:
+    """SIGTERM to the holder, if it still runs (a restart of the relay ended it and its allocations)."""
+    script = f"if [ -f {HOLD_PATH} ]; then kill -TERM $(cut -d' ' -f1 {HOLD_PATH}) || rm -f {HOLD_PATH}; fi"
+    exec_checked(container, ["sh", "-c", script], name)
+
+
+def allocate_twice(container: Container, port: int, name: str | None = None) -> list[str]:
+    """The relay's answers to :data:`ALLOCATE_TWICE` (the relay image's python3 and turn_probe)."""
+    output = exec_checked(container, ["/usr/bin/python3", "-c", ALLOCATE_TWICE.format(port=port)], name)
+    answers: list[str] = json.loads(output.strip().splitlines()[-1])
+    return answers
+
+
+def turn_cli(container: Container, commands: list[str], name: str | None = None) -> str:
+    """Commands on the relay's coturn telnet CLI (the relay image's ``agent.py turn-cli``); its output."""
+    return exec_checked(container, [*AGENT, "turn-cli", *commands], name)
 
 
 def dropped_by_loss(container: Container, name: str | None = None) -> int:

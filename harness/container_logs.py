@@ -42,8 +42,9 @@ class LogPump:
         self._threads: list[threading.Thread] = []
         self._stderr_seen: dict[str, int] = {}
 
-    def follow(self, name: str, container: Container) -> None:
-        """Stream a started container's stdout and stderr (from its first line) into the history."""
+    def follow(self, name: str, container: Container, since: float | None = None) -> None:
+        """Stream a started container's stdout and stderr into the history: from its first line, or
+        (``since``, unix seconds) from what it wrote since then, e.g. after a restart of it."""
         if self.loop is None:
             try:
                 self.loop = asyncio.get_running_loop()
@@ -51,15 +52,18 @@ class LogPump:
                 pass
         for stream in ("stdout", "stderr"):
             thread = threading.Thread(
-                target=self._pump, args=(name, container, stream), name=f"logs-{name}-{stream}", daemon=True
+                target=self._pump, args=(name, container, stream, since), name=f"logs-{name}-{stream}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
-    def _pump(self, name: str, container: Container, stream: str) -> None:
+    def _pump(self, name: str, container: Container, stream: str, since: float | None) -> None:
         buffer = b""
+        kwargs = {} if since is None else {"since": since}
         try:
-            for chunk in container.logs(stream=True, follow=True, stdout=stream == "stdout", stderr=stream == "stderr"):
+            for chunk in container.logs(
+                stream=True, follow=True, stdout=stream == "stdout", stderr=stream == "stderr", **kwargs
+            ):
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:

@@ -181,6 +181,9 @@ class DockerFleet(DockerFaults):
                 return member
         raise KeyError(f"no container {target!r} in stack {self.name} (have {sorted(self.members)})")
 
+    def _peers(self) -> list[Member]:
+        return [member for member in self.members.values() if member.role in PEER_ROLES]
+
     def ip(self, network: str, host: int) -> str:
         return str(self.subnets[network].network_address + host)
 

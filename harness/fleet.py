@@ -80,6 +80,8 @@ class Fleet(PortalAdmin, abc.ABC):
     through :meth:`fault`, which records its ``invoke`` and its ``ok``/``fail`` in the history."""
 
     backend: str = "?"
+    portal_down: bool = False
+    """Between :meth:`stop_portal` and the start of :meth:`start_portal`: the admin API does not answer."""
 
     def __init__(self, history: History | None = None, options: StackOptions | None = None) -> None:
         self.history = history or new_history()
@@ -190,7 +192,8 @@ class Fleet(PortalAdmin, abc.ABC):
         raise FaultNotSupported(f"the {self.backend} backend cannot freeze a peer")
 
     async def udp_loss(self, name: str, probability: float) -> None:
-        """Drop this share of the UDP datagrams arriving at relay ``name``, until ``clear_udp_loss``."""
+        """Drop this share of the UDP datagrams arriving at relay ``name``, until ``clear_udp_loss``;
+        for a peer id (Docker backend), of the datagrams arriving at the peer and of those it sends."""
         if not 0.0 < probability <= 1.0:
             raise ValueError("probability must be in (0, 1]")
         async with self.fault("udp_loss", name, probability=probability):
@@ -246,6 +249,94 @@ class Fleet(PortalAdmin, abc.ABC):
 
     async def _reconnect(self, target: str, network: str) -> None:
         raise FaultNotSupported(f"the {self.backend} backend has no networks to cut")
+
+    # ------------------------------------------------------------------ restarts, cuts, quotas
+    async def move_relay(self, name: str) -> None:
+        """Relay ``name`` comes up on a new address with its state lost (its secret kept) and joins the
+        portal announcing it (the simulator's ``address_change``). Done once it is online again."""
+        async with self.fault("address_change", name):
+            await self._move_relay(name)
+
+    async def _move_relay(self, name: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot move a relay")
+
+    async def restart_peer(self, peer_id: str) -> None:
+        """The peer's ``connlib run`` restarts: a new process that keeps nothing of the old one (a new
+        socket, so a new port; new allocations, connection and portal session). Done once the new
+        process runs and its output is followed again (the simulator's ``peer_restart``)."""
+        async with self.fault("restart", peer_id):
+            await self._restart_peer(peer_id)
+
+    async def stop_portal(self) -> None:
+        """The portal goes down, and with it everything it held (presence, sessions, partitions)."""
+        async with self.fault("stop", "portal"):
+            await self._stop_portal()
+
+    async def start_portal(self) -> None:
+        """The portal comes back empty; done once every running relay has joined it again (the
+        peers re-join on their own: that is what a ``portal_restart`` tests)."""
+        async with self.fault("start", "portal"):
+            await self._start_portal()
+
+    async def cut_datagrams(self, target: str, relay: str) -> None:
+        """No packet between ``target`` (a peer id or a relay name) and relay ``relay``, either way,
+        until :meth:`heal_datagrams`: they vanish on arrival, nobody is told (``peer_relay_cut``,
+        ``relay_relay_cut``)."""
+        async with self.fault("cut_datagrams", target, relay=relay):
+            await self._cut_datagrams(target, relay)
+
+    async def heal_datagrams(self, target: str, relay: str) -> None:
+        """Undo :meth:`cut_datagrams`; a ``cut_dropped`` observation says how many packets it dropped."""
+        async with self.fault("heal_datagrams", target, relay=relay):
+            await self._heal_datagrams(target, relay)
+
+    async def blackhole_portal(self, target: str) -> None:
+        """Packets between ``target`` (a peer id or a relay name) and the portal vanish silently until
+        :meth:`clear_portal_blackhole`: open sockets hang, dials time out (``portal_blackhole``; the
+        admin partition, by contrast, is a refusal)."""
+        async with self.fault("portal_blackhole", target):
+            await self._blackhole_portal(target)
+
+    async def clear_portal_blackhole(self, target: str) -> None:
+        async with self.fault("clear_portal_blackhole", target):
+            await self._clear_portal_blackhole(target)
+
+    async def refuse_allocations(self, name: str, code: int) -> None:
+        """Relay ``name`` answers new ALLOCATEs with ``code`` while its allocations keep working, until
+        :meth:`allow_allocations` (the simulator's ``quota``)."""
+        async with self.fault("quota", name, code=code):
+            await self._refuse_allocations(name, code)
+
+    async def allow_allocations(self, name: str) -> None:
+        async with self.fault("clear_quota", name):
+            await self._allow_allocations(name)
+
+    async def _restart_peer(self, peer_id: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot restart a peer")
+
+    async def _stop_portal(self) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot restart the portal")
+
+    async def _start_portal(self) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot restart the portal")
+
+    async def _cut_datagrams(self, target: str, relay: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot drop datagrams")
+
+    async def _heal_datagrams(self, target: str, relay: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot drop datagrams")
+
+    async def _blackhole_portal(self, target: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot black-hole the portal")
+
+    async def _clear_portal_blackhole(self, target: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot black-hole the portal")
+
+    async def _refuse_allocations(self, name: str, code: int) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot change a relay's quota")
+
+    async def _allow_allocations(self, name: str) -> None:
+        raise FaultNotSupported(f"the {self.backend} backend cannot change a relay's quota")
 
     # ------------------------------------------------------------------ portal faults
     async def partition(self, peer_id: str, seconds: float | None = None) -> None:

@@ -25,7 +25,16 @@ from typing import Any
 from .history import Op
 from .junit import PASSING
 
-UNDONE_BY = {"pause": "unpause", "stop": "start", "udp_loss": "clear_udp_loss", "cut": "reconnect", "partition": "heal"}
+UNDONE_BY = {
+    "pause": "unpause",
+    "stop": "start",
+    "udp_loss": "clear_udp_loss",
+    "cut": "reconnect",
+    "partition": "heal",
+    "cut_datagrams": "heal_datagrams",
+    "portal_blackhole": "clear_portal_blackhole",
+    "quota": "clear_quota",
+}
 RELAY_EVENTS = ("relay_added", "relay_removed", "migrating", "path_lost", "no_relays")
 WIDTH, LEFT, RIGHT = 960, 90, 20
 LANE = 18

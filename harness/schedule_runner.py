@@ -11,13 +11,40 @@ not, 2 (before any stack starts) when the schedule uses a fault this backend can
 Kinds and what they are here: ``relay_reboot`` a container restart (``new_secret`` false: the relay
 image's keep-secret switch); ``relay_kill`` SIGKILL, started again after ``duration``; ``relay_pause``
 cgroup freeze; ``relay_portal_cut`` / ``peer_portal_cut`` the portal's admin partition; ``loss`` UDP loss
-(``rate``) on a relay; ``rotate_credentials`` the portal's credential rotation (new usernames under the
+(``rate``) of what arrives at a relay, or, on a peer, of what arrives at it and of what it sends
+(dropped on arrival at the relays); ``rotate_credentials`` the portal's credential rotation (new usernames under the
 same secret: what a running coturn can be given; the model rotates the secret itself); ``stream_idle``
 of the client: SIGUSR1 to its ``connlib run`` at ``at`` (the stream pauses and the connection is
 dropped, as ``SimPeer.go_idle`` does), SIGUSR2 at ``heals_at`` (it streams again on a new connection);
 overlapping idle periods are played as one, as the simulator's client stays idle until the later end.
-The others (cuts between peers and relays, quotas, address changes, portal or peer restarts, black
-holes) are not played (exit 2, naming them).
+``peer_restart`` the peer's container stopped and started (a new ``connlib run``: a new socket, port,
+allocations and portal session); ``portal_restart`` the portal's container stopped for ``duration``,
+then started (a new process, its state lost); the heal is done once every running relay is online
+again, the peers re-join on their own. ``peer_relay_cut`` / ``relay_relay_cut`` iptables DROP rules in
+both ends' containers for every address of the other end (all its networks), on arrival, so that
+neither end is told; a relay cut from itself is nothing, as in the simulator. ``portal_blackhole`` the
+target's (peer or relay) container drops what comes from the portal and what it sends there (the
+portal's container cannot change its rules): its socket hangs and its dials time out, nothing is
+refused. A cut's rules are put back when its container (re)starts or is unpaused under it, and a quota when
+its relay does (the model's relay keeps its quotas through a reboot). Portal cuts and credential
+rotations while a ``portal_restart`` has the portal down are not played (a WARN line; the
+simulator skips a partition of a portal that is down; its rotation happens in the relay, Docker's
+at the portal, which is not there). ``quota`` 486: ``cc user-quota 1`` on the relay's coturn telnet CLI (loopback only, a password per
+start): a username that holds an allocation gets 486 for a new one while the allocations keep
+working, as the model's ``user_quota = 1``; ``cc user-quota 0`` heals it. ``quota`` 508: coturn
+answers its quotas (total too: ``cc total-quota N`` gets 486, checked by hand) with 486 and 508 only
+when no relay port is left, so a process in the relay's container takes every free relay port with
+an allocation and holds it (the model's ``total_quota = max(1, allocations)``: any new ALLOCATE gets
+508, the allocations there keep working); the heal frees them (coturn frees a port ~1 s after the
+deletion). Both return once the relay answers so (a second ALLOCATE under one username, probed from
+inside its container). ``address_change`` the relay's container stopped (its
+secret kept, as the model's relay keeps it), reconnected to relay-net under a new address, started:
+state lost, and its agent joins announcing the new address; each peer gets a host route to the new
+address through the relay's leg on its network (what the simulator's network does for any address;
+the peers' ``unreachable default`` routes nothing else), put back after a restart of the peer.
+
+Every kind the simulator draws is played. Exit 2 for what it does not draw: a quota code other than
+486 or 508, an idle period of the gateway, a channel lifetime that is not whole seconds.
 
 The schedule's settings: ``relays`` and ``channel_lifetime_s`` are the stack's (:func:`stack_settings`:
 coturn's ``channel-lifetime`` on every relay and ``connlib run --channel-lifetime`` on both peers,
@@ -34,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -47,6 +75,8 @@ from .fleet import CLIENT_ID, GATEWAY_ID, Fleet
 from .report import Results
 from .waiting import wait_for
 
+log = logging.getLogger("harness.schedule_runner")
+
 RECOVERY_BOUND = 15.0
 PEERS = {"client": CLIENT_ID, "gateway": GATEWAY_ID}
 PLAYED = frozenset(
@@ -59,8 +89,18 @@ PLAYED = frozenset(
         "loss",
         "rotate_credentials",
         "stream_idle",
+        "peer_restart",
+        "portal_restart",
+        "peer_relay_cut",
+        "relay_relay_cut",
+        "portal_blackhole",
+        "quota",
+        "address_change",
     }
 )
+QUOTA_CODES = frozenset({486, 508})
+PORTAL_FAULTS = frozenset({"relay_portal_cut", "peer_portal_cut", "rotate_credentials"})
+"""Faults the portal's admin API plays: nothing while a portal_restart has it down."""
 KEEPALIVE = KEEPALIVE_INTERVAL  # connlib run's ICE keep-alive interval, what the stack's peers run with
 
 
@@ -74,10 +114,10 @@ def check_playable(schedule: Schedule) -> None:
     if unplayable:
         raise UnplayableSchedule(f"faults this stack cannot play: {unplayable} (played: {sorted(PLAYED)})")
     for fault in schedule.faults:
-        if fault.kind == "loss" and not fault.target.startswith("relay-"):
-            raise UnplayableSchedule(f"loss on {fault.target!r}: only loss on a relay is played here")
         if fault.kind == "stream_idle" and fault.target != "client":
             raise UnplayableSchedule(f"stream_idle of {fault.target!r}: only the client streams")
+        if fault.kind == "quota" and fault.code not in QUOTA_CODES:
+            raise UnplayableSchedule(f"quota {fault.code} on {fault.target}: played are {sorted(QUOTA_CODES)}")
     lifetime = schedule.channel_lifetime_s
     if lifetime != round(lifetime) or lifetime < 1:
         raise UnplayableSchedule(f"channel_lifetime_s {lifetime:g}: coturn takes whole seconds")
@@ -156,15 +196,19 @@ def merged_idle_periods(faults: tuple[Fault, ...]) -> list[Fault]:
 async def _play(fleet: Fleet, fault: Fault, start: float) -> None:
     # the schedule's own timing, not a synchronisation: each fault starts and heals when it says
     await asyncio.sleep(max(0.0, start + fault.at - time.monotonic()))
-    undo = await _inject(fleet, fault)
+    undo = await inject(fleet, fault)
     if undo is not None:
         await asyncio.sleep(max(0.0, start + fault.heals_at - time.monotonic()))
         await undo()
 
 
-async def _inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] | None:
+async def inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] | None:
     """Start ``fault``; what undoes it after its duration (None: it undoes itself)."""
     name = fault.target
+    if fault.kind in PORTAL_FAULTS and fleet.portal_down:
+        # as the simulator's portal_restart: a partition or rotation of a portal that is down is nothing
+        log.warning("Fault not played: the portal is down kind=%s target=%s", fault.kind, name)
+        return None
     match fault.kind:
         case "relay_reboot":
             await fleet.restart_relay(name, new_secret=fault.new_secret)
@@ -179,11 +223,30 @@ async def _inject(fleet: Fleet, fault: Fault) -> Callable[[], Awaitable[None]] |
         case "peer_portal_cut":
             await fleet.partition(PEERS[name], seconds=max(fault.duration, 0.1))
         case "loss":
-            await fleet.udp_loss(name, min(1.0, max(fault.rate, 0.01)))
-            return lambda: fleet.clear_udp_loss(name)
+            target = PEERS.get(name, name)
+            await fleet.udp_loss(target, min(1.0, max(fault.rate, 0.01)))
+            return lambda: fleet.clear_udp_loss(target)
         case "rotate_credentials":
             await fleet.rotate_credentials(name)
         case "stream_idle":
             await fleet.idle_stream(PEERS[name])
             return lambda: fleet.resume_stream(PEERS[name])
+        case "address_change":
+            await fleet.move_relay(name)
+        case "peer_restart":
+            await fleet.restart_peer(PEERS[name])
+        case "portal_restart":
+            await fleet.stop_portal()
+            return fleet.start_portal
+        case "peer_relay_cut" | "relay_relay_cut":
+            target, relay = PEERS.get(name, name), fault.other
+            await fleet.cut_datagrams(target, relay)
+            return lambda: fleet.heal_datagrams(target, relay)
+        case "portal_blackhole":
+            target = PEERS.get(name, name)
+            await fleet.blackhole_portal(target)
+            return lambda: fleet.clear_portal_blackhole(target)
+        case "quota":
+            await fleet.refuse_allocations(name, fault.code)
+            return lambda: fleet.allow_allocations(name)
     return None

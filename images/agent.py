@@ -16,6 +16,11 @@
    grace period); exit 0. If turnserver exits on its own, the agent leaves and the container exits
    with a non-zero status: no zombie relay that the portal still believes in.
 
+``agent.py turn-cli COMMAND...`` runs commands on the running turnserver's telnet CLI (127.0.0.1,
+the password of this start in ``/run/relay/cli-password``) and prints their answers; exit 1 when
+coturn answers "Error" (e.g. ``cc user-quota 1``: coturn 4.6.1 takes quotas at runtime, and answers
+new ALLOCATEs over them with 486 while its allocations keep working).
+
 ``agent.py presence`` runs only the agent, for a turnserver started elsewhere (process fleets):
 ``--watch-pid`` ends it when that process is gone.
 
@@ -31,6 +36,7 @@ RELAY_PUBLIC_IP    address announced to the portal (default RELAY_IP)
 LISTENING_PORT     3478
 MIN_PORT/MAX_PORT  relay port range (49160–49200)
 TURN_EXTRA         extra turnserver.conf lines (``;``-separated), e.g. ``verbose``
+CLI_PORT           coturn's telnet CLI, on 127.0.0.1 only (5766)
 RELAY_KEEP_SECRET  ``1``: every start reuses the secret of the first (default ``0``: a new one)
 RELAY_STATE_DIR    where a kept secret survives a restart (``/var/lib/connlib-relay``)
 =================  ====================================================================
@@ -71,6 +77,9 @@ RECONNECT_MAX_S = 5.0
 
 
 KEPT_SECRET = "kept-secret"
+CLI_PASSWORD = "cli-password"
+CLI_TIMEOUT_S = 2.0
+CLI_PROMPT = b">"
 
 
 def choose_secret(state_dir: Path, keep: bool) -> tuple[str, bool]:
@@ -107,6 +116,39 @@ def keep_secret(run_dir: Path, state_dir: Path) -> int:
     write_private(state_dir / KEPT_SECRET, secret)
     print(f"keep-secret: the next start reuses secret_fingerprint={fingerprint(secret)}")
     return 0
+
+
+def turn_cli(run_dir: Path, port: int, commands: list[str]) -> int:
+    """``agent.py turn-cli``: each command on coturn's telnet CLI, its answer printed; 1 on "Error"."""
+    try:
+        password = (run_dir / CLI_PASSWORD).read_text().strip()
+    except FileNotFoundError:
+        print(f"turn-cli: no running relay in {run_dir}", file=sys.stderr)
+        return 1
+    with socket.create_connection(("127.0.0.1", port), timeout=CLI_TIMEOUT_S) as sock:
+        _cli_answer(sock, b"password:")
+        sock.sendall(password.encode() + b"\r\n")
+        _cli_answer(sock, CLI_PROMPT)
+        failed = False
+        for command in commands:
+            sock.sendall(command.encode() + b"\r\n")
+            answer = _cli_answer(sock, CLI_PROMPT).decode(errors="replace")
+            print(f"turn-cli: {command}: {' '.join(answer.split())}")
+            failed = failed or "Error" in answer
+        sock.sendall(b"quit\r\n")
+    return 1 if failed else 0
+
+
+def _cli_answer(sock: socket.socket, until: bytes) -> bytes:
+    """What the CLI writes up to and including ``until`` (its prompt, then maybe blanks); TimeoutError
+    if it stops short."""
+    answer = b""
+    while not answer.rstrip().endswith(until):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"the CLI closed the connection after {answer!r}")
+        answer += chunk
+    return answer
 
 
 def fingerprint(secret: str) -> str:
@@ -236,6 +278,7 @@ async def run_relay(args: argparse.Namespace) -> int:
     public_ip = args.public_ip or relay_ip
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cli_password = secrets.token_hex(16)
     config = render_config(
         Path(args.template).read_text(),
         realm=args.realm,
@@ -245,10 +288,14 @@ async def run_relay(args: argparse.Namespace) -> int:
         min_port=args.min_port,
         max_port=args.max_port,
         run_dir=run_dir,
+        cli_port=args.cli_port,
+        cli_password=cli_password,
         extra="\n".join(line.strip() for line in args.extra.split(";") if line.strip()),
     )
     conf_path = run_dir / "turnserver.conf"
     conf_path.write_text(config)
+    cli_path = run_dir / CLI_PASSWORD
+    write_private(cli_path, cli_password)
     conf_path.chmod(0o600)
     secret_path = run_dir / "secret"  # for diagnostics, tests and keep-secret (docker exec); never logged
     write_private(secret_path, secret)
@@ -296,7 +343,7 @@ async def run_relay(args: argparse.Namespace) -> int:
                 proc.kill()
                 await proc.wait()
         stopping.cancel()
-        for path in (secret_path, conf_path):  # a restarted container must not show the old secret
+        for path in (secret_path, conf_path, cli_path):  # a restarted container must not show the old secret
             path.unlink(missing_ok=True)
     if stop.is_set():
         log.info("relay stopped (turnserver exit status %s)", proc.returncode)
@@ -355,11 +402,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--run-dir", default=env("RELAY_RUN_DIR", "/run/relay"))
     r.add_argument("--turnserver", default=env("TURNSERVER", "turnserver"))
     r.add_argument("--extra", default=env("TURN_EXTRA", ""))
+    r.add_argument("--cli-port", type=int, default=int(env("CLI_PORT", "5766")))
     r.add_argument("--keep-secret", action="store_true", default=env("RELAY_KEEP_SECRET", "0") == "1")
     r.add_argument("--state-dir", default=env("RELAY_STATE_DIR", "/var/lib/connlib-relay"))
     k = sub.add_parser("keep-secret", help="make the running relay's next start reuse its secret (once)")
     k.add_argument("--run-dir", default=env("RELAY_RUN_DIR", "/run/relay"))
     k.add_argument("--state-dir", default=env("RELAY_STATE_DIR", "/var/lib/connlib-relay"))
+    c = sub.add_parser("turn-cli", help="commands on the running turnserver's telnet CLI (e.g. 'cc user-quota 1')")
+    c.add_argument("commands", nargs="+")
+    c.add_argument("--run-dir", default=env("RELAY_RUN_DIR", "/run/relay"))
+    c.add_argument("--cli-port", type=int, default=int(env("CLI_PORT", "5766")))
     p = sub.add_parser("presence", parents=[common], help="only the agent, for a turnserver run elsewhere")
     p.add_argument("--public-ip", required=True)
     p.add_argument("--secret")
@@ -376,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cmd == "keep-secret":
         return keep_secret(Path(args.run_dir), Path(args.state_dir))
+    if args.cmd == "turn-cli":
+        return turn_cli(Path(args.run_dir), args.cli_port, args.commands)
     runner = run_relay if args.cmd == "relay" else run_presence
     return asyncio.run(runner(args))
 

@@ -25,8 +25,10 @@ the second end of a partition. Kinds, and what each means on the real stack:
 ``peer_portal_cut``      the portal refuses ``target`` (client/gateway) (admin partition)
 ``peer_relay_cut``       no datagrams between ``target`` and relay ``other`` (iptables)
 ``relay_relay_cut``      no datagrams between relays ``target`` and ``other`` (iptables)
-``loss``                 ``rate`` loss on ``target``'s datagrams, both ways (tc netem)
-``quota``                relay answers new ALLOCATEs with ``code`` 486 or 508 (coturn quotas)
+``loss``                 ``rate`` loss on ``target``'s datagrams, both ways (iptables statistic;
+                         on a relay, of what arrives)
+``quota``                relay answers new ALLOCATEs with ``code`` 486 or 508 (coturn's CLI
+                         user-quota; for 508 its relay ports all taken: its quotas say 486)
 ``rotate_credentials``   relay takes a new secret without rebooting; its agent re-joins
 ``address_change``       relay comes up on a new IP (state lost); its agent re-joins
 ``portal_restart``       portal down ``duration`` s, state lost

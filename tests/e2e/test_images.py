@@ -189,7 +189,7 @@ def test_relay_allocates_with_rest_credentials_and_renders_its_config(relay_net)
         "no-tls",
         "no-dtls",
         "fingerprint",
-        "no-cli",
+        "cli-ip=127.0.0.1",  # the quota fault's CLI, on loopback only
         "log-file=stdout",
     ):
         assert expected in lines, f"{expected!r} missing from the rendered turnserver.conf"

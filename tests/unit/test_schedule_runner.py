@@ -4,15 +4,17 @@ play on the real stack or cannot read (exit 2, naming why); ``tests/e2e/test_sch
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 
 from harness.__main__ import main
 from harness.docker_fleet import plan
-from harness.fleet import StackOptions
+from harness.fleet import Fleet, StackOptions
 from harness.schedule_runner import (
     UnplayableSchedule,
     check_playable,
+    inject,
     merged_idle_periods,
     stack_settings,
     unplayed_settings,
@@ -21,18 +23,42 @@ from sim.schedule import Fault, Schedule
 
 
 def test_a_schedule_with_faults_docker_cannot_play_is_refused_naming_them():
-    schedule = Schedule(1, 60.0, faults=(Fault(1.0, "relay_reboot", "relay-1"), Fault(2.0, "portal_restart", "", 3.0)))
-    with pytest.raises(UnplayableSchedule, match="portal_restart"):
+    """Every kind the simulator draws is played; a hand-written quota code coturn is not made to
+    answer is refused (as are idle periods of the gateway and fractional channel lifetimes, below)."""
+    schedule = Schedule(
+        1, 60.0, faults=(Fault(1.0, "relay_reboot", "relay-1"), Fault(2.0, "quota", "relay-2", 9.0, code=500))
+    )
+    with pytest.raises(UnplayableSchedule, match=r"quota 500 on relay-2: played are \[486, 508\]"):
         check_playable(schedule)
-    with pytest.raises(UnplayableSchedule, match="only loss on a relay"):
-        check_playable(Schedule(1, 60.0, faults=(Fault(1.0, "loss", "client", 2.0, rate=0.3),)))
     check_playable(Schedule(1, 60.0, faults=(Fault(1.0, "relay_pause", "relay-2", 3.0),)))
+
+
+def test_restarts_cuts_black_holes_quotas_address_changes_and_loss_on_a_peer_are_played():
+    """``tests/e2e/test_schedule_faults.py`` plays each of them on a real stack."""
+    check_playable(
+        Schedule(
+            1,
+            60.0,
+            faults=(
+                Fault(1.0, "peer_restart", "gateway"),
+                Fault(2.0, "portal_restart", "portal", 3.0),
+                Fault(3.0, "peer_relay_cut", "client", 5.0, other="relay-2"),
+                Fault(4.0, "relay_relay_cut", "relay-1", 5.0, other="relay-1"),
+                Fault(5.0, "portal_blackhole", "relay-3", 5.0),
+                Fault(6.0, "portal_blackhole", "gateway", 5.0),
+                Fault(7.0, "quota", "relay-1", 9.0, code=486),
+                Fault(7.5, "quota", "relay-2", 9.0, code=508),
+                Fault(8.0, "address_change", "relay-2"),
+                Fault(9.0, "loss", "client", 2.0, rate=0.3),
+            ),
+        )
+    )
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        json.dumps(Schedule(1, 60.0, faults=(Fault(2.0, "peer_restart", "client", 1.0),)).to_json()),
+        json.dumps(Schedule(1, 60.0, faults=(Fault(2.0, "stream_idle", "gateway", 5.0),)).to_json()),
         '{"version": 9, "faults": []}',
         "not json",
     ],
@@ -90,3 +116,22 @@ def test_overlapping_idle_periods_are_played_as_one_as_the_simulators_client_liv
     ]
     inside = Fault(10.0, "stream_idle", "client", 5.0)
     assert merged_idle_periods((first, inside)) == [first]
+
+
+async def test_portal_cuts_and_rotations_are_not_played_while_the_portal_is_down(caplog):
+    """A portal_restart has the admin API down: its partitions and rotations are skipped (a WARN),
+    as the simulator skips a partition of a portal that is down, instead of failing the run."""
+
+    class DownFleet:
+        portal_down = True
+
+        def __getattr__(self, name):
+            raise AssertionError(f"{name} called while the portal is down")
+
+    for fault in (
+        Fault(1.0, "peer_portal_cut", "client", 5.0),
+        Fault(1.0, "relay_portal_cut", "relay-1", 5.0),
+        Fault(1.0, "rotate_credentials", "relay-2"),
+    ):
+        assert await inject(cast(Fleet, DownFleet()), fault) is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"] * 3
