@@ -3,9 +3,12 @@
 Side by side (``make test``: pytest-xdist, ``--dist loadgroup --no-loadscope-reorder``) the workers
 take tests in collection order as they free up, so the run ends when the worker that drew the last
 long test finishes it: in pytest's alphabetical order the e2e schedule replay (30 s) came last and
-one worker ran ~45 s after the other had nothing left. Files are ordered by their tests' total
-duration, longest first (longest processing time first, at the file's grain so that module-scoped
-fixtures are still set up once per worker: inside a file the order stays the file's).
+one worker ran ~45 s after the other had nothing left. Files are ordered by their longest job
+(a test, or an ``xdist_group``'s tests, which one worker runs in a row), longest first: longest
+processing time first, at the file's grain so that module-scoped fixtures are still set up once per
+worker (inside a file the order stays the file's). By the longest job, not the file's total: a file
+of twenty 15 s scenarios is twenty jobs that spread over both workers, while a file with one 40 s
+test handed out last keeps one worker busy 40 s alone (a run ordered by totals ended so, 60 s apart).
 
 Files with a test marked ``docker`` come after all the others: on a fresh machine the images are
 built first (minutes: ``harness.pytest_plugin`` starts that build in the background when the run
@@ -23,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests.plugins.xdist_groups import group_of
 
 DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
 UNKNOWN_S = 0.5
@@ -58,19 +63,23 @@ def load(path: Path) -> dict[str, float]:
 
 
 def ordered(items: list[pytest.Item], durations: dict[str, float]) -> list[pytest.Item]:
-    """``items`` by file: files without a ``docker`` test first, then by total duration, longest
-    first; ties and the tests inside a file keep the collection's order."""
-    total: dict[str, float] = defaultdict(float)
+    """``items`` by file: files without a ``docker`` test first, then by their longest job (a test,
+    or all the tests of one ``xdist_group``, which one worker runs in a row), longest first, then
+    by total; ties and the tests inside a file keep the collection's order."""
+    jobs: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     docker: dict[str, bool] = defaultdict(bool)
     for item in items:
         file = item.nodeid.split("::", 1)[0]
-        total[file] += durations.get(test_id(item.nodeid), UNKNOWN_S)
+        job = group_of(item) or item.nodeid
+        jobs[file][job] += durations.get(test_id(item.nodeid), UNKNOWN_S)
         docker[file] |= item.get_closest_marker("docker") is not None
+    longest = {file: max(times.values()) for file, times in jobs.items()}
+    total = {file: sum(times.values()) for file, times in jobs.items()}
     position = {id(item): i for i, item in enumerate(items)}
 
-    def key(item: pytest.Item) -> tuple[bool, float, int]:
+    def key(item: pytest.Item) -> tuple[bool, float, float, int]:
         file = item.nodeid.split("::", 1)[0]
-        return docker[file], -total[file], position[id(item)]
+        return docker[file], -longest[file], -total[file], position[id(item)]
 
     return sorted(items, key=key)
 

@@ -13,6 +13,7 @@ TREE = {
     "test_docker_long.py": "import pytest\n@pytest.mark.docker\ndef test_e(): pass\ndef test_f(): pass\n",
     "test_docker_short.py": "import pytest\npytestmark = pytest.mark.docker\ndef test_g(): pass\n",
     "test_unknown.py": "def test_h(): pass\n",
+    "test_many.py": "".join(f"def test_m{i}(): pass\n" for i in range(4)),
 }
 DURATIONS = {
     "test_fast.py::test_a": 0.1,
@@ -21,6 +22,7 @@ DURATIONS = {
     "test_slow.py::test_d": 30.0,  # the file's total decides, not the test's place in it
     "test_docker_long.py::test_e": 100.0,
     "test_docker_short.py::test_g": 1.0,
+    **{f"test_many.py::test_m{i}": 10.0 for i in range(4)},  # 40 s in all, but four jobs of 10 s
 }
 
 
@@ -28,7 +30,9 @@ DURATIONS = {
 def tree(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeconftest('pytest_plugins = ["tests.plugins.longest_first"]\n')
     pytester.makepyfile(**{name.removesuffix(".py"): text for name, text in TREE.items()})
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers =\n    docker: needs Docker\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nmarkers =\n    docker: needs Docker\n    xdist_group: a group\n"
+    )
     (pytester.path / "durations.json").write_text(json.dumps(DURATIONS))
     return pytester
 
@@ -38,10 +42,11 @@ def collected(pytester: pytest.Pytester, *args: str) -> list[str]:
     return [line for line in result.outlines if "::" in line]
 
 
-def test_longest_files_first_docker_files_last_file_order_kept(tree: pytest.Pytester) -> None:
+def test_files_with_the_longest_job_first_docker_files_last_file_order_kept(tree: pytest.Pytester) -> None:
     assert collected(tree) == [
-        "test_slow.py::test_c",  # 30.1 s
+        "test_slow.py::test_c",  # one job of 30 s: before four of 10 s (40 s in all)
         "test_slow.py::test_d",
+        *(f"test_many.py::test_m{i}" for i in range(4)),
         "test_unknown.py::test_h",  # unknown: 0.5 s
         "test_fast.py::test_a",  # 0.2 s
         "test_fast.py::test_b",
@@ -51,10 +56,22 @@ def test_longest_files_first_docker_files_last_file_order_kept(tree: pytest.Pyte
     ]
 
 
+def test_a_group_is_one_job(tree: pytest.Pytester) -> None:
+    tree.makepyfile(
+        test_grouped="import pytest\npytestmark = pytest.mark.xdist_group('g')\n"
+        + "".join(f"def test_g{i}(): pass\n" for i in range(4))
+    )
+    (tree.path / "durations.json").write_text(
+        json.dumps({**DURATIONS, **{f"test_grouped.py::test_g{i}": 10.0 for i in range(4)}})
+    )
+    order = collected(tree)
+    assert order[:4] == [f"test_grouped.py::test_g{i}" for i in range(4)]  # one job of 40 s: first
+
+
 def test_without_a_durations_file_the_files_with_more_tests_come_first(tree: pytest.Pytester) -> None:
     (tree.path / "durations.json").unlink()
     order = collected(tree)
-    assert [t.split("::")[0] for t in order[:2]] == ["test_fast.py", "test_fast.py"]  # two tests, first of those
+    assert [t.split("::")[0] for t in order[:4]] == ["test_many.py"] * 4  # the most tests, all 0.5 s
     assert order[-1] == "test_docker_short.py::test_g"
 
 
