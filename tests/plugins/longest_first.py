@@ -48,7 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def test_id(nodeid: str) -> str:
+def bare_id(nodeid: str) -> str:
     """A test's id without xdist's ``@group`` suffix (``tests/plugins/xdist_groups.py``)."""
     head, sep, tail = nodeid.rpartition("::")
     return f"{head}{sep}{tail.split('@', 1)[0]}" if sep else nodeid
@@ -71,7 +71,7 @@ def ordered(items: list[pytest.Item], durations: dict[str, float]) -> list[pytes
     for item in items:
         file = item.nodeid.split("::", 1)[0]
         job = group_of(item) or item.nodeid
-        jobs[file][job] += durations.get(test_id(item.nodeid), UNKNOWN_S)
+        jobs[file][job] += durations.get(bare_id(item.nodeid), UNKNOWN_S)
         docker[file] |= item.get_closest_marker("docker") is not None
     longest = {file: max(times.values()) for file, times in jobs.items()}
     total = {file: sum(times.values()) for file, times in jobs.items()}
@@ -97,7 +97,7 @@ class _Recorder:
         self.measured: dict[str, float] = defaultdict(float)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.measured[test_id(report.nodeid)] += report.duration
+        self.measured[bare_id(report.nodeid)] += report.duration
 
     def pytest_sessionfinish(self) -> None:
         if self.measured:
