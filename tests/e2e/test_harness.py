@@ -170,7 +170,9 @@ def test_two_sweeps_of_one_dead_session_at_once_both_succeed(docker_client, e2e_
         removed_meanwhile = 0
         while not first.done():  # the other worker, sweeping while the first one removes
             removed_meanwhile += sweep(docker_client).removed
-        assert first.result().removed + removed_meanwhile == 6
+        # At most 6 (no container counted twice): a third sweeper may take some, another worker's
+        # `python -m harness` (the schedule replay, make up) sweeping dead sessions as it starts
+        assert first.result().removed + removed_meanwhile <= 6
     assert _session_objects(docker_client, session) == []
 
 
