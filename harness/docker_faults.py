@@ -106,8 +106,7 @@ class DockerFaults(Fleet):
             if not new_secret:  # the relay image's one-shot switch: its next start reuses the secret
                 await asyncio.to_thread(cf.exec_checked, self._container(name), [*AGENT, "keep-secret"], name)
             await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
-            self._loss_rules.pop(name, None)  # iptables rules do not survive the restart
-            self._quota_applied.pop(name, None)  # nor does coturn's runtime quota, nor the holder
+            self._runtime_state_lost(name)
             await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=new_secret)
         await self._relay_came_back(name)
@@ -115,8 +114,7 @@ class DockerFaults(Fleet):
     async def _stop_relay(self, name: str) -> None:
         async with self._lock(name):
             await asyncio.to_thread(cf.stop, self._container(name), self._stop_timeout(name))
-            self._loss_rules.pop(name, None)
-            self._quota_applied.pop(name, None)
+            self._runtime_state_lost(name)
 
     async def _start_relay(self, name: str) -> None:
         before = await self.relay_joins()
@@ -129,8 +127,7 @@ class DockerFaults(Fleet):
     async def _kill_relay(self, name: str) -> None:
         async with self._lock(name):
             await asyncio.to_thread(cf.kill, self._container(name), self._stop_timeout(name))
-            self._loss_rules.pop(name, None)
-            self._quota_applied.pop(name, None)
+            self._runtime_state_lost(name)
 
     async def _pause_relay(self, name: str) -> None:
         async with self._lock(name):
@@ -141,6 +138,13 @@ class DockerFaults(Fleet):
             await asyncio.to_thread(cf.unpause, self._container(name))
             await self._reapply_cuts(name)  # cuts begun or healed while it was frozen
         await self._sync_quota(name)
+
+    def _runtime_state_lost(self, name: str) -> None:
+        """Relay ``name``'s container stopped: its iptables rules died with it, and so did coturn's
+        runtime quota and the port holder (the quota in force, ``_quotas``, is applied again when
+        it runs: ``_relay_came_back``)."""
+        self._loss_rules.pop(name, None)
+        self._quota_applied.pop(name, None)
 
     def _lock(self, name: str) -> asyncio.Lock:
         """One container's lock: faults that stop, start or freeze it and execs into it take turns
@@ -223,8 +227,7 @@ class DockerFaults(Fleet):
         async with self._lock(name):
             await asyncio.to_thread(cf.exec_checked, member.container, [*AGENT, "keep-secret"], name)
             await asyncio.to_thread(cf.stop, member.container, self._stop_timeout(name))
-            self._loss_rules.pop(name, None)
-            self._quota_applied.pop(name, None)
+            self._runtime_state_lost(name)
             network = self.networks[RELAY_NET]
             await asyncio.to_thread(network.disconnect, member.container)
             await asyncio.to_thread(network.connect, member.container, ipv4_address=new, aliases=[name])
