@@ -131,10 +131,12 @@ class PeerRecord:
     online: bool = False
     since: float = 0.0
     sid: int | None = None
+    salt: str = field(init=False, repr=False)
+    """The credentials' salt (:func:`~fake_portal.identity.salt_for`), a SHA-256 of a key that
+    never changes: made once, not per relay entry of every fan-out."""
 
-    @property
-    def salt(self) -> str:
-        return salt_for(self.public_key or self.id)
+    def __post_init__(self) -> None:
+        self.salt = salt_for(self.public_key or self.id)
 
 
 @dataclass
@@ -713,6 +715,20 @@ class Portal:
         # The log summarizes (bounded size); it never keeps the payload itself, at most its
         # encoded text (``payload``, for a frame sent: see fake_portal.eventlog).
         if not self._events.keeps:
+            return
+        if frame is not None and not extra:  # a frame in or out: the log's own fast path, same entry
+            self._events.record_frame(
+                self.unix(now),
+                direction,
+                session.sid,
+                session.role,
+                session.peer_id,
+                _shared(frame.topic),
+                _shared(frame.event),
+                frame.ref,
+                payload or frame.payload,
+                size,
+            )
             return
         fields: dict[str, Any] = {"dir": direction, "sid": session.sid, "role": session.role, "id": session.peer_id}
         if frame is not None:

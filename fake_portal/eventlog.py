@@ -252,29 +252,55 @@ class EventLog:
         self.last_seq = 0
 
     def record(self, ts: float, kind: EventKind | str, **fields: Any) -> None:
-        kind_text = _KIND_TEXTS.get(kind)  # a member or its value (a StrEnum hashes as its string)
-        if kind_text is None:
-            EventKind(kind)  # ValueError for a kind outside the schema: a bug in the writer
-        self.last_seq += 1
+        # A member or its value (a StrEnum hashes as its string); EventKind(kind) raises ValueError
+        # for a kind outside the schema: a bug in the writer.
+        kind_text = _KIND_TEXTS.get(kind) or EventKind(kind).value
         shape = tuple(fields)
+        entry = self._begin(self._shapes.setdefault(shape, shape), ts, kind_text)
+        for key, value in fields.items():
+            entry.append(mask(value) if key in SECRET_KEYS and isinstance(value, str) else self._kept(value))
+        self._entries.append(tuple(entry))
+
+    def record_frame(
+        self,
+        ts: float,
+        direction: str,
+        sid: int,
+        role: str,
+        peer_id: str | None,
+        topic: Any,
+        event: Any,
+        ref: Any,
+        payload: Any,
+        size: int,
+    ) -> None:
+        """``record(ts, EventKind.FRAME, dir=direction, sid=sid, role=role, id=peer_id, topic=topic,
+        event=event, ref=ref, payload=payload, payload_bytes=size)``, the same entry, without the
+        keyword dicts: a fan-out records one per peer. None of these keys is secret."""
+        kept = self._kept
+        entry = self._begin(_FRAME_SHAPE, ts, _FRAME_TEXT)
+        entry += (direction, sid, kept(role), kept(peer_id), kept(topic), kept(event), kept(ref), kept(payload), size)
+        self._entries.append(tuple(entry))
+
+    def _begin(self, shape: tuple[str, ...], ts: float, kind_text: str) -> list[Any]:
+        """A new entry's first values; the sequence number moves on."""
+        self.last_seq += 1
         ts = round(ts, 6)
         if ts == self._ts:
             ts = self._ts  # the same float object: one per batch of entries, not one each
         self._ts = ts
-        entry: list[Any] = [self._shapes.setdefault(shape, shape), ts, kind_text]
-        for key, value in fields.items():
-            # summarize(value), with its common cases inline (a fan-out records thousands of entries)
-            if isinstance(value, str):
-                if key in SECRET_KEYS:
-                    value = mask(value)
-                elif len(value) > SUMMARY_STRING_CHARS or '"' in value:
-                    value = summarize(value)
-            elif isinstance(value, EncodedPayload):
-                value = self._pending(value)
-            elif isinstance(value, (dict, list)):
-                value = summarize(value) if value or type(value) is not dict else _EMPTY_OBJECT
-            entry.append(value)  # anything else (numbers, None) summarizes to itself
-        self._entries.append(tuple(entry))
+        return [shape, ts, kind_text]
+
+    def _kept(self, value: Any) -> Any:
+        """What an entry keeps of a value under a key that is not secret: summarize(value), with
+        its common cases inline (a fan-out records thousands of entries)."""
+        if isinstance(value, str):
+            return summarize(value) if len(value) > SUMMARY_STRING_CHARS or '"' in value else value
+        if isinstance(value, EncodedPayload):
+            return self._pending(value)
+        if isinstance(value, (dict, list)):
+            return summarize(value) if value or type(value) is not dict else _EMPTY_OBJECT
+        return value  # anything else (numbers, None) summarizes to itself
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -319,3 +345,5 @@ class EventLog:
 
 _KIND_TEXTS: dict[str, str] = {kind: kind.value for kind in EventKind}
 """Each kind's plain string, one shared copy (``str(kind)`` makes a new one at every call)."""
+_FRAME_TEXT = _KIND_TEXTS[EventKind.FRAME]
+_FRAME_SHAPE = ("dir", "sid", "role", "id", "topic", "event", "ref", "payload", "payload_bytes")
