@@ -10,8 +10,8 @@ no end is told (a DROP in ``OUTPUT`` fails the sender's ``sendto`` with EPERM: a
 the portal's container may not change its rules (no NET_ADMIN), so a black hole drops the portal's
 packets on arrival at the target and the target's packets on their way out of it (``OUTPUT``: TCP
 retransmits silently there). Rules die with the container's network namespace: after a restart or a
-start of a container under a cut the harness puts the cut's rules back, as the simulator's network
-holds a partition whatever its hosts do.
+start of a container under a cut or a loss the harness puts their rules back, as the simulator's
+network holds a partition or a host's loss whatever its hosts do.
 
 A mixin of :class:`harness.docker_fleet.DockerFleet` over :class:`harness.fleet.Fleet`, whose fault
 template records each fault in the history. It needs the fleet's ``member()``, ``networks`` and
@@ -74,7 +74,7 @@ class DockerFaults(Fleet):
         raise NotImplementedError
 
     def _init_faults(self) -> None:
-        self._loss_rules: dict[str, list[str]] = {}
+        self._losses = 0  # loss faults so far: each one's cut key
         self._moves = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._quotas: dict[str, int] = {}
@@ -85,7 +85,8 @@ class DockerFaults(Fleet):
         self._stale_rules: dict[str, list[str]] = {}
         """Per container, rules of healed cuts it could not drop while paused (dropped at its unpause)."""
         self._cuts: dict[tuple[str, str, str], list[tuple[str, list[str]]]] = {}
-        """Per cut or black hole (kind, target, other), the rules it put into which container."""
+        """Per cut, black hole or loss (kind, target, other: a loss's number), the rules it put into
+        which container."""
 
     def _relay(self, name: str) -> Member:
         member = self.member(name) if name in self.relay_names else None
@@ -140,10 +141,9 @@ class DockerFaults(Fleet):
         await self._sync_quota(name)
 
     def _runtime_state_lost(self, name: str) -> None:
-        """Relay ``name``'s container stopped: its iptables rules died with it, and so did coturn's
-        runtime quota and the port holder (the quota in force, ``_quotas``, is applied again when
-        it runs: ``_relay_came_back``)."""
-        self._loss_rules.pop(name, None)
+        """Relay ``name``'s container stopped: coturn's runtime quota and the port holder died with
+        it (the quota in force, ``_quotas``, is applied again when it runs: ``_relay_came_back``; its
+        iptables rules, the cuts' and losses', at its start: ``_reapply_cuts``)."""
         self._quota_applied.pop(name, None)
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -174,27 +174,24 @@ class DockerFaults(Fleet):
     async def _udp_loss(self, name: str, probability: float) -> None:
         """On a relay: that share of what arrives at it. On a peer (a peer id): that share of what
         arrives at it, and of what it sends, dropped on arrival at each relay (no EPERM for its sends),
-        as the simulator's loss on a host both ways; those rules come back when a container restarts."""
+        as the simulator's loss on a host both ways. The rules are a cut's (``_cuts``): they come back
+        when a container (re)starts, as the simulator's loss stays on a host that reboots. Losses on
+        one target stack (one rule each) until ``_clear_udp_loss``."""
+        loss = cf.loss_rule(probability)
+        target = self.member(name)
+        plan = [(target.name, [loss])]
         if name not in self.relay_names:
-            peer = self.member(name)
-            loss = cf.loss_rule(probability)
-            plan = [(peer.name, [loss])]
             for relay in self.relay_names:
-                plan.append((relay, [loss.replace("INPUT ", f"INPUT -s {a} ", 1) for a in self._addresses(peer.name)]))
-            await self._add_cut(("loss", peer.name, ""), plan)
-            return
-        rule = cf.loss_rule(probability)
-        async with self._lock(name):
-            await asyncio.to_thread(cf.add_rule, self._container(name), rule, name)
-        self._loss_rules.setdefault(name, []).append(rule)
+                plan.append(
+                    (relay, [loss.replace("INPUT ", f"INPUT -s {a} ", 1) for a in self._addresses(target.name)])
+                )
+        self._losses += 1
+        await self._add_cut(("loss", target.name, str(self._losses)), plan)
 
     async def _clear_udp_loss(self, name: str) -> None:
-        if name not in self.relay_names:
-            await self._remove_cut(("loss", self.member(name).name, ""))
-            return
-        async with self._lock(name):
-            for rule in self._loss_rules.pop(name, []):
-                await asyncio.to_thread(cf.delete_rule, self._container(name), rule, name)
+        target = self.member(name).name
+        for key in [k for k in self._cuts if k[0] == "loss" and k[1] == target]:
+            await self._remove_cut(key)
 
     async def dropped_datagrams(self, name: str) -> int:
         """Datagrams the loss rules in relay ``name``'s container (or a peer's, by its id) dropped so

@@ -10,7 +10,7 @@ and its effect seen from outside the code that injected it, so that a fault not 
   relays both ways), answered before the cut and after the heal; the rules' counters, which
   ``cut_dropped`` reports at the heal, saw packets;
 - ``loss`` on a peer: the loss rules in the client's container and in the relays' (for what it
-  sends) drop datagrams;
+  sends) drop datagrams; on a relay: its rule drops datagrams after the relay restarted, too;
 - ``portal_blackhole`` of a relay: the portal stops hearing the relay's heartbeats and lists it
   offline (the refusal of an admin partition is not used: the agent is not told), online again after;
 - ``address_change`` of a relay: the portal lists it at its new address, where the client reaches
@@ -71,7 +71,9 @@ async def test_the_new_schedule_kinds_take_effect_on_the_docker_stack(stack, fig
             await undo()
         if healed is not None:
             await healed()
-        took[f"{fault.kind}{fault.code or ''}"] = round(time.monotonic() - started, 1)
+        took[f"{fault.kind}{fault.code or ''}" + (f"-{fault.target}" if fault.kind == "loss" else "")] = round(
+            time.monotonic() - started, 1
+        )
 
     # quota 486: new ALLOCATEs refused, the existing allocations carry on.
     async def refused() -> None:
@@ -139,6 +141,21 @@ async def test_the_new_schedule_kinds_take_effect_on_the_docker_stack(stack, fig
         assert await stack.dropped_datagrams(CLIENT_ID) == 0  # the rule is gone with its counter
 
     await play(Fault(0.0, "loss", "client", 1.0, rate=0.5), lossy, lossless)
+
+    # loss on relay-2 outlives its restart, as the simulator's loss stays on a host that reboots
+    async def relay_drops() -> bool:
+        if not await stack.dropped_datagrams("relay-2"):
+            raise NotYet("nothing dropped at relay-2")
+        return True
+
+    async def lossy_across_a_restart() -> None:
+        await inject(stack, Fault(0.0, "relay_reboot", "relay-2", 1.0))  # the restart zeroes the counters
+        await wait_for(relay_drops, BOUND, "relay-2's loss after its restart", 0.2)
+
+    async def relay_lossless() -> None:
+        assert await stack.dropped_datagrams("relay-2") == 0  # the rule is gone with its counter
+
+    await play(Fault(0.0, "loss", "relay-2", 1.0, rate=0.5), lossy_across_a_restart, relay_lossless)
 
     # portal_blackhole of a relay: the portal loses it without being told, then has it back
     async def relay_online(online: bool) -> None:
