@@ -71,6 +71,12 @@ def delete_rules_if_present(container: Container, rules: list[str], name: str | 
         exec_checked(container, ["sh", "-c", script], name)
 
 
+def set_routes(container: Container, routes: list[str], name: str | None = None) -> None:
+    """``ip route replace`` of each route (``"<dst> via <gateway>"``) in the container, in order."""
+    for route in routes:
+        exec_checked(container, ["ip", "route", "replace", *route.split()], name)
+
+
 def rule_packets(container: Container, rules: list[str], name: str | None = None) -> int:
     """Packets the container's plain address rules (``CHAIN -s|-d ADDR -j DROP``) dropped so far."""
     wanted = set()

@@ -235,9 +235,7 @@ class DockerFaults(Fleet):
                 peer.routes.insert(0, route)  # before ``unreachable default``, as PEER_ROUTES has it
                 async with self._lock(peer.name):  # a peer that is down gets it at its start
                     if await asyncio.to_thread(self._running, peer.name):
-                        await asyncio.to_thread(
-                            cf.exec_checked, peer.container, ["ip", "route", "replace", *route.split()], peer.name
-                        )
+                        await asyncio.to_thread(cf.set_routes, peer.container, [route], peer.name)
             await asyncio.to_thread(cf.start, member.container)
             await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=False)
@@ -261,10 +259,8 @@ class DockerFaults(Fleet):
             await asyncio.to_thread(member.container.start)
             member.stopped_by_us = False
             self.logs.follow(member.name, member.container, since=since)
-            for route in member.routes:  # the entry point sets PEER_ROUTES; a moved relay's route is not in it
-                await asyncio.to_thread(
-                    cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
-                )
+            # the entry point sets PEER_ROUTES; a moved relay's route is not in it
+            await asyncio.to_thread(cf.set_routes, member.container, member.routes, member.name)
             await self._reapply_cuts(member.name)
 
     async def _stop_portal(self) -> None:
@@ -482,7 +478,5 @@ class DockerFaults(Fleet):
             ipv4_address=member.service.addresses[network],
             aliases=[member.name],
         )
-        for route in member.routes:  # the host routes went with the interface
-            await asyncio.to_thread(
-                cf.exec_checked, member.container, ["ip", "route", "replace", *route.split()], member.name
-            )
+        # the host routes went with the interface
+        await asyncio.to_thread(cf.set_routes, member.container, member.routes, member.name)
