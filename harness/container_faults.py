@@ -13,7 +13,10 @@ import json
 
 from docker.models.containers import Container
 
-LOSS_RULE = "INPUT -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
+LOSS_RULE = "INPUT ! -i lo -p udp -m statistic --mode random --probability {probability:.4f} -j DROP"
+"""A share of the UDP datagrams that arrive from the network: not the container's own on loopback
+(Docker's DNS at 127.0.0.11, the relay agent's Binding to its turnserver), which no loss between
+hosts touches (the simulator's loss is on a host's datagrams to and from others)."""
 # Counts (no target) the STUN messages that reach the TURN port from outside: the first two bits of
 # the UDP payload are 0 for STUN, 01 for ChannelData (RFC 8656 §12.4), so data is not counted.
 REQUEST_RULE = "INPUT -p udp --dport {port} ! -i lo -m u32 --u32 0>>22&0x3C@8>>30=0"
