@@ -241,6 +241,11 @@ class Allocation:
         self.srflx: dict[int, Candidate] = {}
         self.relayed: dict[int, Candidate] = {}
         self.lifetime: tuple[float, float] | None = None  # (received_at, lifetime)
+        # Until when the relay may hold an allocation of ours on this 5-tuple, as far as we know:
+        # moved by every ALLOCATE and REFRESH success, None after a delete was answered or a 437
+        # to a REFRESH (the relay holds none). Not cleared when we stop using the allocation: a
+        # relay that is forgotten and later handed back refuses a new one until then (Node).
+        self.held_until: float | None = None
         self.sent_requests: dict[bytes, _Pending] = {}
         self.channels: dict[int, Channel] = {}
         self.buffered_channel_bindings: collections.deque[Address] = collections.deque(
@@ -474,10 +479,12 @@ class Allocation:
         elif method == Method.REFRESH:
             lifetime = message.get("LIFETIME")
             if lifetime == 0:
+                self.held_until = None
                 log.debug("Allocation deleted; allocating again %s", kv(rid=self.relay_id))
                 self._send_allocate(now, after_delete=True)
             elif lifetime is not None:
                 self.lifetime = (now, float(lifetime))
+                self.held_until = now + float(lifetime)
                 self._refusals = 0
             else:
                 # Keeping the old lifetime would send the next REFRESH at once, forever.
@@ -531,6 +538,7 @@ class Allocation:
             self.explicit_failure = FreeReason.PROTOCOL_FAILURE
             return
         self.lifetime = (now, float(lifetime))
+        self.held_until = now + float(lifetime)
         self._refusals = 0
         related = message.get("XOR-MAPPED-ADDRESS")
         for addr in relayed:
@@ -610,6 +618,7 @@ class Allocation:
             if method == Method.ALLOCATE:
                 self._send_refresh(now, lifetime=0)  # delete the stale allocation, then re-allocate
             elif method == Method.REFRESH:
+                self.held_until = None
                 self._send_allocate(now)
             elif method == Method.CHANNEL_BIND:
                 self._send_allocate(now)

@@ -51,6 +51,7 @@ from .sansio import Transmit
 log = logging.getLogger("connlib.node")
 
 MAX_PREVIOUS_RELAY_IPS = 64
+MAX_FORGOTTEN = 64  # relays forgotten while they may hold our allocation (_forgotten), oldest dropped
 # A relay freed because it kept refusing us (486 quota, 508, 5xx, ...) is not allocated on again
 # for this long, even if the portal names it at once (it will, answering our ``no_relays``):
 # without it, refuse → free → no_relays → relays_presence → allocate would loop at portal speed.
@@ -145,6 +146,11 @@ class Node:
         self._no_relays_sent = True
         self._held_off: dict[str, float] = {}  # rid -> until: freed for refusing (REFUSED_HOLD_OFF)
         self._deferred: dict[str, RelayConfig] = {}  # listed while held off: added when it ends
+        # rid -> (socket, username, password, until) of a relay we stopped using while it may still
+        # hold our allocation (no delete answered): handed back under other credentials, it refuses
+        # a new one (437) and the delete under them (441) until then, up to its lifetime (600 s),
+        # so the new allocation deletes it under these (the 441 path of a replaced allocation).
+        self._forgotten: dict[str, tuple[RelaySocket, str, str, float]] = {}
         self._now = now
         self._released = False
 
@@ -223,6 +229,15 @@ class Node:
             self._forget(relay.id, existing, "replaced (new credentials or address)")
         else:
             log.info("Added new TURN server %s", kv(rid=relay.id, addr=_fmt_server(server)))
+        forgotten = self._forgotten.pop(relay.id, None)
+        if existing is not None and existing.server == server and existing.credentials_valid:
+            # Same address: the relay may still hold the old allocation on our 5-tuple (it did not
+            # reboot); the new allocation then deletes it under the old credentials (441 path).
+            predecessor: tuple[str, str] | None = (existing.username, existing.password)
+        elif forgotten is not None and forgotten[0] == server and forgotten[3] > now:
+            predecessor = forgotten[1:3] if forgotten[1:3] != (relay.username, relay.password) else None
+        else:
+            predecessor = None
         self.allocations[relay.id] = Allocation(
             server,
             relay.username,
@@ -234,11 +249,7 @@ class Node:
             rng=self._rng,
             disabled_fixes=self.disabled_fixes,
             channel_times=self.channel_times,
-            # Same address: the relay may still hold the old allocation on our 5-tuple (it did not
-            # reboot); the new allocation then deletes it under the old credentials (441 path).
-            predecessor=(existing.username, existing.password)
-            if existing is not None and existing.server == server and existing.credentials_valid
-            else None,
+            predecessor=predecessor,
         )
         self._no_relays_sent = False
         self._events.append(RelayAdded(relay.id))
@@ -270,6 +281,12 @@ class Node:
     def _forget(self, rid: str, allocation: Allocation, reason: str) -> None:
         """Take a relay out of use: its candidates are invalid and its stray packets dropped."""
         self._drain_one(rid, allocation)
+        held = allocation.held_until
+        if held is not None and held > self._now and allocation.credentials_valid and not allocation.released:
+            self._forgotten.pop(rid, None)
+            if len(self._forgotten) >= MAX_FORGOTTEN:
+                del self._forgotten[next(iter(self._forgotten))]
+            self._forgotten[rid] = (allocation.server, allocation.username, allocation.password, held)
         for addr in allocation.server.addresses():
             if addr not in self._previous_relay_addrs:
                 self._previous_relay_addrs.append(addr)

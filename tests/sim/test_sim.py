@@ -197,6 +197,22 @@ def test_known_bug_unlisted_relay_is_unsupervised():
     assert run(schedule(20, 467.0, *faults)).ok
 
 
+def test_fixed_relay_forgotten_then_handed_back_under_new_credentials():
+    """Found by ``python -m sim --seed 30000 --count 600`` with every fix on (seed 30013, as shrunk):
+    the client drops relay-3 while it is paused and relay-2 when the probe after a portal restart
+    goes unanswered (59 % loss), neither allocation deleted; the restarted portal hands both back
+    under new usernames, and each relay refuses the new ALLOCATE (437) and its delete (441) while it
+    holds the old allocation, up to 600 s: no relay for the client, no traffic for minutes. The
+    client now deletes a forgotten allocation under the credentials it was made with."""
+    faults = (
+        Fault(248.8, "relay_pause", "relay-3", 38.112),
+        Fault(437.708, "loss", "relay-2", 29.522, rate=0.59),
+        Fault(444.677, "portal_restart", "portal", 2.051),
+    )
+    result = run(Schedule(30013, 494.0, faults=faults, channel_lifetime_s=240.0))
+    assert result.ok, result.violation
+
+
 def test_fixed_quota():
     """Issue 9 #5 (508 on ALLOCATE left a zombie), found here before the fix."""
     quota = Fault(242.964, "quota", "relay-3", 91.6, code=508)

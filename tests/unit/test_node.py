@@ -148,6 +148,45 @@ def test_replaced_relay_on_same_address_recovers_from_the_stale_server_allocatio
     assert node.allocations["a"].has_allocation() and node.relay_candidates("a") != stale
 
 
+def test_a_forgotten_relay_handed_back_under_new_credentials_recovers_from_its_allocation():
+    """The portal removes a relay that still holds our allocation (no delete is sent), then hands it
+    back under a new username (found by the simulator, seed 30013): 437 to the ALLOCATE, 441 to the
+    delete under the new username, the delete under the credentials the allocation was made with,
+    then the ALLOCATE succeeds. Before, the relay refused both until the old allocation expired."""
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    node.update_relays(["a"], [], 10.0)
+    net.run(10.0)
+    assert "a" not in node.allocations and CLIENT4 in a.allocations  # still held on the relay
+    before = len(a.requests)
+    node.update_relays([], [a.config("a", salt="new-salt")], 20.0)
+    net.run(20.0)
+    assert [m for _, m, _ in a.requests[before:] if m != Method.BINDING] == [
+        Method.ALLOCATE,
+        Method.ALLOCATE,
+        Method.REFRESH,
+        Method.REFRESH,
+        Method.ALLOCATE,
+    ]
+    assert node.allocations["a"].has_allocation()
+
+
+def test_a_forgotten_relay_whose_allocation_was_deleted_or_expired_gets_no_old_delete():
+    """Nothing to delete: a relay handed back after our allocation's lifetime allocates at once."""
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    node.update_relays(["a"], [], 10.0)
+    lifetime = a.allocations[CLIENT4].expires_at
+    net.run(lifetime + 1.0)
+    before = len(a.requests)
+    node.update_relays([], [a.config("a", salt="new-salt")], net.now)
+    net.run(net.now)
+    assert [m for _, m, _ in a.requests[before:] if m != Method.BINDING] == [Method.ALLOCATE, Method.ALLOCATE]
+    assert node.allocations["a"].has_allocation()
+
+
 def test_disconnected_ids_are_removed(caplog):
     a, b = relays(2)
     node, net = setup(a, b)
