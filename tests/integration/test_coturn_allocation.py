@@ -239,6 +239,25 @@ async def test_item4_new_credentials_on_a_running_relay_allocate_at_once(coturn,
     print(f"\nitem 4: allocated under the new credentials {elapsed * 1000:.0f} ms after the update")
 
 
+async def test_a_relay_forgotten_and_handed_back_under_new_credentials_allocates_at_once(coturn, peer):
+    """The portal removes a running coturn (no delete is sent: it keeps our allocation) and later
+    hands it back under a new username (found by the simulator, seed 30013). Without deleting the
+    forgotten allocation under its own credentials: 437 to the ALLOCATE, 441 to the delete, until
+    coturn's allocation expires (600 s)."""
+    peer.update(connected=[relay_config(coturn, salt="before")])
+    assert await peer.driver.wait_until(peer.allocated, timeout=5)
+    peer.update(disconnected=["relay-a"])
+    assert await peer.driver.wait_until(lambda: peer.allocation() is None, timeout=1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    peer.update(connected=[relay_config(coturn, salt="after")])
+    fresh = lambda: peer.allocated() and peer.allocation().username.endswith(":after")  # noqa: E731
+    assert await peer.driver.wait_until(fresh, timeout=NO_ZOMBIE_BOUND)
+    elapsed = loop.time() - started
+    assert elapsed < 3.0, f"allocated under the new credentials after {elapsed:.2f}s"
+    print(f"\nforgotten relay: allocated under the new credentials {elapsed * 1000:.0f} ms after it came back")
+
+
 async def test_item5_quota_exhausted_frees_the_relay_and_asks_for_new_ones(coturn_factory, peer, peer_b):
     """coturn --total-quota 1: the second client's ALLOCATE gets 486. It is retried (1, 2, 4 s),
     then the relay is freed and NoRelays asks the portal for others: no zombie within 15 s."""
