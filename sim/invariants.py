@@ -53,6 +53,7 @@ class Checker:
         self.ignore = ignore  # kinds of a known bug: noted in ``ignored``, the run goes on
         self.ignored: dict[str, str] = {}
         self.healthy_since: float | None = None
+        self.handed_since: dict[str, dict[str, float]] = {}  # peer id → rid → listed for it since
         self.since: dict[tuple[str, str, str], float] = {}  # (check, peer, rid) → first seen
         self.last_usable: dict[str, float] = {}
         self.no_relays_at: dict[str, float] = {}
@@ -111,6 +112,8 @@ class Checker:
             record = self.errors.records[0]
             world.violation("error-log", f"{record.name}: {record.getMessage()}")
             return
+        for peer in world.peers:
+            self._note_handed(peer, now)
         self._check_traffic(now)
         for peer in world.peers:
             self._check_peer(peer, now)
@@ -135,9 +138,20 @@ class Checker:
         net = self.world.net
         return [a for a in working if net.reachable(peer.ip, a.relay.ip, now)]
 
+    def _note_handed(self, peer: SimPeer, now: float) -> None:
+        """Since when the portal lists each relay for ``peer`` (to this check's 1 s)."""
+        handed, seen = self._handed_out(peer), self.handed_since.setdefault(peer.peer_id, {})
+        for rid in [rid for rid in seen if rid not in handed]:
+            del seen[rid]
+        for rid in handed:
+            seen.setdefault(rid, now)
+
     def healthy(self, now: float) -> float | None:
         """Since when the world can carry the stream (None: it cannot now): both peers joined,
-        and a pair of working relays, one for each, that reach each other."""
+        and a pair of working relays, one for each, that the portal lists for it and that reach
+        each other. Listed: a peer holds only the relays the portal hands it (two, kept while
+        they are online), and the portal learns of a paused relay at its heartbeat timeout
+        (60 s); until it hands over a working one, no peer can do better (Firezone's too)."""
         world = self.world
         if now < 20.0 or world.portal is None:
             return None
@@ -147,16 +161,17 @@ class Checker:
         if world.client.idle(now):
             return None  # a stream_idle fault: nothing is sent, nothing is owed
         working = self._working_relays()
-        if world.net.calm(now):
-            # Both peers reach every working relay, and the relays each other: of the pairs
-            # below, a relay with itself is the earliest (max(a, b) >= a), so it is that relay's.
-            return max(min([a.joined_since or now for a in working]), *joined) if working else None  # type: ignore[type-var]
-        mine, theirs = self._good_relays(world.client, working, now), self._good_relays(world.gateway, working, now)
+        calm = world.net.calm(now)
+        sides = []
+        for peer in world.peers:
+            listed = self.handed_since.get(peer.peer_id, {})
+            good = working if calm else self._good_relays(peer, working, now)
+            sides.append([(a, max(a.joined_since or now, listed[a.rid])) for a in good if a.rid in listed])
         starts = [
-            max(a.joined_since or now, b.joined_since or now)
-            for a in mine
-            for b in theirs
-            if a is b or world.net.reachable(a.relay.ip, b.relay.ip, now)
+            max(since_a, since_b)
+            for a, since_a in sides[0]
+            for b, since_b in sides[1]
+            if a is b or calm or world.net.reachable(a.relay.ip, b.relay.ip, now)
         ]
         return max(min(starts), *joined) if starts else None  # type: ignore[type-var]
 
@@ -232,6 +247,11 @@ class Checker:
                 self._check_channels(pid, rid, allocation, truth.channels, now)
             if len(allocation.channels) > BOUNDS["channels"]:
                 world.violation("unbounded", f"{pid} relay {rid[:8]}: {len(allocation.channels)} channels")
+        if since:
+            # A relay the peer no longer holds has no pending check: held again later (re-added
+            # after a hold-off, say), its checks start afresh, not from when the old one went bad.
+            for key in [k for k in since if k[1] == pid and k[2] != "-" and k[2] not in node.allocations]:
+                del since[key]
         if usable:
             self.last_usable[pid] = now
         last = self.last_usable.get(pid)

@@ -213,6 +213,24 @@ def test_fixed_relay_forgotten_then_handed_back_under_new_credentials():
     assert result.ok, result.violation
 
 
+def test_no_traffic_is_owed_while_the_portal_lists_no_working_relay_for_a_peer():
+    """Found by ``python -m sim --seed 30014 --count 600`` (seed 30159): the portal lists relay-2 and
+    relay-3 for the restarted client, relay-3 refuses it (486) and relay-2 is paused; relay-1 works
+    but the portal hands it over only once relay-2 misses its heartbeat timeout (60 s), as
+    Firezone's does. The traffic-gap check counted relay-1 from the pause on (25 s): it now counts
+    the relays the portal lists for each peer, from when it listed them. Run on, the client's relay-3
+    came back after its 30 s hold-off with a refusal retry pending, and the zombie check carried the
+    time it first saw relay-3 without a request (before it was freed): 37 s; a relay no longer held
+    now leaves no pending check behind."""
+    faults = (
+        Fault(145.771, "quota", "relay-3", 114.149, code=486),
+        Fault(152.787, "peer_restart", "client"),
+        Fault(177.518, "relay_pause", "relay-2", 53.522),
+    )
+    result = run(Schedule(30159, 300.0, faults=faults, channel_lifetime_s=60.0))
+    assert result.ok, result.violation
+
+
 def test_fixed_quota():
     """Issue 9 #5 (508 on ALLOCATE left a zombie), found here before the fix."""
     quota = Fault(242.964, "quota", "relay-3", 91.6, code=508)
