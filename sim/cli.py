@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
             schedule = Schedule.from_json(data.get("schedule", data))
         else:
             schedule = random_schedule(args.seed, duration_s=args.duration, exclude=args.exclude)
-        result = run(schedule, disabled)
+        result = run(schedule, disabled, ignore=args.ignore)
         summary = {
             "seed": schedule.seed,
             "ok": result.ok,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sim") -> int:
         return 0
     found_after = round(time.monotonic() - started, 2)
     cpu_after = round(time.process_time() - cpu, 2)
-    minimal = failure if args.no_shrink else shrink(failure, disabled, attribute=args.attribute)
+    minimal = failure if args.no_shrink else shrink(failure, disabled, attribute=args.attribute, ignore=args.ignore)
     print(
         json.dumps(
             _report(

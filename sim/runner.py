@@ -59,18 +59,26 @@ def run(
     return Result(schedule, violation, world.digest(), time.process_time() - started, world.trace_items)
 
 
-def shrink(result: Result, disabled_fixes: Iterable[str] = (), *, budget: int = 60, attribute: bool = False) -> Result:
-    """The smallest schedule (fewest faults, shortest run) that still breaks the same invariant."""
+def shrink(
+    result: Result,
+    disabled_fixes: Iterable[str] = (),
+    *,
+    budget: int = 60,
+    attribute: bool = False,
+    ignore: Iterable[str] = (),
+) -> Result:
+    """The smallest schedule (fewest faults, shortest run) that still breaks the same invariant;
+    ``ignore``: the kinds the run that found it went past (each attempt goes past them too)."""
     assert result.violation is not None
-    fixes = tuple(disabled_fixes)
+    fixes, ignored = tuple(disabled_fixes), tuple(ignore)
     kind = result.violation.kind
     best = result
 
     def fails(candidate: Schedule) -> Result | None:
-        attempt = run(candidate, fixes, trace=False)
+        attempt = run(candidate, fixes, trace=False, ignore=ignored)
         if attempt.violation is None or attempt.violation.kind != kind:
             return None
-        if attribute and fixes and _same_without_fixes(attempt):
+        if attribute and fixes and _same_without_fixes(attempt, ignored):
             return None  # shrunk into another bug, one the fixes do not cure
         return attempt
 
@@ -87,7 +95,7 @@ def shrink(result: Result, disabled_fixes: Iterable[str] = (), *, budget: int = 
             if attempt is not None:
                 best, changed = attempt, True
                 break
-    final = run(best.schedule, fixes)  # with the trace, for the digest
+    final = run(best.schedule, fixes, ignore=ignored)  # with the trace, for the digest
     return final if final.violation is not None else best
 
 

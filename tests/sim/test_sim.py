@@ -17,7 +17,7 @@ from connlib.app.session import Phase
 from connlib.core import fixes
 from sim.faults import install
 from sim.invariants import GAP_BOUND, Checker, install_error_capture
-from sim.runner import explore, run
+from sim.runner import explore, run, shrink
 from sim.schedule import KINDS, Fault, Schedule, random_schedule
 from sim.world import ErrorRecords, World
 
@@ -130,6 +130,25 @@ def test_a_shrunk_schedule_replays_to_its_digest():
     found = run(minimal, [fixes.FIX_PATH_PROBE])
     again = run(Schedule.from_json(json.loads(found.schedule.dumps())), [fixes.FIX_PATH_PROBE])
     assert (again.digest, again.violation) == (found.digest, found.violation)
+
+
+def test_shrinking_goes_past_the_ignored_kinds_as_the_run_that_found_it():
+    """Seed 30242's traffic gap (215 s) comes after an unsupervised relay (157 s), a known bug that
+    ``--ignore`` went past: shrinking used to stop every attempt at that one, keep all the faults and
+    report it instead of the gap it was asked to shrink."""
+    faults = (
+        Fault(45.656, "rotate_credentials", "relay-2"),
+        Fault(51.1, "portal_blackhole", "gateway", 58.097),
+        Fault(104.483, "relay_portal_cut", "relay-2", 59.158),
+        Fault(140.389, "relay_reboot", "relay-2", 3.071),
+        Fault(189.05, "peer_relay_cut", "gateway", 36.51, other="relay-1"),
+        Fault(300.902, "stream_idle", "client", 67.623),
+    )
+    found = run(Schedule(30242, 600.0, faults=faults, channel_lifetime_s=60.0), ignore=KNOWN_CHECKS)
+    assert found.violation is not None and found.violation.kind == "traffic-gap"
+    minimal = shrink(found, ignore=KNOWN_CHECKS, budget=8)
+    assert minimal.violation is not None and minimal.violation.kind == "traffic-gap", minimal.violation
+    assert len(minimal.schedule.faults) < len(faults) and minimal.schedule.duration_s < 600.0
 
 
 @pytest.mark.parametrize(
