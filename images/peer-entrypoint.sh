@@ -17,12 +17,6 @@ if [ -n "${PEER_ROUTES:-}" ]; then
     echo "peer-entrypoint: route $route" >&2
   done
 fi
-if [ "$#" -ge 2 ] && [ "$1" = connlib ] && [ "$2" = run ] && ! connlib run --help >/dev/null 2>&1; then
-  # The image was built from a tree whose connlib has no `run` command yet: stay up as a placeholder
-  # (so the topology can still be probed) and say so where wait_ready.py and humans look.
-  echo '{"event": "placeholder", "reason": "connlib run is not available in this image"}'
-  exec sleep infinity
-fi
 # exec: the peer becomes tini's child itself, so the signals tini forwards reach it (SIGTERM ends it;
 # SIGUSR1/SIGUSR2 idle and resume a client's stream, harness/docker_faults.py).
 exec "$@"
