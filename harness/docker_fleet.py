@@ -16,8 +16,10 @@ from the system under test; with two stacks side by side on 2 cores, about a ten
 Everything is created through docker-py (never the docker CLI) and carries the session's labels
 (``harness.docker_session``), so that a teardown, or the sweep at the start of the next run, can find
 and remove it. The peers' output goes into the history (``harness.container_logs``). Start order:
-the portal and the relays at once; the gateway once the relays are online at the portal (else its
-init is empty until the next presence flush); the client once the gateway holds its relays.
+the portal and the relays at once; the peers' containers meanwhile, each waiting at its start gate
+(the peer image's ``PEER_START_GATE``: connlib starts when the harness knocks); the gateway's connlib
+once the relays are online at the portal (else its init is empty until the next presence flush); the
+client's once the gateway holds its relays.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -87,6 +90,9 @@ def stack_variables(
 
 
 RELAY_MIN_PORT = 49160  # the relay image's (images/agent.py)
+PEER_START_GATE_PORT = 9
+"""The peer image's start gate (images/peer-entrypoint.sh): a container started early waits for one
+TCP connection to this port, from the harness on the host, before connlib starts."""
 
 
 def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_FILE) -> Topology:
@@ -106,6 +112,11 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
             extra += list(options.peer_args)
         if extra:
             service = services[name] = replace(service, command=[*(service.command or []), *extra])
+        if service.role in PEER_ROLES:
+            # the peer image's start gate: the harness starts the container early, connlib when due
+            service = services[name] = replace(
+                service, environment={**service.environment, "PEER_START_GATE": str(PEER_START_GATE_PORT)}
+            )
         if service.role == "relay" and options.clients > 1:
             # The relay image's default range (49160-49200) holds 41 allocations: one per peer per relay here.
             ports = {"MIN_PORT": str(RELAY_MIN_PORT), "MAX_PORT": str(RELAY_MIN_PORT + 2 * (options.clients + 1) + 16)}
@@ -207,13 +218,11 @@ class DockerFleet(DockerFaults):
         first = [s for s in self.topology.services.values() if s.role not in PEER_ROLES]
         await self._create_members(first)
         reached("created_s")
-        # The peers' containers are created while the portal and the relays start: a create is an
-        # engine round of a second or more on a loaded machine, and the peers start only once the
-        # relays are online anyway. Awaited before the gateway starts, and on any failure, so that
-        # the teardown knows every container.
-        peers = asyncio.ensure_future(
-            self._create_members([s for s in self.topology.services.values() if s.role in PEER_ROLES])
-        )
+        # The peers' containers are created and started (each waits at its start gate) while the
+        # portal and the relays start: an engine round of half a second or more each under load, off
+        # the critical path (connlib starts only once the relays are online anyway). Awaited before
+        # the gateway's gate opens, and on any failure, so that the teardown knows every container.
+        peers = asyncio.ensure_future(self._create_and_start_peers())
         try:
             await asyncio.gather(*(asyncio.to_thread(self._start_member, s.name) for s in first))
             reached("started_s")
@@ -225,10 +234,10 @@ class DockerFleet(DockerFaults):
             await peers
         finally:
             await asyncio.gather(peers, return_exceptions=True)
-        await asyncio.to_thread(self._start_member, self.member(GATEWAY_ID).name)
+        await self._open_gate(self.member(GATEWAY_ID))
         await self._ready("the gateway's relays", self._gateway_has_relays)
         reached("gateway_s")
-        await asyncio.to_thread(self._start_member, self.member(CLIENT_ID).name)
+        await self._open_gate(self.member(CLIENT_ID))
         await self._ready("the client's stream (10 echoes)", self._streaming)
         reached("total_s")
         self.history.observe("stack_ready", self.name, backend=self.backend, **phases)
@@ -250,6 +259,25 @@ class DockerFleet(DockerFaults):
         unknown = {s.image for s in self.topology.services.values()} - set(self.session.images.values())
         if unknown:
             raise StackNotReady(f"the file names images the session did not build: {sorted(unknown)}")
+
+    async def _create_and_start_peers(self) -> None:
+        """The peers' containers, created and started while the portal and the relays start: each
+        waits at its start gate (the peer image's ``PEER_START_GATE``) until :meth:`_open_gate`."""
+        peers = [s for s in self.topology.services.values() if s.role in PEER_ROLES]
+        await self._create_members(peers)
+        await asyncio.gather(*(asyncio.to_thread(self._start_member, s.name) for s in peers))
+
+    async def _open_gate(self, member: Member) -> None:
+        """Let a gated peer's connlib start: one TCP connection to its gate, on its first network's
+        address (the host reaches the peers' bridges; their replies stay on the connected subnet),
+        retried until the entry point listens, bounded."""
+        address = (next(iter(member.service.addresses.values())), PEER_START_GATE_PORT)
+
+        def knock() -> bool:
+            with socket.create_connection(address, timeout=1.0):
+                return True
+
+        await self._ready(f"the {member.role}'s start gate", lambda: asyncio.to_thread(knock))  # OSError: not yet
 
     async def _create_members(self, services: list[Service]) -> None:
         """The services' containers, created side by side (each in a thread: docker-py blocks) and
