@@ -162,14 +162,7 @@ def _current_without_lock(client: docker.DockerClient, tags: dict[str, str], tag
     build, and no reason to wait for the host's build lock, which another checkout's or session's
     build may hold for minutes (its images are other tags). Anything else goes the locked way."""
     started = time.monotonic()
-    check = subprocess.run(
-        ["bash", str(IMAGES_DIR / "base.sh")],
-        env={**os.environ, "BASE_IMAGE": BASE_IMAGE, "BASE_CHECK_ONLY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    base = _image(client, BASE_IMAGE) if check.returncode == 0 else None
+    base = _base_current(client)
     if base is None:
         return False
     digest = source_digest(base.id)
@@ -182,9 +175,25 @@ def _current_without_lock(client: docker.DockerClient, tags: dict[str, str], tag
 
 
 def ensure_base(client: docker.DockerClient) -> Image:
-    """The base image, bootstrapped if missing (under the build lock: after a build in progress)."""
+    """The base image, bootstrapped if missing or stale (under the build lock: after a build in
+    progress); one that is up to date is returned without the lock."""
+    current = _base_current(client)
+    if current is not None:
+        return current
     with build_lock():
         return bootstrap_base(client)
+
+
+def _base_current(client: docker.DockerClient) -> Image | None:
+    """The base image if ``images/base.sh`` finds it up to date (``BASE_CHECK_ONLY=1``: changes nothing)."""
+    check = subprocess.run(
+        ["bash", str(IMAGES_DIR / "base.sh")],
+        env={**os.environ, "BASE_IMAGE": BASE_IMAGE, "BASE_CHECK_ONLY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return _image(client, BASE_IMAGE) if check.returncode == 0 else None
 
 
 def _ensure_built(
