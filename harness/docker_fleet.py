@@ -9,14 +9,17 @@ added on top: the portal's extra settings, the client's ``--count``, more relays
 The chaos control service is left out (``LEFT_OUT_ROLES``). Two parts of the file are compose's
 own and not used here: ``depends_on`` (the start order below,
 with stronger readiness gates, replaces it) and the services' health checks (compose's input to
-``depends_on``; left out so that their processes, one per container every 2 s, take no CPU from the
-system under test, as before; the relay image's own HEALTHCHECK still runs).
+``depends_on``), the relay image's own HEALTHCHECK too: the harness reads no container's health, and
+each check is a ``docker exec`` of Python every 2 s per container (engine, runtime and probe CPU taken
+from the system under test; with two stacks side by side on 2 cores, about a tenth of a core).
 
 Everything is created through docker-py (never the docker CLI) and carries the session's labels
 (``harness.docker_session``), so that a teardown, or the sweep at the start of the next run, can find
 and remove it. The peers' output goes into the history (``harness.container_logs``). Start order:
-the portal and the relays at once; the gateway once the relays are online at the portal (else its
-init is empty until the next presence flush); the client once the gateway holds its relays.
+the portal and the relays at once; the peers' containers meanwhile, each waiting at its start gate
+(the peer image's ``PEER_START_GATE``: connlib starts when the harness knocks); the gateway's connlib
+once the relays are online at the portal (else its init is empty until the next presence flush); the
+client's once the gateway holds its relays.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -86,6 +90,9 @@ def stack_variables(
 
 
 RELAY_MIN_PORT = 49160  # the relay image's (images/agent.py)
+PEER_START_GATE_PORT = 9
+"""The peer image's start gate (images/peer-entrypoint.sh): a container started early waits for one
+TCP connection to this port, from the harness on the host, before connlib starts."""
 
 
 def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_FILE) -> Topology:
@@ -105,6 +112,11 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
             extra += list(options.peer_args)
         if extra:
             service = services[name] = replace(service, command=[*(service.command or []), *extra])
+        if service.role in PEER_ROLES:
+            # the peer image's start gate: the harness starts the container early, connlib when due
+            service = services[name] = replace(
+                service, environment={**service.environment, "PEER_START_GATE": str(PEER_START_GATE_PORT)}
+            )
         if service.role == "relay" and options.clients > 1:
             # The relay image's default range (49160-49200) holds 41 allocations: one per peer per relay here.
             ports = {"MIN_PORT": str(RELAY_MIN_PORT), "MAX_PORT": str(RELAY_MIN_PORT + 2 * (options.clients + 1) + 16)}
@@ -117,9 +129,14 @@ def plan(variables: dict[str, str], options: StackOptions, path: Path = COMPOSE_
     return Topology(topology.networks, services, topology.source)
 
 
+NO_HEALTHCHECK = {"test": ["NONE"]}
+"""docker-py's ``healthcheck`` that turns the image's HEALTHCHECK off too."""
+
+
 def create_kwargs(service: Service, network: str, *, healthcheck: bool = True) -> dict[str, Any]:
     """docker-py ``containers.create`` arguments for a service (its first network attached); without
-    ``healthcheck``, the service's compose health check is left out (the image's stays)."""
+    ``healthcheck``, no health check runs in the container: neither the service's compose one nor the
+    image's (the relay image's STUN probe, a ``docker exec`` of Python every 2 s per relay)."""
     ports = {
         f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) if p.host_ip else p.host_port
         for p in service.ports
@@ -131,7 +148,7 @@ def create_kwargs(service: Service, network: str, *, healthcheck: bool = True) -
         "environment": service.environment,
         "cap_add": service.cap_add or None,
         "ports": ports or None,
-        "healthcheck": service.healthcheck if healthcheck else None,
+        "healthcheck": service.healthcheck if healthcheck else NO_HEALTHCHECK,
         "network": network,
         "detach": True,
     }
@@ -153,7 +170,7 @@ class DockerFleet(DockerFaults):
         self.token = "e2e-" + uuid.uuid4().hex[:16]
         self.admin_token = "e2e-admin-" + uuid.uuid4().hex[:16]
         self.variables = stack_variables(self.name, self.token, self.options, session, self.admin_token)
-        self.topology = plan(self.variables, self.options)  # the subnets are the file's until _create
+        self.topology = plan(self.variables, self.options)  # the subnets are the file's until _create_networks
         self.networks: dict[str, Network] = {}
         self.subnets: dict[str, ipaddress.IPv4Network] = {}
         self.members: dict[str, Member] = {}
@@ -191,27 +208,42 @@ class DockerFleet(DockerFaults):
     async def start(self) -> None:
         self.logs.loop = asyncio.get_running_loop()
         started = time.monotonic()
-        await asyncio.to_thread(self._create)
-        created = time.monotonic()
-        first = [s.name for s in self.topology.services.values() if s.role not in PEER_ROLES]
-        await asyncio.gather(*(asyncio.to_thread(self._start_member, name) for name in first))
-        await self._ready("the portal's admin API", self._portal_answers)
-        self.start_portal_events()
-        await self._ready("relays online at the portal", self._relays_online)
-        await asyncio.to_thread(self._start_member, self.member(GATEWAY_ID).name)
-        await self._ready("the gateway's relays", self._gateway_has_relays)
-        await asyncio.to_thread(self._start_member, self.member(CLIENT_ID).name)
-        await self._ready("the client's stream (10 echoes)", self._streaming)
-        self.history.observe(
-            "stack_ready",
-            self.name,
-            backend=self.backend,
-            create_s=round(created - started, 2),
-            total_s=round(time.monotonic() - started, 2),
-        )
-        log.info("Stack ready stack=%s took_s=%.1f", self.name, time.monotonic() - started)
+        phases: dict[str, float] = {}
 
-    def _create(self) -> None:
+        def reached(phase: str) -> None:  # seconds since the start, for the stack_ready record and the log
+            phases[phase] = round(time.monotonic() - started, 2)
+
+        await asyncio.to_thread(self._create_networks)
+        reached("networks_s")
+        first = [s for s in self.topology.services.values() if s.role not in PEER_ROLES]
+        await self._create_members(first)
+        reached("created_s")
+        # The peers' containers are created and started (each waits at its start gate) while the
+        # portal and the relays start: an engine round of half a second or more each under load, off
+        # the critical path (connlib starts only once the relays are online anyway). Awaited before
+        # the gateway's gate opens, and on any failure, so that the teardown knows every container.
+        peers = asyncio.ensure_future(self._create_and_start_peers())
+        try:
+            await asyncio.gather(*(asyncio.to_thread(self._start_member, s.name) for s in first))
+            reached("started_s")
+            await self._ready("the portal's admin API", self._portal_answers)
+            reached("portal_s")
+            self.start_portal_events()
+            await self._ready("relays online at the portal", self._relays_online)
+            reached("relays_s")
+            await peers
+        finally:
+            await asyncio.gather(peers, return_exceptions=True)
+        await self._open_gate(self.member(GATEWAY_ID))
+        await self._ready("the gateway's relays", self._gateway_has_relays)
+        reached("gateway_s")
+        await self._open_gate(self.member(CLIENT_ID))
+        await self._ready("the client's stream (10 echoes)", self._streaming)
+        reached("total_s")
+        self.history.observe("stack_ready", self.name, backend=self.backend, **phases)
+        log.info("Stack ready stack=%s %s", self.name, " ".join(f"{k}={v:.2f}" for k, v in phases.items()))
+
+    def _create_networks(self) -> None:
         for key, spec in self.topology.networks.items():
             network, subnet = self.session.create_network(
                 f"{self.name}-{key}", internal=spec.internal, labels={**spec.labels, STACK_LABEL: self.name}
@@ -227,10 +259,41 @@ class DockerFleet(DockerFaults):
         unknown = {s.image for s in self.topology.services.values()} - set(self.session.images.values())
         if unknown:
             raise StackNotReady(f"the file names images the session did not build: {sorted(unknown)}")
-        for service in self.topology.services.values():
-            self._create_member(service)
 
-    def _create_member(self, service: Service) -> None:
+    async def _create_and_start_peers(self) -> None:
+        """The peers' containers, created and started while the portal and the relays start: each
+        waits at its start gate (the peer image's ``PEER_START_GATE``) until :meth:`_open_gate`."""
+        peers = [s for s in self.topology.services.values() if s.role in PEER_ROLES]
+        await self._create_members(peers)
+        await asyncio.gather(*(asyncio.to_thread(self._start_member, s.name) for s in peers))
+
+    async def _open_gate(self, member: Member) -> None:
+        """Let a gated peer's connlib start: one TCP connection to its gate, on its first network's
+        address (the host reaches the peers' bridges; their replies stay on the connected subnet),
+        retried until the entry point listens, bounded."""
+        address = (next(iter(member.service.addresses.values())), PEER_START_GATE_PORT)
+
+        def knock() -> bool:
+            with socket.create_connection(address, timeout=1.0):
+                return True
+
+        await self._ready(f"the {member.role}'s start gate", lambda: asyncio.to_thread(knock))  # OSError: not yet
+
+    async def _create_members(self, services: list[Service]) -> None:
+        """The services' containers, created side by side (each in a thread: docker-py blocks) and
+        recorded in the file's order; the first failure is raised once all have ended, so that every
+        container made is a member the teardown knows."""
+        made = await asyncio.gather(
+            *(asyncio.to_thread(self._create_member, s) for s in services), return_exceptions=True
+        )
+        failures = [m for m in made if isinstance(m, BaseException)]
+        for member in made:
+            if isinstance(member, Member):
+                self.members[member.name] = member
+        if failures:
+            raise failures[0]
+
+    def _create_member(self, service: Service) -> Member:
         first, *others = service.addresses
         aliases = [service.name]
         endpoint = self.client.api.create_endpoint_config(ipv4_address=service.addresses[first], aliases=aliases)
@@ -242,7 +305,7 @@ class DockerFleet(DockerFaults):
         for key in others:
             self.networks[key].connect(container, ipv4_address=service.addresses[key], aliases=aliases)
         routes = [r.strip() for r in service.environment.get("PEER_ROUTES", "").split(",") if r.strip()]
-        self.members[service.name] = Member(service, container, routes=routes)
+        return Member(service, container, routes=routes)
 
     def _start_member(self, name: str) -> None:
         member = self.members[name]
@@ -337,11 +400,14 @@ class DockerFleet(DockerFaults):
             raise StackNotReady(f"stack {self.name}: {exc}\n{self._tails()}") from None
 
     def _check_running(self) -> None:
+        # One list request for the stack's containers (their state is in the list's rows), not an
+        # inspect per container: the engine answers both stacks' looks side by side.
+        rows = self.client.api.containers(all=True, filters={"label": f"{STACK_LABEL}={self.name}"})
+        state = {name.lstrip("/"): row["State"] for row in rows for name in row["Names"]}
         for member in self.members.values():
             if member.stopped_by_us:
                 continue
-            member.container.reload()
-            if member.container.attrs["State"]["Status"] in ("exited", "dead"):
+            if state.get(member.container.name) in ("exited", "dead"):
                 raise StackNotReady(f"{member.name} exited during start-up")
 
     def _tails(self, lines: int = 12) -> str:

@@ -20,7 +20,9 @@ Builds and the prune after them hold one host-wide lock (``BUILD_LOCK``): e2e wo
 ``make images`` in a test and other checkouts' runs would otherwise build the same tags at once, and
 one's prune of untagged project images removes another's image between its last step and its tag
 ("failed to get digest"; the prune also spares untagged images younger than ``PRUNE_AGE``, for
-builds outside the lock). Whoever waited finds the images current and builds nothing.
+builds outside the lock). Whoever waited finds the images current and builds nothing. A look that
+finds the base and every image of the tag current (``auto``) takes no lock: it changes nothing, and
+need not wait minutes for another checkout's build of other tags.
 """
 
 from __future__ import annotations
@@ -148,14 +150,50 @@ def ensure_images(client: docker.DockerClient, tag: str = E2E_TAG, mode: str = "
         if missing:
             raise ImagesUnavailable(f"images missing: {missing} (run `make images`, or use the auto mode)")
         return tags
+    if mode == "auto" and _current_without_lock(client, tags, tag):
+        return tags
     with build_lock():
         return _ensure_built(client, specs, tags, tag, mode)
 
 
+def _current_without_lock(client: docker.DockerClient, tags: dict[str, str], tag: str) -> bool:
+    """Whether the base image is up to date (``images/base.sh`` with ``BASE_CHECK_ONLY=1``, which
+    changes nothing) and every image of the tag carries the digest over it: then there is nothing to
+    build, and no reason to wait for the host's build lock, which another checkout's or session's
+    build may hold for minutes (its images are other tags). Anything else goes the locked way."""
+    started = time.monotonic()
+    base = _base_current(client)
+    if base is None:
+        return False
+    digest = source_digest(base.id)
+    if not all(
+        (img := _image(client, t)) is not None and img.labels.get(DIGEST_LABEL) == digest for t in tags.values()
+    ):
+        return False
+    log.info("Images current tag=%s digest=%s took_s=%.1f (no lock)", tag, digest, time.monotonic() - started)
+    return True
+
+
 def ensure_base(client: docker.DockerClient) -> Image:
-    """The base image, bootstrapped if missing (under the build lock: after a build in progress)."""
+    """The base image, bootstrapped if missing or stale (under the build lock: after a build in
+    progress); one that is up to date is returned without the lock."""
+    current = _base_current(client)
+    if current is not None:
+        return current
     with build_lock():
         return bootstrap_base(client)
+
+
+def _base_current(client: docker.DockerClient) -> Image | None:
+    """The base image if ``images/base.sh`` finds it up to date (``BASE_CHECK_ONLY=1``: changes nothing)."""
+    check = subprocess.run(
+        ["bash", str(IMAGES_DIR / "base.sh")],
+        env={**os.environ, "BASE_IMAGE": BASE_IMAGE, "BASE_CHECK_ONLY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return _image(client, BASE_IMAGE) if check.returncode == 0 else None
 
 
 def _ensure_built(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -58,7 +59,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 # turn_probe.py is a sibling file: Python puts this script's folder on sys.path, in the image
 # (/opt/connlib-relays/) as in a checkout (images/). connlib comes from the image's venv.
@@ -74,6 +75,8 @@ STOP_GRACE_S = 3.0
 READY_TIMEOUT_S = 10.0
 LEAVE_TIMEOUT_S = 2.0
 RECONNECT_MAX_S = 5.0
+PORTAL_LISTEN_POLL_S = 0.05
+PORTAL_LISTEN_TIMEOUT_S = 1.0
 
 
 KEPT_SECRET = "kept-secret"
@@ -216,6 +219,31 @@ async def wait_turn_ready(port: int, proc: asyncio.subprocess.Process | None, ti
             client.sock.close()
 
 
+async def portal_listening(url: str, poll: float = PORTAL_LISTEN_POLL_S) -> None:
+    """Until the portal's TCP port accepts a connection (closed again at once, before any HTTP: the
+    portal's websockets server drops it without a word). In a fresh stack the relays start with the
+    portal, whose Python start-up takes longer than the agent's: a first dial before it listens is
+    refused, and connlib's PortalClient retries after its reconnect backoff (0.5 s with jitter, then
+    1.5x), so the relay came online up to a second after the portal listened. The wait is the
+    agent's, not connlib's: the client dials the moment the port is open, with its backoff unchanged
+    for every later loss. Runs until the port accepts or the task is cancelled, as the presence loop."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or (443 if parts.scheme == "wss" else 80)
+    waited = time.monotonic()
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PORTAL_LISTEN_TIMEOUT_S)
+        except (OSError, TimeoutError):  # refused, no name yet (the portal's container not running), no answer
+            await asyncio.sleep(poll)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        if time.monotonic() - waited > poll:
+            log.info("portal listening host=%s port=%d waited_s=%.2f", host, port, time.monotonic() - waited)
+        return
+
+
 async def presence(url: str, token: str, secret: str, heartbeat_interval: float = 10.0) -> None:
     """Join the portal's ``relay`` topic and stay joined, reconnecting with a capped backoff. Runs until cancelled."""
 
@@ -224,6 +252,7 @@ async def presence(url: str, token: str, secret: str, heartbeat_interval: float 
 
     delay = 0.2
     while True:
+        await portal_listening(url)
         client = PortalClient(
             url, token, "relay", {"stamp_secret": secret}, heartbeat_interval=heartbeat_interval, on_message=on_message
         )

@@ -12,7 +12,9 @@
 #
 # Environment: BASE_IMAGE (tag, default connlib-relays/base:bookworm), DEBIAN_MIRROR (default: the first
 # Debian mirror of the host's own apt configuration that serves the suite), BASE_FORCE=1 to rebuild,
-# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default images/.cache) for the tarball.
+# BASE_NO_PULL=1 to skip the registry attempt, BASE_CACHE (default images/.cache) for the tarball,
+# BASE_CHECK_ONLY=1 to change nothing: exit 0 when the tag is up to date, 3 otherwise (harness/images.py
+# asks that before it waits for the host's build lock).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${BASE_CACHE:-$here/.cache}"
@@ -95,6 +97,11 @@ if [[ "${BASE_FORCE:-0}" != 1 ]] && docker image inspect "$tag" >/dev/null 2>&1;
   if [[ "$have" == "$key" ]]; then
     log "$tag is up to date ($key)"; exit 0
   fi
+fi
+if [[ "${BASE_CHECK_ONLY:-0}" == 1 ]]; then
+  exit 3
+fi
+if [[ "${BASE_FORCE:-0}" != 1 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
   if [[ "${have%-*}" == "$rootfs_key" ]] && docker image inspect "$tag-os" >/dev/null 2>&1; then
     log "$tag: the host's index trust changed"; add_trust; exit 0
   fi

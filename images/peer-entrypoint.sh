@@ -17,11 +17,14 @@ if [ -n "${PEER_ROUTES:-}" ]; then
     echo "peer-entrypoint: route $route" >&2
   done
 fi
-if [ "$#" -ge 2 ] && [ "$1" = connlib ] && [ "$2" = run ] && ! connlib run --help >/dev/null 2>&1; then
-  # The image was built from a tree whose connlib has no `run` command yet: stay up as a placeholder
-  # (so the topology can still be probed) and say so where wait_ready.py and humans look.
-  echo '{"event": "placeholder", "reason": "connlib run is not available in this image"}'
-  exec sleep infinity
+# PEER_START_GATE (a TCP port; the harness's stacks, not compose's): the container's first start waits
+# until one connection to that port comes in before connlib starts, so that the harness can start the
+# container early (an engine round of half a second or more under load) and let connlib go the moment
+# it should (the gateway once the relays are online at the portal, the client once the gateway holds
+# its relays). Once per container: a restart of it starts connlib at once.
+if [ -n "${PEER_START_GATE:-}" ] && [ ! -e /run/peer-start-gate-passed ]; then
+  /usr/bin/python3 -S -c 'import socket, sys; socket.create_server(("0.0.0.0", int(sys.argv[1]))).accept()' "$PEER_START_GATE"
+  touch /run/peer-start-gate-passed
 fi
 # exec: the peer becomes tini's child itself, so the signals tini forwards reach it (SIGTERM ends it;
 # SIGUSR1/SIGUSR2 idle and resume a client's stream, harness/docker_faults.py).

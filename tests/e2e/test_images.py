@@ -16,6 +16,7 @@ import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 
+from harness import images
 from harness.docker_session import DockerSession
 from harness.labels import PROJECT, PROJECT_LABEL, STACK_LABEL
 from harness.pytest_plugin import in_ci
@@ -113,6 +114,23 @@ def test_images_exist_and_a_second_build_is_cached(docker_env: docker.DockerClie
     cached = time.monotonic() - started
     print(f"\ncached `make images`: {cached:.1f}s")
     assert cached < 20, f"a second `make images` should reuse everything, took {cached:.1f}s"
+
+
+def test_a_look_that_finds_everything_current_takes_no_build_lock(
+    docker_env: docker.DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another checkout's or session's build may hold the host's build lock for minutes (its own
+    tags): a run whose base and images are current must not wait for it (both e2e workers and the
+    make-up fixture did, 2+ minutes, on this machine)."""
+    tag = ts.image("relay").rpartition(":")[2]
+    images.ensure_images(docker_env, tag, "auto")  # current (a source edit made meanwhile is built here)
+
+    def no_lock(*args: object, **kwargs: object) -> None:
+        raise AssertionError("took the host's build lock though everything was current")
+
+    monkeypatch.setattr(images, "build_lock", no_lock)
+    assert images.ensure_images(docker_env, tag, "auto")["relay"] == ts.image("relay")
+    assert images.ensure_base(docker_env).id == docker_env.images.get(images.BASE_IMAGE).id
 
 
 @pytest.mark.skipif(

@@ -87,7 +87,8 @@ def test_the_backend_creates_what_the_file_says_with_the_stacks_values():
     portal = create_kwargs(stack.services["portal"], "n")
     assert portal["ports"] == {"4000/tcp": ("127.0.0.1", 14000), "8080/tcp": ("127.0.0.1", None)}
     assert portal["command"][-2:] == ["--relays-per-client", "3"]
-    assert create_kwargs(stack.services["portal"], "n", healthcheck=False)["healthcheck"] is None  # the harness's
+    no_check = create_kwargs(stack.services["portal"], "n", healthcheck=False)["healthcheck"]
+    assert no_check == {"test": ["NONE"]}  # the harness's: the image's HEALTHCHECK off too
     health = stack.services["portal"].healthcheck
     assert health is not None and health["test"][:2] == ["CMD", "/usr/bin/python3"]
     assert (health["interval"], health["timeout"], health["retries"], health["start_period"]) == (2e9, 2e9, 3, 10e9)
