@@ -45,6 +45,8 @@ class SweepReport:
     dead_sessions: list[str] = field(default_factory=list)
     live_sessions: list[str] = field(default_factory=list)
     removed: int = 0
+    removed_by_session: dict[str, int] = field(default_factory=dict)
+    """Of ``removed``, each dead session's objects."""
 
     def __str__(self) -> str:
         return (
@@ -141,7 +143,8 @@ def sweep(client: docker.DockerClient, *, keep: str | None = None) -> SweepRepor
             report.live_sessions.append(session)
             continue
         report.dead_sessions.append(session)
-        report.removed += remove_session(client, session)
+        removed = report.removed_by_session[session] = remove_session(client, session)
+        report.removed += removed
     if report.dead_sessions:
         log.info("Sweep: %s", report)
     return report
