@@ -122,6 +122,16 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+@dataclass(frozen=True, slots=True)
+class _Forgotten:
+    """A forgotten relay's allocation as far as we know: where, under which credentials, until when."""
+
+    server: RelaySocket
+    username: str
+    password: str
+    until: float
+
+
 class Node:
     def __init__(
         self,
@@ -146,11 +156,11 @@ class Node:
         self._no_relays_sent = True
         self._held_off: dict[str, float] = {}  # rid -> until: freed for refusing (REFUSED_HOLD_OFF)
         self._deferred: dict[str, RelayConfig] = {}  # listed while held off: added when it ends
-        # rid -> (socket, username, password, until) of a relay we stopped using while it may still
-        # hold our allocation (no delete answered): handed back under other credentials, it refuses
-        # a new one (437) and the delete under them (441) until then, up to its lifetime (600 s),
-        # so the new allocation deletes it under these (the 441 path of a replaced allocation).
-        self._forgotten: dict[str, tuple[RelaySocket, str, str, float]] = {}
+        # A relay we stopped using while it may still hold our allocation (no delete answered):
+        # handed back under other credentials, it refuses a new one (437) and the delete under
+        # them (441) until then, up to its lifetime (600 s), so the new allocation deletes it
+        # under the old ones (the 441 path of a replaced allocation).
+        self._forgotten: dict[str, _Forgotten] = {}
         self._now = now
         self._released = False
 
@@ -234,8 +244,9 @@ class Node:
             # Same address: the relay may still hold the old allocation on our 5-tuple (it did not
             # reboot); the new allocation then deletes it under the old credentials (441 path).
             predecessor: tuple[str, str] | None = (existing.username, existing.password)
-        elif forgotten is not None and forgotten[0] == server and forgotten[3] > now:
-            predecessor = forgotten[1:3] if forgotten[1:3] != (relay.username, relay.password) else None
+        elif forgotten is not None and forgotten.server == server and forgotten.until > now:
+            old = (forgotten.username, forgotten.password)
+            predecessor = old if old != (relay.username, relay.password) else None
         else:
             predecessor = None
         self.allocations[relay.id] = Allocation(
@@ -286,7 +297,7 @@ class Node:
             self._forgotten.pop(rid, None)
             if len(self._forgotten) >= MAX_FORGOTTEN:
                 del self._forgotten[next(iter(self._forgotten))]
-            self._forgotten[rid] = (allocation.server, allocation.username, allocation.password, held)
+            self._forgotten[rid] = _Forgotten(allocation.server, allocation.username, allocation.password, held)
         for addr in allocation.server.addresses():
             if addr not in self._previous_relay_addrs:
                 self._previous_relay_addrs.append(addr)
