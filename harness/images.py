@@ -166,9 +166,7 @@ def _current_without_lock(client: docker.DockerClient, tags: dict[str, str], tag
     if base is None:
         return False
     digest = source_digest(base.id)
-    if not all(
-        (img := _image(client, t)) is not None and img.labels.get(DIGEST_LABEL) == digest for t in tags.values()
-    ):
+    if not _all_current(client, tags, digest):
         return False
     log.info("Images current tag=%s digest=%s took_s=%.1f (no lock)", tag, digest, time.monotonic() - started)
     return True
@@ -186,14 +184,24 @@ def ensure_base(client: docker.DockerClient) -> Image:
 
 def _base_current(client: docker.DockerClient) -> Image | None:
     """The base image if ``images/base.sh`` finds it up to date (``BASE_CHECK_ONLY=1``: changes nothing)."""
-    check = subprocess.run(
+    check = _base_script(timeout=120, BASE_CHECK_ONLY="1")
+    return _image(client, BASE_IMAGE) if check.returncode == 0 else None
+
+
+def _base_script(timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    """``images/base.sh`` for ``BASE_IMAGE``, with ``env`` added to ours."""
+    return subprocess.run(
         ["bash", str(IMAGES_DIR / "base.sh")],
-        env={**os.environ, "BASE_IMAGE": BASE_IMAGE, "BASE_CHECK_ONLY": "1"},
+        env={**os.environ, "BASE_IMAGE": BASE_IMAGE, **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
-    return _image(client, BASE_IMAGE) if check.returncode == 0 else None
+
+
+def _all_current(client: docker.DockerClient, tags: dict[str, str], digest: str) -> bool:
+    """Whether every image of ``tags`` exists and carries ``digest`` (built from these sources on this base)."""
+    return all((img := _image(client, t)) is not None and img.labels.get(DIGEST_LABEL) == digest for t in tags.values())
 
 
 def _ensure_built(
@@ -202,8 +210,7 @@ def _ensure_built(
     started = time.monotonic()
     base = bootstrap_base(client)
     digest = source_digest(base.id)
-    current = [_image(client, t) for t in tags.values()]
-    if mode == "auto" and all(img is not None and img.labels.get(DIGEST_LABEL) == digest for img in current):
+    if mode == "auto" and _all_current(client, tags, digest):
         log.info("Images current tag=%s digest=%s took_s=%.1f", tag, digest, time.monotonic() - started)
         return tags
     for spec in specs:
@@ -217,13 +224,7 @@ def _ensure_built(
 
 def bootstrap_base(client: docker.DockerClient) -> Image:
     """``images/base.sh``: quick when the base image is current, minutes from nothing."""
-    result = subprocess.run(
-        ["bash", str(IMAGES_DIR / "base.sh")],
-        env={**os.environ, "BASE_IMAGE": BASE_IMAGE},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    result = _base_script(timeout=1800)
     if result.returncode != 0:
         raise ImagesUnavailable(f"images/base.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
     for line in result.stderr.splitlines():

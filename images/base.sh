@@ -92,7 +92,9 @@ add_trust() {
   log "$tag: the host's CA bundle ($ca_bundle)${index_url:+ and index $index_url} for pip"
 }
 
+exists=0
 if [[ "${BASE_FORCE:-0}" != 1 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
+  exists=1
   have="$(docker image inspect -f '{{ index .Config.Labels "org.connlib-relays.base-key" }}' "$tag" 2>/dev/null || true)"
   if [[ "$have" == "$key" ]]; then
     log "$tag is up to date ($key)"; exit 0
@@ -101,7 +103,7 @@ fi
 if [[ "${BASE_CHECK_ONLY:-0}" == 1 ]]; then
   exit 3
 fi
-if [[ "${BASE_FORCE:-0}" != 1 ]] && docker image inspect "$tag" >/dev/null 2>&1; then
+if [[ "$exists" == 1 ]]; then
   if [[ "${have%-*}" == "$rootfs_key" ]] && docker image inspect "$tag-os" >/dev/null 2>&1; then
     log "$tag: the host's index trust changed"; add_trust; exit 0
   fi

@@ -209,7 +209,7 @@ class Checker:
         world, node, pid = self.world, peer.tunnel.node, peer.peer_id
         joined = peer.joined_since is not None and not world.ws_blocked(peer)  # it can hear the portal
         usable = False
-        handed_out = self._handed_out(peer)  # read only: the same for every relay of this pass
+        handed_out = self.handed_since.get(pid, {})  # what the portal lists for the peer (_note_handed, this tick)
         addr, net, since = peer.addr, world.net, self.since
         # ``_held`` of a check that holds does nothing while nothing is pending (``since`` empty):
         # it is called only when a check is broken or something may have to be cleared.
