@@ -125,23 +125,31 @@ what a relay under ``user-quota 1`` answers the second one (``error 486 ...``), 
 
 HOLD_CAPACITY = """
 import base64, hashlib, hmac, os, signal, struct, sys, time
-sys.path.insert(0, "/opt/connlib-relays")
+sys.path.insert(0, "{probe_dir}")
 import turn_probe as tp
-secret = open("/run/relay/secret").read().strip().encode()
-held = []
-until = time.monotonic() + {grab}  # ports of deleted allocations come free ~1 s later: take them too
+secret = open("{secret_file}").read().strip().encode()
+held, unsure = [], []
+start = time.monotonic()
+until = start + {grab}  # ports of deleted allocations come free ~1 s later: take them too
 while len(held) < {limit}:  # a username each: a user quota in force too does not stop it
     username = f"{{int(time.time()) + 3600}}:hold{{len(held)}}"
     password = base64.b64encode(hmac.new(secret, username.encode(), hashlib.sha1).digest()).decode()
-    client = tp.TurnClient(("127.0.0.1", {port}), username, password)
+    client = tp.TurnClient(("127.0.0.1", {port}), username, password, timeout={timeout})
     try:
         client.allocate()
     except tp.ProbeError as exc:
-        client.sock.close()
-        if "508" not in str(exc):
-            raise
-        if time.monotonic() > until:
-            break
+        if "508" in str(exc):
+            client.sock.close()
+            if time.monotonic() > until:
+                break
+        elif time.monotonic() - start < {give_up}:  # unanswered under load (seen): again, until the give-up
+            unsure.append(client)  # it may hold an allocation whose answer was lost: freed with the rest
+        else:
+            for client in held + unsure:
+                client.close()
+            with open("{path}.failed", "w") as f:
+                f.write(f"{{exc}} (held {{len(held)}})\\n")
+            sys.exit(1)
         time.sleep(0.2)
         continue
     held.append(client)
@@ -153,42 +161,100 @@ refreshed = time.monotonic()
 while not stop:
     time.sleep(0.2)
     if time.monotonic() - refreshed > 300:  # the allocations' 600 s: a fault may last longer
-        for client in held:
-            client.transact(tp.REFRESH, [(tp.LIFETIME, struct.pack("!I", 600))], auth=True)
+        for client in held + unsure:
+            try:  # an unsure one holds nothing (437) or a port like the rest
+                client.transact(tp.REFRESH, [(tp.LIFETIME, struct.pack("!I", 600))], auth=True)
+            except tp.ProbeError:
+                pass
         refreshed = time.monotonic()
-for client in held:
+for client in held + unsure:
     client.close()
 os.unlink("{path}")
 """
 """Allocates on the relay (from inside its container) until coturn answers 508 (no relay port
-left) for ``grab`` s or it holds ``limit``, holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them (REFRESH 0) and exits.
-coturn frees a port about 1 s after the deletion (measured on 4.6.1)."""
+left) for ``grab`` s or it holds ``limit``, holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them
+(REFRESH 0) and exits. Any other failure is retried until ``give_up`` s from the start, then the holder frees what
+it holds, writes the reason to ``path.failed`` and exits (it used to die silently on an unanswered ALLOCATE under
+load, and the fault's wait ran out with no word of why). coturn frees a port about 1 s after the deletion
+(measured on 4.6.1)."""
 HOLD_PATH = "/run/relay/capacity-hold"
 HOLD_GRAB_S = 2.0
 """How long the holder goes on taking ports that come free: a deleted allocation's port is free again
 ~1 s after its REFRESH(0) (the probes' own, just before), and one left free would let every probe
 allocate (seen: the relay allowing both ALLOCATEs under the 508 fault in 3 of 6 runs)."""
+HOLD_GIVE_UP_S = 10.0
+"""How long the holder goes on retrying failures other than 508: below the 15 s the fault waits for it."""
+PROBE_DIR = "/opt/connlib-relays"
+"""Where every image keeps ``turn_probe.py``."""
+SECRET_FILE = "/run/relay/secret"
+"""The relay's per-boot secret, written by its agent."""
+
+
+class HolderFailed(RuntimeError):
+    """The capacity holder gave up (it says why)."""
+
+
+def hold_capacity_script(
+    port: int,
+    limit: int,
+    path: str = HOLD_PATH,
+    give_up: float = HOLD_GIVE_UP_S,
+    probe_dir: str = PROBE_DIR,
+    secret_file: str = SECRET_FILE,
+    timeout: float = 1.0,
+) -> str:
+    """:data:`HOLD_CAPACITY` for one relay; the defaults are the relay image's paths and turn_probe's
+    first retransmission ``timeout``."""
+    return HOLD_CAPACITY.format(
+        port=port,
+        path=path,
+        limit=limit,
+        grab=HOLD_GRAB_S,
+        give_up=give_up,
+        probe_dir=probe_dir,
+        secret_file=secret_file,
+        timeout=timeout,
+    )
+
+
+def hold_status_command(path: str = HOLD_PATH) -> list[str]:
+    """The command that tells a holder's state (its files): see :func:`hold_status`."""
+    return ["sh", "-c", f"cat {path} 2>/dev/null && exit 0; cat {path}.failed 2>/dev/null && exit 3; exit 1"]
+
+
+def hold_status(exit_code: int, output: bytes) -> int | None:
+    """What :func:`hold_status_command` said: the count held, None while the holder has not said (or is
+    gone); :class:`HolderFailed` once it gave up."""
+    if exit_code == 0:
+        return int(output.split()[1])
+    if exit_code == 3:
+        raise HolderFailed(f"capacity holder gave up: {output.decode(errors='replace').strip()}")
+    return None
 
 
 def hold_capacity(container: Container, port: int, limit: int) -> None:
     """Start :data:`HOLD_CAPACITY` in the relay's container (detached; it says when it holds), taking
     at most ``limit`` ports."""
-    script = HOLD_CAPACITY.format(port=port, path=HOLD_PATH, limit=limit, grab=HOLD_GRAB_S)
+    script = hold_capacity_script(port, limit)
     # setsid and sh's own background job: a docker-py detached exec's process was gone within ~1 s
     # (seen: its allocations freed), this one lives until the SIGTERM
-    launch = 'setsid /usr/bin/python3 -c "$0" >/dev/null 2>&1 &'
+    launch = f'rm -f {HOLD_PATH}.failed; setsid /usr/bin/python3 -c "$0" >/dev/null 2>&1 &'
     exec_checked(container, ["sh", "-c", launch, script])
 
 
 def held_capacity(container: Container) -> int | None:
-    """How many allocations the holder holds, None while it has not said (or is gone)."""
-    result = container.exec_run(["cat", HOLD_PATH])
-    return int(result.output.split()[1]) if result.exit_code == 0 else None
+    """How many allocations the holder holds, None while it has not said (or is gone);
+    :class:`HolderFailed` once it gave up."""
+    result = container.exec_run(hold_status_command())
+    return hold_status(result.exit_code, result.output)
 
 
 def release_capacity(container: Container, name: str | None = None) -> None:
     """SIGTERM to the holder, if it still runs (a restart of the relay ended it and its allocations)."""
-    script = f"if [ -f {HOLD_PATH} ]; then kill -TERM $(cut -d' ' -f1 {HOLD_PATH}) || rm -f {HOLD_PATH}; fi"
+    script = (
+        f"rm -f {HOLD_PATH}.failed; "
+        f"if [ -f {HOLD_PATH} ]; then kill -TERM $(cut -d' ' -f1 {HOLD_PATH}) || rm -f {HOLD_PATH}; fi"
+    )
     exec_checked(container, ["sh", "-c", script], name)
 
 
