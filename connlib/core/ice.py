@@ -294,6 +294,13 @@ class Connection:
         if not message.verify_integrity(self.local_pwd.encode()):
             log.debug("Connectivity check with bad integrity %s", kv(peer=self.peer_id))
             return True
+        if local not in self.local_candidates:
+            # A check on a candidate this connection does not have (the relay of an earlier
+            # connection to the same peer, whose candidates the peer still pairs): no answer, as
+            # str0m's agent discards it ("unknown interface"). An answer would let the controlling
+            # side nominate a pair we never take, each side then sure of a different path.
+            log.debug("Check on an unknown local candidate %s", kv(peer=self.peer_id, local=format_address(local.addr)))
+            return True
         response = Message(Method.BINDING, Class.SUCCESS, message.transaction_id)
         response.add("XOR-MAPPED-ADDRESS", from_)
         self._transmits.append(PathTransmit(local, from_, response.encode(self.local_pwd.encode(), fingerprint=True)))

@@ -232,6 +232,27 @@ def test_fixed_relay_forgotten_then_handed_back_under_new_credentials():
     assert result.ok, result.violation
 
 
+def test_fixed_check_on_an_earlier_connections_relay_is_not_answered():
+    """Found by ``python -m sim --seed 31000 --count 600`` with every fix on (seed 31014, shrunk):
+    the client, idle and then cut from the portal, asks for the connection four times; the gateway
+    gets the four requests at once when the client rejoins, replacing its connection each time (the
+    first two on relay-1, the last on relay-2), and the client pairs every candidate the gateway
+    signalled. The gateway answered the client's check on its relay-1 candidate, which its last
+    connection does not have: the client nominated that pair, the gateway never took it and failed
+    by ICE timeout, the client sure it was connected. A check on a candidate the connection does not
+    have now goes unanswered, as str0m's agent does."""
+    faults = (
+        Fault(120.386, "relay_reboot", "relay-3", 2.671),
+        Fault(122.112, "portal_blackhole", "client", 51.268),
+        Fault(264.005, "relay_kill", "relay-3", 40.786),
+        Fault(293.494, "stream_idle", "client", 72.442),
+        Fault(322.039, "stream_idle", "client", 88.48),
+        Fault(392.545, "peer_portal_cut", "client", 42.314),
+    )
+    result = run(Schedule(31014, 462.0, faults=faults, channel_lifetime_s=60.0), ignore=KNOWN_CHECKS)
+    assert result.ok, result.violation
+
+
 def test_no_traffic_is_owed_while_the_portal_lists_no_working_relay_for_a_peer():
     """Found by ``python -m sim --seed 30014 --count 600`` (seed 30159): the portal lists relay-2 and
     relay-3 for the restarted client, relay-3 refuses it (486) and relay-2 is paused; relay-1 works

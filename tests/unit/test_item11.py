@@ -1,5 +1,6 @@
 """Issue 9 item 11, the sans-IO parts: nomination on the controlled side, bounded remote
-candidates, check retransmits under one transaction id, a host candidate per family."""
+candidates, check retransmits under one transaction id, a host candidate per family; and no answer to
+a check on a candidate the connection does not have (the simulator's seed 31014)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,24 @@ def test_controlled_side_moves_when_its_nominated_pair_went_quiet():
     conn.handle_stun(check(conn, 1), LOCAL, R1, 0.0)
     conn.handle_stun(check(conn, 2), LOCAL, R2, 5.0)  # R1 silent for 5 s: the peer moved
     assert conn.nominated is not None and conn.nominated.remote.addr == R2
+
+
+def test_a_check_on_a_candidate_the_connection_does_not_have_is_not_answered():
+    """The peer pairs our relay candidate of an earlier connection (its candidates came late): an
+    answer would have it nominate a pair this connection never takes, each side sure of another
+    path (seed 31014: the client connected, the gateway failed by ICE timeout). str0m discards it."""
+    conn = Connection.new("gateway", controlling=False, now=0.0, rng=random.Random(1))
+    conn.set_remote_credentials("peer", "peer-password-0123456789", 0.0)
+    conn.add_local_candidate(LOCAL, 0.0)
+    conn.add_remote_candidate(RemoteCandidate("relay", R1, candidate_priority("relay")), 0.0)
+    list(iter(conn.poll_transmit, None))
+    elsewhere = LocalCandidate("relay", ("192.0.2.9", 50000), "r9")
+    assert conn.handle_stun(check(conn, 1), elsewhere, R1, 1.0)  # ours by its USERNAME: consumed
+    assert conn.poll_transmit() is None and conn.nominated is None
+    assert all(pair.local == LOCAL for pair in conn.pairs)
+    conn.handle_stun(check(conn, 2), LOCAL, R1, 1.5)
+    answers = [t for t in iter(conn.poll_transmit, None) if stun.decode(t.payload).cls == Class.SUCCESS]
+    assert [t.local for t in answers] == [LOCAL] and conn.nominated is not None
 
 
 def _connection(controlling: bool) -> Connection:
