@@ -25,6 +25,13 @@ Issue 9 (relay handling beyond #6666):
   candidates are offered until the next REFRESH;
 - ``path-probe-retransmit``: the path probe retransmits (0.5 s, ×1.5, 2.5 s); off, it is the
   single-shot 1 s REFRESH and one lost packet frees a healthy relay.
+
+Found by the simulator (issue 10):
+
+- ``fail-unconnected``: the client's connection that loses its relay before it ever connected
+  fails at once, and the session asks for a new one; off, it migrates to another relay while the
+  gateway's end, whose pairs all ran through the lost relay, fails by ICE timeout: the migrated
+  connection waits out a second ICE timeout before it is asked for again (seed 31025: 20 s).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ FIX_REFUSAL_RETRY = "refusal-retry"
 FIX_DELETE_ON_REPLACE = "delete-on-replace"
 FIX_PROBE_LISTED = "probe-listed"
 FIX_PATH_PROBE_RETRANSMIT = "path-probe-retransmit"
+FIX_FAIL_UNCONNECTED = "fail-unconnected"
 KNOWN_FIXES = frozenset(
     {
         FIX_CREDENTIALS_COMPARE,
@@ -49,6 +57,7 @@ KNOWN_FIXES = frozenset(
         FIX_DELETE_ON_REPLACE,
         FIX_PROBE_LISTED,
         FIX_PATH_PROBE_RETRANSMIT,
+        FIX_FAIL_UNCONNECTED,
     }
 )
 

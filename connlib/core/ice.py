@@ -128,6 +128,7 @@ class Connection:
     nominated: Pair | None = None
     checking_since: float | None = None
     failed: bool = False
+    ever_connected: bool = False
     rng: random.Random = field(kw_only=True, repr=False)  # the Tunnel's seeded rng: check ids
     keepalive: float = field(default=KEEPALIVE_INTERVAL, kw_only=True)  # the nominated pair's check interval
     _events: collections.deque = field(default_factory=collections.deque)
@@ -349,6 +350,7 @@ class Connection:
             self.nominated.nominated = False
         pair.nominated = True
         self.nominated = pair
+        self.ever_connected = True
         self.checking_since = None
         pair.next_check = now + self.keepalive
         log.info("Connection established %s", self._pair_fields(pair, relay=pair.local.rid or "-"))

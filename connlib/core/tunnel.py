@@ -23,7 +23,7 @@ from . import fixes, messages, stun
 from .addr import Address, family
 from .allocation import DEFAULT_CHANNEL_TIMES, Candidate, ChannelTimes
 from .candidate import parse_candidate
-from .fixes import FIX_PATH_PROBE
+from .fixes import FIX_FAIL_UNCONNECTED, FIX_PATH_PROBE
 from .ice import (
     KEEPALIVE_INTERVAL,
     Connected,
@@ -285,6 +285,13 @@ class Tunnel:
         for addr in connection.remote_candidates:
             self.node.bind_channel(connection.relay_id, addr, now)
 
+    def _fail_unconnected(self, connection: Connection) -> bool:
+        """Whether a connection that lost its relay fails rather than migrates: the client's (the
+        side that asks for connections), when it never connected."""
+        return (
+            self.role == "client" and not connection.ever_connected and FIX_FAIL_UNCONNECTED not in self._disabled_fixes
+        )
+
     def _migrate(self, connection: Connection, now: float) -> None:
         old = connection.relay_id
         removed = connection.remove_local_candidates(lambda c: c.rid is not None and not self.node.has_relay(c.rid))
@@ -348,6 +355,12 @@ class Tunnel:
             # A relay replaced under the same id counts as removed too: its fresh allocation has
             # no RTT yet, so another relay is sampled if there is one.
             if connection.relay_id in removed and not connection.failed:
+                if self._fail_unconnected(connection):
+                    # The gateway's end has only pairs through the lost relay and fails by ICE
+                    # timeout meanwhile: migrated, ours would wait out a second one (seed 31025:
+                    # 20 s). Failed, the session asks for a new connection at once.
+                    connection.fail("relay lost before connecting", now)
+                    continue
                 self._migrate(connection, now)
         return any_event
 

@@ -87,6 +87,23 @@ TWINS = {
         ),
         "channel-rebind",
     ),
+    # python -m sim --seed 31015 with every fix on (seed 31025, shrunk): the client, back from idle,
+    # asks for the connection on relay-3, paused 13.5 s before; relay-3's CHANNEL_BIND times out
+    # 10 s later, 30 ms after the gateway's end failed by ICE timeout, and the migrated connection
+    # waited out its own ICE timeout (10 s) and a re-request: the first echo 26 s after the resume.
+    fixes.FIX_FAIL_UNCONNECTED: (
+        Schedule(
+            31025,
+            326.0,
+            faults=(
+                Fault(182.316, "stream_idle", "client", 42.434),
+                Fault(256.069, "stream_idle", "client", 43.065),
+                Fault(285.564, "relay_pause", "relay-3", 46.787),
+            ),
+            channel_lifetime_s=30.0,
+        ),
+        "traffic-gap",
+    ),
 }
 
 
@@ -160,6 +177,7 @@ def test_shrinking_goes_past_the_ignored_kinds_as_the_run_that_found_it():
         ("refusal-retry", 1076, 6),  # from 1000: the 81st schedule (1080)
         ("path-probe-retransmit", 1042, 6),  # from 1000: the 46th (1045)
         ("channel-number-reuse", 1000, 6),  # the 4th (1003)
+        ("fail-unconnected", 1146, 6),  # from 1000: the 150th (1149)
     ],
 )
 def test_random_schedules_find_each_twin(switch, start, within):
