@@ -40,6 +40,11 @@ BINDING_INTERVAL = 25.0
 CHANNEL_LIFETIME = 600.0  # RFC 8656 §12; a relay may be configured shorter (coturn --channel-lifetime)
 MAX_BUFFERED_CHANNEL_BINDINGS = 100
 LINGER_RETRY = 0.25  # ALLOCATE again this often while coturn lingers on our deleted allocation (437)
+# How long after our delete a 437 to ALLOCATE is coturn's linger (~1 s, to its next timer tick).
+# Later, the 5-tuple holds an allocation of ours whose success was lost (each retransmit is a new
+# transaction, which coturn answers 437): deleted again, as any 437 to ALLOCATE.
+LINGER_MAX = 3.0
+MAX_REDELETES = 1  # deletes for a 437 past the linger before the ALLOCATE is left to its deadline
 # A relay that refuses ALLOCATE/REFRESH with an error we cannot act on (486 quota, 508, 5xx,
 # 441, ...) is asked again after each of these delays, then freed: about 7 s after the first
 # refusal, well inside the 15 s no-zombie bound. Firezone logs such errors and keeps the
@@ -257,6 +262,9 @@ class Allocation:
         self._refusals = 0  # consecutive ALLOCATE/REFRESH refusals (REFUSAL_RETRY_DELAYS)
         self._retry: tuple[float, Method] | None = None  # (when, method) of the next attempt
         self.srtt: float | None = None
+        self._answered_at: float | None = None  # when the relay last answered a request of ours
+        self._deleted_at: float | None = None  # when our delete (REFRESH 0) to re-allocate was answered
+        self._redeletes = 0  # deletes for a 437 past the linger since the last allocation
         self._events: collections.deque[Event] = collections.deque()
         self._transmits: collections.deque[Transmit] = collections.deque()
         self._deadline: float | None = None  # _control_deadline(), None when it must be computed again
@@ -405,6 +413,7 @@ class Allocation:
         if message.method != Method.BINDING and not self._accept_integrity(message, pending):
             return True
         del self.sent_requests[message.transaction_id]
+        self._answered_at = now
         if not pending.retransmitted:  # Karn: ambiguous samples from retransmits are skipped
             sample = now - pending.sent_at
             self.srtt = sample if self.srtt is None else 7 / 8 * self.srtt + sample / 8
@@ -481,6 +490,7 @@ class Allocation:
             if lifetime == 0:
                 self.held_until = None
                 log.debug("Allocation deleted; allocating again %s", kv(rid=self.relay_id))
+                self._deleted_at = now
                 self._send_allocate(now, after_delete=True)
             elif lifetime is not None:
                 self.lifetime = (now, float(lifetime))
@@ -539,7 +549,7 @@ class Allocation:
             return
         self.lifetime = (now, float(lifetime))
         self.held_until = now + float(lifetime)
-        self._refusals = 0
+        self._refusals = self._redeletes = 0
         related = message.get("XOR-MAPPED-ADDRESS")
         for addr in relayed:
             candidate = Candidate("relay", addr, related)
@@ -600,7 +610,7 @@ class Allocation:
             )
             renewed.provisional = pending.provisional
             return
-        if code == 437 and method == Method.ALLOCATE and pending.after_delete:
+        if code == 437 and method == Method.ALLOCATE and pending.after_delete and self._lingering(now):
             # coturn keeps a deleted allocation on the 5-tuple for a moment (a little over a
             # second, to its next timer tick) and answers 437 again; deleting again would loop at
             # RTT speed. Ask again at a short fixed interval until the request's own deadline:
@@ -663,6 +673,23 @@ class Allocation:
         self._refused(method, now)
 
     @_moves_deadlines
+    def _lingering(self, now: float) -> bool:
+        """Whether a 437 to ALLOCATE after our delete is taken for coturn's linger on it: within
+        ``LINGER_MAX`` of the delete, and always once ``MAX_REDELETES`` deletes did not end it
+        (then the ALLOCATE's deadline ends it, as before)."""
+        if self._deleted_at is None or now - self._deleted_at <= LINGER_MAX or self._redeletes >= MAX_REDELETES:
+            return True
+        self._redeletes += 1
+        return False
+
+    def _answered_since(self, pending: _Pending) -> bool:
+        """Whether the relay answered a request of ours sent after ``pending`` (not an ALLOCATE,
+        which nothing else retries): then it is reachable, and this one or its answer was lost.
+        Seed 33008 of the simulator: a BINDING sent while the relay was paused timed out 1.2 s
+        after it came back and had answered a CHANNEL_BIND, and the relay was dropped."""
+        answered = self._answered_at
+        return answered is not None and answered > pending.sent_at and pending.message.method != Method.ALLOCATE
+
     def _refused(self, method: Method, now: float) -> None:
         if FIX_REFUSAL_RETRY in self.disabled_fixes:
             return  # the old behaviour: the error is logged, nothing else happens
@@ -692,6 +719,8 @@ class Allocation:
                     self._provisional_final(pending, pending.provisional)
                     continue
                 if self.active_socket is not None and family(self.active_socket) == family(pending.dst):
+                    if self._answered_since(pending):
+                        continue
                     log.info(
                         "Relay socket seems unreachable %s", kv(rid=self.relay_id, addr=format_address(pending.dst))
                     )

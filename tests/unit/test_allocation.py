@@ -307,6 +307,47 @@ def test_lost_allocate_response_recovers_through_delete_on_a_lingering_relay():
     assert len(sim.requests) < 15  # a handful of requests, not a storm
 
 
+def test_lost_allocate_response_after_our_delete_is_not_taken_for_the_linger():
+    """The simulator's seed 33026: the ALLOCATE after our delete succeeds, its answer is lost, and
+    every later ALLOCATE (a new transaction id each) gets 437 for the allocation we hold now. That
+    437 was taken for the deleted allocation's linger until the request's deadline, and the relay
+    was dropped for no response 10 s later while it answered every request. A 437 past the linger
+    deletes again."""
+    alloc, sim, net = setup()
+    sim.linger = 1.0
+    successes: list[Message] = []
+
+    def drop_second_allocate_success(src, dst, payload):
+        if src == RELAY4 and stun.is_stun(payload):
+            msg = stun.decode(payload)
+            if (msg.method, msg.cls) == (Method.ALLOCATE, Class.SUCCESS):
+                successes.append(msg)
+                return len(successes) in (1, 2)  # the first (as above) and the one after our delete
+        return False
+
+    net.drop = drop_second_allocate_success
+    net.run(8.0)
+    assert len(successes) >= 3 and alloc.has_allocation() and alloc.can_be_freed() is None
+    assert [c.addr for c in alloc.relay_candidates()] == sim.allocations[CLIENT4].relayed
+    assert len(sim.requests) < 40  # the linger's 0.25 s retries, not a storm
+
+
+def test_a_request_lost_while_the_relay_was_away_does_not_drop_it_once_it_answers_again():
+    """The simulator's seed 33008: a request sent while the relay was paused timed out (10 s) after
+    the relay came back and had answered a later one; the allocation was taken for unreachable and
+    the relay dropped for no response, 0.8 s after its last answer."""
+    alloc, sim, net = allocated()
+    now = net.now
+    sim.black_hole = True
+    alloc.bind_channel(PEER, now)  # every transmission lost; given up at now + 10
+    net.run(now + 9.5)  # past its last retransmit
+    sim.black_hole = False
+    alloc.bind_channel(PEER2, net.now)  # answered
+    net.run(now + 12.0)
+    assert alloc.has_allocation() and alloc.can_be_freed() is None
+    assert alloc.has_channel_to(PEER2, net.now)
+
+
 def test_437_on_refresh_allocates_again():
     alloc, sim, net = allocated()
     (old,) = alloc.relay_candidates()
