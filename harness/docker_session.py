@@ -9,12 +9,17 @@ neither a host route nor another Docker network (a developer's ``make up`` stack
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
+import json
 import logging
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -57,6 +62,28 @@ def docker_subnets(client: docker.DockerClient) -> list[ipaddress.IPv4Network | 
     return used
 
 
+RESERVATIONS = Path(tempfile.gettempdir()) / "connlib-relays-subnets.json"
+RESERVATION_S = 300.0  # longer than a compose project takes to create its networks
+
+
+@contextlib.contextmanager
+def _reservations() -> Iterator[dict[str, float]]:
+    """The host's subnet reservations (subnet → unix expiry), expired ones dropped, written back on exit."""
+    with open(RESERVATIONS.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                reserved = {k: float(v) for k, v in json.loads(RESERVATIONS.read_text()).items()}
+            except (OSError, ValueError, AttributeError):
+                reserved = {}  # none yet, or unreadable: nothing is reserved
+            now = time.time()
+            reserved = {k: v for k, v in reserved.items() if v > now}
+            yield reserved
+            RESERVATIONS.write_text(json.dumps(reserved))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class DockerSession:
     """One test session's (or CLI run's) Docker resources."""
 
@@ -96,11 +123,17 @@ class DockerSession:
         return subnets[start:] + subnets[:start]
 
     def free_subnets(self, count: int) -> list[ipaddress.IPv4Network]:
-        """``count`` /24s that are free now (not reserved: for a compose project that creates its own)."""
-        used = self._used_subnets()
-        found = [s for s in self._candidates() if not any(s.overlaps(u) for u in used)][:count]
-        if len(found) < count:
-            raise RuntimeError(f"only {len(found)} free /24 left in {SUBNET_POOL}, want {count}")
+        """``count`` /24s that are free now, for a compose project that creates its own networks
+        later. Reserved on this host for ``RESERVATION_S`` (``RESERVATIONS``, under an flock): two
+        test workers of one session start from the same cursor, and the second ``up`` failed with
+        "Pool overlaps" when both compose stacks were made at once."""
+        with _reservations() as reserved:
+            used = [*self._used_subnets(), *map(ipaddress.IPv4Network, reserved)]
+            found = [s for s in self._candidates() if not any(s.overlaps(u) for u in used)][:count]
+            if len(found) < count:
+                raise RuntimeError(f"only {len(found)} free /24 left in {SUBNET_POOL}, want {count}")
+            until = time.time() + RESERVATION_S
+            reserved.update({str(s): until for s in found})
         self._subnet_cursor += count
         return found
 

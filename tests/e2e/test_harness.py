@@ -130,6 +130,15 @@ def _session_objects(client, session: str) -> list[str]:
 
 
 @pytest.mark.docker
+def test_free_subnets_of_two_workers_of_one_session_do_not_overlap(docker_client):
+    """Each xdist worker has its own DockerSession with the run's one id, so the same cursor: two
+    compose stacks made at once were handed the same /24s ("Pool overlaps" on the second ``up``)."""
+    workers = [DockerSession(docker_client, images={}, session_id="c0ffee" + "0" * 26) for _ in range(2)]
+    first, second = (set(w.free_subnets(3)) for w in workers)
+    assert len(first) == len(second) == 3 and not first & second
+
+
+@pytest.mark.docker
 def test_deferred_stack_removal_returns_at_once_and_the_session_end_waits_for_it(docker_client, base_image, caplog):
     """The e2e session removes a stopped stack in the background; its end removes the rest only
     after that removal is done (two removals of one container at once: 409s and warnings)."""
