@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 TEST_JOBS ?= 2
 XDIST = -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: test unit integration e2e bench lint sim mutation clean venv system-packages durations
+.PHONY: test unit integration e2e bench lint sim mutation clean venv system-packages durations compiled sim-compiled
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -51,6 +51,16 @@ lint: $(VENV)/.installed
 # a long simulation run: SEED, COUNT (default 1000 schedules), SIM_ARGS (e.g. --disable-fix probe)
 sim: $(VENV)/.installed
 	$(PY) -m sim --seed $(or $(SEED),1) --count $(or $(COUNT),1000) $(SIM_ARGS)
+
+# optional: the simulator's hot modules compiled with mypyc into build/compiled/ (never next to the
+# sources; rebuilt only when they changed, 2-4 min), and `make sim` on that build (same SEED, COUNT,
+# SIM_ARGS; it refuses a build older than the sources). tools/mypyc_build.py says what is compiled and
+# what stays Python; tests/sim/test_compiled.py checks the build replays to the interpreted digests.
+compiled: $(VENV)/.installed
+	$(PY) tools/mypyc_build.py build
+
+sim-compiled: compiled
+	$(PY) tools/mypyc_build.py run -m sim --seed $(or $(SEED),1) --count $(or $(COUNT),1000) $(SIM_ARGS)
 
 # mutation testing of connlib's relay handling (allocation.py, node.py) against the unit tests and the
 # simulator's fast tests ([tool.mutmut] in pyproject.toml); JOBS workers (default 2, this machine's

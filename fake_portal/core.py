@@ -299,12 +299,12 @@ class Portal:
             log.warning("Frame with unexpected content %s", kv(sid=sid, id=session.peer_id, error=exc))
             self._send(session, error_reply(exc.request, str(exc)), now)
             return
-        except MessageError as exc:
+        except MessageError as err:  # (not ``exc``: compiled, mypyc would hold it to the PayloadError above)
             excerpt = data[:RAW_EXCERPT_CHARS]
             raw = excerpt.hex() if isinstance(excerpt, bytes) else excerpt.encode("utf-8", "backslashreplace").decode()
-            self._record(session, "in", now, size=len(data), error=str(exc)[:RAW_EXCERPT_CHARS], raw=raw)
-            log.warning("Malformed frame; closing the socket %s", kv(sid=sid, id=session.peer_id, error=repr(str(exc))))
-            self._close(session, CloseCode.MALFORMED, f"malformed frame: {exc}", now)
+            self._record(session, "in", now, size=len(data), error=str(err)[:RAW_EXCERPT_CHARS], raw=raw)
+            log.warning("Malformed frame; closing the socket %s", kv(sid=sid, id=session.peer_id, error=repr(str(err))))
+            self._close(session, CloseCode.MALFORMED, f"malformed frame: {err}", now)
             return
         self._record(session, "in", now, frame=frame, size=len(data))
         if frame.topic == Topic.PHOENIX:

@@ -241,7 +241,8 @@ class World:
     # ------------------------------------------------------------------ the loop
     def run(self, until: float) -> None:
         heap, actors, pop, never = self._heap, self.actors, heapq.heappop, float("inf")
-        spins, last = 0, (-1.0, None)
+        spins = 0
+        last: tuple[float, Any] = (-1.0, None)
         while not self.stopped:
             best: Any = None
             due = heap[0][0] if heap else never

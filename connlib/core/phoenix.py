@@ -69,6 +69,7 @@ class ReconnectBackoff:
 
     def __post_init__(self) -> None:
         self._interval = self.initial
+        self._started = None  # (mypyc, when compiled, gives an init=False field no default)
 
     def next_delay(self, now: float) -> float | None:
         """The delay before the next attempt, or ``None`` once ``max_elapsed`` has passed."""
