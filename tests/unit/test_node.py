@@ -187,6 +187,24 @@ def test_a_forgotten_relay_whose_allocation_was_deleted_or_expired_gets_no_old_d
     assert node.allocations["a"].has_allocation()
 
 
+def test_forgotten_relays_are_bounded_and_the_oldest_goes_first(monkeypatch):
+    """At most MAX_FORGOTTEN forgotten relays are kept (here 2): forgetting a third drops the
+    oldest, whose allocation then gets no delete under its old credentials (the relay refuses the
+    new username, 437 and 441, until it expires), while the newest two recover through theirs."""
+    monkeypatch.setattr(node_mod, "MAX_FORGOTTEN", 2)
+    sims = relays(3)
+    node, net = setup(*sims)
+    names = {"a": sims[0], "b": sims[1], "c": sims[2]}
+    deploy(node, net, names)
+    for t, rid in ((10.0, "a"), (11.0, "b"), (12.0, "c")):  # each removed while it holds ours
+        node.update_relays([rid], [], t)
+        net.run(t)
+    for rid, sim in names.items():
+        node.update_relays([], [sim.config(rid, salt="new-salt")], net.now)
+        net.run(net.now + 2.0)
+        assert node.allocations[rid].has_allocation() is (rid != "a"), rid  # a: refused until expiry
+
+
 def test_disconnected_ids_are_removed(caplog):
     a, b = relays(2)
     node, net = setup(a, b)
