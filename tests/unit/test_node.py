@@ -172,6 +172,22 @@ def test_a_forgotten_relay_handed_back_under_new_credentials_recovers_from_its_a
     assert node.allocations["a"].has_allocation()
 
 
+def test_a_forgotten_relay_is_held_for_as_long_as_its_last_refresh_said():
+    """The allocation's lifetime runs from its last REFRESH, not from the ALLOCATE: forgotten after
+    the ALLOCATE's 600 s but within the refreshed ones, the relay still holds it, and the delete
+    under the old credentials is still owed (two of stop 20's held_until mutants survived here)."""
+    (a,) = relays(1)
+    node, net = setup(a)
+    deploy(node, net, {"a": a})
+    net.run(700.0)  # refreshed at half its lifetime (300 s): held on the relay until ~900 s
+    assert CLIENT4 in a.allocations and a.allocations[CLIENT4].expires_at > 850.0
+    node.update_relays(["a"], [], 700.0)
+    net.run(700.0)
+    node.update_relays([], [a.config("a", salt="new-salt")], 710.0)
+    net.run(712.0)
+    assert node.allocations["a"].has_allocation()
+
+
 def test_a_forgotten_relay_whose_allocation_was_deleted_or_expired_gets_no_old_delete():
     """Nothing to delete: a relay handed back after our allocation's lifetime allocates at once."""
     (a,) = relays(1)
