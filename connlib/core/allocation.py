@@ -672,7 +672,6 @@ class Allocation:
         # allocation without a request or a timer: ask again later, a bounded number of times.
         self._refused(method, now)
 
-    @_moves_deadlines
     def _lingering(self, now: float) -> bool:
         """Whether a 437 to ALLOCATE after our delete is taken for coturn's linger on it: within
         ``LINGER_MAX`` of the delete, and always once ``MAX_REDELETES`` deletes did not end it
@@ -690,6 +689,7 @@ class Allocation:
         answered = self._answered_at
         return answered is not None and answered > pending.sent_at and pending.message.method != Method.ALLOCATE
 
+    @_moves_deadlines
     def _refused(self, method: Method, now: float) -> None:
         if FIX_REFUSAL_RETRY in self.disabled_fixes:
             return  # the old behaviour: the error is logged, nothing else happens
