@@ -147,7 +147,7 @@ while len(held) < {limit}:  # a username each: a user quota in force too does no
         else:
             for client in held + unsure:
                 client.close()
-            with open("{path}.failed", "w") as f:
+            with open("{failed}", "w") as f:
                 f.write(f"{{exc}} (held {{len(held)}})\\n")
             sys.exit(1)
         time.sleep(0.2)
@@ -174,7 +174,7 @@ os.unlink("{path}")
 """Allocates on the relay (from inside its container) until coturn answers 508 (no relay port
 left) for ``grab`` s or it holds ``limit``, holds them, writes ``<pid> <count>`` to ``path``; SIGTERM frees them
 (REFRESH 0) and exits. Any other failure is retried until ``give_up`` s from the start, then the holder frees what
-it holds, writes the reason to ``path.failed`` and exits (it used to die silently on an unanswered ALLOCATE under
+it holds, writes the reason to :func:`failed_file` and exits (it used to die silently on an unanswered ALLOCATE under
 load, and the fault's wait ran out with no word of why). coturn frees a port about 1 s after the deletion
 (measured on 4.6.1)."""
 HOLD_PATH = "/run/relay/capacity-hold"
@@ -208,6 +208,7 @@ def hold_capacity_script(
     return HOLD_CAPACITY.format(
         port=port,
         path=path,
+        failed=failed_file(path),
         limit=limit,
         grab=HOLD_GRAB_S,
         give_up=give_up,
@@ -217,9 +218,14 @@ def hold_capacity_script(
     )
 
 
+def failed_file(path: str = HOLD_PATH) -> str:
+    """Where a holder writing to ``path`` says why it gave up."""
+    return f"{path}.failed"
+
+
 def hold_status_command(path: str = HOLD_PATH) -> list[str]:
     """The command that tells a holder's state (its files): see :func:`hold_status`."""
-    return ["sh", "-c", f"cat {path} 2>/dev/null && exit 0; cat {path}.failed 2>/dev/null && exit 3; exit 1"]
+    return ["sh", "-c", f"cat {path} 2>/dev/null && exit 0; cat {failed_file(path)} 2>/dev/null && exit 3; exit 1"]
 
 
 def hold_status(exit_code: int, output: bytes) -> int | None:
@@ -238,7 +244,7 @@ def hold_capacity(container: Container, port: int, limit: int) -> None:
     script = hold_capacity_script(port, limit)
     # setsid and sh's own background job: a docker-py detached exec's process was gone within ~1 s
     # (seen: its allocations freed), this one lives until the SIGTERM
-    launch = f'rm -f {HOLD_PATH}.failed; setsid /usr/bin/python3 -c "$0" >/dev/null 2>&1 &'
+    launch = f'rm -f {failed_file()}; setsid /usr/bin/python3 -c "$0" >/dev/null 2>&1 &'
     exec_checked(container, ["sh", "-c", launch, script])
 
 
@@ -252,7 +258,7 @@ def held_capacity(container: Container) -> int | None:
 def release_capacity(container: Container, name: str | None = None) -> None:
     """SIGTERM to the holder, if it still runs (a restart of the relay ended it and its allocations)."""
     script = (
-        f"rm -f {HOLD_PATH}.failed; "
+        f"rm -f {failed_file()}; "
         f"if [ -f {HOLD_PATH} ]; then kill -TERM $(cut -d' ' -f1 {HOLD_PATH}) || rm -f {HOLD_PATH}; fi"
     )
     exec_checked(container, ["sh", "-c", script], name)

@@ -610,19 +610,21 @@ class Allocation:
             )
             renewed.provisional = pending.provisional
             return
-        if code == 437 and method == Method.ALLOCATE and pending.after_delete and self._lingering(now):
-            # coturn keeps a deleted allocation on the 5-tuple for a moment (a little over a
-            # second, to its next timer tick) and answers 437 again; deleting again would loop at
-            # RTT speed. Ask again at a short fixed interval until the request's own deadline:
-            # the backoff's next step (1 s, then 1.5 s) would land up to 1.5 s after the linger.
-            log.debug("Relay still holds the deleted allocation; retrying shortly %s", kv(rid=self.relay_id))
-            remaining = pending.backoff.deadline - now
-            if remaining > 0:
-                pending.backoff = backoff_mod.Backoff(
-                    now, interval=min(LINGER_RETRY, remaining), max_elapsed=remaining, multiplier=1.0
-                )
-            self.sent_requests[message.transaction_id] = pending
-            return
+        if code == 437 and method == Method.ALLOCATE and pending.after_delete:
+            if self._lingering(now):
+                # coturn keeps a deleted allocation on the 5-tuple for a moment (a little over a
+                # second, to its next timer tick) and answers 437 again; deleting again would loop
+                # at RTT speed. Ask again at a short fixed interval until the request's own deadline:
+                # the backoff's next step (1 s, then 1.5 s) would land up to 1.5 s after the linger.
+                log.debug("Relay still holds the deleted allocation; retrying shortly %s", kv(rid=self.relay_id))
+                remaining = pending.backoff.deadline - now
+                if remaining > 0:
+                    pending.backoff = backoff_mod.Backoff(
+                        now, interval=min(LINGER_RETRY, remaining), max_elapsed=remaining, multiplier=1.0
+                    )
+                self.sent_requests[message.transaction_id] = pending
+                return
+            self._redeletes += 1  # past the linger: an allocation of ours whose answer was lost; delete it
         if code == 437:
             self.invalidate_allocation()
             if method == Method.ALLOCATE:
@@ -676,10 +678,8 @@ class Allocation:
         """Whether a 437 to ALLOCATE after our delete is taken for coturn's linger on it: within
         ``LINGER_MAX`` of the delete, and always once ``MAX_REDELETES`` deletes did not end it
         (then the ALLOCATE's deadline ends it, as before)."""
-        if self._deleted_at is None or now - self._deleted_at <= LINGER_MAX or self._redeletes >= MAX_REDELETES:
-            return True
-        self._redeletes += 1
-        return False
+        deleted = self._deleted_at
+        return deleted is None or now - deleted <= LINGER_MAX or self._redeletes >= MAX_REDELETES
 
     def _answered_since(self, pending: _Pending) -> bool:
         """Whether the relay answered a request of ours sent after ``pending`` (not an ALLOCATE,

@@ -16,6 +16,7 @@ import pytest
 
 from harness import container_faults as cf
 from harness.coturn import Coturn
+from harness.waiting import wait_until
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
 sys.path.insert(0, str(IMAGES))
@@ -30,15 +31,13 @@ def _status(path: Path) -> int | None:
 
 
 def _wait_status(path: Path, holder: subprocess.Popen) -> int:
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
+    def said() -> tuple[int] | None:
         held = _status(path)
-        if held is not None:
-            return held
-        if holder.poll() is not None:
-            return _status(path) or 0
-        time.sleep(0.05)
-    raise AssertionError(f"the holder said nothing within {BOUND_S} s")
+        if held is None and holder.poll() is not None:
+            raise AssertionError(f"the holder exited ({holder.returncode}) and said nothing")
+        return None if held is None else (held,)  # a count of 0 is an answer too
+
+    return wait_until(said, BOUND_S, "the holder's word")[0]
 
 
 def _start(tmp_path: Path, port: int, secret: str, limit: int, **kwargs) -> tuple[subprocess.Popen, Path]:
@@ -73,10 +72,8 @@ def test_holder_holds_every_port_then_frees_them(coturn_factory, tmp_path):
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(BOUND_S) == 0
         assert _status(path) is None
-        deadline = time.monotonic() + BOUND_S  # coturn frees a port ~1 s after its deletion
-        while (answer := _allocate(server)) != "allocated" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert answer == "allocated"
+        # coturn frees a port ~1 s after its deletion
+        wait_until(lambda: _allocate(server) == "allocated", BOUND_S, "a freed port allocated", interval=0.2)
     finally:
         holder.kill()
         holder.wait()
