@@ -140,13 +140,13 @@ class DockerSession:
     def create_network(
         self, name: str, *, internal: bool, labels: dict[str, str]
     ) -> tuple[Network, ipaddress.IPv4Network]:
-        """A bridge network on the first free /24 of the pool (another session may race us: on an
-        overlap error, try the next one). ``labels`` come on top of the session's."""
-        used = self._used_subnets()
-        for subnet in self._candidates():
-            self._subnet_cursor += 1
-            if any(subnet.overlaps(u) for u in used):
-                continue
+        """A bridge network on the first free /24 of the pool, ``labels`` on top of the session's. The
+        subnet comes from ``free_subnets``, so never one a compose stack of another worker has reserved
+        for its ``up`` ("Pool overlaps" on that ``up``); its reservation ends once Docker holds the
+        network. Another session may still race us outside the reservations: on an overlap error, the
+        next one."""
+        for _ in range(2 ** (24 - SUBNET_POOL.prefixlen)):
+            (subnet,) = self.free_subnets(1)
             ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
             try:
                 network = self.client.networks.create(
@@ -162,6 +162,9 @@ class DockerSession:
                     log.info("Subnet taken meanwhile subnet=%s network=%s", subnet, name)
                     continue
                 raise
+            finally:
+                with _reservations() as reserved:
+                    reserved.pop(str(subnet), None)
             return network, subnet
         raise RuntimeError(f"no free /24 left in {SUBNET_POOL} for network {name}")
 

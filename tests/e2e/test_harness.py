@@ -5,6 +5,7 @@ scenarios do not exercise (network cut and reconnect, kill and start)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import pytest
 
 from harness import checks
 from harness.docker_fleet import DockerFleet
-from harness.docker_session import DockerSession
+from harness.docker_session import RESERVATIONS, DockerSession
 from harness.fleet import CLIENT_ID, StackOptions
 from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
@@ -136,6 +137,21 @@ def test_free_subnets_of_two_workers_of_one_session_do_not_overlap(docker_client
     workers = [DockerSession(docker_client, images={}, session_id="c0ffee" + "0" * 26) for _ in range(2)]
     first, second = (set(w.free_subnets(3)) for w in workers)
     assert len(first) == len(second) == 3 and not first & second
+
+
+@pytest.mark.docker
+def test_a_harness_network_does_not_take_a_subnet_a_compose_stack_has_reserved(docker_client):
+    """A compose stack's subnets are reserved before its ``up`` creates them; a harness stack of another
+    worker, creating its networks meanwhile, took one of them (``make up`` failed with "Pool overlaps"
+    in a run of the e2e suite on three workers)."""
+    compose, harness = (DockerSession(docker_client, images={}, session_id="c0ffee" + "1" * 26) for _ in range(2))
+    compose.free_subnets(3)
+    reserved = json.loads(RESERVATIONS.read_text())  # this one's and any other worker's on the host
+    network, subnet = harness.create_network("clr-c0ffee11-reserved", internal=True, labels={})
+    try:
+        assert str(subnet) not in reserved, (subnet, reserved)
+    finally:
+        network.remove()
 
 
 @pytest.mark.docker

@@ -31,7 +31,7 @@ from harness.docker_session import DockerSession
 from harness.labels import STACK_LABEL
 from harness.pytest_plugin import in_ci
 from harness.sweep import remove_stack
-from harness.waiting import wait_until
+from harness.waiting import NotYet, wait_until
 
 from . import support as ts
 
@@ -302,6 +302,17 @@ def _relay_rows(page) -> dict[str, str]:
     return rows
 
 
+def _last_offline_seq(page, relay: str) -> int:
+    """The sequence number of the newest row of the page's event log saying ``relay`` went offline
+    (-1 for none). The log shows its newest 400 rows, so a count of such rows could stand still."""
+    seqs = [
+        int(cells[1])
+        for text in page.locator("#events tbody tr").all_inner_texts()
+        if f"{relay} went offline" in text and len(cells := text.split("\t")) > 1 and cells[1].strip().isdigit()
+    ]
+    return max(seqs, default=-1)
+
+
 def _online(row: str) -> bool | None:
     words = set(re.findall(r"[A-Za-z]+", row.lower()))
     if words & {"offline", "false"}:
@@ -454,17 +465,24 @@ def test_the_dashboards_restart_button_restarts_relay_1_with_a_fault_mark_and_a_
             _wait_all_online(stack)
         gaps_before = sum(1 for line in stack.client_lines() if line.get("event") == "gap")
         old_fp = stack.relays()["relay-1"]["secret_fingerprint"]
+        offline_seq_before = _last_offline_seq(page, "relay-1")
         clicked_at = time.time()
         started = time.monotonic()
         page.get_by_role("button", name="restart relay-1").click()
         seen_offline_s: float | None = None
 
         def back_with_a_new_secret() -> bool:
+            # The page polls once a second, and a relay can be back within one poll: then its row never
+            # reads offline, but the event log the same poll brings says it went offline (a run of the
+            # suite side by side missed the row's offline this way).
             nonlocal seen_offline_s
             row = _relay_rows(page).get("relay-1", "")
-            if _online(row) is False and seen_offline_s is None:
+            offline = _online(row) is False or _last_offline_seq(page, "relay-1") > offline_seq_before
+            if offline and seen_offline_s is None:
                 seen_offline_s = time.monotonic() - started
-            return seen_offline_s is not None and bool(_online(row)) and old_fp not in row
+            if seen_offline_s is not None and bool(_online(row)) and old_fp not in row:
+                return True
+            raise NotYet(f"offline seen after {seen_offline_s}s; the row now: {row!r}; old secret {old_fp}")
 
         wait_until(back_with_a_new_secret, CHAOS_BOUND_S, "relay-1 offline, then back on the page", 0.05)
         back_s = time.monotonic() - started
@@ -473,6 +491,7 @@ def test_the_dashboards_restart_button_restarts_relay_1_with_a_fault_mark_and_a_
         assert new_fp != old_fp and new_fp in row, row
         events = page.locator("#events").inner_text()
         assert "relay-1 went offline" in events and f"relay-1 online with secret {new_fp}" in events
+        assert _last_offline_seq(page, "relay-1") > offline_seq_before, events
         assert "restart relay-1: ok" in page.locator("#chaos-status").inner_text()
 
         # The fault's mark and the stream's gap on the live chart.
