@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Side by side (pytest-xdist): TEST_JOBS worker processes, each test scheduled alone except a group
 # marked xdist_group (one `make up` stack's module); TEST_JOBS=0 runs serially in one process. The
-# Docker scenarios mostly wait on their stacks: two workers cut the e2e wall time by about half;
-# three were no faster on this machine and missed relay restarts' set-up more often (README: Tests).
+# Docker scenarios mostly wait on their stacks: on this 2-core machine, quiet, `make e2e` took 267 s
+# on two workers and 184-186 s on three; a fresh-clone .ci/run 5:58 on three (README: Tests). On a
+# loaded machine three missed relay restarts' set-up more often (the scenarios play such a run again).
 # The workers take tests in the order tests/plugins/longest_first.py gives (longest files first, the
 # Docker ones last); --no-loadscope-reorder keeps xdist from moving the grouped stack to the front.
-TEST_JOBS ?= 2
+TEST_JOBS ?= 3
 XDIST = -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: test unit integration e2e bench lint sim mutation clean venv system-packages durations compiled sim-compiled
