@@ -132,3 +132,26 @@ def test_final_error_ends_the_command_at_once_with_its_exit_code(code, exit_code
     assert elapsed < 3.0, f"took {elapsed:.1f}s"  # the interpreter start-up, not a backoff
     (line,) = result.stderr.splitlines()
     assert str(code) in line and "unsigned" in line and "Traceback" not in result.stderr
+
+
+# Modules ``allocate`` does not import before its first request: each was measured on its start-up
+# path once and taken off it (README: Performance; ``typing`` came back through
+# ``connlib.core.credentials`` and cost ~10 % of the start-up until this test).
+OFF_THE_START_UP_PATH = ("typing", "statistics", "json", "argparse", "asyncio", "encodings.idna")
+
+
+def test_allocate_imports_none_of_the_slow_modules_before_its_first_request():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as relay:
+        relay.bind(("127.0.0.1", 0))
+        relay.settimeout(10)
+        command = [sys.executable, "-X", "importtime", "-m", "connlib", "allocate"]
+        command += ["--relay", f"127.0.0.1:{relay.getsockname()[1]}", "--username", "1:x", "--password", "x"]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            relay.recvfrom(2048)  # its first request: every import before it is on stderr by now
+        finally:
+            process.kill()
+            _, stderr = process.communicate(timeout=10)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "connlib.core.allocation" in imported, stderr[-2000:]
+    assert not imported & set(OFF_THE_START_UP_PATH), sorted(imported & set(OFF_THE_START_UP_PATH))
