@@ -13,7 +13,8 @@ of each in turn (interleaved, so that load and CPU-frequency drift hit all of th
 
 Every path runs both ends in this one process and event loop, so each figure is the whole cost
 of a round trip (both sides). The client keeps ``window`` datagrams in flight and sends the next
-one when an echo comes back; a repeat counts the echoes within ``seconds``.
+one when an echo comes back; a repeat counts the echoes within ``seconds`` (a datagram unanswered for ``LOST_AFTER`` is
+replaced and counted lost).
 
 ``--uvloop`` runs every path a second time in each repeat on a uvloop event loop (interleaved
 with the standard loop's runs): the ``+uv`` columns. uvloop is optional (``pip install uvloop``);
@@ -32,6 +33,7 @@ import socket
 import statistics
 import struct
 import sys
+import time
 from collections.abc import Callable, Coroutine
 
 from aioice import turn as aioice_turn
@@ -53,17 +55,30 @@ class BenchError(RuntimeError):
     pass
 
 
+LOST_AFTER = 0.1  # s without its echo (round trips take ~0.1-1 ms): the datagram is lost and replaced
+REFILL_EVERY = 0.02  # s between looks for lost datagrams
+
+
 class Echoes:
-    """The client side's window: one new datagram per echo, echoes counted while ``counting``."""
+    """The client side's window: one new datagram per echo, echoes counted while ``counting``.
+
+    A datagram whose echo has not come within ``LOST_AFTER`` is counted lost and replaced, so the
+    window stays ``window`` datagrams in flight: without that, each loss (a socket buffer that
+    overflowed) would shrink a path's window for the rest of the repeat, and a path that lost more
+    would run at a smaller window than its column names. The losses are printed per path."""
 
     def __init__(self, send: Callable[[bytes], None], payload: int, window: int) -> None:
         self.send, self.padding, self.window = send, b"\0" * max(0, payload - SEQ.size), window
         self.next_seq = 0
+        self.in_flight: dict[int, float] = {}  # seq -> when sent; in send order
         self.counted = 0
+        self.lost = 0
         self.counting = False
+        self.clock = time.monotonic
 
     def packet(self) -> bytes:
         self.next_seq += 1
+        self.in_flight[self.next_seq] = self.clock()
         return SEQ.pack(self.next_seq) + self.padding
 
     def start(self) -> None:
@@ -73,27 +88,53 @@ class Echoes:
     def on_echo(self, data: bytes) -> None:
         if len(data) < SEQ.size:
             return  # a path's set-up traffic, not one of ours
+        if self.in_flight.pop(SEQ.unpack_from(data)[0], None) is None:
+            return  # a late echo of a datagram already replaced
         if self.counting:
             self.counted += 1
         self.send(self.packet())
 
+    def refill(self) -> None:
+        """Replace every datagram in flight for longer than ``LOST_AFTER``."""
+        expired = self.clock() - LOST_AFTER
+        for seq, sent in list(self.in_flight.items()):
+            if sent > expired:
+                break  # the rest were sent later
+            del self.in_flight[seq]
+            if self.counting:
+                self.lost += 1
+            self.send(self.packet())
 
-async def _measure(echoes: Echoes, seconds: float) -> float:
-    echoes.start()
-    await asyncio.sleep(min(0.2, seconds / 4))  # warm-up: windows fill, channels bind
+
+async def _measure(echoes: Echoes, seconds: float) -> tuple[float, int]:
+    """(echoes per second, datagrams lost and replaced) over ``seconds`` after a warm-up."""
     loop = asyncio.get_running_loop()
-    echoes.counting, start = True, loop.time()
-    await asyncio.sleep(seconds)
-    echoes.counting = False
-    elapsed = loop.time() - start
-    return echoes.counted / elapsed
+    timer: asyncio.TimerHandle | None = None
+
+    def refill() -> None:
+        nonlocal timer
+        echoes.refill()
+        timer = loop.call_later(REFILL_EVERY, refill)
+
+    echoes.start()
+    refill()
+    try:
+        await asyncio.sleep(min(0.2, seconds / 4))  # warm-up: windows fill, channels bind
+        echoes.counting, start = True, loop.time()
+        await asyncio.sleep(seconds)
+        echoes.counting = False
+        elapsed = loop.time() - start
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return echoes.counted / elapsed, echoes.lost
 
 
 # ---------------------------------------------------------------------------- connlib
 _PORTAL_RENAMES = {messages.Event.REQUEST_CONNECTION: messages.Event.CONNECTION_REQUEST}
 
 
-async def connlib_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+async def connlib_path(relay: Coturn, payload: int, window: int, seconds: float) -> tuple[float, int]:
     """Client and gateway Tunnels through the relay, ICE over it, signalling passed in-process."""
     loop = asyncio.get_running_loop()
     ids = {"client": "gateway", "gateway": "client"}  # each side's peer
@@ -158,7 +199,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.on_datagram(data, addr)
 
 
-async def aioice_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+async def aioice_path(relay: Coturn, payload: int, window: int, seconds: float) -> tuple[float, int]:
     """Two aioice TURN endpoints on the relay; B echoes what A sends to B's relayed address."""
     echoes: Echoes | None = None
     endpoints = []
@@ -192,7 +233,7 @@ async def aioice_path(relay: Coturn, payload: int, window: int, seconds: float) 
 
 
 # ---------------------------------------------------------------------------- hand-built ChannelData
-async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: float) -> tuple[float, int]:
     """Two allocations made by hand, one channel each way; B re-wraps what it gets back to A."""
     loop = asyncio.get_running_loop()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
@@ -240,7 +281,7 @@ async def channeldata_path(relay: Coturn, payload: int, window: int, seconds: fl
 
 
 # ---------------------------------------------------------------------------- raw UDP
-async def raw_udp_path(relay: Coturn, payload: int, window: int, seconds: float) -> float:
+async def raw_udp_path(relay: Coturn, payload: int, window: int, seconds: float) -> tuple[float, int]:
     loop = asyncio.get_running_loop()
     echo, _ = await loop.create_datagram_endpoint(
         lambda: _Endpoint(lambda d, a: echo.sendto(d, a)), local_addr=(HOST, 0)
@@ -258,7 +299,7 @@ async def raw_udp_path(relay: Coturn, payload: int, window: int, seconds: float)
         echo.close()
 
 
-MEASURE: dict[str, Callable[[Coturn, int, int, float], Coroutine[object, object, float]]] = {
+MEASURE: dict[str, Callable[[Coturn, int, int, float], Coroutine[object, object, tuple[float, int]]]] = {
     "connlib": connlib_path,
     "aioice": aioice_path,
     "channeldata": channeldata_path,
@@ -276,9 +317,13 @@ def _loop_factories(uvloop: bool) -> dict[str, Callable[[], asyncio.AbstractEven
     return factories
 
 
-def run(windows: list[int], payloads: list[int], repeats: int, seconds: float, uvloop: bool = False) -> dict:
-    """Rates per (window, payload) and column (a path, with its loop's suffix), interleaved."""
+def run(
+    windows: list[int], payloads: list[int], repeats: int, seconds: float, uvloop: bool = False
+) -> tuple[dict, dict]:
+    """Rates and datagrams lost (and replaced) per repeat, per (window, payload) and column (a path,
+    with its loop's suffix), interleaved."""
     results: dict[tuple[int, int], dict[str, list[float]]] = {}
+    losses: dict[tuple[int, int], dict[str, list[float]]] = {}
     factories = _loop_factories(uvloop)
     runners = {suffix: asyncio.Runner(loop_factory=factory) for suffix, factory in factories.items()}
     try:
@@ -290,16 +335,19 @@ def run(windows: list[int], payloads: list[int], repeats: int, seconds: float, u
             for window in windows:
                 for payload in payloads:
                     rates: dict[str, list[float]] = {p + s: [] for s in runners for p in PATHS}
+                    lost: dict[str, list[float]] = {p + s: [] for s in runners for p in PATHS}
                     for _ in range(repeats):
                         for suffix, runner in runners.items():
                             for path in PATHS:
-                                rate = runner.run(MEASURE[path](relay, payload, window, seconds))
+                                rate, lost_n = runner.run(MEASURE[path](relay, payload, window, seconds))
                                 rates[path + suffix].append(rate)
+                                lost[path + suffix].append(lost_n)
                     results[(window, payload)] = rates
+                    losses[(window, payload)] = lost
     finally:
         for runner in runners.values():
             runner.close()
-    return results
+    return results, losses
 
 
 def _summary(values: list[float]) -> str:
@@ -322,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     windows = [int(w) for w in args.windows.split(",")]
     payloads = [int(p) for p in args.payloads.split(",")]
-    results = run(windows, payloads, args.repeats, args.seconds, args.uvloop)
+    results, losses = run(windows, payloads, args.repeats, args.seconds, args.uvloop)
     suffixes = list(_loop_factories(args.uvloop))
     columns = [p + s for s in suffixes for p in PATHS]
     print(f"relayed round trips/s through one coturn, {args.repeats} interleaved repeats of {args.seconds:g} s")
@@ -336,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             for s in suffixes
         )
         print(f"{window:>6} {payload:>6}  {medians}  {ratios}")
+    print(f"datagrams lost and replaced per repeat (median; a datagram unanswered for {LOST_AFTER:g} s)")
+    for (window, payload), lost in losses.items():
+        print(f"{window:>6} {payload:>6}  " + "  ".join(f"{statistics.median(lost[c]):>11,.0f}" for c in columns))
     return 0
 
 
