@@ -13,8 +13,8 @@ of each in turn (interleaved, so that load and CPU-frequency drift hit all of th
 
 Every path runs both ends in this one process and event loop, so each figure is the whole cost
 of a round trip (both sides). The client keeps ``window`` datagrams in flight and sends the next
-one when an echo comes back; a repeat counts the echoes within ``seconds`` (a datagram unanswered for ``LOST_AFTER`` is
-replaced and counted lost).
+one when an echo comes back (or in place of one unanswered for ``LOST_AFTER``, counted lost); a
+repeat counts the echoes within ``seconds``.
 
 ``--uvloop`` runs every path a second time in each repeat on a uvloop event loop (interleaved
 with the standard loop's runs): the ``+uv`` columns. uvloop is optional (``pip install uvloop``);
@@ -323,7 +323,7 @@ def run(
     """Rates and datagrams lost (and replaced) per repeat, per (window, payload) and column (a path,
     with its loop's suffix), interleaved."""
     results: dict[tuple[int, int], dict[str, list[float]]] = {}
-    losses: dict[tuple[int, int], dict[str, list[float]]] = {}
+    losses: dict[tuple[int, int], dict[str, list[int]]] = {}
     factories = _loop_factories(uvloop)
     runners = {suffix: asyncio.Runner(loop_factory=factory) for suffix, factory in factories.items()}
     try:
@@ -335,7 +335,7 @@ def run(
             for window in windows:
                 for payload in payloads:
                     rates: dict[str, list[float]] = {p + s: [] for s in runners for p in PATHS}
-                    lost: dict[str, list[float]] = {p + s: [] for s in runners for p in PATHS}
+                    lost: dict[str, list[int]] = {p + s: [] for s in runners for p in PATHS}
                     for _ in range(repeats):
                         for suffix, runner in runners.items():
                             for path in PATHS:
