@@ -253,6 +253,12 @@ class Allocation:
         self.held_until: float | None = None
         self.sent_requests: dict[bytes, _Pending] = {}
         self.channels: dict[int, Channel] = {}
+        # The channel ``encapsulate`` found for a peer: the first alive one of ``channels`` in order.
+        # An entry is dropped whenever a channel of its peer comes, goes or is bound again (the only
+        # changes that can make an earlier one of that peer's alive); expiry is checked on use.
+        # Without it, finding the peer's channel was a pass over all of them per datagram: at a
+        # gateway with N clients, N channels per allocation.
+        self._channel_of: dict[Address, Channel] = {}
         self.buffered_channel_bindings: collections.deque[Address] = collections.deque(
             maxlen=MAX_BUFFERED_CHANNEL_BINDINGS
         )
@@ -660,7 +666,7 @@ class Allocation:
             return
         if method == Method.CHANNEL_BIND:
             number = pending.message.get("CHANNEL-NUMBER")
-            self.channels.pop(number, None)
+            self._drop_channel(number)
             log.warning("Channel bind failed %s", kv(rid=self.relay_id, channel=hex(number), code=code))
             return
         log.warning(
@@ -776,7 +782,7 @@ class Allocation:
             kv(rid=self.relay_id, method=rejection.method, code=rejection.code),
         )
         if pending.message.method == Method.CHANNEL_BIND and rejection.code != 401:
-            self.channels.pop(pending.message.get("CHANNEL-NUMBER"), None)  # that peer only
+            self._drop_channel(pending.message.get("CHANNEL-NUMBER"))  # that peer only
             return
         if rejection.code == 401:
             self.credentials_valid = False  # what coturn's unsigned 401 to a signed request means
@@ -834,6 +840,7 @@ class Allocation:
             self._events.append(Invalid(candidate))
         self.relayed.clear()
         self.channels.clear()
+        self._channel_of.clear()
         self.lifetime = None
         self.sent_requests.clear()
 
@@ -866,15 +873,24 @@ class Allocation:
             return
         channel = Channel(number, peer, bound_at=now, times=self.channel_times)
         self.channels[number] = channel
+        self._channel_of.pop(peer, None)
         self._send_channel_bind(channel, now)
+
+    def _drop_channel(self, number: int | None) -> None:
+        channel = self.channels.pop(number, None) if number is not None else None
+        if channel is not None:
+            self._channel_of.pop(channel.peer, None)
 
     def encapsulate(self, peer: Address, payload: bytes, now: float) -> Transmit | None:
         """Wrap ``payload`` for ``peer`` in ChannelData; None (and a bind started) if no channel."""
-        for channel in self.channels.values():  # a loop, not next(genexpr): this runs per datagram
-            if channel.peer == peer and channel.alive(now):
-                break
-        else:
-            channel = None
+        channel = self._channel_of.get(peer)
+        if channel is None or not channel.alive(now):
+            for channel in self.channels.values():  # a loop, not next(genexpr)
+                if channel.peer == peer and channel.alive(now):
+                    self._channel_of[peer] = channel
+                    break
+            else:
+                channel = None
         if channel is None or self.active_socket is None:
             self.bind_channel(peer, now)
             return None
@@ -932,6 +948,7 @@ class Allocation:
         if self.active_socket is None:
             return
         channel.bound_at = now
+        self._channel_of.pop(channel.peer, None)  # an earlier channel of this peer may be alive again
         message = Message(Method.CHANNEL_BIND, Class.REQUEST, self._new_tid())
         message.add("CHANNEL-NUMBER", channel.number)
         message.add("XOR-PEER-ADDRESS", channel.peer)
@@ -996,7 +1013,7 @@ class Allocation:
             # Nor while its bind is in flight (up to max_elapsed, 10 s, can outlive 1.5 short
             # lifetimes): a retransmit answered later binds the peer under that number.
             if lapsed is not None and lapsed.reusable(now) and number not in self._channels_in_flight():
-                del self.channels[number]
+                self._drop_channel(number)
             if number not in self.channels:
                 self._next_channel = stun.CHANNEL_MIN + (number - stun.CHANNEL_MIN + 1) % span
                 return number

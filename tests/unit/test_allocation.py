@@ -20,7 +20,7 @@ from connlib.core.allocation import (
     New,
 )
 from connlib.core.credentials import REALM, long_term_key
-from connlib.core.fixes import FIX_REFUSAL_RETRY
+from connlib.core.fixes import FIX_CHANNEL_NUMBER_REUSE, FIX_REFUSAL_RETRY
 from connlib.core.stun import Class, Message, Method
 
 from .turn_sim import Net, TurnSim
@@ -822,3 +822,49 @@ def test_sim_channel_data_needs_a_channel_and_reaches_outside_peers():
     assert sim.handle(stun.encode_channel_data(0x4000, b"x"), CLIENT4, 601.0) == []  # channel expired
     sim.black_hole = True
     assert sim.handle(sim_request(sim, Method.BINDING), CLIENT4, 3.0) == []
+
+
+def test_each_of_many_peers_gets_its_own_channel_and_a_dropped_one_is_bound_again():
+    """``encapsulate`` finds a peer's channel through a per-peer lookaside (a gateway with N clients
+    has N channels per allocation): each peer's data goes on its own number, and once a channel is
+    gone (a failed bind drops it) the peer's next datagram starts a new bind instead of using it."""
+    alloc, sim, net = allocated()
+    peers = [("203.0.113.%d" % (60 + i), 7000) for i in range(40)]
+    for peer in peers:
+        alloc.bind_channel(peer, 1.0)
+    net.run(1.0)
+    numbers = {peer: n for n, c in alloc.channels.items() for peer in [c.peer]}
+    assert len(numbers) == 40
+    for _ in range(2):  # the second pass is answered from the lookaside
+        for peer in peers:
+            transmit = alloc.encapsulate(peer, b"x", 2.0)
+            assert transmit is not None and stun.decode_channel_data(transmit.payload)[0] == numbers[peer]
+    gone = peers[7]
+    alloc._drop_channel(numbers[gone])  # as a refused bind does
+    assert alloc.encapsulate(gone, b"x", 2.0) is None  # no channel: a bind is started
+    assert [m.method for _, m in take(alloc)] == [Method.CHANNEL_BIND]
+
+
+def test_a_peers_older_channel_bound_again_is_used_before_its_newer_one():
+    """With ``channel-number-reuse`` off a lapsed channel's peer gets a second number, used at once
+    while its bind is in flight; coturn still relays on the first (it holds bindings past their
+    lifetime), which makes the first active, and its refresh binds it again. Data then goes on the
+    first again, the first alive channel in order: the per-peer lookaside must not keep answering
+    the second."""
+    alloc, sim, net = allocated(disabled_fixes=frozenset({FIX_CHANNEL_NUMBER_REUSE}))
+    alloc.bind_channel(PEER, 1.0)
+    net.now = 1.0
+    net.run(1.0)
+    (first,) = alloc.channels
+    net.run(700.0)  # nothing received: not refreshed, lapsed
+    assert alloc.encapsulate(PEER, b"x", 700.0) is None  # a second number's bind starts
+    assert [m.method for _, m in take(alloc)] == [Method.CHANNEL_BIND]  # in flight (not delivered)
+    (second,) = set(alloc.channels) - {first}
+    transmit = alloc.encapsulate(PEER, b"x", 700.1)
+    assert transmit is not None and stun.decode_channel_data(transmit.payload)[0] == second
+    # The relay relays the peer's datagram on the first number; the first's refresh binds it again.
+    assert alloc.decapsulate(RELAY4, stun.encode_channel_data(first, b"from the peer"), 700.2) is not None
+    alloc.handle_timeout(700.2)
+    assert any(m.method == Method.CHANNEL_BIND and m.get("CHANNEL-NUMBER") == first for _, m in take(alloc))
+    transmit = alloc.encapsulate(PEER, b"y", 700.3)
+    assert transmit is not None and stun.decode_channel_data(transmit.payload)[0] == first
