@@ -829,11 +829,11 @@ def test_each_of_many_peers_gets_its_own_channel_and_a_dropped_one_is_bound_agai
     has N channels per allocation): each peer's data goes on its own number, and once a channel is
     gone (a failed bind drops it) the peer's next datagram starts a new bind instead of using it."""
     alloc, sim, net = allocated()
-    peers = [("203.0.113.%d" % (60 + i), 7000) for i in range(40)]
+    peers = [(f"203.0.113.{60 + i}", 7000) for i in range(40)]
     for peer in peers:
         alloc.bind_channel(peer, 1.0)
     net.run(1.0)
-    numbers = {peer: n for n, c in alloc.channels.items() for peer in [c.peer]}
+    numbers = {c.peer: n for n, c in alloc.channels.items()}
     assert len(numbers) == 40
     for _ in range(2):  # the second pass is answered from the lookaside
         for peer in peers:
