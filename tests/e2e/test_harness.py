@@ -5,7 +5,6 @@ scenarios do not exercise (network cut and reconnect, kill and start)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ import pytest
 
 from harness import checks
 from harness.docker_fleet import DockerFleet
-from harness.docker_session import RESERVATIONS, DockerSession
+from harness.docker_session import DockerSession, _reservations
 from harness.fleet import CLIENT_ID, StackOptions
 from harness.history import EventClock, History, Op, new_history, observe_at
 from harness.images import BASE_IMAGE
@@ -146,7 +145,8 @@ def test_a_harness_network_does_not_take_a_subnet_a_compose_stack_has_reserved(d
     in a run of the e2e suite on three workers)."""
     compose, harness = (DockerSession(docker_client, images={}, session_id="c0ffee" + "1" * 26) for _ in range(2))
     compose.free_subnets(3)
-    reserved = json.loads(RESERVATIONS.read_text())  # this one's and any other worker's on the host
+    with _reservations() as held:  # under the lock: another worker may be rewriting the file
+        reserved = dict(held)  # this one's and any other worker's on the host
     network, subnet = harness.create_network("clr-c0ffee11-reserved", internal=True, labels={})
     try:
         assert str(subnet) not in reserved, (subnet, reserved)
