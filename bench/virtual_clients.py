@@ -244,6 +244,9 @@ async def run_step(stack: Stack, n: int, *, separate: bool, rate: float, duratio
                     process.terminate()
             await asyncio.gather(*(p.wait() for p in processes))
             await asyncio.gather(*readers, return_exceptions=True)
+            for line in last.values():  # the final count of each stream that lost, next to its gaps
+                if line["lost"]:
+                    events.write(json.dumps(line) + "\n")
     for line in last.values():
         step.losses.append(line["lost"] / line["sent"] if line["sent"] else 1.0)
     step.never_streamed = n - len(streaming)

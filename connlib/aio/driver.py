@@ -37,6 +37,12 @@ log = logging.getLogger("connlib.driver")
 # flush, while the bound keeps one busy socket from starving the other and the timers.
 READ_BATCH = 64
 RECV_SIZE = 65535
+# The kernel buffers asked for each socket, both ways: Firezone's connlib asks 10 MiB (firezone#8731).
+# The default (~208 KiB) holds ~250 small datagrams: a gateway multiplexing hundreds of streams on one
+# socket overflows it in any pause of its loop longer than a few tens of milliseconds (a garbage
+# collection, a burst of control messages) and the kernel drops what arrives meanwhile. Linux caps the
+# request at net.core.rmem_max / wmem_max without an error; the sizes granted are logged at start.
+SOCKET_BUFFER = 10 * 1024 * 1024
 
 
 class _Socket:
@@ -49,6 +55,11 @@ class _Socket:
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, driver: Driver) -> None:
         sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError as exc:  # not on every platform: the default buffer still works
+                log.info("Socket buffer not set %s", kv(option=option, error=exc))
         self.sock, self.loop, self.driver = sock, loop, driver
         name = sock.getsockname()
         self.local: Address = (name[0], name[1])
@@ -107,6 +118,14 @@ class _Socket:
             self._backlog.popleft()
         self.loop.remove_writer(self.sock.fileno())
 
+    def buffers(self) -> tuple[int, int]:
+        """The receive and send buffers the kernel granted, in bytes (Linux reports twice the size
+        set: its bookkeeping overhead included)."""
+        return (
+            self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        )
+
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         if self._backlog:
@@ -161,7 +180,10 @@ class Driver:
                 log.info("No IPv6 socket %s", kv(error=exc))
         self._loop = loop
         self._schedule()
-        log.info("Driver started %s", kv(local=self.local_addresses()))
+        log.info(
+            "Driver started %s",
+            kv(local=self.local_addresses(), buffers={f: sock.buffers() for f, sock in self._sockets.items()}),
+        )
 
     async def stop(self) -> None:
         self._loop = None  # no timer is armed again
