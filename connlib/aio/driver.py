@@ -143,12 +143,14 @@ class Driver:
         bind_v6: Address | None = ("::", 0),
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[Any], None] | None = None,
+        on_flush: Callable[[], None] | None = None,
     ) -> None:
         self.core = core
         self.clock = clock
         self.bind_v4 = bind_v4
         self.bind_v6 = bind_v6
         self._on_event = on_event
+        self._on_flush = on_flush  # called after every flush: the app's check of what it waits for
         self._sockets: dict[int, _Socket] = {}
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -297,6 +299,8 @@ class Driver:
         for predicate, future in self._waiters:
             if not future.done() and predicate():
                 future.set_result(None)
+        if self._on_flush is not None:
+            self._on_flush()
 
     def _emit(self, event: Any) -> None:
         if self._on_event is not None:
