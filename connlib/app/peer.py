@@ -119,7 +119,6 @@ class Peer:
             heartbeat_interval=config.heartbeat_interval,
             on_state=self._on_portal_state,
         )
-        self.events: list[dict] = []
         self.initialised = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._outbox: asyncio.Queue[Signal] = asyncio.Queue()
@@ -204,7 +203,6 @@ class Peer:
 
     def emit(self, line: lines.Line) -> None:
         record = {"ts": round(time.time(), 3), "role": self.config.role, "id": self.config.peer_id, **line.to_json()}
-        self.events.append(record)
         self._emit_line(record)
 
     # ------------------------------------------------------------------ session plumbing
