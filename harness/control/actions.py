@@ -21,9 +21,10 @@ namespace goes). :meth:`Controller.close` runs every pending undo at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import urllib.error
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,9 @@ class Controller:
         self.portal_token = portal_token
         self._lasting: dict[tuple[str, ...], _Lasting] = {}
         self._rules: dict[tuple[str, ...], tuple[Target, list[str]]] = {}
+        # Lasting faults whose reversal is under way: their timed undo, falling due meanwhile, is that
+        # reversal's (a second unpause would only fail as "not paused").
+        self._reversing: set[tuple[str, ...]] = set()
 
     # ------------------------------------------------------------------ the actions
     async def relay(self, ref: str, action: str, duration: float | None, undo_of: int | None = None) -> dict[str, Any]:
@@ -104,7 +108,9 @@ class Controller:
         }[action]
         kind = KIND.get(action)
         params = _with_duration({}, duration)
-        entry = await self._run(action, target.name, params, operation, lasting=kind is not None, undo_of=undo_of)
+        reverses = [(ended, target.name) for ended in ENDS.get(action, ())]
+        with self._reversal(reverses):
+            entry = await self._run(action, target.name, params, operation, lasting=kind is not None, undo_of=undo_of)
         for ended in ENDS.get(action, ()):
             self._end((ended, target.name))
         if action in ("restart", "stop", "kill"):
@@ -132,7 +138,8 @@ class Controller:
     async def clear_loss(self, ref: str, undo_of: int | None = None) -> dict[str, Any]:
         target = await self._find(ref, RELAY_ROLES)
         key = ("loss", target.name)
-        entry = await self._run("clear-loss", target.name, {}, lambda: self._delete_rules(key), undo_of=undo_of)
+        with self._reversal([key]):
+            entry = await self._run("clear-loss", target.name, {}, lambda: self._delete_rules(key), undo_of=undo_of)
         self._end(key)
         return entry
 
@@ -174,7 +181,8 @@ class Controller:
             def operation() -> dict[str, Any]:
                 return self._delete_rules(key)
 
-        entry = await self._run("heal", peer.name, {"from": origin}, operation, undo_of=undo_of)
+        with self._reversal([key]):
+            entry = await self._run("heal", peer.name, {"from": origin}, operation, undo_of=undo_of)
         self._end(key)
         return entry
 
@@ -268,9 +276,18 @@ class Controller:
         await asyncio.sleep(duration)  # the fault's duration: a timer, not a synchronisation
         await self._undo(key)
 
+    @contextlib.contextmanager
+    def _reversal(self, keys: Sequence[tuple[str, ...]]) -> Iterator[None]:
+        """The lasting faults under ``keys`` are being reversed while in this block."""
+        self._reversing.update(keys)
+        try:
+            yield
+        finally:
+            self._reversing.difference_update(keys)
+
     async def _undo(self, key: tuple[str, ...]) -> None:
         lasting = self._lasting.get(key)
-        if lasting is None:
+        if lasting is None or key in self._reversing:
             return
         try:
             # the undo's entry names the fault from the start: a reader of the history while the undo

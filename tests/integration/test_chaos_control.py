@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from docker.models.containers import Container
 from schemathesis.specs.openapi.definitions import OPENAPI_30
 
 from fake_portal import FakePortal, PortalConfig
+from harness import container_faults as cf
 from harness.control.actions import UNDO, Controller
 from harness.control.api import ControlApi
 from harness.control.journal import Journal
@@ -289,6 +291,28 @@ async def test_a_pause_reversed_by_hand_is_not_undone_again(service: Service, co
     assert pause["end"] is not None
     await asyncio.sleep(1.0)  # past the cancelled undo's due time: an observation window
     assert [e["action"] for e in service.journal.since(0)] == ["pause", "unpause"]
+
+
+async def test_a_reversal_by_hand_under_way_when_the_timed_undo_falls_due_is_not_done_twice(
+    service: Service, containers: dict[str, Container], monkeypatch
+):
+    """The timed undo falls due while the unpause by hand is still running (Docker slowed here to
+    make that certain): the undo is the hand's, not a second unpause that fails as 'not paused'."""
+    real_unpause = cf.unpause
+
+    def slow_unpause(container: Container) -> None:
+        time.sleep(0.6)  # in the operation's thread: the docker call takes this long
+        real_unpause(container)
+
+    status, _ = await service.post("/api/relays/relay-1/pause", {"duration_s": 0.3})
+    assert status == 200
+    monkeypatch.setattr(cf, "unpause", slow_unpause)
+    status, entry = await service.post("/api/relays/relay-1/unpause")  # under way past the 0.3 s
+    assert status == 200 and entry["outcome"] == "ok", entry
+    assert state(containers["relay"])[0] == "running"
+    await asyncio.sleep(0.5)  # past the undo's due time: an observation window
+    actions = service.journal.since(0)
+    assert [(e["action"], e["outcome"]) for e in actions] == [("pause", "ok"), ("unpause", "ok")], actions
 
 
 async def test_udp_loss_for_a_duration(service: Service, containers: dict[str, Container]):
