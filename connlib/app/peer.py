@@ -6,8 +6,8 @@ client's numbered echo stream, the gateway's echo) is the sans-IO
 ``Driver`` (UDP), the ``PortalClient`` (websocket) and one loop timer at the session's
 ``poll_timeout`` (a callback, not a task: a client streaming at 10 datagrams/s wakes 10 times a
 second, and with hundreds of virtual clients in one loop a task step, a future and a timeout
-context per wake were a tenth of the process). Everything the harness needs is a JSON line on stdout (schema:
-:mod:`connlib.app.lines`); human logs go to stderr.
+context per wake were a tenth of the process). Everything the harness needs is a JSON line on
+stdout (schema: :mod:`connlib.app.lines`); human logs go to stderr.
 """
 
 from __future__ import annotations
@@ -271,7 +271,8 @@ class Peer:
 
     def _check_session_wakeup(self) -> None:
         """After every flush of the driver: what the session waits for besides time (its
-        ``needs_wakeup``: a usable relay, the connection up) may have come true; it runs at once then."""
+        ``needs_wakeup``: a usable relay, the connection up) may have come true; it runs at once then.
+        Not while the session itself runs (no timer armed then): ``_session_due`` looks once it is done."""
         if self._session_timer is not None and self.session.needs_wakeup:
             self._arm_session(self.clock())
 

@@ -91,7 +91,8 @@ class Controller:
         self._lasting: dict[tuple[str, ...], _Lasting] = {}
         self._rules: dict[tuple[str, ...], tuple[Target, list[str]]] = {}
         # Lasting faults whose reversal is under way: their timed undo, falling due meanwhile, is that
-        # reversal's (a second unpause would only fail as "not paused").
+        # reversal's (a second unpause would only fail as "not paused"); should the reversal fail, the
+        # fault lasts until it is reversed again, as any fault whose undo failed.
         self._reversing: set[tuple[str, ...]] = set()
 
     # ------------------------------------------------------------------ the actions
@@ -108,11 +109,11 @@ class Controller:
         }[action]
         kind = KIND.get(action)
         params = _with_duration({}, duration)
-        reverses = [(ended, target.name) for ended in ENDS.get(action, ())]
-        with self._reversal(reverses):
+        reversed_keys = [(ended, target.name) for ended in ENDS.get(action, ())]
+        with self._reversal(reversed_keys):
             entry = await self._run(action, target.name, params, operation, lasting=kind is not None, undo_of=undo_of)
-        for ended in ENDS.get(action, ()):
-            self._end((ended, target.name))
+        for key in reversed_keys:
+            self._end(key)
         if action in ("restart", "stop", "kill"):
             self._forget_rules(target.name)
         if kind is not None:
