@@ -129,6 +129,14 @@ sys.path.insert(0, "{probe_dir}")
 import turn_probe as tp
 secret = open("{secret_file}").read().strip().encode()
 held, unsure = [], []
+
+
+def say(path, text):  # whole or not at all: a reader of a file open("w") just emptied saw nothing (CI)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 start = time.monotonic()
 until = start + {grab}  # ports of deleted allocations come free ~1 s later: take them too
 while len(held) < {limit}:  # a username each: a user quota in force too does not stop it
@@ -147,16 +155,14 @@ while len(held) < {limit}:  # a username each: a user quota in force too does no
         else:
             for client in held + unsure:
                 client.close()
-            with open("{failed}", "w") as f:
-                f.write(f"{{exc}} (held {{len(held)}})\\n")
+            say("{failed}", f"{{exc}} (held {{len(held)}})\\n")
             sys.exit(1)
         time.sleep(0.2)
         continue
     held.append(client)
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-with open("{path}", "w") as f:
-    f.write(f"{{os.getpid()}} {{len(held)}}\\n")
+say("{path}", f"{{os.getpid()}} {{len(held)}}\\n")
 refreshed = time.monotonic()
 while not stop:
     time.sleep(0.2)
@@ -232,7 +238,9 @@ def hold_status(exit_code: int, output: bytes) -> int | None:
     """What :func:`hold_status_command` said: the count held, None while the holder has not said (or is
     gone); :class:`HolderFailed` once it gave up."""
     if exit_code == 0:
-        return int(output.split()[1])
+        words = output.split()
+        # the holder renames a whole file into place; anything else is not its word (yet)
+        return int(words[1]) if len(words) == 2 and words[1].isdigit() else None
     if exit_code == 3:
         raise HolderFailed(f"capacity holder gave up: {output.decode(errors='replace').strip()}")
     return None
