@@ -1,5 +1,6 @@
-"""The faults one container can be given, as blocking docker-py calls: restart, stop, start, kill,
-pause, unpause, and iptables rules inside it (UDP loss, a cut from one address).
+"""The faults one container can be given, as blocking docker-py calls: start, pause, unpause, and
+iptables rules inside it (UDP loss, a cut from one address); restart, stop and kill are
+:mod:`harness.network_turns`' (a stack's containers take turns at leaving its networks).
 
 The one place for these facts: the harness's Docker backend (:mod:`harness.docker_faults`) and the
 chaos control service (:mod:`harness.control`) both call them. No harness import: the chaos image
@@ -301,22 +302,8 @@ def stun_requests(container: Container, port: int, name: str | None = None) -> i
     return sum(int(line.split()[0]) for line in output.splitlines() if " u32 " in line)
 
 
-def restart(container: Container, stop_timeout: int) -> None:
-    container.restart(timeout=stop_timeout)
-
-
-def stop(container: Container, stop_timeout: int) -> None:
-    container.stop(timeout=stop_timeout)
-
-
 def start(container: Container) -> None:
     container.start()
-
-
-def kill(container: Container, wait_timeout: int) -> None:
-    """SIGKILL, then until the container has exited (bounded by ``wait_timeout``)."""
-    container.kill()
-    container.wait(timeout=wait_timeout)
 
 
 def pause(container: Container) -> None:

@@ -31,6 +31,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from . import container_faults as cf
+from . import network_turns as nt
 from .container_logs import LogPump
 from .fleet import Fleet
 from .topology import NO_DEFAULT_ROUTE, RELAY_NET, Service
@@ -106,7 +107,7 @@ class DockerFaults(Fleet):
         async with self._lock(name):
             if not new_secret:  # the relay image's one-shot switch: its next start reuses the secret
                 await asyncio.to_thread(cf.exec_checked, self._container(name), [*AGENT, "keep-secret"], name)
-            await asyncio.to_thread(cf.restart, self._container(name), self._stop_timeout(name))
+            await asyncio.to_thread(nt.restart, self._container(name), self._stop_timeout(name))
             self._runtime_state_lost(name)
             await self._reapply_cuts(name)
         await self.wait_relays_rejoined([name], REJOIN_TIMEOUT, before, new_secret=new_secret)
@@ -114,7 +115,7 @@ class DockerFaults(Fleet):
 
     async def _stop_relay(self, name: str) -> None:
         async with self._lock(name):
-            await asyncio.to_thread(cf.stop, self._container(name), self._stop_timeout(name))
+            await asyncio.to_thread(nt.stop, self._container(name), self._stop_timeout(name))
             self._runtime_state_lost(name)
 
     async def _start_relay(self, name: str) -> None:
@@ -127,7 +128,7 @@ class DockerFaults(Fleet):
 
     async def _kill_relay(self, name: str) -> None:
         async with self._lock(name):
-            await asyncio.to_thread(cf.kill, self._container(name), self._stop_timeout(name))
+            await asyncio.to_thread(nt.kill, self._container(name), self._stop_timeout(name))
             self._runtime_state_lost(name)
 
     async def _pause_relay(self, name: str) -> None:
@@ -223,7 +224,7 @@ class DockerFaults(Fleet):
         new = str(self.subnets[RELAY_NET].network_address + MOVED_HOSTS + self._moves)
         async with self._lock(name):
             await asyncio.to_thread(cf.exec_checked, member.container, [*AGENT, "keep-secret"], name)
-            await asyncio.to_thread(cf.stop, member.container, self._stop_timeout(name))
+            await asyncio.to_thread(nt.stop, member.container, self._stop_timeout(name))
             self._runtime_state_lost(name)
             network = self.networks[RELAY_NET]
             await asyncio.to_thread(network.disconnect, member.container)
@@ -254,7 +255,7 @@ class DockerFaults(Fleet):
             raise KeyError(f"{peer_id!r} is not a peer")
         async with self._lock(member.name):
             member.stopped_by_us = True  # not "exited on its own" while it is down
-            await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
+            await asyncio.to_thread(nt.stop, member.container, round(member.service.stop_grace_s))
             since = time.time()
             await asyncio.to_thread(member.container.start)
             member.stopped_by_us = False
@@ -266,7 +267,7 @@ class DockerFaults(Fleet):
     async def _stop_portal(self) -> None:
         member = self.member("portal")
         member.stopped_by_us = self.portal_down = True
-        await asyncio.to_thread(member.container.stop, timeout=round(member.service.stop_grace_s))
+        await asyncio.to_thread(nt.stop, member.container, round(member.service.stop_grace_s))
 
     async def _start_portal(self) -> None:
         """Start the portal container (a new process: nothing of the old state) and wait, bounded,

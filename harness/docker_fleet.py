@@ -40,6 +40,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from . import checks
+from . import network_turns as nt
 from .container_logs import LogPump
 from .docker_faults import DockerFaults, Member
 from .docker_session import DockerSession
@@ -328,7 +329,7 @@ class DockerFleet(DockerFaults):
             for member in self.members.values():
                 if member.role in PEER_ROLES:
                     member.stopped_by_us = True
-                    _quietly(member.container.kill)
+                    _quietly(nt.kill, member.container, round(member.service.stop_grace_s))
             self.logs.join()
             self.collect_errors()
         finally:
@@ -447,8 +448,8 @@ class DockerFleet(DockerFaults):
         raise NotYet(f"last stream report: {reports[-1].data if reports else None}")
 
 
-def _quietly(action: Callable[[], object]) -> None:
+def _quietly(action: Callable[..., object], *args: object) -> None:
     try:
-        action()
+        action(*args)
     except docker.errors.APIError as exc:
         log.debug("Ignored error=%s", exc)

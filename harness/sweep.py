@@ -25,6 +25,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from . import network_turns as nt
 from .labels import (
     CREATED_LABEL,
     OWNER_LABEL,
@@ -83,7 +84,7 @@ def _session_filter(session: str | None = None) -> dict[str, list[str]]:
 
 def _remove_container(container: Container) -> int:
     try:
-        container.remove(force=True, v=True)
+        nt.remove(container)
         return 1
     except docker.errors.NotFound:
         return 0
@@ -92,14 +93,21 @@ def _remove_container(container: Container) -> int:
         return 0
 
 
+def _remove_containers(containers: list[Container]) -> int:
+    return sum(_remove_container(container) for container in containers)
+
+
 def _remove(client: docker.DockerClient, filters: dict[str, list[str]]) -> int:
     # ignore_removed: another sweeper (the other worker, meeting the same dead session) may remove
     # a container between docker-py's listing and its look at each one (404 otherwise).
     containers = client.containers.list(all=True, filters=filters, ignore_removed=True)
-    # At once: the engine takes a second or more per forced removal (a stack has five or more), and
-    # the requests are independent; the networks go after their last container.
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(containers)))) as pool:
-        removed = sum(pool.map(_remove_container, containers))
+    stacks: dict[str, list[Container]] = {}
+    for container in containers:
+        stacks.setdefault((container.labels or {}).get(STACK_LABEL, ""), []).append(container)
+    # Stacks at once, a stack's containers one after another (harness.network_turns: two leaving one
+    # network at once can deadlock the engine); the networks go after their last container.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(stacks)))) as pool:
+        removed = sum(pool.map(_remove_containers, stacks.values()))
     for network in client.networks.list(filters=filters):
         try:
             network.remove()

@@ -32,6 +32,7 @@ import docker.errors
 
 from connlib.core.logfmt import kv
 from harness import container_faults as cf
+from harness import network_turns as nt
 from harness.portal_admin import admin_request
 
 from .journal import Journal
@@ -100,10 +101,10 @@ class Controller:
         target = await self._find(ref, RELAY_ROLES)
         timeout = _stop_timeout(target)
         operation: Callable[[], Any] = {
-            "restart": lambda: cf.restart(target.container, timeout),
-            "stop": lambda: cf.stop(target.container, timeout),
+            "restart": lambda: nt.restart(target.container, timeout),
+            "stop": lambda: nt.stop(target.container, timeout),
             "start": lambda: cf.start(target.container),
-            "kill": lambda: cf.kill(target.container, timeout),
+            "kill": lambda: nt.kill(target.container, timeout),
             "pause": lambda: cf.pause(target.container),
             "unpause": lambda: cf.unpause(target.container),
         }[action]
