@@ -23,9 +23,7 @@ chaos service in a ``make up`` stack is the only caller there).
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 
 from docker.models.containers import Container
 
@@ -38,19 +36,17 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def _stack_lock(container: Container) -> threading.Lock:
-    # a container without the label (none of ours) shares one lock with every other such container
-    stack = (container.labels or {}).get(STACK_LABEL, "")
+def stack_of(container: Container) -> str:
+    """The stack whose networks ``container`` is on ("" for a container without our label: all such
+    share one turn)."""
+    return (container.labels or {}).get(STACK_LABEL, "")
+
+
+def turn(container: Container) -> threading.Lock:
+    """``container``'s stack's turn (``with turn(c):``): no other container of its stack leaves a
+    network through this process while it is held."""
     with _locks_guard:
-        return _locks.setdefault(stack, threading.Lock())
-
-
-@contextlib.contextmanager
-def turn(container: Container) -> Iterator[None]:
-    """Hold ``container``'s stack's turn: no other container of its stack leaves a network through
-    this process meanwhile."""
-    with _stack_lock(container):
-        yield
+        return _locks.setdefault(stack_of(container), threading.Lock())
 
 
 def off_networks(container: Container) -> bool:

@@ -103,7 +103,7 @@ def _remove(client: docker.DockerClient, filters: dict[str, list[str]]) -> int:
     containers = client.containers.list(all=True, filters=filters, ignore_removed=True)
     stacks: dict[str, list[Container]] = {}
     for container in containers:
-        stacks.setdefault((container.labels or {}).get(STACK_LABEL, ""), []).append(container)
+        stacks.setdefault(nt.stack_of(container), []).append(container)
     # Stacks at once, a stack's containers one after another (harness.network_turns: two leaving one
     # network at once can deadlock the engine); the networks go after their last container.
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(stacks)))) as pool:

@@ -278,8 +278,8 @@ def test_restarting_the_carrying_relay_rotates_its_secret_with_one_bounded_gap(s
     # One outage: both peers held the restarted relay and each migrates its end when it finds it gone,
     # so the silence can come in two pieces a second apart (seen once in 14 e2e runs on stop 24's slower Docker:
     # 1.30 s, then 0.30 s, both while the relay was still down): from the first gap's start to the
-    # last one's end within the bound, none of them before the restart.
-    assert gaps, "the restart of the carrying relay cost no gap at all"
+    # last one's end within the bound, at most one gap per end, none of them before the restart.
+    assert 1 <= len(gaps) <= 2, f"expected one gap, or one per peer's migration, got {gaps}"
     assert gaps[0]["end"] >= restarted_at - 1
     assert gaps[-1]["end"] - gaps[0]["start"] <= GAP_BOUND_S, f"the outage outlasted {GAP_BOUND_S} s: {gaps}"
 
